@@ -1,0 +1,109 @@
+"""Registry: registration, duplicates, unknown names with suggestions, auto-discovery, plugins."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import vlablocks
+from vlablocks.registry import KINDS, Registry, RegistryError
+
+REPO = Path(vlablocks.__file__).resolve().parent.parent
+
+
+def make_registry() -> Registry:
+    registry = Registry("widget", "vlablocks.envs")
+    registry._discovered = True  # these tests exercise registration only
+    return registry
+
+
+def test_register_and_lookup_uses_first_docstring_line():
+    registry = make_registry()
+
+    @registry.register("alpha")
+    class Alpha:
+        """Alpha widget.
+
+        More text."""
+
+    assert registry.get("alpha") is Alpha
+    assert registry.entry("alpha").description == "Alpha widget."
+    assert registry.names() == ["alpha"]
+
+
+def test_duplicate_name_raises():
+    registry = make_registry()
+
+    @registry.register("alpha")
+    class Alpha:
+        pass
+
+    with pytest.raises(RegistryError, match="duplicate widget name 'alpha'"):
+
+        @registry.register("alpha")
+        class Other:
+            pass
+
+
+def test_unknown_name_lists_available_and_closest():
+    registry = make_registry()
+    for name in ("flow_matching", "l1_regression"):
+        registry.register(name)(type(name, (), {}))
+    with pytest.raises(RegistryError) as info:
+        registry.get("flow_matchin")
+    message = str(info.value)
+    assert "did you mean 'flow_matching'" in message
+    assert "available: flow_matching, l1_regression" in message
+
+
+def test_every_kind_has_a_package_that_imports():
+    for registry in KINDS.values():
+        registry.discover()  # raises if the bound package is missing
+
+
+def run_cli(args: list[str], pythonpath: Path | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    return subprocess.run(
+        [sys.executable, "-m", "vlablocks.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
+
+NEW_HEAD = textwrap.dedent('''
+    from vlablocks.registry import ACTION_MODELS
+
+
+    @ACTION_MODELS.register("dropped_in_head")
+    class DroppedInHead:
+        """A head added by dropping one file into the package."""
+    ''')
+
+
+def test_new_file_in_package_is_discovered(tmp_path):
+    copy = tmp_path / "vlablocks"
+    shutil.copytree(REPO / "vlablocks", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "action_model" / "dropped_in_head.py").write_text(NEW_HEAD)
+    result = run_cli(["list", "action_models"], pythonpath=tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "dropped_in_head  A head added by dropping one file into the package." in result.stdout
+    # The installed tree is untouched: the head exists only in the copy.
+    assert not (REPO / "vlablocks" / "action_model" / "dropped_in_head.py").exists()
+
+
+def test_entry_point_plugin_registers(tmp_path):
+    # A minimal installed distribution: its dist-info declares a `vlablocks.plugins` entry point.
+    (tmp_path / "my_plugin.py").write_text(NEW_HEAD.replace("dropped_in_head", "plugin_head"))
+    dist_info = tmp_path / "my_plugin-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[vlablocks.plugins]\nmy_plugin = my_plugin\n")
+    result = run_cli(["list", "action_models"], pythonpath=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "plugin_head" in result.stdout

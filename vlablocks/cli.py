@@ -1,0 +1,51 @@
+"""The `vlablocks` command line: one subcommand per module in `vlablocks/commands/`.
+
+Each command module exposes `HELP`, `add_arguments(parser)` and `run(args, overrides) -> int`.
+Unknown `--a.b=v` style arguments are collected as config overrides. Errors print one line and exit 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module; modules are imported lazily so `vlablocks list` does not pay for `vlablocks train`.
+COMMANDS: dict[str, str] = {
+    "list": "vlablocks.commands.list_components",
+    "config": "vlablocks.commands.show_config",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlablocks", description="Build, train and serve VLA policies.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        module.add_arguments(sub)
+        sub.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        return int(args._module.run(args, overrides) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # every failure is one readable line unless --debug
+        if args.debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Component registries: one decorator to register, one lookup to build.
+
+Each component kind (frameworks, VLMs, action models, datasets, eval envs, ...) has one `Registry`
+instance bound to a package. Looking a name up imports every public module of that package, so a new
+file that decorates a class with `@REGISTRY.register("Name")` is found without editing any list.
+Third-party packages register through the entry-point group ``vlablocks.plugins``: each entry point
+names a module (imported for its side effects) or a callable (called with no arguments).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import inspect
+import pkgutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+PLUGIN_GROUP = "vlablocks.plugins"
+
+
+class RegistryError(KeyError):
+    """An unknown or duplicate component name. `str()` is one readable line."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def closest(name: str, candidates: list[str]) -> str | None:
+    """The candidate most similar to `name`, or None when nothing is reasonably close."""
+    matches = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    if not matches:
+        lowered = {c.lower(): c for c in candidates}
+        matches = [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)]
+    return matches[0] if matches else None
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Any
+    description: str
+
+    @property
+    def config_class(self) -> type | None:
+        """The dataclass declaring this component's options (the `Config` attribute), if any."""
+        return getattr(self.obj, "Config", None)
+
+
+def _same_definition(a: Any, b: Any) -> bool:
+    # The same source file imported twice (as __main__ and as a package module) is one component.
+    try:
+        return a.__qualname__ == b.__qualname__ and inspect.getfile(a) == inspect.getfile(b)
+    except (TypeError, AttributeError):
+        return False
+
+
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Imports every installed ``vlablocks.plugins`` entry point once per process."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        loaded = entry_point.load()
+        if callable(loaded) and not inspect.ismodule(loaded):
+            loaded()
+
+
+class Registry:
+    """Name -> component (class or factory) for one component kind."""
+
+    def __init__(self, kind: str, package: str) -> None:
+        self.kind = kind
+        self.package = package
+        self._entries: dict[str, Entry] = {}
+        self._discovered = False
+
+    def register(self, name: str, description: str | None = None) -> Callable[[Any], Any]:
+        """Decorator: `@ACTION_MODELS.register("l1_regression")`. Duplicate names raise."""
+
+        def decorator(obj: Any) -> Any:
+            existing = self._entries.get(name)
+            if existing is not None and not _same_definition(existing.obj, obj):
+                raise RegistryError(
+                    f"duplicate {self.kind} name {name!r}: already registered by "
+                    f"{existing.obj.__module__}.{existing.obj.__qualname__}; pick another name"
+                )
+            text = description or next(iter((inspect.getdoc(obj) or "").strip().splitlines()), "")
+            self._entries[name] = Entry(name=name, obj=obj, description=text)
+            return obj
+
+        return decorator
+
+    def discover(self) -> None:
+        """Imports every public module of the bound package, then installed plugins."""
+        if self._discovered:
+            return
+        self._discovered = True
+        package = importlib.import_module(self.package)
+        for module in pkgutil.iter_modules(package.__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{module.name}")
+        load_plugins()
+
+    def names(self) -> list[str]:
+        self.discover()
+        return sorted(self._entries)
+
+    def entries(self) -> Iterator[Entry]:
+        self.discover()
+        for name in sorted(self._entries):
+            yield self._entries[name]
+
+    def entry(self, name: str) -> Entry:
+        self.discover()
+        if name not in self._entries:
+            available = sorted(self._entries)
+            suggestion = closest(name, available)
+            hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+            raise RegistryError(f"unknown {self.kind} {name!r}{hint} (available: {', '.join(available) or 'none'})")
+        return self._entries[name]
+
+    def get(self, name: str) -> Any:
+        return self.entry(name).obj
+
+    def __contains__(self, name: str) -> bool:
+        self.discover()
+        return name in self._entries
+
+    def build(self, options: Any, *args: Any, **kwargs: Any) -> Any:
+        """Builds a component from its options: a mapping with `name`, or its `Config` instance.
+
+        The component receives its typed `Config` dataclass as first argument, then `args`/`kwargs`.
+        """
+        from vlablocks.config import to_dataclass  # local: config imports this module
+
+        name = options["name"] if isinstance(options, dict) else options.name
+        entry = self.entry(name)
+        config_class = entry.config_class
+        if config_class is not None and isinstance(options, dict):
+            options = to_dataclass(config_class, options, path=self.kind)
+        return entry.obj(options, *args, **kwargs)
+
+
+FRAMEWORKS = Registry("framework", "vlablocks.framework")
+VLMS = Registry("vlm", "vlablocks.vlm")
+ACTION_MODELS = Registry("action_model", "vlablocks.action_model")
+DATASETS = Registry("dataset", "vlablocks.dataloader")
+EVAL_ENVS = Registry("eval_env", "vlablocks.envs")
+GEOMETRIC_ENCODERS = Registry("geometric_encoder", "vlablocks.geometry")
+FUSIONS = Registry("fusion", "vlablocks.geometry")
+
+# Plural names as typed on the command line (`vlablocks list action_models`).
+KINDS: dict[str, Registry] = {
+    "frameworks": FRAMEWORKS,
+    "vlms": VLMS,
+    "action_models": ACTION_MODELS,
+    "datasets": DATASETS,
+    "eval_envs": EVAL_ENVS,
+    "geometric_encoders": GEOMETRIC_ENCODERS,
+    "fusions": FUSIONS,
+}
+
+
+def kind(name: str) -> Registry:
+    """The registry for a plural kind name, with a suggestion when misspelled."""
+    if name not in KINDS:
+        suggestion = closest(name, list(KINDS))
+        hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+        raise RegistryError(f"unknown component kind {name!r}{hint} (available: {', '.join(KINDS)})")
+    return KINDS[name]

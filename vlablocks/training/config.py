@@ -1,0 +1,33 @@
+"""Trainer options: the `trainer:` section of an experiment config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_steps: int = 1000
+    batch_size: int = 8  # per process, per micro-step
+    gradient_accumulation_steps: int = 1
+    # A number, or {base: x, <regex over parameter names>: y, ...}: each pattern forms a parameter group.
+    learning_rate: float | dict[str, float] = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    # Regular expressions searched (re.search) in parameter names; a pattern matching nothing is an error.
+    freeze_modules: list[str] = field(default_factory=list)
+    num_workers: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    resume: bool = False
+    pretrained_checkpoint: str | None = None
+    reload_modules: list[str] = field(default_factory=list)
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    wandb_project: str | None = None
+    eval_every: int = 0

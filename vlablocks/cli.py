@@ -1,30 +1,38 @@
 """The `vlablocks` command line: one subcommand per module in `vlablocks/commands/`.
 
-Each command module exposes `HELP`, `add_arguments(parser)` and `run(args, overrides) -> int`.
-Unknown `--a.b=v` style arguments are collected as config overrides. Errors print one line and exit 2;
-`--debug` shows the traceback instead.
+Each command module exposes `NAME`, `HELP`, `add_arguments(parser)` and `run(args, overrides) -> int`,
+and keeps heavy imports inside `run` so that building the parser stays fast. Adding a subcommand is
+adding one file. Unknown `--a.b=v` style arguments are collected as config overrides. Errors print
+one line and exit 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
+from types import ModuleType
 
-# name -> module; modules are imported lazily so `vlablocks list` does not pay for `vlablocks train`.
-COMMANDS: dict[str, str] = {
-    "list": "vlablocks.commands.list_components",
-    "config": "vlablocks.commands.show_config",
-}
+import vlablocks.commands
+
+
+def command_modules() -> list[ModuleType]:
+    """Every public module of `vlablocks.commands`, sorted by command name."""
+    modules = [
+        importlib.import_module(f"vlablocks.commands.{info.name}")
+        for info in pkgutil.iter_modules(vlablocks.commands.__path__)
+        if not info.name.startswith("_")
+    ]
+    return sorted(modules, key=lambda m: m.NAME)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlablocks", description="Build, train and serve VLA policies.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+    for module in command_modules():
+        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         module.add_arguments(sub)
         sub.set_defaults(_module=module)

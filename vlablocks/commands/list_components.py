@@ -6,6 +6,7 @@ import argparse
 
 from vlablocks.registry import KINDS, kind
 
+NAME = "list"
 HELP = "list registered components (frameworks, vlms, action_models, datasets, eval_envs, ...)"
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from vlablocks.config import load_config, to_yaml
 
+NAME = "config"
 HELP = "print the resolved config (bases merged, overrides applied, defaults filled, validated)"
 
 

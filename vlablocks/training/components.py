@@ -1,0 +1,89 @@
+"""Small helpers the training loop calls once: accelerator, seeding, dataset, stats, partial reloads."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from vlablocks.config import PlatformConfig, to_dataclass
+from vlablocks.registry import DATASETS
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(trainer):
+    """An Accelerator that really accumulates gradients and uses bf16 only where it pays (CUDA)."""
+    from accelerate import Accelerator
+
+    from vlablocks.training.distributed import prepare_distributed_environment
+
+    prepare_distributed_environment(trainer)
+    mixed = trainer.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() else "no"
+    return Accelerator(gradient_accumulation_steps=trainer.gradient_accumulation_steps, mixed_precision=mixed)
+
+
+def build_train_dataset(experiment: dict):
+    if not experiment.get("dataset"):
+        raise ValueError("the config has no `dataset:` section; name one, e.g. dataset.name: lerobot")
+    platform = to_dataclass(PlatformConfig, experiment["platform"], "platform")
+    return DATASETS.build(experiment["dataset"], platform=platform, seed=experiment["seed"])
+
+
+def resolve_norm_stats(experiment: dict, dataset, run_dir: Path) -> dict:
+    """The stats file named by `dataset.norm_stats`, else the run's own, else computed and saved there."""
+    from vlablocks.dataloader.normalization import compute_norm_stats
+
+    named = (experiment.get("dataset") or {}).get("norm_stats")
+    path = Path(named) if named else run_dir / "norm_stats.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if named:
+        raise FileNotFoundError(f"dataset.norm_stats file not found: {path}; run `vlablocks stats` to create it")
+    stats = compute_norm_stats(dataset)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def load_pretrained_modules(model: torch.nn.Module, checkpoint: str | None, patterns: list[str]) -> list[str]:
+    """Copies weights from a checkpoint into `model`: all of them, or those whose names match `patterns`.
+
+    Shape mismatches are listed by key in one error. Returns the loaded keys.
+    """
+    if not checkpoint:
+        if patterns:
+            raise ValueError("trainer.reload_modules is set but trainer.pretrained_checkpoint is not")
+        return []
+    path = Path(checkpoint)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"trainer.pretrained_checkpoint: no model.safetensors at {path}")
+    source = load_file(str(weights))
+    regexes = [re.compile(p) for p in patterns]
+    target = model.state_dict()
+    selected = {k: v for k, v in source.items() if not regexes or any(r.search(k) for r in regexes)}
+    for pattern, regex in zip(patterns, regexes):
+        if not any(regex.search(k) for k in selected):
+            raise ValueError(f"trainer.reload_modules pattern {pattern!r} matches no key in {weights}")
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in selected.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if mismatched:
+        raise ValueError(f"shape mismatch loading {weights}: " + "; ".join(mismatched))
+    loadable = {k: v for k, v in selected.items() if k in target}
+    model.load_state_dict(loadable, strict=False)
+    return sorted(loadable)

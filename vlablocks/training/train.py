@@ -1,0 +1,124 @@
+"""Train a framework: `vlablocks train --config_yaml F [overrides]`, or under accelerate:
+
+    accelerate launch --config_file configs/accelerate/<ddp|zero2|zero3>.yaml vlablocks/training/train.py \\
+        --config_yaml F [overrides]
+
+The loop below reads top to bottom; everything else is a small helper in this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from vlablocks.config import load_config, to_dataclass, to_yaml
+from vlablocks.framework.base import build_framework
+from vlablocks.training.batches import micro_batches
+from vlablocks.training.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
+from vlablocks.training.components import (
+    build_train_dataset,
+    load_pretrained_modules,
+    make_accelerator,
+    resolve_norm_stats,
+    seed_everything,
+)
+from vlablocks.training.config import TrainerConfig
+from vlablocks.training.optim import build_optimizer, freeze_modules, parameter_summary
+from vlablocks.training.run_logger import RunLogger
+
+
+def train(experiment: dict) -> dict:
+    """Runs training from a validated experiment dict; returns {"losses", "checkpoint", "run_dir"}."""
+    trainer: TrainerConfig = to_dataclass(TrainerConfig, experiment["trainer"], "trainer")
+    run_dir = Path(experiment["run_dir"])
+    accelerator = make_accelerator(trainer)
+    seed_everything(experiment["seed"])
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(experiment))
+
+    dataset = build_train_dataset(experiment)
+    framework = build_framework(experiment, norm_stats=resolve_norm_stats(experiment, dataset, run_dir))
+    framework.prepare_for_training(dataset)
+    load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)
+    freeze_modules(framework, trainer.freeze_modules)
+    if main:
+        print(parameter_summary(framework))
+    optimizer, scheduler = build_optimizer(framework, trainer)
+
+    start_step, losses = 0, []
+    resume_from = latest_checkpoint(run_dir) if trainer.resume else None
+    if resume_from is not None:
+        framework.load_weights(resume_from)
+        record = load_training_state(resume_from, optimizer, scheduler)
+        start_step, losses = record["step"], record["losses"]
+        if main:
+            print(f"resumed from {resume_from} at step {start_step}")
+
+    # The scheduler is stepped by hand once per optimizer step: accelerate would step it per process.
+    model, optimizer = accelerator.prepare(framework, optimizer)
+    accum = trainer.gradient_accumulation_steps
+    batches = micro_batches(
+        dataset,
+        trainer.batch_size,
+        experiment["seed"],
+        accelerator.process_index,
+        accelerator.num_processes,
+        start_micro_step=start_step * accum,
+        num_workers=trainer.num_workers,
+    )
+    logger = RunLogger(run_dir, trainer.max_steps, start_step, main, trainer.wandb_project)
+    last_checkpoint = resume_from
+    model.train()
+    for step in range(start_step + 1, trainer.max_steps + 1):
+        step_loss = 0.0
+        for _ in range(accum):
+            with accelerator.accumulate(model):
+                outputs = model(next(batches))
+                accelerator.backward(outputs["loss"])
+                step_loss += accelerator.reduce(outputs["loss"].detach(), "mean").item() / accum
+                if accelerator.sync_gradients and trainer.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), trainer.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if not math.isfinite(step_loss):
+            logger.close(losses)
+            raise FloatingPointError(
+                f"non-finite loss ({step_loss}) at step {step}; stopped without saving. "
+                f"Last good checkpoint: {last_checkpoint or 'none'}. Lower trainer.learning_rate or check the data."
+            )
+        losses.append(step_loss)
+        samples = trainer.batch_size * accum * accelerator.num_processes
+        logger.log(step, {"loss": step_loss, "lr": scheduler.get_last_lr()[0]}, samples)
+        if step % trainer.save_every == 0 or step == trainer.max_steps:
+            last_checkpoint = _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer)
+    logger.close(losses)
+    accelerator.wait_for_everyone()
+    return {"losses": losses, "checkpoint": last_checkpoint, "run_dir": run_dir}
+
+
+def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer) -> Path:
+    state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; collective on every rank
+    path = Path(run_dir) / "checkpoints" / f"step_{step}"
+    if accelerator.is_main_process:
+        framework = accelerator.unwrap_model(model)
+        save_training_checkpoint(
+            run_dir, step, framework, optimizer.optimizer, scheduler, {"losses": losses}, trainer.keep_last, state_dict
+        )
+    accelerator.wait_for_everyone()
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config_yaml", required=True)
+    args, overrides = parser.parse_known_args(argv)
+    train(load_config(args.config_yaml, overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The wire protocol shared by server and client: message shapes, error types, paths and headers.
+
+Connect (websocket, binary frames, msgpack with numpy arrays, see `msgpack_numpy`):
+
+    server -> client   metadata: {"action_horizon": T, "action_dim": D, "state_dim": S, "camera_keys": [..],
+                                  "image_size": H, "embodiment": str, "max_payload_bytes": int, "protocol": int}
+    client -> server   observation: {"images": {camera_key: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str}
+                       (any H x W: the model resizes each view to image_size; sending that size saves bandwidth)
+    server -> client   {"actions": float32 [T, D], "server_timing": {"infer_ms": float, "total_ms": float}}
+                       or {"error": {"type": <one of ERROR_TYPES>, "message": str}}; the connection stays usable.
+
+A message larger than `max_payload_bytes` closes that connection with code 1009 (the server never reads an
+over-limit message into memory); the server keeps serving and the client reconnects. `GET /healthz` answers
+200 "OK". When the server has an API key, the websocket handshake must carry `Authorization: Api-Key <key>`
+(as openpi's client sends it); otherwise the handshake is refused with HTTP 401.
+"""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+HEALTH_PATH = "/healthz"
+API_KEY_HEADER = "Authorization"
+API_KEY_PREFIX = "Api-Key "
+MESSAGE_TOO_BIG = 1009  # websocket close code for an over-limit message
+
+ERROR_TYPES = (
+    "malformed_message",  # not msgpack, a text frame, not a map, a broken array map
+    "unsupported_dtype",  # object / complex / structured arrays
+    "missing_key",  # images, state or prompt absent
+    "wrong_views",  # camera keys differ from the metadata's camera_keys
+    "wrong_shape",  # an image or the state has the wrong shape
+    "wrong_dtype",  # e.g. float images, string state
+    "wrong_type",  # e.g. a prompt that is not a string
+    "invalid_value",  # NaN / inf in the state
+    "payload_too_large",  # over max_payload_bytes
+    "unauthorized",  # missing or wrong API key
+    "inference_error",  # the policy itself failed
+)
+
+
+class ProtocolError(ValueError):
+    """A request the server refuses, or a refusal the client received. `type` is one of `ERROR_TYPES`."""
+
+    def __init__(self, type: str, message: str) -> None:
+        super().__init__(f"{type}: {message}")
+        self.type = type
+        self.message = message
+
+    def to_reply(self) -> dict:
+        return {"error": {"type": self.type, "message": self.message}}
+
+
+def api_key_header(api_key: str) -> dict[str, str]:
+    return {API_KEY_HEADER: API_KEY_PREFIX + api_key}

@@ -1,0 +1,58 @@
+"""`vlablocks serve --ckpt DIR --port 8000`: serve a checkpoint over the openpi websocket protocol."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+NAME = "serve"
+HELP = "serve a checkpoint to robots/simulators (websocket + msgpack, openpi protocol; GET /healthz)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="checkpoint directory written by save_pretrained")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to accept remote robots)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one and prints it)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("VLABLOCKS_API_KEY"),
+        help="require 'Authorization: Api-Key <key>' on connect (default: $VLABLOCKS_API_KEY; unset = no key)",
+    )
+    parser.add_argument("--max-payload-mb", type=float, default=16.0, help="largest observation message accepted")
+    parser.add_argument("--device", default="auto", help="torch device for the model: auto, cpu, cuda, cuda:1, ...")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unexpected arguments: {' '.join(overrides)} (serve takes no config overrides)")
+    import asyncio
+
+    import torch
+
+    from deployment.policy import load_policy
+    from deployment.server import PolicyServer
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    policy = load_policy(args.ckpt, device=device)
+    server = PolicyServer(
+        policy, host=args.host, port=args.port, api_key=args.api_key, max_payload_mb=args.max_payload_mb
+    )
+
+    async def main() -> None:
+        handle = await server.start()
+        meta = policy.metadata
+        print(
+            f"serving {args.ckpt} ({type(policy.framework).__name__} on {device}, {meta['embodiment']}: "
+            f"actions [{meta['action_horizon']}, {meta['action_dim']}], cameras {meta['camera_keys']}) "
+            f"on ws://{server.host}:{server.port} (health: http://{server.host}:{server.port}/healthz, "
+            f"API key {'required' if server.api_key else 'off'})",
+            flush=True,
+        )
+        async with handle:
+            await handle.serve_forever()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.close()
+    return 0

@@ -1,0 +1,88 @@
+"""Serving overhead: round-trip time minus model time for 2 x 224x224x3 uint8 views + state on loopback.
+
+Goal: <= 1.5 ms (p50). Side by side in one run: the policy server (msgpack + numpy decode, validation,
+thread hand-off, reply) and a bare websocket echo of the same request bytes, the floor any protocol pays.
+
+    python benchmarks/server_overhead.py [--ckpt DIR] [--requests 500]
+
+Without --ckpt the server is a zero-cost stand-in policy in its own process; with --ckpt it is
+`vlablocks serve --ckpt DIR` and the model's own time (server_timing.infer_ms) is subtracted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import websockets.sync.client
+from serving_common import FixedCostPolicy, make_observation, percentiles, start_policy_server, start_server
+
+from deployment.client import PolicyClient, msgpack_numpy
+
+GOAL_MS = 1.5
+
+
+def measure_policy(port: int, requests: int, warmup: int) -> tuple[list[float], list[float], int]:
+    """-> (round trip ms, server infer ms, request bytes) per request, through `PolicyClient.infer`."""
+    with PolicyClient("127.0.0.1", port) as client:
+        metadata = {**FixedCostPolicy.metadata, **client.metadata}
+        metadata["image_size"] = 224  # the benchmark's fixed payload, whatever the model resizes to
+        obs = make_observation(metadata)
+        rtt, infer = [], []
+        for i in range(warmup + requests):
+            start = time.perf_counter()
+            reply = client.infer(obs)
+            elapsed = (time.perf_counter() - start) * 1e3
+            if i >= warmup:
+                rtt.append(elapsed)
+                infer.append(reply["server_timing"]["infer_ms"])
+        return rtt, infer, len(msgpack_numpy.packb(obs))
+
+
+def measure_echo(port: int, obs: dict, requests: int, warmup: int) -> list[float]:
+    """Round trip ms of a bare websocket echo, packing the request and unpacking the reply like the client."""
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, proxy=None) as ws:
+        times = []
+        for i in range(warmup + requests):
+            start = time.perf_counter()
+            ws.send(msgpack_numpy.packb(obs))
+            msgpack_numpy.unpackb(ws.recv())
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+        return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", help="serve this checkpoint instead of the zero-cost stand-in")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args()
+
+    policy_process, policy_port, label = start_policy_server(args.ckpt, model_ms=0.0)
+    echo_process, echo_port = start_server([sys.executable, "benchmarks/serving_common.py", "--echo"])
+    try:
+        rtt, infer, nbytes = measure_policy(policy_port, args.requests, args.warmup)
+        echo = measure_echo(echo_port, make_observation(FixedCostPolicy.metadata), args.requests, args.warmup)
+    finally:
+        for process in (policy_process, echo_process):
+            process.terminate()
+            process.wait(10)
+
+    overhead = [r - m for r, m in zip(rtt, infer)]
+    p50 = float(np.median(overhead))
+    print(f"server: {label}; request {nbytes / 1e6:.3f} MB (2 x 224x224x3 uint8 + state), {args.requests} requests")
+    print(f"round trip          {percentiles(rtt)}")
+    print(f"model (infer_ms)    {percentiles(infer)}")
+    print(f"overhead (rt-model) {percentiles(overhead)}")
+    print(f"bare websocket echo {percentiles(echo)}")
+    print(f"overhead / echo floor (p50): {p50 / float(np.median(echo)):.2f}x")
+    verdict = "meets" if p50 <= GOAL_MS else "MISSES"
+    print(f"overhead p50 {p50:.3f} ms {verdict} the {GOAL_MS} ms goal ({p50 / GOAL_MS:.2f}x of it)")
+    return 0 if p50 <= GOAL_MS else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

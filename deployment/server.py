@@ -134,16 +134,6 @@ class PolicyServer:
         self.port = server.sockets[0].getsockname()[1]
         return server
 
-    async def serve(self, stop: asyncio.Future | None = None) -> None:
-        """Serves until `stop` resolves (forever when None)."""
-        server = await self.start()
-        logger.info("serving on ws://%s:%d", self.host, self.port)
-        try:
-            await (stop if stop is not None else asyncio.get_running_loop().create_future())
-        finally:
-            server.close()
-            await server.wait_closed()
-
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -1,0 +1,448 @@
+"""The VLM backbone contract: config, typed output, and the shared wrapper around a Qwen-VL model.
+
+A family (Qwen2.5-VL, Qwen3-VL) subclasses `VLMBackbone` and says which transformers classes it
+uses, its published architectures and its tiny build; everything else (input preparation, vision
+hooks, hidden states, special tokens, LoRA, constrained decoding) lives here, once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList, PretrainedConfig, PreTrainedModel, ProcessorMixin
+
+from vlablocks.vlm import inputs as vlm_inputs
+from vlablocks.vlm.lora import inject_lora, merge_lora
+from vlablocks.vlm.tokenizer import tiny_tokenizer
+from vlablocks.vlm.vision import VisionHookInfo, VisionTokens, check_hook_output, sincos_2d, vision_tokens
+
+logger = logging.getLogger(__name__)
+
+# Config fields of the Qwen-VL special tokens, looked up in the tokenizer for random-init builds.
+VISION_TOKENS = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+}
+
+VisionHook = Callable[[torch.Tensor, VisionHookInfo], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """LoRA through peft (see vlablocks/vlm/lora.py for how `target_modules` is matched)."""
+
+    enabled: bool = False
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    apply_to: Literal["llm", "vision", "both"] = "llm"
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    """The `framework.vlm:` section. Registered VLM classes use it (with their `name`) as `Config`."""
+
+    name: str = "qwen2_5_vl"
+    arch: Literal["tiny", "2b", "3b", "4b", "7b", "8b"] = "tiny"  # random init when base_vlm is None
+    base_vlm: str | None = None  # local checkpoint dir: model and processor, local_files_only
+    image_size: int | list[int] = 112  # every view -> image_size^2 (or [height, width]), see view_size
+    attn_implementation: str = "auto"  # auto: flash_attention_2 with flash-attn and CUDA, else sdpa
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU; or float32 / bfloat16 / float16
+    gradient_checkpointing: bool = False
+    vision_position_encoding: Literal["none", "sincos2d"] = "none"
+    tiny_hidden_size: int = 128
+    tiny_num_layers: int = 2
+    tiny_num_heads: int = 4
+    tiny_vision_hidden_size: int = 64
+    tiny_vision_depth: int = 2
+    lora: LoraOptions = field(default_factory=LoraOptions)
+
+
+@dataclass
+class VLMOutput:
+    """What `VLMBackbone.forward` returns (B samples, L tokens, H hidden size).
+
+    last_hidden_state: [B, L, H]  after the final norm (== hidden_states[-1])
+    hidden_states:     num_layers + 1 tensors [B, L, H]; [0] is the input embeddings
+    attention_mask:    [B, L]     1 at real tokens (padding is on the left)
+    input_ids:         [B, L]
+    token_positions:   requested special token -> [B, n] long positions of its n occurrences
+    vision_mask:       [B, L] bool, True at image-token positions
+    vision_positions:  [B, L, 2] float (row, col) of the merged patch centre in its view, in [0, 1]; 0 elsewhere
+    view_index:        [B, L] long view of each vision token within its sample, -1 for text
+    """
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...]
+    attention_mask: torch.Tensor
+    input_ids: torch.Tensor
+    token_positions: dict[str, torch.Tensor]
+    vision_mask: torch.Tensor
+    vision_positions: torch.Tensor
+    view_index: torch.Tensor
+
+
+class _AllowedTokens(LogitsProcessor):
+    """Keeps only `allowed` ids (everything else -> -inf) for constrained greedy decoding."""
+
+    def __init__(self, allowed: list[int], vocab_size: int, device: torch.device) -> None:
+        self.mask = torch.full((vocab_size,), float("-inf"), device=device)
+        self.mask[torch.tensor(allowed, device=device)] = 0.0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores + self.mask[: scores.shape[-1]].to(scores.dtype)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}")
+    return getattr(torch, name)
+
+
+def resolve_attn_implementation(name: str) -> str:
+    if name != "auto":
+        return name
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    return "flash_attention_2" if has_flash and torch.cuda.is_available() else "sdpa"
+
+
+def check_checkpoint_dir(path: str) -> Path:
+    """A local checkpoint dir with config.json and safetensors weights, else FileNotFoundError."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"base_vlm {path}: no such directory (set base_vlm to a local checkpoint dir)")
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"base_vlm {path}: no config.json; is this a saved transformers checkpoint?")
+    if not any(directory.glob("*.safetensors")):
+        raise FileNotFoundError(f"base_vlm {path}: no *.safetensors weights (found: {_listing(directory)})")
+    return directory
+
+
+def _listing(directory: Path) -> str:
+    names = sorted(p.name for p in directory.iterdir())
+    return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") if names else "nothing"
+
+
+class VLMBackbone(nn.Module):
+    """A Qwen-VL model (transformers' own class) with its processor, fed raw multi-view examples.
+
+    Built from `base_vlm` (a local checkpoint: `from_pretrained(local_files_only=True)` for model and
+    processor) or, when that is None, randomly initialised from `arch` (`tiny` for tests and demos,
+    published sizes for GPU benchmarks) with a locally trained Qwen-style tokenizer.
+
+    `forward(examples, suffix, requested_tokens, vision_hook)` builds one chat prompt per example
+    (user turn: the views then the instruction; then the assistant start; then `suffix`), runs the
+    vision tower, lets `vision_hook(image_embeds [N, H], info) -> [N, H]` modulate the merged vision
+    tokens before they are scattered into the LLM input, and returns every layer's hidden states.
+
+    vision_position_encoding: "sincos2d" adds a fixed 2-D sin-cos encoding of each merged vision
+    token's integer (row, col) in its view to the vision embeddings (before any `vision_hook`).
+    A randomly initialised model carries position only through rotary attention, so its token values
+    hold little absolute position; this makes "where in the view" readable from the tokens themselves.
+    "none" (default) leaves the embeddings as the vision tower made them.
+    """
+
+    Config: ClassVar[type] = VLMConfig
+    model_type: ClassVar[str]  # `config.json` model_type of this family
+    model_class: ClassVar[type[PreTrainedModel]]
+    model_config_class: ClassVar[type[PretrainedConfig]]
+    processor_class: ClassVar[type[ProcessorMixin]]
+    ARCHS: ClassVar[dict[str, dict[str, Any]]]  # published sizes: arch -> {"text_config", "vision_config", ...}
+
+    def __init__(self, config: VLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        dtype = resolve_dtype(config.dtype)
+        attn = resolve_attn_implementation(config.attn_implementation)
+        if config.base_vlm:
+            model, processor = self._load_pretrained(config.base_vlm, dtype, attn)
+        else:
+            processor = self.build_processor(tiny_tokenizer())
+            model_config = self.model_config(config.arch, processor.tokenizer)
+            model = self.model_class._from_config(model_config, dtype=dtype, attn_implementation=attn)
+            model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+            model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        vision = model.config.vision_config
+        self.patch_size = vision.patch_size
+        self.merge_size = vision.spatial_merge_size
+        self.view_size = vlm_inputs.view_size(config.image_size, self.patch_size * self.merge_size)
+        self.hidden_size = model.config.text_config.hidden_size
+        self.num_layers = model.config.text_config.num_hidden_layers
+        self.image_token_id = self.token_id(processor.image_token)
+        self.__dict__["_lora_model"] = None  # peft's LoraModel; kept out of the module tree (same params)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.lora.enabled:
+            self.enable_lora(config.lora)
+
+    # ------------------------------------------------------------------------------------------
+    # Family hooks.
+
+    def build_processor(self, tokenizer) -> ProcessorMixin:
+        """The family's processor around `tokenizer` (tiny builds)."""
+        raise NotImplementedError
+
+    def model_config(self, arch: str, tokenizer) -> PretrainedConfig:
+        """The transformers config of a random-init `arch`, wired to `tokenizer`'s special-token ids."""
+        numbers = self.arch_numbers(arch)
+        ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in VISION_TOKENS.items()}
+        text = {
+            **numbers["text_config"],
+            "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+            "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        text["vocab_size"] = max(text.get("vocab_size", 0), len(tokenizer))
+        return self.model_config_class(
+            text_config=text,
+            vision_config=dict(numbers["vision_config"]),
+            tie_word_embeddings=numbers["tie_word_embeddings"],
+            **ids,
+        )
+
+    def arch_numbers(self, arch: str) -> dict[str, Any]:
+        """{"text_config": ..., "vision_config": ..., ...} for `arch` (published or tiny)."""
+        if arch == "tiny":
+            return self.tiny_numbers()
+        if arch not in self.ARCHS:
+            raise ValueError(
+                f"{self.model_type} has no published arch {arch!r} (available: tiny, {', '.join(self.ARCHS)})"
+            )
+        return self.ARCHS[arch]
+
+    def tiny_numbers(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_pretrained(self, path: str, dtype: torch.dtype, attn: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+        directory = check_checkpoint_dir(path)
+        config = PretrainedConfig.get_config_dict(str(directory))[0]
+        if config.get("model_type") != self.model_type:
+            raise ValueError(
+                f"base_vlm {path} holds a {config.get('model_type')!r} model, not {self.model_type!r}; "
+                "pick the matching framework.vlm.name"
+            )
+        model = self.model_class.from_pretrained(
+            directory, local_files_only=True, dtype=dtype, attn_implementation=attn
+        )
+        try:
+            processor = self.processor_class.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, TypeError) as exc:
+            raise FileNotFoundError(
+                f"base_vlm {path}: cannot load the processor/tokenizer ({exc})".splitlines()[0]
+            ) from exc
+        return model, processor
+
+    # ------------------------------------------------------------------------------------------
+    # Tokens.
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def token_id(self, token: str) -> int:
+        """The id of a token in the vocabulary; ValueError when the tokenizer does not know it."""
+        vocab = self.tokenizer.get_vocab()
+        if token not in vocab:
+            raise ValueError(f"token {token!r} is not in the tokenizer; add it with add_special_tokens([...])")
+        return vocab[token]
+
+    def add_special_tokens(self, tokens: list[str]) -> list[int]:
+        """Adds `tokens` (e.g. action queries) as special tokens, grows the embeddings if needed -> their ids."""
+        new = [t for t in tokens if t not in self.tokenizer.get_vocab()]
+        if new:
+            self.tokenizer.add_tokens(new, special_tokens=True)
+        if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
+            self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        return [self.token_id(t) for t in tokens]
+
+    # ------------------------------------------------------------------------------------------
+    # Inputs.
+
+    def prompts(self, examples: list[dict], suffix: str | Sequence[str] = "") -> list[str]:
+        """The chat prompt of each example, with its `suffix` after the assistant start."""
+        examples = vlm_inputs.check_examples(examples)
+        views = [vlm_inputs.example_views(example, index) for index, example in enumerate(examples)]
+        return self._prompts(examples, [len(v) for v in views], suffix)
+
+    def _prompts(self, examples: list[dict], views_per_sample: list[int], suffix: str | Sequence[str]) -> list[str]:
+        suffixes = vlm_inputs.per_sample(suffix, len(examples))
+        texts = []
+        for index, (example, num_views) in enumerate(zip(examples, views_per_sample)):
+            messages = vlm_inputs.user_messages(num_views, vlm_inputs.example_instruction(example, index))
+            prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            texts.append(prompt + suffixes[index])
+        return texts
+
+    def prepare_inputs(self, examples: list[dict], suffix: str | Sequence[str] = "") -> dict:
+        """Raw examples -> processor outputs on CPU, LEFT padded: input_ids, attention_mask [B, L],
+        mm_token_type_ids [B, L], pixel_values [P, C*T*p*p], image_grid_thw [V, 3]; plus
+        `views_per_sample` (list[int], V = its sum)."""
+        examples = vlm_inputs.check_examples(examples)
+        views = [vlm_inputs.example_views(example, index) for index, example in enumerate(examples)]
+        texts = self._prompts(examples, [len(v) for v in views], suffix)
+        images = [v for sample in views for v in vlm_inputs.resize_views(sample, self.view_size, self.patch_size)]
+        batch = self.processor(
+            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt", do_resize=False
+        )
+        batch["views_per_sample"] = [len(sample) for sample in views]
+        return batch
+
+    def _on_device(self, batch: dict) -> dict:
+        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------------------------------
+    # Vision features.
+
+    def encode_images(
+        self, batch: dict, vision_hook: VisionHook | None = None
+    ) -> tuple[Any, VisionTokens | VisionHookInfo]:
+        """Runs the vision tower and applies the position encoding and `vision_hook`.
+
+        -> (the model's image-features output, to pass as `mm_encoder_outputs["image"]`; the layout).
+        """
+        base = self.model.model
+        vision_mask = batch["input_ids"] == self.image_token_id
+        layout = vision_tokens(batch["image_grid_thw"], batch["views_per_sample"], self.merge_size, vision_mask)
+        features = base.get_image_features(batch["pixel_values"], batch["image_grid_thw"], return_dict=True)
+        embeds = torch.cat(features.pooler_output, dim=0)
+        if self.config.vision_position_encoding == "sincos2d":
+            embeds = embeds + sincos_2d(layout.grid_rc, embeds.shape[-1]).to(embeds.dtype)
+        if vision_hook is not None:
+            layout = VisionHookInfo(
+                **vars(layout),
+                text_embeds=self.model.get_input_embeddings()(batch["input_ids"]),
+                attention_mask=batch["attention_mask"],
+                input_ids=batch["input_ids"],
+            )
+            embeds = check_hook_output(vision_hook(embeds, layout), embeds)
+        sizes = [len(chunk) for chunk in features.pooler_output]
+        features.pooler_output = tuple(torch.split(embeds, sizes))
+        return features, layout
+
+    @staticmethod
+    def _model_inputs(batch: dict) -> dict:
+        # Pixels are encoded by `encode_images`; the model gets the (hooked) features instead.
+        return {k: v for k, v in batch.items() if k not in ("pixel_values", "views_per_sample")}
+
+    # ------------------------------------------------------------------------------------------
+    # Forward and decoding.
+
+    def forward(
+        self,
+        examples: list[dict],
+        suffix: str | Sequence[str] = "",
+        requested_tokens: Sequence[str] = (),
+        vision_hook: VisionHook | None = None,
+    ) -> VLMOutput:
+        """examples: [{"image": views, "lang": str}] -> hidden states of every layer (see VLMOutput)."""
+        batch = self._on_device(self.prepare_inputs(examples, suffix))
+        features, layout = self.encode_images(batch, vision_hook)
+        out = self.model.model(
+            **self._model_inputs(batch),
+            mm_encoder_outputs={"image": features},
+            output_hidden_states=True,
+            use_cache=False,
+            return_dict=True,
+        )
+        input_ids = batch["input_ids"]
+        return VLMOutput(
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=tuple(out.hidden_states),
+            attention_mask=batch["attention_mask"],
+            input_ids=input_ids,
+            token_positions={t: self.token_positions(input_ids, t) for t in requested_tokens},
+            vision_mask=layout.vision_mask,
+            vision_positions=layout.scatter(layout.positions),
+            view_index=layout.scatter(layout.view_index, fill=-1),
+        )
+
+    def token_positions(self, input_ids: torch.Tensor, token: str) -> torch.Tensor:
+        """input_ids: [B, L] -> [B, n] positions of `token`, which must occur n > 0 times in every row."""
+        hits = input_ids == self.token_id(token)
+        counts = hits.sum(1)
+        if counts.min() == 0 or counts.min() != counts.max():
+            raise ValueError(
+                f"requested token {token!r} occurs {counts.tolist()} times in the batch rows; it must occur the "
+                "same non-zero number of times in every sample (put it in `suffix`)"
+            )
+        return hits.nonzero()[:, 1].view(input_ids.shape[0], -1)
+
+    @torch.no_grad()
+    def generate_constrained(
+        self,
+        examples: list[dict],
+        allowed_token_ids: list[int],
+        stop_token_id: int,
+        max_new_tokens: int,
+        suffix: str | Sequence[str] = "",
+        vision_hook: VisionHook | None = None,
+    ) -> list[list[int]]:
+        """Greedy decoding (HF generate, KV cache) restricted to `allowed_token_ids` + `stop_token_id`.
+
+        -> per example, the generated ids before the first stop token (at most `max_new_tokens`).
+        """
+        if not allowed_token_ids:
+            raise ValueError("allowed_token_ids is empty; pass the ids decoding may emit")
+        vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        allowed = sorted({*map(int, allowed_token_ids), int(stop_token_id)})
+        if allowed[0] < 0 or allowed[-1] >= vocab_size:
+            raise ValueError(f"allowed ids must lie in [0, {vocab_size}), got {allowed[0]}..{allowed[-1]}")
+        batch = self._on_device(self.prepare_inputs(examples, suffix))
+        features, _ = self.encode_images(batch, vision_hook)
+        output = self.model.generate(
+            **self._model_inputs(batch),
+            mm_encoder_outputs={"image": features},
+            logits_processor=LogitsProcessorList([_AllowedTokens(allowed, vocab_size, self.device)]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=int(stop_token_id),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        generated = output[:, batch["input_ids"].shape[1] :].tolist()
+        return [row[: row.index(stop_token_id)] if stop_token_id in row else row for row in generated]
+
+    # ------------------------------------------------------------------------------------------
+    # LoRA and saving.
+
+    @property
+    def lora_enabled(self) -> bool:
+        return self.__dict__["_lora_model"] is not None
+
+    def enable_lora(self, options: LoraOptions | None = None) -> None:
+        """Wraps the configured Linear layers with LoRA adapters (in place); freezes everything else."""
+        if self.lora_enabled:
+            raise ValueError("LoRA is already enabled on this backbone")
+        options = options or self.config.lora
+        self.__dict__["_lora_model"] = inject_lora(self.model, options)
+
+    def merge_lora(self) -> PreTrainedModel:
+        """Folds the LoRA deltas into the weights and removes the adapters -> the plain HF model."""
+        if not self.lora_enabled:
+            raise ValueError("merge_lora: LoRA is not enabled on this backbone")
+        self.model = merge_lora(self.__dict__["_lora_model"])
+        self.__dict__["_lora_model"] = None
+        return self.model
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes model (safetensors) and processor so that `base_vlm: <directory>` rebuilds this backbone."""
+        if self.lora_enabled:
+            raise ValueError("save_pretrained: merge the LoRA adapters first (merge_lora())")
+        self.model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)

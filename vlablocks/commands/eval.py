@@ -1,0 +1,77 @@
+"""`vlablocks eval --env NAME (--policy ws://HOST:PORT | --ckpt DIR | --policy expert|random) --episodes N`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "eval"
+HELP = "closed-loop evaluation on a registered env: success rate with a 95% CI, summary JSON and GIFs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", required=True, help="registered eval env (vlablocks list eval_envs)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policy", help="ws://HOST:PORT of a running server, or the baselines 'expert' / 'random'")
+    source.add_argument("--ckpt", help="checkpoint directory, evaluated in-process")
+    parser.add_argument("--api-key", default=None, help="API key for a server that requires one")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1000, help="episode i uses seed + i")
+    parser.add_argument("--open-loop", type=int, default=None, help="actions played per chunk (default: whole chunk)")
+    parser.add_argument("--wrong-instruction", action="store_true", help="control: instruct a different object")
+    parser.add_argument("--videos", type=int, default=3, help="episodes saved as GIF")
+    parser.add_argument("--out", default="runs/eval", help="directory for summary.json and videos")
+
+
+def build_policy(args: argparse.Namespace, env):
+    """-> (policy, metadata) for the requested source."""
+    if args.ckpt:
+        from deployment.policy import load_policy
+
+        policy = load_policy(args.ckpt)
+        return policy, policy.metadata
+    if args.policy.startswith("ws://"):
+        from deployment.client import PolicyClient
+
+        host, _, port = args.policy.removeprefix("ws://").rstrip("/").rpartition(":")
+        client = PolicyClient(host, int(port), api_key=args.api_key)
+        return client, client.metadata
+    from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy
+
+    metadata = {"camera_keys": [f"view{i}" for i in range(len(env.config.cameras))], "action_horizon": 1}
+    if args.policy == "expert":
+        return ExpertPolicy(env), metadata
+    if args.policy == "random":
+        horizon = 8
+        return RandomPolicy(env.action_dim, horizon, env.config.max_move, args.seed), {
+            **metadata,
+            "action_horizon": horizon,
+        }
+    raise ValueError(f"--policy must be ws://HOST:PORT, 'expert' or 'random', got {args.policy!r}")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from vlablocks.config import merge_overrides
+    from vlablocks.evaluation.rollout import evaluate
+    from vlablocks.registry import EVAL_ENVS
+
+    options = merge_overrides({"name": args.env}, overrides)  # env options as --key=value overrides
+    env = EVAL_ENVS.build(options)
+    policy, metadata = build_policy(args, env)
+    summary = evaluate(
+        env,
+        policy,
+        metadata["camera_keys"],
+        args.episodes,
+        args.seed,
+        Path(args.out),
+        open_loop_horizon=args.open_loop or metadata["action_horizon"],
+        videos=args.videos,
+        wrong_instruction=args.wrong_instruction,
+    )
+    low, high = summary["ci95"]
+    print(
+        f"success rate {summary['success_rate']:.1%} ({summary['successes']}/{summary['episodes']}, "
+        f"95% CI {low:.1%}-{high:.1%}); summary: {Path(args.out) / 'summary.json'}; videos: {Path(args.out)}"
+    )
+    return 0

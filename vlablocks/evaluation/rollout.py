@@ -1,0 +1,145 @@
+"""Closed-loop evaluation: run episodes of a registered env against a policy, report success with a CI.
+
+A policy is anything with `infer(request) -> {"actions": [T, D]}` taking the wire observation
+`{"images": {camera_key: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str}`: the websocket
+`PolicyClient`, the in-process `FrameworkPolicy`, or the baselines below. Chunks are played out by
+`ActionChunkBroker` with a configurable open-loop horizon.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from deployment.client.action_chunk_broker import ActionChunkBroker
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (well-behaved at 0% and 100%, unlike the normal one)."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z**2 / trials
+    centre = (p + z**2 / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def to_request(obs: dict, camera_keys: list[str]) -> dict:
+    """Env observation (sample contract: `image` list of views) -> wire observation."""
+    views = obs["image"]
+    if len(views) != len(camera_keys):
+        raise ValueError(f"env gives {len(views)} views but the policy expects cameras {camera_keys}")
+    request = {"images": dict(zip(camera_keys, views)), "prompt": obs["lang"]}
+    if obs.get("state") is not None:
+        request["state"] = np.asarray(obs["state"], np.float32)
+    return request
+
+
+class RandomPolicy:
+    """Baseline: uniformly random normalized-range actions scaled to `scale`."""
+
+    def __init__(self, action_dim: int, horizon: int, scale: float, seed: int = 0) -> None:
+        self.action_dim, self.horizon, self.scale = action_dim, horizon, scale
+        self.rng = np.random.default_rng(seed)
+
+    def infer(self, request: dict) -> dict:
+        return {
+            "actions": self.rng.uniform(-self.scale, self.scale, (self.horizon, self.action_dim)).astype(np.float32)
+        }
+
+
+class ExpertPolicy:
+    """The env's scripted expert behind the policy interface (validates the env and the success metric)."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def infer(self, request: dict) -> dict:
+        return {"actions": self.env.expert_action()[None]}
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    seed: int
+    success: bool
+    steps: int
+    instruction: str
+    infer_ms: float
+
+
+def run_episode(
+    env, broker: ActionChunkBroker, camera_keys: list[str], seed: int, record: bool, wrong_instruction: bool
+):
+    """One episode -> (EpisodeResult, frames of the first view if `record`)."""
+    obs = env.reset(seed=seed)
+    broker.reset()
+    if wrong_instruction:
+        env_instruction = env.wrong_instruction()
+    frames = [obs["image"][0]] if record else []
+    infer_ms, done, info, steps = [], False, {"success": False}, 0
+    while not done:
+        if wrong_instruction:
+            obs = {**obs, "lang": env_instruction}
+        start = time.perf_counter()
+        reply = broker.infer(to_request(obs, camera_keys))
+        infer_ms.append((time.perf_counter() - start) * 1e3)
+        obs, _, done, info = env.step(np.asarray(reply["actions"], np.float32))
+        steps += 1
+        if record:
+            frames.append(obs["image"][0])
+    result = EpisodeResult(seed, bool(info["success"]), steps, obs["lang"], float(np.median(infer_ms)))
+    return result, frames
+
+
+def save_gif(frames: list[np.ndarray], path: Path, fps: int = 8) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(f).resize((f.shape[1] * 2, f.shape[0] * 2), Image.NEAREST) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def evaluate(
+    env,
+    policy,
+    camera_keys: list[str],
+    episodes: int,
+    seed: int,
+    out_dir: Path,
+    open_loop_horizon: int,
+    videos: int = 3,
+    wrong_instruction: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Runs `episodes` seeded episodes; writes `summary.json` and GIFs of the first `videos` episodes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    broker = ActionChunkBroker(policy, open_loop_horizon)
+    results, video_paths = [], []
+    for i in tqdm(range(episodes), desc="eval", disable=not progress, dynamic_ncols=True):
+        result, frames = run_episode(env, broker, camera_keys, seed + i, i < videos, wrong_instruction)
+        results.append(result)
+        if frames:
+            path = out_dir / f"episode_{i:03d}_{'success' if result.success else 'failure'}.gif"
+            save_gif(frames, path)
+            video_paths.append(str(path))
+    successes = sum(r.success for r in results)
+    low, high = wilson_interval(successes, episodes)
+    summary = {
+        "episodes": episodes,
+        "successes": successes,
+        "success_rate": successes / max(episodes, 1),
+        "ci95": [low, high],
+        "mean_steps": float(np.mean([r.steps for r in results])) if results else 0.0,
+        "median_infer_ms": float(np.median([r.infer_ms for r in results])) if results else 0.0,
+        "wrong_instruction": wrong_instruction,
+        "videos": video_paths,
+        "per_episode": [r.__dict__ for r in results],
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,40 @@
+"""`vlablocks stats --config_yaml F [--out PATH]`: per-dataset normalization stats -> norm_stats.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "stats"
+HELP = "compute per-dataset action/state stats (min, max, mean, std, q01, q99) in bounded memory -> norm_stats.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config_yaml", required=True, help="experiment YAML with platform: and dataset: sections")
+    parser.add_argument("--out", help="output file (default: <run_dir>/norm_stats.json)")
+    parser.add_argument("--batch_size", type=int, default=4096, help="rows read at a time (bounds memory)")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from vlablocks.config import ConfigError, PlatformConfig, load_config, to_dataclass
+    from vlablocks.dataloader.normalization import Normalizer
+    from vlablocks.dataloader.stats import compute_norm_stats
+    from vlablocks.registry import DATASETS
+
+    config = load_config(args.config_yaml, overrides)
+    if config["dataset"] is None:
+        raise ConfigError(f"{args.config_yaml} has no dataset: section to compute stats over")
+    platform = to_dataclass(PlatformConfig, config["platform"], "platform")
+    dataset = DATASETS.build(config["dataset"], platform=platform, seed=config["seed"])
+    normalizer = Normalizer(compute_norm_stats(dataset.leaves(), batch_size=args.batch_size))
+    out = Path(args.out) if args.out else Path(config["run_dir"]) / "norm_stats.json"
+    normalizer.save(out)
+    for name, entry in normalizer.stats.items():
+        keys = ", ".join(
+            f"{k} dim {len(entry[k]['mean'])} over {entry[k]['count']} frames"
+            for k in ("action", "state")
+            if k in entry
+        )
+        print(f"{name}: mode {entry['mode']}, {keys}")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,229 @@
+"""`lerobot`: a local LeRobot v3.0 dataset as raw samples (camera keys -> views, action chunks, task -> lang).
+
+    dataset:
+      name: lerobot
+      root: data/toy                            # local dataset directory (never the hub)
+      camera_keys: [observation.images.top]     # -> sample["image"], in this order
+      depth_keys: [observation.depth.top]       # optional, one per camera -> sample["depth"] (metres)
+      intrinsics_keys: [observation.intrinsics.top]  # optional, [9] or [3, 3] per frame
+      state_key: observation.state              # null: no state
+      action_key: action                        # chunked to platform.action_horizon via delta_timestamps
+
+Keys and dimensions are checked against the dataset's metadata when the dataset is built, i.e. before
+any training step: a missing key is an error listing the keys the dataset has.
+
+The chunk follows lerobot's `delta_timestamps` semantics exactly (offsets t / fps for t < T, indices
+clamped to the episode, `action_is_pad` where clamped) but is gathered here from the action column alone:
+lerobot's own delta query decodes every image of every chunk row (T times the image work for nothing on
+datasets with images in parquet; see benchmarks/data_loader.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from vlablocks.config import ConfigError, PlatformConfig
+from vlablocks.dataloader.base import RawDataset
+from vlablocks.dataloader.prompt_augmentation import PromptAugmentationConfig, PromptAugmenter
+from vlablocks.dataloader.sample import Sample
+from vlablocks.registry import DATASETS
+
+VISUAL_DTYPES = ("image", "video")
+
+
+def _is_depth(feature: dict) -> bool:
+    info = feature.get("info") or {}
+    return bool(info.get("is_depth_map") or info.get("video.is_depth_map"))
+
+
+def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
+    """LeRobot image [3, H, W] (float in [0, 1], or uint8 from video with return_uint8) -> [H, W, 3] uint8."""
+    if image.dtype != torch.uint8:
+        image = (image * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return image.permute(1, 2, 0).numpy()
+
+
+@DATASETS.register("lerobot")
+class LeRobotRawDataset(RawDataset):
+    """A local LeRobot v3.0 dataset: camera keys -> image views, action chunks with padding, task -> lang."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        name: str = "lerobot"
+        root: str  # local dataset directory, relative to the working directory or absolute
+        repo_id: str | None = None  # only a label here (default local/<root name>); nothing is downloaded
+        dataset_name: str | None = None  # keys the norm stats; default: the root's directory name
+        embodiment: str | None = None  # default: the platform name
+        camera_keys: list[str] = field(default_factory=list)
+        depth_keys: list[str] = field(default_factory=list)
+        intrinsics_keys: list[str] = field(default_factory=list)
+        state_key: str | None = "observation.state"
+        action_key: str = "action"
+        episodes: list[int] | None = None  # a subset of episode indices; null: all
+        norm_mode: Literal["q99", "mean_std", "min_max", "identity"] = "q99"
+        action_norm_mask: list[bool] | None = None  # False leaves a dimension (e.g. a gripper) unnormalized
+        state_norm_mask: list[bool] | None = None
+        prompt_augmentation: PromptAugmentationConfig = field(default_factory=PromptAugmentationConfig)
+        video_backend: str | None = None  # lerobot's default decoder when null
+        tolerance_s: float = 1e-4
+
+    def __init__(self, config: Config, *, platform: PlatformConfig, seed: int = 0) -> None:
+        super().__init__(platform, seed)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
+        from lerobot.datasets.feature_utils import check_delta_timestamps, get_delta_indices
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        self.config = config
+        root = Path(config.root).expanduser()
+        if not (root / "meta" / "info.json").is_file():
+            raise ConfigError(
+                f"dataset.root {str(root)!r} is not a LeRobot dataset (no meta/info.json); "
+                f"point it at a local LeRobot v3.0 dataset, e.g. one written by `vlablocks make-toy-data --out DIR`"
+            )
+        repo_id = config.repo_id or f"local/{root.resolve().name}"
+        self.name = config.dataset_name or root.resolve().name
+        self.embodiment = config.embodiment or platform.name
+        self.norm_mode = config.norm_mode
+        meta = LeRobotDatasetMetadata(repo_id, root=root)
+        self._check_keys(meta.features)
+        self.fps = meta.fps
+        self.delta_timestamps = {config.action_key: [t / meta.fps for t in range(platform.action_horizon)]}
+        check_delta_timestamps(self.delta_timestamps, meta.fps, config.tolerance_s)
+        self.delta_indices = np.asarray(get_delta_indices(self.delta_timestamps, meta.fps)[config.action_key])
+        self.lerobot = LeRobotDataset(
+            repo_id,
+            root=root,
+            episodes=config.episodes,
+            tolerance_s=config.tolerance_s,
+            video_backend=config.video_backend,
+            return_uint8=True,
+            depth_output_unit="m",
+        )
+        self.augmenter = PromptAugmenter.from_config(config.prompt_augmentation, seed)
+        episodes = self.lerobot.meta.episodes
+        self._episode_bounds = dict(
+            zip(episodes["episode_index"], zip(episodes["dataset_from_index"], episodes["dataset_to_index"]))
+        )
+        self._actions = self.lerobot.hf_dataset.with_format("numpy", columns=[config.action_key])
+
+    # -- checks before any data is read ---------------------------------------------------------
+
+    def _check_keys(self, features: dict[str, dict]) -> None:
+        c = self.config
+        cameras = sorted(k for k, f in features.items() if f["dtype"] in VISUAL_DTYPES and not _is_depth(f))
+        depths = sorted(k for k, f in features.items() if f["dtype"] in VISUAL_DTYPES and _is_depth(f))
+        numeric = sorted(k for k, f in features.items() if f["dtype"] not in (*VISUAL_DTYPES, "string"))
+        where = f"dataset {self.name!r} ({c.root})"
+        if not c.camera_keys:
+            raise ConfigError(f"dataset.camera_keys is empty; {where} has camera keys {cameras}")
+        for option, keys, available in (
+            ("camera_keys", c.camera_keys, cameras),
+            ("depth_keys", c.depth_keys, depths),
+            ("intrinsics_keys", c.intrinsics_keys, numeric),
+        ):
+            for key in keys:
+                if key not in available:
+                    raise ConfigError(
+                        f"dataset.{option}: {where} has no {option[:-5]} key {key!r}; available: {available}"
+                    )
+            if keys and len(keys) != len(c.camera_keys):
+                raise ConfigError(
+                    f"dataset.{option}: expected one per camera key ({len(c.camera_keys)}), got {len(keys)}"
+                )
+        for key in c.intrinsics_keys:
+            if int(np.prod(features[key]["shape"])) != 9:
+                raise ConfigError(
+                    f"dataset.intrinsics_keys: {key!r} must hold 3 x 3 values, has shape {features[key]['shape']}"
+                )
+        dims = {"action_key": (c.action_key, self.platform.action_dim, "action_dim")}
+        if c.state_key is not None:
+            dims["state_key"] = (c.state_key, self.platform.state_dim, "state_dim")
+        for option, (key, expected, platform_field) in dims.items():
+            if key not in numeric:
+                raise ConfigError(f"dataset.{option}: {where} has no key {key!r}; available: {numeric}")
+            got = tuple(features[key]["shape"])
+            if got != (expected,):
+                raise ConfigError(
+                    f"dataset.{option}: {key!r} of {where} has shape {list(got)}, platform {self.platform.name!r} "
+                    f"has {platform_field} {expected} (expected [{expected}], got {list(got)}); fix platform.{platform_field}"
+                )
+        for option, mask, dim in (
+            ("action_norm_mask", c.action_norm_mask, self.platform.action_dim),
+            ("state_norm_mask", c.state_norm_mask, self.platform.state_dim),
+        ):
+            if mask is not None and len(mask) != dim:
+                raise ConfigError(f"dataset.{option}: expected {dim} entries (one per dimension), got {len(mask)}")
+
+    # -- samples --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.lerobot)
+
+    def load(self, index: int, key: tuple[int, ...]) -> Sample:
+        c = self.config
+        item = self.lerobot[index]
+        action, action_is_pad = self.action_chunk(int(item["index"]), int(item["episode_index"]))
+        lang = item["task"] if self.augmenter is None else self.augmenter(item["task"], key)
+        sample: Sample = {
+            "image": [to_uint8_hwc(item[k]) for k in c.camera_keys],
+            "lang": lang,
+            "action": action,
+            "action_is_pad": action_is_pad,
+            "dataset_name": self.name,
+            "embodiment": self.embodiment,
+        }
+        if c.state_key is not None:
+            sample["state"] = item[c.state_key].numpy().astype(np.float32, copy=False)
+        if c.depth_keys:
+            sample["depth"] = [
+                item[k].reshape(item[k].shape[-2:]).numpy().astype(np.float32, copy=False) for k in c.depth_keys
+            ]
+        if c.intrinsics_keys:
+            sample["intrinsics"] = np.stack([item[k].reshape(3, 3).numpy() for k in c.intrinsics_keys]).astype(
+                np.float32
+            )
+        return sample
+
+    def action_chunk(self, frame: int, episode: int) -> tuple[np.ndarray, np.ndarray]:
+        """Absolute frame index -> (actions [T, D] float32, is_pad [T] bool), as lerobot's delta query."""
+        start, stop = self._episode_bounds[episode]
+        wanted = frame + self.delta_indices
+        rows = np.clip(wanted, start, stop - 1).tolist()
+        mapping = self.lerobot.absolute_to_relative_idx
+        if mapping is not None:
+            rows = [mapping[r] for r in rows]
+        actions = np.asarray(self._actions[rows][self.config.action_key], dtype=np.float32)
+        return actions, (wanted < start) | (wanted >= stop)
+
+    def episode_indices(self, episode: int) -> range:
+        """Sample indices of one recorded episode (in frame order)."""
+        start, stop = self._episode_bounds[episode]
+        mapping = self.lerobot.absolute_to_relative_idx
+        if mapping is None:
+            return range(start, stop)
+        if start not in mapping:
+            raise KeyError(f"episode {episode} is not among the selected episodes {self.config.episodes}")
+        return range(mapping[start], mapping[start] + stop - start)
+
+    # -- stats ----------------------------------------------------------------------------------
+
+    def norm_masks(self) -> dict[str, list[bool]]:
+        masks = {"action": self.config.action_norm_mask, "state": self.config.state_norm_mask}
+        return {k: list(v) for k, v in masks.items() if v is not None}
+
+    def low_dim_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        columns = {"action": self.config.action_key}
+        if self.config.state_key is not None:
+            columns["state"] = self.config.state_key
+        table = self.lerobot.hf_dataset.with_format("numpy", columns=list(columns.values()))
+        for start in range(0, len(table), batch_size):
+            rows = table[start : start + batch_size]
+            yield {name: np.asarray(rows[key], dtype=np.float64) for name, key in columns.items()}

@@ -1,0 +1,142 @@
+"""`toy`: a language-conditioned tabletop task in pure numpy, the CPU-scale stand-in for LIBERO.
+
+A white puck must reach the block whose colour the instruction names, among `num_objects` blocks of
+distinct colours on a coarse grid. Actions are planar displacements [dx, dy] (norm capped at
+`max_move`), the state is the puck position [x, y]; success is the puck centre within
+`success_radius` of the named block's centre. See docs/toy_task.md for the design and why.
+
+    env = ToyTabletopEnv(ToyTabletopEnv.Config())
+    obs = env.reset(seed=0)
+    while True:
+        obs, reward, done, info = env.step(env.expert_action())
+        if done:
+            break
+    assert info["success"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlablocks.envs.toy_scene import Camera, Layout, render, sample_layout
+from vlablocks.registry import EVAL_ENVS
+
+ACTION_DIM = 2
+STATE_DIM = 2
+CAMERAS = ("top", "wrist")
+TOP_HEIGHT = 1.5
+WRIST_HEIGHT = 0.45
+WRIST_HALF_VIEW = 0.2  # half the table width the wrist camera sees
+
+
+@EVAL_ENVS.register("toy")
+class ToyTabletopEnv:
+    """Pure-numpy tabletop: move the puck to the block of the named colour (2-D moves, 1-2 cameras + depth)."""
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "toy"
+        image_size: int = 112  # pixels per side; 112 = a 4 x 4 grid of Qwen's 28-pixel merged tokens
+        grid: int = 4  # blocks sit on the centres of a grid x grid lattice
+        num_objects: int = 3
+        cameras: list[str] = field(default_factory=lambda: ["top"])  # views in obs["image"], from CAMERAS
+        max_steps: int = 30
+        max_move: float = 0.1  # action norm cap, in table widths
+        success_radius: float = 0.05
+        block_half: float = 0.08  # half side of a block
+        agent_radius: float = 0.05
+        dataset_name: str = "toy"  # tag put in obs, selects the normalization stats at serving time
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or self.Config()
+        unknown = [c for c in self.config.cameras if c not in CAMERAS]
+        if unknown or not self.config.cameras:
+            raise ValueError(
+                f"toy env cameras must be a non-empty subset of {list(CAMERAS)}, got {self.config.cameras}"
+            )
+        size = self.config.image_size
+        self.cameras = {
+            "top": (Camera(size, focal=size / 2 * TOP_HEIGHT / 0.5), TOP_HEIGHT),
+            "wrist": (Camera(size, focal=size / 2 * WRIST_HEIGHT / WRIST_HALF_VIEW), WRIST_HEIGHT),
+        }
+        self.action_dim = ACTION_DIM
+        self.state_dim = STATE_DIM
+        self.layout: Layout | None = None
+        self.agent = np.zeros(2)
+        self.steps = 0
+
+    # -- gym-like API ---------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> dict:
+        """New layout and puck position (never already within reach of the target) -> obs."""
+        rng = np.random.default_rng(seed)
+        self.layout = sample_layout(rng, self.config.grid, self.config.num_objects)
+        while True:
+            self.agent = rng.uniform(0.05, 0.95, size=2)
+            if self.distance() > 2 * self.config.success_radius:
+                break
+        self.steps = 0
+        return self.observation()
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
+        """action: [2] displacement (norm capped at max_move) -> (obs, reward, done, info)."""
+        if self.layout is None:
+            raise RuntimeError("call reset() before step()")
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (ACTION_DIM,) or not np.all(np.isfinite(action)):
+            raise ValueError(f"toy env action must be {ACTION_DIM} finite numbers, got {action.tolist()}")
+        self.agent = np.clip(self.agent + self.cap(action), 0.0, 1.0)
+        self.steps += 1
+        success = self.distance() <= self.config.success_radius
+        done = success or self.steps >= self.config.max_steps
+        info = {
+            "success": bool(success),
+            "distance": self.distance(),
+            "target": self.layout.colours[self.layout.target],
+        }
+        return self.observation(), float(success), bool(done), info
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert: straight at the named block at full speed -> [2] float32."""
+        return self.cap(self.layout.target_position - self.agent).astype(np.float32)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def cap(self, move: np.ndarray) -> np.ndarray:
+        norm = float(np.linalg.norm(move))
+        return move if norm <= self.config.max_move else move * (self.config.max_move / norm)
+
+    def distance(self) -> float:
+        return float(np.linalg.norm(self.agent - self.layout.target_position))
+
+    def observation(self) -> dict:
+        """The sample contract minus the action: image/depth per view, intrinsics [V, 3, 3], state [2], lang."""
+        images, depths, intrinsics = [], [], []
+        for name in self.config.cameras:
+            camera, height = self.cameras[name]
+            if name == "top":
+                rgb, depth = render(
+                    camera,
+                    np.array([0.5, 0.5]),
+                    height,
+                    self.layout,
+                    self.config.block_half,
+                    self.agent,
+                    self.config.agent_radius,
+                )
+            else:  # mounted above the puck, which it therefore does not see
+                rgb, depth = render(camera, self.agent, height, self.layout, self.config.block_half, None, 0.0)
+            images.append(rgb)
+            depths.append(depth)
+            intrinsics.append(camera.intrinsics)
+        return {
+            "image": images,
+            "depth": depths,
+            "intrinsics": np.stack(intrinsics),
+            "state": self.agent.astype(np.float32),
+            "lang": self.layout.instruction,
+            "dataset_name": self.config.dataset_name,
+            "embodiment": "toy",
+        }

@@ -127,12 +127,24 @@ def check_checkpoint_dir(path: str) -> Path:
         raise FileNotFoundError(f"base_vlm {path}: no config.json; is this a saved transformers checkpoint?")
     if not any(directory.glob("*.safetensors")):
         raise FileNotFoundError(f"base_vlm {path}: no *.safetensors weights (found: {_listing(directory)})")
+    if not (directory / "tokenizer.json").is_file() and not (directory / "vocab.json").is_file():
+        raise FileNotFoundError(
+            f"base_vlm {path}: no tokenizer (tokenizer.json or vocab.json + merges.txt); save the processor there too"
+        )
     return directory
 
 
 def _listing(directory: Path) -> str:
     names = sorted(p.name for p in directory.iterdir())
     return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") if names else "nothing"
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Activation (gradient) checkpointing of every layer, non-reentrant (works with frozen inputs)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers releases before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 class VLMBackbone(nn.Module):
@@ -187,9 +199,10 @@ class VLMBackbone(nn.Module):
         self.image_token_id = self.token_id(processor.image_token)
         self.__dict__["_lora_model"] = None  # peft's LoraModel; kept out of the module tree (same params)
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
         if config.lora.enabled:
             self.enable_lora(config.lora)
+        self.train()  # from_pretrained leaves eval mode; a fresh module trains, whichever way it was built
 
     # ------------------------------------------------------------------------------------------
     # Family hooks.
@@ -268,6 +281,8 @@ class VLMBackbone(nn.Module):
         if new:
             self.tokenizer.add_tokens(new, special_tokens=True)
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
+            # New rows come from the model's initializer: mean_resizing would fit a covariance over
+            # ~150k x H pretrained rows, tens of seconds on CPU for a 7B model.
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
         return [self.token_id(t) for t in tokens]
 

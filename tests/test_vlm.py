@@ -1,0 +1,468 @@
+"""VLM backbones: tiny Qwen2.5-VL and Qwen3-VL built offline, driven through their real code paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlablocks.cli import main as cli_main
+from vlablocks.registry import VLMS
+from vlablocks.vlm import VLMBackbone
+from vlablocks.vlm.base import resolve_attn_implementation, resolve_dtype
+from vlablocks.vlm.tokenizer import QWEN_SPECIAL_TOKENS, tiny_tokenizer
+from vlablocks.vlm.vision import sincos_2d
+
+FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
+ACTION_TOKENS = [f"<|act_{i}|>" for i in range(4)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny matmuls on 2 shared cores: a second intra-op thread only adds contention.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(name: str, seed: int = 0, **options) -> VLMBackbone:
+    torch.manual_seed(seed)
+    return VLMS.build({"name": name, **options})
+
+
+def random_views(rng: np.random.Generator, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+
+
+def mixed_batch(seed: int = 0) -> list[dict]:
+    """Sample 0: two views of different sizes (one a PIL image); sample 1: one view."""
+    rng = np.random.default_rng(seed)
+    first, second = random_views(rng, [(64, 80), (120, 90)])
+    return [
+        {"image": [first, Image.fromarray(second)], "lang": "pick the red block"},
+        {"image": random_views(rng, [(100, 100)]), "lang": "open the top drawer"},
+    ]
+
+
+def tokens_per_view(vlm: VLMBackbone) -> int:
+    factor = vlm.patch_size * vlm.merge_size
+    return (vlm.view_size[0] // factor) * (vlm.view_size[1] // factor)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_forward_backward_mixed_views(name):
+    vlm = build(name)
+    out = vlm(mixed_batch())
+    batch, length, hidden = out.last_hidden_state.shape
+    assert (batch, hidden) == (2, vlm.hidden_size)
+    assert len(out.hidden_states) == vlm.num_layers + 1 == 3
+    assert all(h.shape == (batch, length, hidden) for h in out.hidden_states)
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    per_view = tokens_per_view(vlm)
+    assert out.vision_mask.sum(1).tolist() == [2 * per_view, per_view]
+    assert out.view_index[out.vision_mask].tolist() == [0] * per_view + [1] * per_view + [0] * per_view
+    assert (out.view_index[~out.vision_mask] == -1).all()
+    assert (out.vision_positions[~out.vision_mask] == 0).all()
+    # Left padding: the shorter sample starts with pad tokens, both end with the assistant start.
+    assert out.attention_mask[1, 0] == 0 and out.attention_mask[:, -1].tolist() == [1, 1]
+    out.last_hidden_state.square().mean().backward()
+    vision_grad = vlm.model.model.visual.patch_embed.proj.weight.grad
+    text_grad = vlm.model.get_input_embeddings().weight.grad
+    assert vision_grad is not None and vision_grad.abs().sum() > 0
+    assert text_grad is not None and text_grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_batching_with_left_padding_matches_single_samples(name):
+    vlm = build(name).eval()
+    examples = mixed_batch()
+    with torch.no_grad():
+        both = vlm(examples)
+        alone = vlm(examples[1:])
+    real = both.attention_mask[1].bool()
+    torch.testing.assert_close(both.last_hidden_state[1, real], alone.last_hidden_state[0], atol=1e-5, rtol=1e-4)
+
+
+def test_one_view_per_sample_and_sizes_per_family():
+    examples = [{"image": random_views(np.random.default_rng(i), [(48, 64)]), "lang": "push"} for i in range(2)]
+    for name, size in (("qwen2_5_vl", (112, 112)), ("qwen3_vl", (128, 128))):
+        vlm = build(name)
+        assert vlm.view_size == size  # 112 rounded to multiples of 28 (Qwen2.5-VL) and 32 (Qwen3-VL)
+        out = vlm(examples)
+        assert out.vision_mask.sum(1).tolist() == [tokens_per_view(vlm)] * 2 == [16, 16]
+        out.last_hidden_state.sum().backward()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_special_tokens_and_requested_positions(name):
+    vlm = build(name)
+    rows_before = vlm.model.get_input_embeddings().num_embeddings
+    ids = vlm.add_special_tokens(ACTION_TOKENS)
+    assert ids == [vlm.tokenizer.convert_tokens_to_ids(t) for t in ACTION_TOKENS]
+    assert len(set(ids)) == 4 and min(ids) >= rows_before
+    assert vlm.model.get_input_embeddings().num_embeddings == len(vlm.tokenizer) == rows_before + 4
+    assert vlm.add_special_tokens(ACTION_TOKENS[:2]) == ids[:2]  # idempotent
+    suffix = ["<|act_0|><|act_1|>text<|act_1|>", "<|act_1|><|act_0|><|act_1|>"]
+    out = vlm(mixed_batch(), suffix=suffix, requested_tokens=["<|act_0|>", "<|act_1|>"])
+    for token in ("<|act_0|>", "<|act_1|>"):
+        positions = out.token_positions[token]
+        assert (out.input_ids.gather(1, positions) == vlm.token_id(token)).all()
+    assert out.token_positions["<|act_0|>"].shape == (2, 1)
+    assert out.token_positions["<|act_1|>"].shape == (2, 2)
+    length = out.input_ids.shape[1]
+    assert out.token_positions["<|act_1|>"][1].tolist() == [length - 3, length - 1]
+    with pytest.raises(ValueError, match=r"'<\|act_2\|>' occurs \[0, 1\] times"):
+        vlm(mixed_batch(), suffix=["", "<|act_2|>"], requested_tokens=["<|act_2|>"])
+    with pytest.raises(ValueError, match="not in the tokenizer"):
+        vlm.token_id("<|unknown|>")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_lora_trains_fewer_params_and_merges_exactly(name):
+    vlm = build(name).eval()
+    examples = mixed_batch()
+    with torch.no_grad():
+        base = vlm(examples).last_hidden_state
+    trainable_before = sum(p.numel() for p in vlm.parameters() if p.requires_grad)
+    vlm.enable_lora(vlm.config.lora)
+    trainable = {n: p.numel() for n, p in vlm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(".language_model." in n for n in trainable)  # apply_to: llm
+    assert sum(trainable.values()) < trainable_before / 10
+    for param_name, param in vlm.named_parameters():
+        if "lora_B" in param_name:  # peft starts B at zero; make the adapters do something
+            torch.nn.init.normal_(param, std=0.1)
+    with torch.no_grad():
+        adapted = vlm(examples).last_hidden_state
+        assert (adapted - base).abs().max() > 1e-3
+        plain = vlm.merge_lora()
+        merged = vlm(examples).last_hidden_state
+    assert type(plain) is vlm.model_class and plain is vlm.model
+    assert not any("lora_" in n for n, _ in vlm.named_parameters())
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=0)
+
+
+def test_lora_scopes_and_target_patterns():
+    vlm = build("qwen2_5_vl", lora={"enabled": True, "apply_to": "vision", "target_modules": ["qkv"], "rank": 4})
+    names = [n for n, p in vlm.named_parameters() if p.requires_grad]
+    assert names and all(".visual.blocks." in n and ".attn.qkv.lora_" in n for n in names)
+    assert len(names) == 2 * vlm.config.tiny_vision_depth  # lora_A and lora_B per block
+    regex = build("qwen3_vl", lora={"enabled": True, "apply_to": "both", "target_modules": r".*\.(q_proj|qkv)"})
+    wrapped = {n.rsplit(".lora_", 1)[0] for n, p in regex.named_parameters() if p.requires_grad}
+    assert any(".language_model." in n for n in wrapped) and any(".visual." in n for n in wrapped)
+    assert all(n.endswith((".q_proj", ".qkv")) for n in wrapped)
+    with pytest.raises(ValueError, match="matched no Linear layer in the llm"):
+        build("qwen2_5_vl", lora={"enabled": True, "target_modules": ["nonexistent_proj"]})
+    with pytest.raises(ValueError, match="merge the LoRA adapters first"):
+        regex.save_pretrained("/nonexistent")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_save_pretrained_and_rebuild_from_base_vlm(name, tmp_path):
+    vlm = build(name, seed=3).eval()
+    vlm.add_special_tokens(ACTION_TOKENS)
+    vlm.save_pretrained(tmp_path)
+    reloaded = VLMS.build({"name": name, "base_vlm": str(tmp_path)}).eval()
+    assert reloaded.token_id("<|act_3|>") == vlm.token_id("<|act_3|>")
+    examples = mixed_batch(seed=5)
+    with torch.no_grad():
+        expected = vlm(examples, suffix="<|act_0|>", requested_tokens=["<|act_0|>"])
+        got = reloaded(examples, suffix="<|act_0|>", requested_tokens=["<|act_0|>"])
+    assert torch.equal(got.input_ids, expected.input_ids)
+    assert torch.equal(got.token_positions["<|act_0|>"], expected.token_positions["<|act_0|>"])
+    for a, b in zip(got.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_base_vlm_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        build("qwen2_5_vl", base_vlm=str(tmp_path / "missing"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors weights \(found: config.json\)"):
+        build("qwen2_5_vl", base_vlm=str(tmp_path))
+    saved = tmp_path / "saved"
+    build("qwen2_5_vl").save_pretrained(saved)
+    with pytest.raises(ValueError, match="holds a 'qwen2_5_vl' model, not 'qwen3_vl'"):
+        build("qwen3_vl", base_vlm=str(saved))
+    (saved / "tokenizer.json").unlink()
+    (saved / "tokenizer_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        build("qwen2_5_vl", base_vlm=str(saved))
+
+
+@pytest.mark.parametrize(
+    "example, message",
+    [
+        (
+            {"image": ["picture.png"], "lang": "go"},
+            "['image'][0]: expected a PIL image or a uint8 HxWx3 array, got str",
+        ),
+        ({"image": [np.zeros((32, 32, 3), np.float32)], "lang": "go"}, "got float32 array of shape (32, 32, 3)"),
+        ({"image": [np.zeros((3, 32, 32), np.uint8)], "lang": "go"}, "got uint8 array of shape (3, 32, 32)"),
+        ({"image": [torch.zeros(32, 32, 4, dtype=torch.uint8)], "lang": "go"}, "got uint8 array of shape (32, 32, 4)"),
+        ({"image": np.zeros((32, 32, 3), np.uint8), "lang": "go"}, "['image']: expected a list of views, got a single"),
+        ({"image": [], "lang": "go"}, "['image']: a sample needs at least one view, got 0"),
+        ({"image": [np.zeros((32, 32, 3), np.uint8)], "lang": "  "}, "['lang']: the instruction is empty"),
+        ({"image": [np.zeros((32, 32, 3), np.uint8)]}, "['lang']: expected an instruction string, got NoneType"),
+        ({"lang": "go"}, " has no 'image' key"),
+    ],
+)
+def test_bad_examples_are_named(example, message, qwen25):
+    good = {"image": [np.zeros((32, 32, 3), np.uint8)], "lang": "go"}
+    with pytest.raises(ValueError) as info:
+        qwen25([good, example])
+    assert str(info.value).startswith("examples[1]") and message in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def qwen25(one_thread) -> VLMBackbone:
+    return build("qwen2_5_vl")
+
+
+def test_bad_batch_arguments(qwen25):
+    with pytest.raises(ValueError, match="expected a non-empty list of dicts"):
+        qwen25([])
+    with pytest.raises(ValueError, match="one per example"):
+        qwen25(mixed_batch(), suffix=["only one"])
+    with pytest.raises(ValueError, match="image_size must be an int or"):
+        build("qwen2_5_vl", image_size=[1, 2, 3])
+
+
+def test_stacked_uint8_views_and_tensors_are_accepted(qwen25):
+    rng = np.random.default_rng(1)
+    stacked = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    as_list = qwen25.prepare_inputs([{"image": list(stacked), "lang": "go"}])
+    as_array = qwen25.prepare_inputs([{"image": stacked, "lang": "go"}])
+    as_tensor = qwen25.prepare_inputs([{"image": torch.from_numpy(stacked), "lang": "go"}])
+    assert as_list["views_per_sample"] == as_array["views_per_sample"] == [2]
+    assert torch.equal(as_list["pixel_values"], as_array["pixel_values"])
+    assert torch.equal(as_list["pixel_values"], as_tensor["pixel_values"])
+    assert "mm_token_type_ids" in as_list and as_list["input_ids"].shape == as_list["mm_token_type_ids"].shape
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_vision_layout_follows_the_processor_patch_order(name):
+    """Each view is painted with one grey level per merged block; decoding pixel_values must give grid_rc."""
+    vlm = build(name, image_size=[64, 128] if name == "qwen3_vl" else [56, 112])
+    height, width = vlm.view_size
+    block = vlm.patch_size * vlm.merge_size
+    rows, cols = height // block, width // block
+    assert (rows, cols) == (2, 4)
+    levels = 10 + 20 * np.arange(rows * cols).reshape(rows, cols)
+    painted = np.kron(levels, np.ones((block, block))).astype(np.uint8)
+    view = np.repeat(painted[:, :, None], 3, axis=2)
+    examples = [{"image": [view, view], "lang": "point at it"}, {"image": [view], "lang": "again"}]
+    seen = {}
+
+    def capture(embeds, info):
+        seen["info"] = info
+        return embeds
+
+    out = vlm(examples, vision_hook=capture)
+    info = seen["info"]
+    batch = vlm.prepare_inputs(examples)
+    mean = vlm.processor.image_processor.image_mean[0]
+    std = vlm.processor.image_processor.image_std[0]
+    patch_pixels = vlm.patch_size**2 * 2  # channel 0, both temporal copies
+    channel0 = batch["pixel_values"][:, :patch_pixels].reshape(-1, vlm.merge_size**2 * patch_pixels)
+    grey = ((channel0.mean(1) * std + mean) * 255).round()
+    block_index = ((grey - 10) / 20).round().long()
+    assert torch.equal(block_index, info.grid_rc[:, 0] * cols + info.grid_rc[:, 1])
+    expected_rc = [[r, c] for r in range(rows) for c in range(cols)]
+    assert info.grid_rc.tolist() == expected_rc * 3
+    assert info.view_grid_hw.tolist() == [[2, 4]] * 3
+    assert info.batch_index.tolist() == [0] * 16 + [1] * 8
+    assert info.view_index.tolist() == [0] * 8 + [1] * 8 + [0] * 8
+    expected_positions = torch.tensor([((r + 0.5) / rows, (c + 0.5) / cols) for r, c in expected_rc] * 3)
+    torch.testing.assert_close(info.positions, expected_positions)
+    torch.testing.assert_close(out.vision_positions[out.vision_mask], expected_positions)
+    assert info.text_embeds.shape == (*out.input_ids.shape, vlm.hidden_size)
+    assert torch.equal(info.attention_mask, out.attention_mask) and torch.equal(info.vision_mask, out.vision_mask)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_vision_hook_changes_only_what_follows_the_hooked_view(name):
+    vlm = build(name).eval()
+    examples = mixed_batch()
+
+    def zero_second_view_of_first_sample(embeds, info):
+        keep = ~((info.batch_index == 0) & (info.view_index == 1))
+        return embeds * keep[:, None].to(embeds.dtype)
+
+    with torch.no_grad():
+        plain = vlm(examples)
+        hooked = vlm(examples, vision_hook=zero_second_view_of_first_sample)
+    first_hooked = int(((plain.view_index[0] == 1)).nonzero()[0])
+    diff = (hooked.last_hidden_state - plain.last_hidden_state).abs().amax(-1)
+    assert diff[0, :first_hooked].max() < 1e-6  # causal attention: earlier tokens cannot see the change
+    assert diff[0, first_hooked:].min() > 1e-4
+    assert diff[1].max() < 1e-6  # the other sample is untouched
+    with pytest.raises(ValueError, match="vision_hook must return image embeddings of shape"):
+        vlm(examples, vision_hook=lambda embeds, info: embeds[:-1])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sincos2d_adds_the_fixed_code_before_the_hook(name):
+    captured = {}
+
+    def capture(key):
+        def hook(embeds, info):
+            captured[key] = (embeds.detach().clone(), info.grid_rc)
+            return embeds
+
+        return hook
+
+    plain = build(name, seed=1)
+    coded = build(name, seed=1, vision_position_encoding="sincos2d")
+    examples = mixed_batch()
+    with torch.no_grad():
+        plain(examples, vision_hook=capture("none"))
+        coded(examples, vision_hook=capture("sincos2d"))
+    (base, grid_rc), (with_code, _) = captured["none"], captured["sincos2d"]
+    torch.testing.assert_close(with_code - base, sincos_2d(grid_rc, plain.hidden_size), atol=1e-5, rtol=0)
+
+
+def test_sincos_2d_values():
+    code = sincos_2d(torch.tensor([[0, 0], [0, 1], [1, 0], [3, 2]]), 8)
+    quarter = torch.tensor([1.0, 0.01])  # 1 / 10000 ** (i / 2)
+    expected = []
+    for row, col in ((0, 0), (0, 1), (1, 0), (3, 2)):
+        expected.append(
+            torch.cat([(row * quarter).sin(), (row * quarter).cos(), (col * quarter).sin(), (col * quarter).cos()])
+        )
+    torch.testing.assert_close(code, torch.stack(expected))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(torch.zeros(1, 2, dtype=torch.long), 6)
+
+
+class ScriptedLogits:
+    """Forward hook on lm_head: makes a disallowed token the raw favourite and scripts the allowed order."""
+
+    def __init__(self, disallowed: int, script: list[int]) -> None:
+        self.disallowed, self.script, self.step = disallowed, script, 0
+
+    def __call__(self, module, args, logits):
+        logits = logits.clone()
+        logits[:, -1, self.disallowed] += 1e4
+        logits[:, -1, self.script[min(self.step, len(self.script) - 1)]] += 1e3
+        self.step += 1
+        return logits
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_generate_constrained_masks_and_stops(name):
+    vlm = build(name).eval()
+    ids = vlm.add_special_tokens(ACTION_TOKENS)
+    stop = vlm.token_id("<|im_end|>")
+    handle = vlm.model.lm_head.register_forward_hook(
+        ScriptedLogits(vlm.token_id("<|box_start|>"), [ids[2], ids[0], stop])
+    )
+    try:
+        generated = vlm.generate_constrained(mixed_batch(), ids[:3], stop, max_new_tokens=6)
+    finally:
+        handle.remove()
+    assert generated == [[ids[2], ids[0]], [ids[2], ids[0]]]
+
+
+@pytest.mark.parametrize("name, encoding", [("qwen2_5_vl", "none"), ("qwen3_vl", "sincos2d")])
+def test_generate_constrained_matches_greedy_forward(name, encoding):
+    """KV-cached decoding equals re-running the full forward with the decoded tokens as suffix."""
+    vlm = build(name, vision_position_encoding=encoding).eval()
+    ids = vlm.add_special_tokens(ACTION_TOKENS)
+    stop = vlm.token_id("<|im_end|>")
+    examples = mixed_batch()
+    generated = vlm.generate_constrained(examples, ids, stop, max_new_tokens=3)
+    allowed = torch.tensor(ids + [stop])
+    for index, example in enumerate(examples):
+        expected: list[int] = []
+        for _ in range(3):
+            with torch.no_grad():
+                suffix = "".join(vlm.tokenizer.convert_ids_to_tokens(expected))
+                hidden = vlm([example], suffix=suffix).last_hidden_state[0, -1]
+            best = int(allowed[vlm.model.lm_head(hidden)[allowed].argmax()])
+            if best == stop:
+                break
+            expected.append(best)
+        assert generated[index] == expected
+        assert set(generated[index]) <= set(ids) and len(generated[index]) <= 3
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        vlm = build("qwen2_5_vl", gradient_checkpointing=checkpointing)
+        assert vlm.model.model.language_model.layers[0].gradient_checkpointing == checkpointing
+        assert vlm.model.model.visual.blocks[0].gradient_checkpointing == checkpointing
+        vlm(mixed_batch()).last_hidden_state.square().mean().backward()
+        grads.append(vlm.model.model.language_model.layers[0].mlp.up_proj.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_published_architecture_numbers(qwen25):
+    qwen3 = build("qwen3_vl")
+    seven = qwen25.model_config("7b", qwen25.tokenizer)
+    assert seven.text_config.hidden_size == 3584 and seven.text_config.num_hidden_layers == 28
+    assert (seven.text_config.num_attention_heads, seven.text_config.num_key_value_heads) == (28, 4)
+    assert seven.text_config.intermediate_size == 18944 and seven.text_config.vocab_size == 152064
+    assert seven.vision_config.out_hidden_size == 3584 and seven.vision_config.depth == 32
+    three = qwen25.model_config("3b", qwen25.tokenizer)
+    assert (three.text_config.hidden_size, three.text_config.num_hidden_layers) == (2048, 36)
+    assert three.text_config.num_key_value_heads == 2 and three.tie_word_embeddings
+    eight = qwen3.model_config("8b", qwen3.tokenizer)
+    assert (eight.text_config.hidden_size, eight.text_config.num_hidden_layers) == (4096, 36)
+    assert eight.vision_config.deepstack_visual_indexes == [8, 16, 24] and eight.vision_config.patch_size == 16
+    assert qwen3.model_config("4b", qwen3.tokenizer).text_config.intermediate_size == 9728
+    for config in (seven, eight):
+        assert config.image_token_id == qwen25.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    with pytest.raises(ValueError, match=r"qwen3_vl has no published arch '7b' \(available: tiny, 2b, 4b, 8b\)"):
+        qwen3.model_config("7b", qwen3.tokenizer)
+
+
+def test_tiny_tokenizer_is_deterministic_and_carries_qwen_tokens(tmp_path):
+    first = tiny_tokenizer(tmp_path / "a")
+    second = tiny_tokenizer(tmp_path / "b")
+    assert first.get_vocab() == second.get_vocab()
+    assert (tmp_path / "a" / "vocab.json").is_file()
+    cached = tiny_tokenizer(tmp_path / "a")
+    assert cached.get_vocab() == first.get_vocab()
+    special_ids = first.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))
+    assert special_ids == list(range(len(QWEN_SPECIAL_TOKENS)))
+    text = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>pick the red block<|im_end|>"
+    ids = first(text).input_ids
+    assert ids[0] == first.convert_tokens_to_ids("<|im_start|>") and first.decode(ids) == text
+    assert ids.count(first.convert_tokens_to_ids("<|image_pad|>")) == 1
+
+
+def test_runtime_choices_on_cpu(qwen25):
+    if not torch.cuda.is_available():
+        assert resolve_dtype("auto") == torch.float32
+        assert resolve_attn_implementation("auto") == "sdpa"
+        assert qwen25.model.config._attn_implementation == "sdpa"
+        assert qwen25.model.dtype == torch.float32
+    assert resolve_attn_implementation("eager") == "eager"
+    with pytest.raises(ValueError, match="dtype must be auto, float32, bfloat16 or float16"):
+        resolve_dtype("fp8")
+
+
+def test_yaml_section_is_validated_against_the_config():
+    from vlablocks.config import ConfigError, validate
+
+    checked = validate(
+        {"name": "qwen3_vl", "image_size": [64, 96], "lora": {"rank": 4}}, VLMS.entry("qwen3_vl").config_class
+    )
+    assert checked["image_size"] == [64, 96] and checked["lora"]["apply_to"] == "llm"
+    with pytest.raises(
+        ConfigError, match=r"unknown key framework\.vlm\.lora\.rnak — did you mean framework\.vlm\.lora\.rank"
+    ):
+        validate({"name": "qwen3_vl", "lora": {"rnak": 4}}, VLMS.entry("qwen3_vl").config_class, "framework.vlm")
+
+
+def test_list_vlms_shows_both_families(capsys):
+    assert cli_main(["list", "vlms"]) == 0
+    listing = capsys.readouterr().out
+    assert "qwen2_5_vl" in listing and "Qwen2.5-VL" in listing
+    assert "qwen3_vl" in listing and "Qwen3-VL" in listing

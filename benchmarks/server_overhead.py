@@ -1,6 +1,6 @@
 """Serving overhead: round-trip time minus model time for 2 x 224x224x3 uint8 views + state on loopback.
 
-Goal: <= 1.5 ms (p50). Side by side in one run: the policy server (msgpack + numpy decode, validation,
+Goal: <= 1.5 ms (p50). Side by side in one run (requests alternate): the policy server (msgpack + numpy decode, validation,
 thread hand-off, reply) and a bare websocket echo of the same request bytes, the floor any protocol pays.
 
     python benchmarks/server_overhead.py [--ckpt DIR] [--requests 500]
@@ -24,34 +24,32 @@ from deployment.client import PolicyClient, msgpack_numpy
 GOAL_MS = 1.5
 
 
-def measure_policy(port: int, requests: int, warmup: int) -> tuple[list[float], list[float], int]:
-    """-> (round trip ms, server infer ms, request bytes) per request, through `PolicyClient.infer`."""
-    with PolicyClient("127.0.0.1", port) as client:
-        metadata = {**FixedCostPolicy.metadata, **client.metadata}
-        metadata["image_size"] = 224  # the benchmark's fixed payload, whatever the model resizes to
-        obs = make_observation(metadata)
-        rtt, infer = [], []
+def measure(policy_port: int, echo_port: int, requests: int, warmup: int, block: int = 25) -> dict[str, list[float]]:
+    """Alternates blocks of policy-server and bare-echo requests so both see the same machine load.
+
+    -> {"rtt", "infer", "echo"} in ms per request; policy requests go through `PolicyClient.infer`, echo
+    requests pack the same observation and unpack the reply like the client does.
+    """
+    times: dict[str, list[float]] = {"rtt": [], "infer": [], "echo": []}
+    echo_uri = f"ws://127.0.0.1:{echo_port}"
+    with (
+        PolicyClient("127.0.0.1", policy_port) as client,
+        websockets.sync.client.connect(echo_uri, compression=None, max_size=None, proxy=None) as echo,
+    ):
+        obs = make_observation({**client.metadata, "image_size": 224})  # the benchmark's fixed payload
         for i in range(warmup + requests):
             start = time.perf_counter()
             reply = client.infer(obs)
-            elapsed = (time.perf_counter() - start) * 1e3
-            if i >= warmup:
-                rtt.append(elapsed)
-                infer.append(reply["server_timing"]["infer_ms"])
-        return rtt, infer, len(msgpack_numpy.packb(obs))
-
-
-def measure_echo(port: int, obs: dict, requests: int, warmup: int) -> list[float]:
-    """Round trip ms of a bare websocket echo, packing the request and unpacking the reply like the client."""
-    with websockets.sync.client.connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, proxy=None) as ws:
-        times = []
-        for i in range(warmup + requests):
+            rtt = (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
-            ws.send(msgpack_numpy.packb(obs))
-            msgpack_numpy.unpackb(ws.recv())
+            echo.send(msgpack_numpy.packb(obs))
+            msgpack_numpy.unpackb(echo.recv())
+            echo_ms = (time.perf_counter() - start) * 1e3
             if i >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-        return times
+                times["rtt"].append(rtt)
+                times["infer"].append(reply["server_timing"]["infer_ms"])
+                times["echo"].append(echo_ms)
+    return times
 
 
 def main() -> int:
@@ -64,14 +62,15 @@ def main() -> int:
     policy_process, policy_port, label = start_policy_server(args.ckpt, model_ms=0.0)
     echo_process, echo_port = start_server([sys.executable, "benchmarks/serving_common.py", "--echo"])
     try:
-        rtt, infer, nbytes = measure_policy(policy_port, args.requests, args.warmup)
-        echo = measure_echo(echo_port, make_observation(FixedCostPolicy.metadata), args.requests, args.warmup)
+        times = measure(policy_port, echo_port, args.requests, args.warmup)
     finally:
         for process in (policy_process, echo_process):
             process.terminate()
             process.wait(10)
 
+    rtt, infer, echo = times["rtt"], times["infer"], times["echo"]
     overhead = [r - m for r, m in zip(rtt, infer)]
+    nbytes = len(msgpack_numpy.packb(make_observation(FixedCostPolicy.metadata)))
     p50 = float(np.median(overhead))
     print(f"server: {label}; request {nbytes / 1e6:.3f} MB (2 x 224x224x3 uint8 + state), {args.requests} requests")
     print(f"round trip          {percentiles(rtt)}")

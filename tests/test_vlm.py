@@ -12,7 +12,7 @@ from PIL import Image
 from vlablocks.cli import main as cli_main
 from vlablocks.registry import VLMS
 from vlablocks.vlm import VLMBackbone
-from vlablocks.vlm.base import resolve_attn_implementation, resolve_dtype
+from vlablocks.vlm.runtime import resolve_attn_implementation, resolve_dtype
 from vlablocks.vlm.tokenizer import QWEN_SPECIAL_TOKENS, tiny_tokenizer
 from vlablocks.vlm.vision import sincos_2d
 

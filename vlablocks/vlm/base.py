@@ -7,8 +7,6 @@ hooks, hidden states, special tokens, LoRA, constrained decoding) lives here, on
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +14,19 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
-from transformers import LogitsProcessor, LogitsProcessorList, PretrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers import LogitsProcessorList, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from vlablocks.vlm import inputs as vlm_inputs
 from vlablocks.vlm.lora import inject_lora, merge_lora
+from vlablocks.vlm.runtime import (
+    AllowedTokens,
+    check_checkpoint_dir,
+    enable_checkpointing,
+    resolve_attn_implementation,
+    resolve_dtype,
+)
 from vlablocks.vlm.tokenizer import tiny_tokenizer
 from vlablocks.vlm.vision import VisionHookInfo, VisionTokens, check_hook_output, sincos_2d, vision_tokens
-
-logger = logging.getLogger(__name__)
 
 # Config fields of the Qwen-VL special tokens, looked up in the tokenizer for random-init builds.
 VISION_TOKENS = {
@@ -90,61 +93,6 @@ class VLMOutput:
     vision_mask: torch.Tensor
     vision_positions: torch.Tensor
     view_index: torch.Tensor
-
-
-class _AllowedTokens(LogitsProcessor):
-    """Keeps only `allowed` ids (everything else -> -inf) for constrained greedy decoding."""
-
-    def __init__(self, allowed: list[int], vocab_size: int, device: torch.device) -> None:
-        self.mask = torch.full((vocab_size,), float("-inf"), device=device)
-        self.mask[torch.tensor(allowed, device=device)] = 0.0
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return scores + self.mask[: scores.shape[-1]].to(scores.dtype)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if name not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}")
-    return getattr(torch, name)
-
-
-def resolve_attn_implementation(name: str) -> str:
-    if name != "auto":
-        return name
-    has_flash = importlib.util.find_spec("flash_attn") is not None
-    return "flash_attention_2" if has_flash and torch.cuda.is_available() else "sdpa"
-
-
-def check_checkpoint_dir(path: str) -> Path:
-    """A local checkpoint dir with config.json and safetensors weights, else FileNotFoundError."""
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"base_vlm {path}: no such directory (set base_vlm to a local checkpoint dir)")
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"base_vlm {path}: no config.json; is this a saved transformers checkpoint?")
-    if not any(directory.glob("*.safetensors")):
-        raise FileNotFoundError(f"base_vlm {path}: no *.safetensors weights (found: {_listing(directory)})")
-    if not (directory / "tokenizer.json").is_file() and not (directory / "vocab.json").is_file():
-        raise FileNotFoundError(
-            f"base_vlm {path}: no tokenizer (tokenizer.json or vocab.json + merges.txt); save the processor there too"
-        )
-    return directory
-
-
-def _listing(directory: Path) -> str:
-    names = sorted(p.name for p in directory.iterdir())
-    return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") if names else "nothing"
-
-
-def enable_checkpointing(model: PreTrainedModel) -> None:
-    """Activation (gradient) checkpointing of every layer, non-reentrant (works with frozen inputs)."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:  # transformers releases before the rename
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 class VLMBackbone(nn.Module):
@@ -423,7 +371,7 @@ class VLMBackbone(nn.Module):
         output = self.model.generate(
             **self._model_inputs(batch),
             mm_encoder_outputs={"image": features},
-            logits_processor=LogitsProcessorList([_AllowedTokens(allowed, vocab_size, self.device)]),
+            logits_processor=LogitsProcessorList([AllowedTokens(allowed, vocab_size, self.device)]),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,

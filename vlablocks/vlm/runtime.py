@@ -1,0 +1,64 @@
+"""Runtime choices and checks for building a VLM: dtype, attention kernel, checkpoint dir, decoding mask."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import LogitsProcessor, PreTrainedModel
+
+
+class AllowedTokens(LogitsProcessor):
+    """Keeps only `allowed` ids (everything else -> -inf) for constrained greedy decoding."""
+
+    def __init__(self, allowed: list[int], vocab_size: int, device: torch.device) -> None:
+        self.mask = torch.full((vocab_size,), float("-inf"), device=device)
+        self.mask[torch.tensor(allowed, device=device)] = 0.0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores + self.mask[: scores.shape[-1]].to(scores.dtype)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}")
+    return getattr(torch, name)
+
+
+def resolve_attn_implementation(name: str) -> str:
+    if name != "auto":
+        return name
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    return "flash_attention_2" if has_flash and torch.cuda.is_available() else "sdpa"
+
+
+def check_checkpoint_dir(path: str) -> Path:
+    """A local checkpoint dir with config.json and safetensors weights, else FileNotFoundError."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"base_vlm {path}: no such directory (set base_vlm to a local checkpoint dir)")
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"base_vlm {path}: no config.json; is this a saved transformers checkpoint?")
+    if not any(directory.glob("*.safetensors")):
+        raise FileNotFoundError(f"base_vlm {path}: no *.safetensors weights (found: {_listing(directory)})")
+    if not (directory / "tokenizer.json").is_file() and not (directory / "vocab.json").is_file():
+        raise FileNotFoundError(
+            f"base_vlm {path}: no tokenizer (tokenizer.json or vocab.json + merges.txt); save the processor there too"
+        )
+    return directory
+
+
+def _listing(directory: Path) -> str:
+    names = sorted(p.name for p in directory.iterdir())
+    return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") if names else "nothing"
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Activation (gradient) checkpointing of every layer, non-reentrant (works with frozen inputs)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers releases before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -52,12 +52,26 @@ class Framework(nn.Module):
         return list(dataset.get("camera_keys") or ["image"])
 
     @property
-    def image_size(self) -> int:
-        return int(self.config.vlm.get("image_size", 112)) if hasattr(self.config, "vlm") else 112
+    def image_size(self) -> int | list[int]:
+        return self.config.vlm.get("image_size", 112) if hasattr(self.config, "vlm") else 112
 
     @property
     def embodiment(self) -> str:
-        return self.platform.name
+        """The dataset name whose stats serve requests: the only one, else the platform name."""
+        names = self.normalizer.dataset_names if self.normalizer is not None else []
+        return names[0] if len(names) == 1 else self.platform.name
+
+    def build_action_model(self, options: dict, cond_dim: int) -> nn.Module:
+        """The registered action head named in `options`, sized by the platform."""
+        from vlablocks.registry import ACTION_MODELS
+
+        return ACTION_MODELS.build(
+            options,
+            action_horizon=self.platform.action_horizon,
+            action_dim=self.platform.action_dim,
+            state_dim=self.platform.state_dim,
+            cond_dim=cond_dim,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -137,7 +151,7 @@ class Framework(nn.Module):
         save_file(_untie(state), str(directory / WEIGHTS_FILE))
         (directory / CONFIG_FILE).write_text(to_yaml(self.experiment))
         if self.normalizer is not None:
-            (directory / NORM_STATS_FILE).write_text(json.dumps(self.normalizer.stats, indent=1))
+            (directory / NORM_STATS_FILE).write_text(json.dumps(self.normalizer.to_dict(), indent=1))
         self.save_extra(directory)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

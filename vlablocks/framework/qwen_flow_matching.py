@@ -1,0 +1,66 @@
+"""QwenFlowMatching: a flow-matching DiT action expert conditioned on Qwen-VL features (GR00T / pi0 style).
+
+    prompt = chat(views..., instruction)
+    VLM  -> hidden states of every layer [B, L, H] (+ mask, vision-token positions)
+    head -> flow_matching (cross-attends to the last layer) or layerwise_flow_matching (one layer per block)
+
+At inference the VLM prefix is encoded once; the head's Euler integration reuses that conditioning for
+all of its steps (nothing is recomputed per step).
+Run this file to smoke-test it: `python vlablocks/framework/qwen_flow_matching.py [--config_yaml F] [overrides]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlablocks.action_model.base import Conditioning
+from vlablocks.config import registry_field
+from vlablocks.framework.base import Framework
+from vlablocks.registry import FRAMEWORKS, VLMS
+
+
+def vlm_conditioning(out) -> Conditioning:
+    """VLMOutput -> the head's Conditioning (all layers, padding mask, vision-token positions)."""
+    return Conditioning(
+        tokens=out.last_hidden_state,
+        mask=out.attention_mask.bool(),
+        layers=list(out.hidden_states),
+        vision_mask=out.vision_mask,
+        vision_positions=out.vision_positions,
+    )
+
+
+@FRAMEWORKS.register("QwenFlowMatching")
+class QwenFlowMatching(Framework):
+    """Qwen-VL prefix encoded once + flow-matching DiT action expert (Euler sampling)."""
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "QwenFlowMatching"
+        vlm: dict = registry_field("vlms", "qwen2_5_vl")
+        action_model: dict = registry_field("action_models", "flow_matching")
+
+    def __init__(self, config: Config, *, experiment: dict, norm_stats: dict | None = None) -> None:
+        super().__init__(config, experiment=experiment, norm_stats=norm_stats)
+        self.vlm = VLMS.build(config.vlm)
+        self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
+
+    def encode_prefix(self, examples: list[dict]) -> Conditioning:
+        return vlm_conditioning(self.vlm(examples))
+
+    def forward(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        actions, is_pad = self.batch_actions(examples)
+        state = self.batch_state(examples)
+        return self.action_model.compute_loss(self.encode_prefix(examples), actions, is_pad, state)
+
+    def predict_normalized(self, examples: list[dict], generator: torch.Generator | None) -> torch.Tensor:
+        conditioning = self.encode_prefix(examples)  # once, reused by every integration step
+        return self.action_model.predict(conditioning, self.batch_state(examples), generator=generator)
+
+
+if __name__ == "__main__":
+    from vlablocks.framework.standalone import run_standalone
+
+    raise SystemExit(run_standalone("QwenFlowMatching"))

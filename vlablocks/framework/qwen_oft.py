@@ -1,0 +1,81 @@
+"""QwenOFT: OpenVLA-OFT on a Qwen-VL backbone — action queries decoded in parallel in one forward pass.
+
+    prompt = chat(views..., instruction) + <act_0> ... <act_{Q-1}>
+    VLM  -> hidden states of the Q action-query tokens [B, Q, H]
+         (+ proprio projector: the normalized state projected to H and added to every query state)
+    head -> normalized actions [B, T, D]  (l1_regression by default, or diffusion)
+
+Optional FiLM: the mean instruction embedding yields a per-channel scale and shift applied to every
+merged vision token before it enters the LLM (OpenVLA-OFT's language-conditioned vision features).
+Run this file to smoke-test it: `python vlablocks/framework/qwen_oft.py [--config_yaml F] [overrides]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlablocks.action_model.base import Conditioning
+from vlablocks.config import registry_field
+from vlablocks.framework.base import Framework
+from vlablocks.framework.film import InstructionFiLM
+from vlablocks.registry import FRAMEWORKS, VLMS
+
+
+@FRAMEWORKS.register("QwenOFT")
+class QwenOFT(Framework):
+    """Qwen-VL + parallel-decoded action queries + L1 (or DDIM) head (OpenVLA-OFT)."""
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "QwenOFT"
+        vlm: dict = registry_field("vlms", "qwen2_5_vl")
+        action_model: dict = registry_field("action_models", "l1_regression")
+        use_proprio: bool = True  # project the normalized state into the query hidden states
+        use_film: bool = False  # instruction-conditioned scale/shift of the vision tokens
+        query_token_prefix: str = "<|act_"
+
+    def __init__(self, config: Config, *, experiment: dict, norm_stats: dict | None = None) -> None:
+        super().__init__(config, experiment=experiment, norm_stats=norm_stats)
+        self.vlm = VLMS.build(config.vlm)
+        hidden = self.vlm.hidden_size
+        self.action_model = self.build_action_model(config.action_model, cond_dim=hidden)
+        num_queries = getattr(self.action_model, "num_query_tokens", self.platform.action_horizon)
+        self.query_tokens = [f"{config.query_token_prefix}{i}|>" for i in range(num_queries)]
+        self.vlm.add_special_tokens(self.query_tokens)
+        self.proprio = nn.Linear(self.platform.state_dim, hidden) if config.use_proprio else None
+        self.film = InstructionFiLM(hidden) if config.use_film else None
+
+    def condition(self, examples: list[dict]) -> Conditioning:
+        """-> Conditioning with tokens = action-query hidden states [B, Q, H] (+ projected state)."""
+        out = self.vlm(
+            examples, suffix="".join(self.query_tokens), requested_tokens=self.query_tokens, vision_hook=self.film
+        )
+        positions = torch.cat([out.token_positions[t] for t in self.query_tokens], dim=1)  # [B, Q]
+        index = positions.unsqueeze(-1).expand(-1, -1, out.last_hidden_state.shape[-1])
+        queries = out.last_hidden_state.gather(1, index)
+        if self.proprio is not None:
+            state = self.batch_state(examples)
+            if state is None:
+                raise ValueError("QwenOFT.use_proprio needs a `state` in every example; set use_proprio: false")
+            queries = queries + self.proprio(state.to(queries.dtype)).unsqueeze(1)
+        return Conditioning(tokens=queries)
+
+    def forward(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        actions, is_pad = self.batch_actions(examples)
+        return self.action_model.compute_loss(self.condition(examples), actions, is_pad, self.head_state(examples))
+
+    def predict_normalized(self, examples: list[dict], generator: torch.Generator | None) -> torch.Tensor:
+        return self.action_model.predict(self.condition(examples), self.head_state(examples), generator=generator)
+
+    def head_state(self, examples: list[dict]) -> torch.Tensor | None:
+        """The state for heads that condition on it themselves (l1 `use_state`, diffusion `use_state`)."""
+        return self.batch_state(examples) if self.platform.state_dim > 0 else None
+
+
+if __name__ == "__main__":
+    from vlablocks.framework.standalone import run_standalone
+
+    raise SystemExit(run_standalone("QwenOFT"))

@@ -1,0 +1,71 @@
+"""Standalone smoke test shared by every framework file (`python vlablocks/framework/<file>.py`).
+
+Builds the framework from a tiny offline default (or `--config_yaml F`), applies dotlist overrides,
+runs forward + backward on a synthetic batch and `predict_action`, checks the loss is finite and the
+shapes are right, and prints one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from vlablocks.config import (
+    ExperimentConfig,
+    PlatformConfig,
+    load_config,
+    merge_overrides,
+    resolve,
+    to_dataclass,
+    validate,
+)
+from vlablocks.framework.base import build_framework
+from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+
+
+def smoke_experiment(name: str, config_yaml: str | None, overrides: list[str]) -> dict:
+    """The given config, or a tiny default for framework `name`, with overrides applied and validated."""
+    if config_yaml:
+        return load_config(config_yaml, overrides)
+    return validate(resolve(merge_overrides({"framework": {"name": name}}, overrides)), ExperimentConfig)
+
+
+def smoke_test(experiment: dict, batch_size: int = 2, num_views: int = 1, seed: int = 0) -> dict:
+    """forward + backward + predict_action on a synthetic batch; raises AssertionError on a broken contract."""
+    torch.manual_seed(seed)
+    platform = to_dataclass(PlatformConfig, experiment["platform"], "platform")
+    examples = synthetic_examples(platform, batch_size, num_views, seed=seed)
+    framework = build_framework(experiment, norm_stats=synthetic_norm_stats(examples))
+    framework.prepare_for_training(examples)
+    start = time.perf_counter()
+    loss = framework(examples)["loss"]
+    loss.backward()
+    predicted = framework.predict_action(examples)
+    elapsed = time.perf_counter() - start
+    expected = (batch_size, platform.action_horizon, platform.action_dim)
+    assert torch.isfinite(loss), f"loss is not finite: {loss.item()}"
+    assert predicted["actions"].shape == expected, f"actions: expected {expected}, got {predicted['actions'].shape}"
+    assert np.isfinite(predicted["actions"]).all(), "predicted actions are not finite"
+    grads = [p.grad for p in framework.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads), "missing or non-finite gradients"
+    params = sum(p.numel() for p in framework.parameters())
+    return {"params": params, "loss": loss.item(), "actions": predicted["actions"].shape, "seconds": elapsed}
+
+
+def run_standalone(name: str, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=f"Smoke-test the {name} framework on a synthetic batch.")
+    parser.add_argument("--config_yaml", help="experiment YAML (default: a tiny offline config)")
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--views", type=int, default=1)
+    args, overrides = parser.parse_known_args(argv)
+    experiment = smoke_experiment(name, args.config_yaml, overrides)
+    result = smoke_test(experiment, args.batch_size, args.views)
+    applied = f" overrides: {' '.join(overrides)}" if overrides else ""
+    print(
+        f"{experiment['framework']['name']}: params {result['params']:,} loss {result['loss']:.4f} "
+        f"actions {tuple(result['actions'])} time {result['seconds']:.2f}s{applied}"
+    )
+    return 0

@@ -2,7 +2,9 @@
 
 A dataset is built as `DATASETS.build(options, platform=PlatformConfig, seed=int)` and returns
 `Sample` dicts (see sample.py). Randomness inside a sample (prompt augmentation, mixture draws) is keyed
-on (seed, epoch, index), so it does not depend on worker count or order; `set_epoch` changes the key.
+on (seed, epoch, index), so it does not depend on worker count or order. `ds[i]` uses the epoch set by
+`set_epoch`; `ds[(epoch, i)]` names it explicitly, which is what samplers should yield: a worker's copy
+of the dataset then needs no update between epochs (persistent workers, endless samplers).
 Leaf datasets (those owning data, not mixtures) also expose what normalization stats need.
 """
 
@@ -32,10 +34,11 @@ class RawDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int | tuple[int, int]) -> Sample:
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
-        return self.load(index, (self.epoch, index))
+        return self.load(int(index), (int(epoch), int(index)))
 
     def load(self, index: int, key: tuple[int, ...]) -> Sample:
         """Sample `index`; `key` seeds its randomness (a mixture passes its own index in)."""

@@ -67,6 +67,7 @@ class LeRobotRawDataset(RawDataset):
         state_key: str | None = "observation.state"
         action_key: str = "action"
         episodes: list[int] | None = None  # a subset of episode indices; null: all
+        norm_stats: str | None = None  # a precomputed norm_stats.json for training (default: the run's own)
         norm_mode: Literal["q99", "mean_std", "min_max", "identity"] = "q99"
         action_norm_mask: list[bool] | None = None  # False leaves a dimension (e.g. a gripper) unnormalized
         state_norm_mask: list[bool] | None = None
@@ -113,6 +114,17 @@ class LeRobotRawDataset(RawDataset):
             zip(episodes["episode_index"], zip(episodes["dataset_from_index"], episodes["dataset_to_index"]))
         )
         self._actions = self.lerobot.hf_dataset.with_format("numpy", columns=[config.action_key])
+        self._decode_only_used_columns()
+
+    def _decode_only_used_columns(self) -> None:
+        """Restricts lerobot's row transform to the columns a sample uses: unused cameras are never decoded."""
+        from lerobot.datasets.io_utils import hf_transform_to_torch
+
+        c = self.config
+        used = {"index", "episode_index", "frame_index", "timestamp", "task_index", c.state_key}
+        used |= {*c.camera_keys, *c.depth_keys, *c.intrinsics_keys}
+        table = self.lerobot.hf_dataset
+        table.set_transform(hf_transform_to_torch, columns=[k for k in table.column_names if k in used])
 
     # -- checks before any data is read ---------------------------------------------------------
 

@@ -4,9 +4,9 @@
     for epoch, batch in epochs(loader):   # batch: list of B sample dicts
         ...
 
-The order of an epoch is a permutation drawn from (seed, epoch), and every per-sample random choice is
-keyed on (seed, epoch, index) inside the dataset, so the batches are the same for 0, 1 or N workers.
-Workers are not persistent so that `set_epoch` reaches the copy of the dataset each worker receives.
+The order of an epoch is a permutation drawn from (seed, epoch), and the sampler yields (epoch, index)
+pairs, the key of every per-sample random choice inside the dataset: the batches are the same for 0, 1
+or N workers, and fresh in every epoch.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def collate_samples(batch: list[Sample]) -> list[Sample]:
     return list(batch)
 
 
-class EpochSampler(Sampler[int]):
-    """Seeded permutation per epoch (or identity order when shuffle=False), optionally sharded by rank."""
+class EpochSampler(Sampler[tuple[int, int]]):
+    """(epoch, index) pairs: a seeded permutation per epoch (identity when shuffle=False), sharded by rank."""
 
     def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
@@ -75,15 +75,13 @@ def build_dataloader(
         num_workers=num_workers,
         collate_fn=collate_samples,
         drop_last=drop_last,
-        persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
     )
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Moves both the sample order and the per-sample randomness to `epoch`."""
+    """Moves the sample order and the per-sample randomness (keyed through the sampler) to `epoch`."""
     loader.sampler.set_epoch(epoch)
-    loader.dataset.set_epoch(epoch)
 
 
 def epochs(loader: DataLoader, start_epoch: int = 0) -> Iterator[tuple[int, list[Sample]]]:

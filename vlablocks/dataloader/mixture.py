@@ -38,6 +38,7 @@ class MixtureDataset(RawDataset):
         datasets: list[dict] = field(default_factory=list)  # each a dataset section with its own `name`
         weights: list[float] | None = None
         samples_per_epoch: int | None = None
+        norm_stats: str | None = None  # a precomputed norm_stats.json for training (default: the run's own)
 
     def __init__(self, config: Config, *, platform: PlatformConfig, seed: int = 0) -> None:
         super().__init__(platform, seed)

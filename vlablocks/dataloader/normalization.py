@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from vlablocks.dataloader.stats import compute_norm_stats  # noqa: F401  (the stats side, importable from here)
+
 MODES = ("q99", "mean_std", "min_max", "identity")
 KEYS = ("action", "state")
 STAT_FIELDS = ("min", "max", "mean", "std", "q01", "q99")

@@ -10,7 +10,7 @@ about 0.03 percentile points. Memory: O(reservoir_size x D) whatever the dataset
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -116,8 +116,9 @@ def stats_for(source: StatsSource, batch_size: int = 4096, reservoir_size: int =
     return entry
 
 
-def compute_norm_stats(sources: Iterable[StatsSource], batch_size: int = 4096) -> dict[str, dict]:
-    """{dataset_name: entry} for every leaf dataset (a mixture contributes each of its components)."""
+def compute_norm_stats(dataset: Any, batch_size: int = 4096) -> dict[str, dict]:
+    """{dataset_name: entry} for a dataset (a mixture contributes each of its components) or a list of sources."""
+    sources: Iterable[StatsSource] = dataset.leaves() if hasattr(dataset, "leaves") else dataset
     stats: dict[str, dict] = {}
     for source in sources:
         if source.name in stats:

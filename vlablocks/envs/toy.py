@@ -102,6 +102,15 @@ class ToyTabletopEnv:
         """The scripted expert: straight at the named block at full speed -> [2] float32."""
         return self.cap(self.layout.target_position - self.agent).astype(np.float32)
 
+    def wrong_instruction(self) -> str:
+        """The current instruction with the colour of another block in the scene (a control for language use)."""
+        layout = self.layout
+        if len(layout.colours) < 2:
+            raise ValueError("wrong_instruction needs num_objects >= 2")
+        right = layout.colours[layout.target]
+        wrong = layout.colours[(layout.target + 1) % len(layout.colours)]
+        return layout.instruction.replace(right, wrong)
+
     # -- helpers --------------------------------------------------------------------------------
 
     def cap(self, move: np.ndarray) -> np.ndarray:

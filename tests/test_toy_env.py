@@ -1,0 +1,116 @@
+"""The toy tabletop env: determinism, expert success, language necessity, geometry of images and depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlablocks.config import PlatformConfig, load_yaml, to_dataclass
+from vlablocks.dataloader.sample import validate_sample
+from vlablocks.envs.toy import ToyTabletopEnv
+from vlablocks.envs.toy_scene import AGENT_HEIGHT, AGENT_RGB, BLOCK_HEIGHT, COLOURS
+from vlablocks.registry import EVAL_ENVS
+
+REPO = Path(__file__).resolve().parent.parent
+TOY = to_dataclass(PlatformConfig, load_yaml(REPO / "configs/platforms/toy.yaml")["platform"])
+
+
+def run_expert(env: ToyTabletopEnv, seed: int, instruction_override: np.ndarray | None = None) -> tuple[bool, int]:
+    env.reset(seed=seed)
+    for steps in range(1, env.config.max_steps + 1):
+        action = env.expert_action() if instruction_override is None else env.cap(instruction_override - env.agent)
+        _, _, done, info = env.step(action)
+        if done:
+            return info["success"], steps
+    raise AssertionError("the env never ended the episode")
+
+
+def test_registered_and_built_from_options():
+    env = EVAL_ENVS.build({"name": "toy", "cameras": ["top", "wrist"], "num_objects": 2})
+    assert isinstance(env, ToyTabletopEnv)
+    obs = env.reset(seed=0)
+    assert len(obs["image"]) == 2 and len(env.layout.colours) == 2
+
+
+def test_observation_keeps_the_sample_contract_and_platform_dims():
+    env = ToyTabletopEnv(ToyTabletopEnv.Config(cameras=["top", "wrist"]))
+    obs = env.reset(seed=3)
+    validate_sample(obs, TOY, require_action=False)
+    assert obs["image"][0].shape == (112, 112, 3) and obs["intrinsics"].shape == (2, 3, 3)
+    assert env.action_dim == TOY.action_dim and env.state_dim == TOY.state_dim
+
+
+def test_same_seed_same_episode_different_seed_different_layout():
+    a, b = ToyTabletopEnv(), ToyTabletopEnv()
+    oa, ob = a.reset(seed=11), b.reset(seed=11)
+    np.testing.assert_array_equal(oa["image"][0], ob["image"][0])
+    assert oa["lang"] == ob["lang"] and np.array_equal(oa["state"], ob["state"])
+    starts = {(tuple(a.reset(seed=s)["state"]), a.layout.colours, tuple(a.layout.positions.ravel())) for s in range(20)}
+    assert len(starts) == 20
+
+
+def test_expert_always_succeeds_quickly():
+    env = ToyTabletopEnv()
+    results = [run_expert(env, seed) for seed in range(100)]
+    assert all(success for success, _ in results)
+    assert max(steps for _, steps in results) <= 14  # at most ~1.25 table widths at 0.1 per step
+
+
+def test_language_is_necessary_reaching_another_block_fails():
+    env = ToyTabletopEnv()
+    for seed in range(30):
+        env.reset(seed=seed)
+        wrong = env.layout.positions[(env.layout.target + 1) % len(env.layout.colours)]
+        success, _ = run_expert(env, seed, instruction_override=wrong)
+        assert not success, seed
+        assert env.layout.colours[env.layout.target] in env.layout.instruction
+        assert env.layout.colours[env.layout.target] not in env.wrong_instruction()
+
+
+def test_image_shows_each_block_colour_at_its_projected_centre_and_the_puck():
+    env = ToyTabletopEnv(ToyTabletopEnv.Config(cameras=["top"]))
+    obs = env.reset(seed=5)
+    image, k = obs["image"][0], obs["intrinsics"][0]
+    for (x, y), colour in zip(env.layout.positions, env.layout.colours):
+        # Top camera at (0.5, 0.5, 1.5) looking down, y_cam = -y_world.
+        depth = 1.5 - BLOCK_HEIGHT
+        u = k[0, 0] * (x - 0.5) / depth + k[0, 2]
+        v = k[1, 1] * (0.5 - y) / depth + k[1, 2]
+        assert tuple(image[int(v), int(u)]) == COLOURS[colour]
+    u = k[0, 0] * (env.agent[0] - 0.5) / (1.5 - AGENT_HEIGHT) + k[0, 2]
+    v = k[1, 1] * (0.5 - env.agent[1]) / (1.5 - AGENT_HEIGHT) + k[1, 2]
+    assert tuple(image[int(v), int(u)]) == AGENT_RGB
+
+
+@pytest.mark.parametrize("camera", ["top", "wrist"])
+def test_depth_back_projects_onto_the_scene_surfaces(camera):
+    env = ToyTabletopEnv(ToyTabletopEnv.Config(cameras=[camera]))
+    obs = env.reset(seed=8)
+    depth, k = obs["depth"][0], obs["intrinsics"][0]
+    height = 1.5 if camera == "top" else 0.45
+    eye = np.array([0.5, 0.5]) if camera == "top" else env.agent
+    for x, y in env.layout.positions:
+        u = k[0, 0] * (x - eye[0]) / (height - BLOCK_HEIGHT) + k[0, 2]
+        v = k[1, 1] * (eye[1] - y) / (height - BLOCK_HEIGHT) + k[1, 2]
+        if 0 <= u < 112 and 0 <= v < 112:
+            z = depth[int(v), int(u)]
+            assert z == pytest.approx(height - BLOCK_HEIGHT)
+            # Back-projection of that pixel's centre lands inside the block top.
+            px = eye[0] + (int(u) + 0.5 - k[0, 2]) * z / k[0, 0]
+            py = eye[1] - (int(v) + 0.5 - k[1, 2]) * z / k[1, 1]
+            assert abs(px - x) <= env.config.block_half and abs(py - y) <= env.config.block_half
+    assert depth.max() == pytest.approx(height) or depth.max() == pytest.approx(height + 0.5)  # table or floor
+
+
+def test_actions_are_capped_and_bad_actions_rejected():
+    env = ToyTabletopEnv()
+    env.reset(seed=0)
+    start = env.agent.copy()
+    env.step(np.array([5.0, 0.0]))
+    assert np.linalg.norm(env.agent - start) <= env.config.max_move + 1e-9
+    with pytest.raises(ValueError, match=r"toy env action must be 2 finite numbers, got \[1.0, 2.0, 3.0\]"):
+        env.step(np.array([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="cameras must be a non-empty subset"):
+        ToyTabletopEnv(ToyTabletopEnv.Config(cameras=["side"]))

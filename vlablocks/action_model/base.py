@@ -53,8 +53,13 @@ class ActionHead(nn.Module):
         actions: torch.Tensor,
         action_is_pad: torch.Tensor,
         state: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """actions: [B, T, D], action_is_pad: [B, T] bool, state: [B, S] -> {"loss": scalar, ...}"""
+        """actions: [B, T, D], action_is_pad: [B, T] bool, state: [B, S] -> {"loss": scalar, ...}
+
+        Stochastic heads draw their training noise from `generator` when given (global RNG otherwise).
+        """
         raise NotImplementedError
 
     def predict(

@@ -17,6 +17,7 @@ SMALL_HEADS = {
     "flow_matching": {"hidden_dim": 64, "num_layers": 2, "num_heads": 4, "num_inference_steps": 4},
     "layerwise_flow_matching": {"hidden_dim": 64, "num_layers": 2, "num_heads": 4, "num_inference_steps": 4},
     "l1_regression": {"hidden_dim": 64},
+    "fast": {"vocab_size": 256},
 }
 
 

@@ -51,7 +51,12 @@ def resolve_norm_stats(experiment: dict, dataset, run_dir: Path) -> dict:
         return json.loads(path.read_text())
     if named:
         raise FileNotFoundError(f"dataset.norm_stats file not found: {path}; run `vlablocks stats` to create it")
-    stats = compute_norm_stats(dataset.leaves())
+    if hasattr(dataset, "leaves"):
+        stats = compute_norm_stats(dataset.leaves())
+    else:  # an in-memory list of sample dicts
+        from vlablocks.framework.synthetic import synthetic_norm_stats
+
+        stats = synthetic_norm_stats(list(dataset))
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stats, indent=1))
     return stats

@@ -28,8 +28,11 @@ from vlablocks.training.optim import build_optimizer, freeze_modules, parameter_
 from vlablocks.training.run_logger import RunLogger
 
 
-def train(experiment: dict) -> dict:
-    """Runs training from a validated experiment dict; returns {"losses", "checkpoint", "run_dir"}."""
+def train(experiment: dict, dataset=None) -> dict:
+    """Runs training from a validated experiment dict; returns {"losses", "checkpoint", "run_dir"}.
+
+    `dataset` (any map-style dataset of raw sample dicts) replaces the config's `dataset:` section.
+    """
     trainer: TrainerConfig = to_dataclass(TrainerConfig, experiment["trainer"], "trainer")
     run_dir = Path(experiment["run_dir"])
     accelerator = make_accelerator(trainer)
@@ -39,7 +42,7 @@ def train(experiment: dict) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(experiment))
 
-    dataset = build_train_dataset(experiment)
+    dataset = dataset if dataset is not None else build_train_dataset(experiment)
     framework = build_framework(experiment, norm_stats=resolve_norm_stats(experiment, dataset, run_dir))
     framework.prepare_for_training(dataset)
     load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)
@@ -83,6 +86,7 @@ def train(experiment: dict) -> dict:
                     accelerator.clip_grad_norm_(model.parameters(), trainer.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]  # the rate this step used
         scheduler.step()
         if not math.isfinite(step_loss):
             logger.close(losses)
@@ -92,7 +96,7 @@ def train(experiment: dict) -> dict:
             )
         losses.append(step_loss)
         samples = trainer.batch_size * accum * accelerator.num_processes
-        logger.log(step, {"loss": step_loss, "lr": scheduler.get_last_lr()[0]}, samples)
+        logger.log(step, {"loss": step_loss, "lr": lr}, samples)
         if step % trainer.save_every == 0 or step == trainer.max_steps:
             last_checkpoint = _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer)
     logger.close(losses)

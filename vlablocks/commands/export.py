@@ -1,0 +1,39 @@
+"""`vlablocks export --ckpt DIR --out DIR2 [--merge-lora]`: a clean, servable copy of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "export"
+HELP = "export a checkpoint (optionally folding LoRA adapters into the weights) to a new directory"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="checkpoint directory (model.safetensors + config.yaml)")
+    parser.add_argument("--out", required=True, help="directory to write")
+    parser.add_argument("--merge-lora", action="store_true", help="fold LoRA adapters into the base weights")
+
+
+def export_checkpoint(ckpt: str, out: str, merge_lora: bool) -> dict:
+    """Loads `ckpt`, optionally merges LoRA, writes `out` atomically -> {"parameters": n, "merged": bool}."""
+    from vlablocks.framework.base import Framework
+
+    framework = Framework.from_pretrained(ckpt)
+    merged = False
+    if merge_lora:
+        if not framework.vlm.lora_enabled:
+            raise ValueError(f"{ckpt} has no LoRA adapters (framework.vlm.lora.enabled is false); drop --merge-lora")
+        framework.vlm.merge_lora()
+        vlm = framework.experiment["framework"]["vlm"]
+        vlm["lora"] = {**vlm["lora"], "enabled": False}
+        merged = True
+    framework.save_pretrained(out)
+    return {"parameters": sum(p.numel() for p in framework.parameters()), "merged": merged}
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
+    result = export_checkpoint(args.ckpt, args.out, args.merge_lora)
+    print(f"exported {args.ckpt} -> {args.out} ({result['parameters']:,} parameters, LoRA merged: {result['merged']})")
+    return 0

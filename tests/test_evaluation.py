@@ -1,0 +1,68 @@
+"""Closed-loop evaluation: the CI, the toy env with its scripted expert, baselines, and the eval command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vlablocks.envs.toy import ToyTabletopEnv
+from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy, evaluate, wilson_interval
+
+
+@pytest.mark.parametrize(
+    "successes, trials, low, high",
+    # Reference values of the 95% Wilson score interval (z = 1.96).
+    [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (45, 50, 0.7864, 0.9565)],
+)
+def test_wilson_interval(successes, trials, low, high):
+    got = wilson_interval(successes, trials)
+    assert got == pytest.approx((low, high), abs=1e-4)
+
+
+def test_scripted_expert_solves_the_toy_env(tmp_path):
+    env = ToyTabletopEnv()
+    summary = evaluate(env, ExpertPolicy(env), ["top"], 20, seed=0, out_dir=tmp_path, open_loop_horizon=1, videos=2)
+    assert summary["success_rate"] == 1.0
+    assert summary["ci95"][0] > 0.8
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["successes"] == 20 and len(saved["per_episode"]) == 20
+    assert len(summary["videos"]) == 2 and all(
+        (tmp_path / p.split("/")[-1]).stat().st_size > 500 for p in summary["videos"]
+    )
+
+
+def test_random_policy_rarely_succeeds(tmp_path):
+    env = ToyTabletopEnv()
+    policy = RandomPolicy(env.action_dim, horizon=4, scale=env.config.max_move, seed=0)
+    summary = evaluate(env, policy, ["top"], 30, seed=0, out_dir=tmp_path, open_loop_horizon=4, videos=0)
+    assert summary["success_rate"] < 0.3
+
+
+def test_eval_command_reports_success_rate(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlablocks.cli",
+            "eval",
+            "--env",
+            "toy",
+            "--policy",
+            "expert",
+            "--episodes",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--videos",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "success rate 100.0% (5/5" in result.stdout
+    assert json.loads((tmp_path / "summary.json").read_text())["episodes"] == 5

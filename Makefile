@@ -38,11 +38,9 @@ autoformat: install
 	$(VENV)/bin/black --quiet .
 	$(VENV)/bin/ruff check --fix .
 
-# Until the serving issue lands, the demo runs each framework's standalone smoke test.
+# Toy data -> train a tiny QwenOFT on CPU -> serve it -> closed-loop eval -> success rate.
 demo: install
-	@ran=0; for f in vlablocks/framework/qwen_*.py; do [ -e "$$f" ] || continue; \
-	  $(PY) "$$f" || exit 1; ran=1; done; \
-	[ $$ran -eq 1 ] || echo "no frameworks registered yet: nothing to demo"
+	$(VENV)/bin/vlablocks demo
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache runs

@@ -42,6 +42,7 @@ class DiffusionHead(ActionHead):
         num_heads: int = 4  # heads of the pooling attention
         num_train_timesteps: int = 100
         num_inference_steps: int = 10
+        repeated_diffusion_steps: int = 1  # noise/timestep draws per sample in the loss (context pooled once)
         beta_schedule: str = "squaredcos_cap_v2"
         timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
         clip_sample: bool = False  # clip the x0 estimate to +-clip_sample_range (only for [-1, 1] normalization)
@@ -53,10 +54,15 @@ class DiffusionHead(ActionHead):
         super().__init__(
             config, action_horizon=action_horizon, action_dim=action_dim, state_dim=state_dim, cond_dim=cond_dim
         )
-        if not 1 <= config.num_inference_steps <= config.num_train_timesteps or config.num_pool_queries < 1:
+        if not 1 <= config.num_inference_steps <= config.num_train_timesteps:
             raise ValueError(
-                f"diffusion: need 1 <= num_inference_steps <= num_train_timesteps and num_pool_queries >= 1, got "
-                f"{config.num_inference_steps}, {config.num_train_timesteps}, {config.num_pool_queries}"
+                f"diffusion: need 1 <= num_inference_steps <= num_train_timesteps, got "
+                f"{config.num_inference_steps}, {config.num_train_timesteps}"
+            )
+        if config.num_pool_queries < 1 or config.repeated_diffusion_steps < 1:
+            raise ValueError(
+                f"diffusion: need num_pool_queries >= 1 and repeated_diffusion_steps >= 1, got "
+                f"{config.num_pool_queries}, {config.repeated_diffusion_steps}"
             )
         self.scheduler = DDIMScheduler(
             num_train_timesteps=config.num_train_timesteps,
@@ -124,16 +130,18 @@ class DiffusionHead(ActionHead):
             action_dim=self.action_dim,
             state_dim=self.state_dim,
         )
-        targets = hold_last_valid(actions, action_is_pad).to(self.pool_queries.dtype)
-        batch = targets.shape[0]
+        repeats = self.config.repeated_diffusion_steps
+        pooled = self.encode_context(conditioning).repeat_interleave(repeats, dim=0)
+        state_embedding = self.encode_state(state, actions.shape[0])
+        if state_embedding is not None:
+            state_embedding = state_embedding.repeat_interleave(repeats, dim=0)
+        targets = hold_last_valid(actions, action_is_pad).to(pooled.dtype).repeat_interleave(repeats, dim=0)
         noise = random_tensor("normal", tuple(targets.shape), generator, targets.device, targets.dtype)
-        uniform = random_tensor("uniform", (batch,), generator, targets.device, torch.float64)
+        uniform = random_tensor("uniform", (targets.shape[0],), generator, targets.device, torch.float64)
         timesteps = (uniform * self.config.num_train_timesteps).long().clamp(max=self.config.num_train_timesteps - 1)
         x_t = self.scheduler.add_noise(targets, noise, timesteps)
-        predicted = self.predict_noise(
-            self.encode_context(conditioning), x_t, timesteps, self.encode_state(state, batch)
-        )
-        return {"loss": masked_mean((predicted - noise).pow(2), action_is_pad)}
+        predicted = self.predict_noise(pooled, x_t, timesteps, state_embedding)
+        return {"loss": masked_mean((predicted - noise).pow(2), action_is_pad.repeat_interleave(repeats, dim=0))}
 
     def predict(
         self,

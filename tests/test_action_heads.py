@@ -1,0 +1,398 @@
+"""Action heads: one contract suite over every registered continuous head, plus per-head behaviour.
+
+A new head file is covered by the contract tests automatically (they iterate the registry). Options
+named in TINY are shrunk when the head's Config has them; heads needing a fixed number of context
+tokens expose `num_query_tokens`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from vlablocks.action_model.base import ActionHead, Conditioning
+from vlablocks.action_model.context import sincos_2d
+from vlablocks.action_model.flow_matching import euler_integrate, sample_beta
+from vlablocks.action_model.masking import hold_last_valid
+from vlablocks.config import ConfigError
+from vlablocks.registry import ACTION_MODELS
+
+B, T, D, S, H, L, VLM_LAYERS = 4, 4, 3, 5, 16, 6, 3
+TINY = {
+    "hidden_dim": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "num_blocks": 2,
+    "num_pool_queries": 2,
+    "num_inference_steps": 4,
+    "num_train_timesteps": 20,
+    "repeated_diffusion_steps": 2,
+}
+# The overfit test uses a little more width and more noise draws per sample (less gradient noise).
+OVERFIT_OPTIONS = {"hidden_dim": 64, "repeated_diffusion_steps": 4}
+OVERFIT_OPTIONS_PER_HEAD = {"diffusion": {"repeated_diffusion_steps": 8}}
+OVERFIT_STEPS = 300
+
+CONTINUOUS_HEADS = [
+    entry.name for entry in ACTION_MODELS.entries() if isinstance(entry.obj, type) and issubclass(entry.obj, ActionHead)
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads on the shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(name: str, seed: int = 0, **overrides) -> ActionHead:
+    fields = {f.name for f in dataclasses.fields(ACTION_MODELS.entry(name).config_class)}
+    options = {"name": name, **{k: v for k, v in TINY.items() if k in fields}, **overrides}
+    torch.manual_seed(seed)
+    return ACTION_MODELS.build(options, action_horizon=T, action_dim=D, state_dim=S, cond_dim=H)
+
+
+def make_conditioning(head: ActionHead, seed: int = 1) -> Conditioning:
+    """Context of L tokens (the last one of sample 0 padded, the first 4 vision tokens), all VLM layers."""
+    g = torch.Generator().manual_seed(seed)
+    length = getattr(head, "num_query_tokens", L)
+    layers = [torch.randn(B, length, H, generator=g) for _ in range(VLM_LAYERS + 1)]
+    mask = torch.ones(B, length, dtype=torch.bool)
+    if length > 1:
+        mask[0, -1] = False
+    vision_mask = torch.zeros(B, length, dtype=torch.bool)
+    vision_mask[:, : min(4, length)] = True
+    positions = torch.rand(B, length, 2, generator=g) * vision_mask.unsqueeze(-1)
+    return Conditioning(layers[-1], mask, layers, vision_mask, positions)
+
+
+def wake(head: ActionHead, seed: int = 5) -> ActionHead:
+    """Gives zero-initialized parameters (adaLN-Zero gates, FiLM) random values: a fresh DiT block is
+    the identity, so context-dependence tests need a head whose blocks already do something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in head.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=g) * 0.3)
+    return head
+
+
+def make_batch(seed: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """actions [B, T, D] in [-1, 1], action_is_pad [B, T] (samples 1 and 2 end padded), state [B, S]."""
+    g = torch.Generator().manual_seed(seed)
+    actions = torch.rand(B, T, D, generator=g) * 2 - 1
+    is_pad = torch.zeros(B, T, dtype=torch.bool)
+    is_pad[1, -2:] = True
+    is_pad[2, -1] = True
+    return actions, is_pad, torch.randn(B, S, generator=g)
+
+
+def seeded_loss(head, conditioning, actions, is_pad, state, seed: int = 7, draws: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    losses = [head.compute_loss(conditioning, actions, is_pad, state, generator=g)["loss"] for _ in range(draws)]
+    return torch.stack(losses).mean()
+
+
+def test_every_action_model_declares_its_typed_config():
+    assert {"l1_regression", "diffusion", "flow_matching", "layerwise_flow_matching"} <= set(CONTINUOUS_HEADS)
+    assert "fast" in ACTION_MODELS
+    for entry in ACTION_MODELS.entries():
+        fields = dataclasses.fields(entry.config_class)
+        assert fields[0].name == "name" and fields[0].default == entry.name, entry.name
+        assert entry.config_class.__dataclass_params__.frozen, entry.name
+
+
+def test_misspelled_option_names_the_closest_key():
+    with pytest.raises(ConfigError, match="did you mean action_model.hidden_dim"):
+        ACTION_MODELS.build(
+            {"name": "flow_matching", "hiden_dim": 8}, action_horizon=T, action_dim=D, state_dim=S, cond_dim=H
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract, over every registered continuous head.
+
+
+@pytest.mark.parametrize("name", CONTINUOUS_HEADS)
+def test_shapes_finite_loss_and_gradients(name):
+    head = build(name)
+    conditioning = make_conditioning(head)
+    actions, is_pad, state = make_batch()
+    out = head.compute_loss(conditioning, actions, is_pad, state)
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grads = [p.grad for p in head.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    predicted = head.predict(conditioning, state, generator=torch.Generator().manual_seed(0))
+    assert predicted.shape == (B, T, D) and torch.isfinite(predicted).all()
+
+
+@pytest.mark.parametrize("name", CONTINUOUS_HEADS)
+def test_padded_targets_do_not_reach_the_loss(name):
+    head = build(name)
+    conditioning = make_conditioning(head)
+    actions, is_pad, state = make_batch()
+    reference = seeded_loss(head, conditioning, actions, is_pad, state)
+    garbage = actions.clone()
+    garbage[is_pad] = torch.randn(int(is_pad.sum()), D) * 100
+    garbage[1, -1] = float("nan")
+    assert torch.equal(seeded_loss(head, conditioning, garbage, is_pad, state), reference)
+    # The same change on a valid step does move the loss (so the check above can fail).
+    moved = actions.clone()
+    moved[0, -1] += 5.0
+    assert not torch.allclose(seeded_loss(head, conditioning, moved, is_pad, state), reference)
+
+
+@pytest.mark.parametrize("name", CONTINUOUS_HEADS)
+def test_predict_is_deterministic_for_a_seed(name):
+    head = build(name)
+    conditioning = make_conditioning(head)
+    _, _, state = make_batch()
+    first = head.predict(conditioning, state, generator=torch.Generator().manual_seed(3))
+    second = head.predict(conditioning, state, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", CONTINUOUS_HEADS)
+def test_overfits_a_fixed_tiny_batch(name):
+    fields = {f.name for f in dataclasses.fields(ACTION_MODELS.entry(name).config_class)}
+    options = {k: v for k, v in OVERFIT_OPTIONS.items() if k in fields} | OVERFIT_OPTIONS_PER_HEAD.get(name, {})
+    head = build(name, **options)
+    conditioning = make_conditioning(head)
+    actions, is_pad, state = make_batch()
+    with torch.no_grad():
+        before = seeded_loss(head, conditioning, actions, is_pad, state, draws=4).item()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
+    for _ in range(OVERFIT_STEPS):
+        loss = head.compute_loss(conditioning, actions, is_pad, state)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = seeded_loss(head, conditioning, actions, is_pad, state, draws=4).item()
+    assert after * 10 <= before, f"{name}: loss {before:.4f} -> {after:.4f} in {OVERFIT_STEPS} steps"
+
+
+def test_generative_heads_draw_different_samples_for_different_seeds():
+    for name in ("diffusion", "flow_matching", "layerwise_flow_matching"):
+        head = build(name)
+        conditioning = make_conditioning(head)
+        _, _, state = make_batch()
+        first = head.predict(conditioning, state, generator=torch.Generator().manual_seed(0))
+        other = head.predict(conditioning, state, generator=torch.Generator().manual_seed(1))
+        assert not torch.allclose(first, other), name
+
+
+def test_hold_last_valid_fills_padding_from_valid_steps_only():
+    actions = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)
+    is_pad = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    filled = hold_last_valid(actions, is_pad)
+    assert filled[0, :, 0].tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert filled[1, :, 0].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow matching.
+
+
+def test_euler_integration_of_a_linear_field_matches_the_closed_form():
+    a = torch.tensor([[-0.5, 0.3], [0.2, -1.0]], dtype=torch.float64)
+    x0 = torch.tensor([[1.0, -2.0], [0.5, 0.25]], dtype=torch.float64)
+
+    def field(x, t):
+        return x @ a.T
+
+    # Exactly Euler's closed form, and (many steps) the ODE's closed form x(1) = expm(A) x0.
+    for steps in (1, 4, 10):
+        expected = x0 @ torch.linalg.matrix_power(torch.eye(2, dtype=torch.float64) + a / steps, steps).T
+        torch.testing.assert_close(euler_integrate(field, x0, steps), expected)
+    exact = x0 @ torch.linalg.matrix_exp(a).T
+    torch.testing.assert_close(euler_integrate(field, x0, 2000), exact, atol=1e-3, rtol=0)
+
+
+def test_euler_follows_the_time_convention_noise_at_0_data_at_1():
+    # The flow-matching target field of one data point a: v(x, t) = (a - x) / (1 - t). Its paths are
+    # straight lines x_t = (1 - t) x0 + t a, so Euler lands on a exactly for any step count.
+    a = torch.tensor([[0.7, -0.2, 0.1]], dtype=torch.float64)
+    x0 = torch.tensor([[-1.0, 2.0, 0.5]], dtype=torch.float64)
+    for steps in (1, 3, 8):
+        landed = euler_integrate(lambda x, t: (a - x) / (1 - t[:, None]), x0, steps)
+        torch.testing.assert_close(landed, a)
+
+
+def test_training_time_follows_the_configured_beta():
+    head = build("flow_matching")
+    t = head.sample_time(20000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert 0.0 <= t.min() and t.max() <= 0.999
+    # t = 0.999 * (1 - u), u ~ Beta(1.5, 1): E[t] = 0.999 * 0.4; more mass at the noisy end (t < 0.5).
+    assert abs(t.mean().item() - 0.999 * 0.4) < 0.01
+    assert (t < 0.5).float().mean() > 0.6
+    u = sample_beta(2.0, 3.0, 20000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert abs(u.mean().item() - 0.4) < 0.01 and abs(u.var().item() - 0.04) < 0.003  # Beta(2, 3)
+
+
+@pytest.mark.parametrize("name", ["flow_matching", "layerwise_flow_matching"])
+def test_sampling_encodes_the_context_once_and_integrates_n_steps(name):
+    head = build(name, num_inference_steps=5)
+    calls = {"context": 0, "block": 0}
+    for encoder in head.context_encoders:
+        encoder.register_forward_hook(lambda *_: calls.__setitem__("context", calls["context"] + 1))
+    head.blocks[0].register_forward_hook(lambda *_: calls.__setitem__("block", calls["block"] + 1))
+    _, _, state = make_batch()
+    head.predict(make_conditioning(head), state, generator=torch.Generator().manual_seed(0))
+    assert calls == {"context": len(head.context_encoders), "block": 5}
+    calls.update(context=0, block=0)
+    head.predict(make_conditioning(head), state, generator=torch.Generator().manual_seed(0), num_steps=2)
+    assert calls["block"] == 2
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_repeated_diffusion_steps_draws_each_sample_k_times(repeats):
+    head = build("flow_matching", repeated_diffusion_steps=repeats)
+    seen = []
+    head.action_encoder.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    actions, is_pad, state = make_batch()
+    head.compute_loss(make_conditioning(head), actions, is_pad, state)
+    (x_t,) = seen
+    assert x_t.shape == (B * repeats, T, D)
+    if repeats > 1:  # the copies of one sample got different noise / time
+        assert not torch.allclose(x_t[0], x_t[1])
+
+
+def test_missing_state_is_a_clear_error():
+    head = build("flow_matching")
+    actions, is_pad, _ = make_batch()
+    with pytest.raises(ValueError, match="state .* is required; pass state or set use_state: false"):
+        head.compute_loss(make_conditioning(head), actions, is_pad, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layerwise flow matching.
+
+
+@pytest.mark.parametrize("selection, used, unused", [("first", 1, 3), ("last", 3, 1)])
+def test_vl_layer_selection_reads_the_chosen_layers(selection, used, unused):
+    head = wake(build("layerwise_flow_matching", num_layers=2, vl_layer_selection=selection))
+    conditioning = make_conditioning(head)  # 3 VLM layers + embeddings
+    _, _, state = make_batch()
+
+    def predict(c):
+        return head.predict(c, state, generator=torch.Generator().manual_seed(0))
+
+    reference = predict(conditioning)
+    for index, should_change in ((used, True), (unused, False), (0, False)):
+        layers = list(conditioning.layers)
+        layers[index] = layers[index] + 3.0 * torch.randn_like(layers[index])
+        changed = not torch.allclose(predict(dataclasses.replace(conditioning, layers=layers)), reference)
+        assert changed == should_change, (selection, index)
+
+
+def test_concat_cross_context_changes_the_context_not_the_parameters():
+    plain = wake(build("layerwise_flow_matching", use_concat_cross_context=False))
+    concat = build("layerwise_flow_matching", use_concat_cross_context=True)
+    concat.load_state_dict(plain.state_dict())  # the same parameter set: only the context differs
+    conditioning = make_conditioning(plain)
+    _, _, state = make_batch()
+    outputs = [h.predict(conditioning, state, generator=torch.Generator().manual_seed(0)) for h in (plain, concat)]
+    assert not torch.allclose(*outputs)
+
+
+def test_layerwise_needs_enough_layers():
+    head = build("layerwise_flow_matching", num_layers=4)
+    _, _, state = make_batch()
+    with pytest.raises(ValueError, match="num_layers=4 DiT blocks need 4 VLM layers, but conditioning.layers holds 3"):
+        head.predict(make_conditioning(head), state)
+    conditioning = dataclasses.replace(make_conditioning(head), layers=None)
+    with pytest.raises(ValueError, match="needs conditioning.layers"):
+        head.predict(conditioning, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-D position encoding of the vision tokens in the context.
+
+POSITION_HEADS = [
+    name
+    for name in CONTINUOUS_HEADS
+    if "context_position_encoding" in {f.name for f in dataclasses.fields(ACTION_MODELS.entry(name).config_class)}
+]
+
+
+def test_sincos_2d_distinguishes_rows_and_columns():
+    grid = torch.tensor([[r / 7, c / 7] for r in range(8) for c in range(8)])
+    codes = sincos_2d(grid, 32)
+    assert codes.shape == (64, 32) and codes.abs().max() <= 1.0
+    distances = torch.cdist(codes, codes) + torch.eye(64) * 1e3
+    assert distances.min() > 0.1  # every patch of an 8 x 8 grid gets its own code
+    transposed = sincos_2d(grid.flip(-1), 32)
+    assert not torch.allclose(codes, transposed)  # (r, c) and (c, r) differ
+
+
+@pytest.mark.parametrize("name", POSITION_HEADS)
+def test_position_encoding_makes_vision_token_positions_matter(name):
+    _, _, state = make_batch()
+    for encoding, should_change in (("sincos2d", True), ("none", False)):
+        head = wake(build(name, context_position_encoding=encoding))
+        conditioning = make_conditioning(head)
+        reference = head.predict(conditioning, state, generator=torch.Generator().manual_seed(0))
+        moved = conditioning.vision_positions.flip(1) * conditioning.vision_mask.unsqueeze(-1)
+        shuffled = dataclasses.replace(conditioning, vision_positions=moved)
+        changed = not torch.allclose(
+            head.predict(shuffled, state, generator=torch.Generator().manual_seed(0)), reference
+        )
+        assert changed == should_change, (name, encoding)
+
+
+@pytest.mark.parametrize("name", POSITION_HEADS)
+def test_position_encoding_without_vision_positions_is_a_clear_error(name):
+    head = build(name, context_position_encoding="sincos2d")
+    conditioning = dataclasses.replace(make_conditioning(head), vision_positions=None)
+    _, _, state = make_batch()
+    with pytest.raises(ValueError, match="needs conditioning.vision_mask and conditioning.vision_positions"):
+        head.predict(conditioning, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# L1 regression and diffusion specifics.
+
+
+def test_l1_groups_several_query_tokens_per_step():
+    head = build("l1_regression", tokens_per_step=3)
+    assert head.num_query_tokens == 3 * T
+    conditioning = make_conditioning(head)
+    assert conditioning.tokens.shape[1] == 3 * T
+    assert head.predict(conditioning).shape == (B, T, D)
+    # Step t reads only its own group of queries.
+    tokens = conditioning.tokens.clone()
+    tokens[:, 3:6] += 1.0  # the group of step 1
+    delta = (head.predict(dataclasses.replace(conditioning, tokens=tokens)) - head.predict(conditioning)).abs()
+    assert delta[:, 1].sum() > 0 and delta[:, [0, 2, 3]].sum() == 0
+    with pytest.raises(ValueError, match=r"action-query hidden states \[B, 12, 16\]"):
+        head.predict(Conditioning(tokens=torch.zeros(B, T, H)))
+
+
+def test_l1_uses_state_only_when_asked():
+    _, _, state = make_batch()
+    for use_state in (True, False):
+        head = build("l1_regression", use_state=use_state)
+        conditioning = make_conditioning(head)
+        changed = not torch.allclose(head.predict(conditioning, state), head.predict(conditioning, state + 1.0))
+        assert changed == use_state
+
+
+def test_diffusion_uses_ddim_with_the_configured_steps():
+    head = build("diffusion", num_train_timesteps=30, num_inference_steps=6)
+    assert isinstance(head.scheduler, DDIMScheduler)
+    assert head.scheduler.config.beta_schedule == "squaredcos_cap_v2"
+    assert head.scheduler.config.num_train_timesteps == 30
+    timesteps = []
+    head.time_encoder.register_forward_hook(lambda module, inputs, output: timesteps.append(inputs[0][0].item()))
+    _, _, state = make_batch()
+    head.predict(make_conditioning(head), state, generator=torch.Generator().manual_seed(0))
+    assert timesteps == [25, 20, 15, 10, 5, 0]
+    assert np.all(np.diff(timesteps) < 0)

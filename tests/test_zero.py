@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2 and DDP on 2 CPU ranks match one plain process; batch sizes come only from `trainer:`."""
+"""DeepSpeed ZeRO-2/3 and DDP on 2 CPU ranks match one plain process; batch sizes come only from `trainer:`."""
 
 from __future__ import annotations
 
@@ -67,20 +67,22 @@ def reference(tmp_path_factory) -> dict:
 @pytest.mark.parametrize(
     "config, batch_size, accum, distributed_type, optimizer",
     [
-        ("zero2.yaml", 4, 1, "DEEPSPEED", "DeepSpeedZeroOptimizer"),
         ("zero2.yaml", 2, 2, "DEEPSPEED", "DeepSpeedZeroOptimizer"),
+        ("zero3.yaml", 2, 2, "DEEPSPEED", "DeepSpeedZeroOptimizer_Stage3"),
         ("ddp.yaml", 4, 1, "MULTI_CPU", "AdamW"),
     ],
-    ids=["zero2-2ranks", "zero2-2ranks-accum2", "ddp-2ranks"],
+    ids=["zero2-2ranks-accum2", "zero3-2ranks-accum2", "ddp-2ranks"],
 )
 def test_two_cpu_ranks_match_one_process(tmp_path, reference, config, batch_size, accum, distributed_type, optimizer):
+    """2 ranks x micro-batch x accumulation = the reference's one batch of 8: the same 10 losses (fp32, 1e-4)."""
     result = _run(_launch(config, 2), tmp_path / "losses.json", batch_size, accum)
 
     assert result["num_processes"] == 2 and result["distributed_type"] == distributed_type
     assert result["optimizer"] == optimizer
+    assert result["state_dict_numel"] == reference["state_dict_numel"] == 16 * 32 + 32 + 32 + 1  # full MLP, gathered
     if distributed_type == "DEEPSPEED":
         ds = result["deepspeed"]
-        assert ds["zero_optimization"]["stage"] == 2
+        assert ds["zero_optimization"]["stage"] == {"zero2.yaml": 2, "zero3.yaml": 3}[config]
         assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (batch_size, accum)
         assert ds["train_batch_size"] == GLOBAL_BATCH and ds["gradient_clipping"] == CLIP
     assert reference["num_processes"] == 1 and reference["distributed_type"] == "NO"

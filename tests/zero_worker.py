@@ -79,6 +79,9 @@ def main() -> None:
         scheduler.step()
         losses.append(step_loss)
 
+    # What train.py saves: under ZeRO-3 this gathers the shards (a collective: every rank calls it; only rank 0
+    # receives the dict, the others get None).
+    state_dict = accelerator.get_state_dict(model)
     peak_rss_kib = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=torch.float64)
     rss_per_rank = accelerator.gather(peak_rss_kib).tolist()
     if accelerator.is_main_process:
@@ -87,6 +90,7 @@ def main() -> None:
             "num_processes": world,
             "distributed_type": str(accelerator.distributed_type).split(".")[-1],
             "optimizer": type(optimizer.optimizer).__name__,
+            "state_dict_numel": sum(v.numel() for v in state_dict.values()),
             "deepspeed": None if ds_config is None else {k: v for k, v in ds_config.items() if k != "steps_per_print"},
             "peak_rss_mib_per_rank": [kib / 1024 for kib in rss_per_rank],
         }

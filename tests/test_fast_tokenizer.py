@@ -1,0 +1,125 @@
+"""FAST tokenizer: round-trip precision, compression, dense ids, JSON persistence, robust decoding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vlablocks.action_model.fast_tokenizer import FILE_NAME, DecodedChunk, FASTTokenizer
+from vlablocks.registry import ACTION_MODELS
+
+T, D = 8, 7
+
+
+def smooth_chunks(n: int, seed: int, horizon: int = T, dim: int = D) -> np.ndarray:
+    """[n, T, D] smooth trajectories spanning about [-1, 1] (normalized actions): offset + trend + low sines."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
+    chunks = rng.uniform(-0.5, 0.5, (n, 1, dim)) + rng.uniform(-0.5, 0.5, (n, 1, dim)) * t
+    for _ in range(3):
+        frequency = rng.uniform(0.1, 1.5, (n, 1, dim))
+        phase = rng.uniform(0.0, 2 * np.pi, (n, 1, dim))
+        chunks = chunks + rng.uniform(0.0, 0.2, (n, 1, dim)) * np.sin(2 * np.pi * frequency * t + phase)
+    return chunks
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> FASTTokenizer:
+    return ACTION_MODELS.build({"name": "fast"}, action_horizon=T, action_dim=D, state_dim=3, cond_dim=16).fit(
+        smooth_chunks(1000, seed=0)
+    )
+
+
+def test_round_trip_error_on_held_out_chunks_is_within_1_percent_of_the_range(tokenizer):
+    held_out = smooth_chunks(200, seed=1)
+    decoded = [tokenizer.decode(tokenizer.encode(chunk)) for chunk in held_out]
+    assert all(d.ok for d in decoded)
+    error = np.abs(np.stack([d.actions for d in decoded]) - held_out)  # [N, T, D]
+    action_range = held_out.max(axis=(0, 1)) - held_out.min(axis=(0, 1))  # per dimension
+    assert action_range.min() > 1.5  # the chunks do span most of [-1, 1]
+    assert (error.mean(axis=(0, 1)) <= 0.01 * action_range).all()
+    assert (np.sqrt((error**2).mean(axis=(0, 1))) <= 0.01 * action_range).all()
+
+
+def test_compresses_smooth_chunks_below_the_naive_token_count(tokenizer):
+    lengths = [len(ids) for ids in tokenizer.encode_batch(smooth_chunks(200, seed=1))]
+    assert np.mean(lengths) < T * D / 2  # naive binning spends T * D tokens per chunk
+
+
+def test_ids_are_a_dense_range(tokenizer):
+    size = tokenizer.vocab_size
+    assert 1 < size <= tokenizer.config.vocab_size
+    vocabulary = tokenizer._require_bpe().get_vocab()
+    assert sorted(vocabulary.values()) == list(range(size))
+    ids = [i for chunk in tokenizer.encode_batch(smooth_chunks(50, seed=2)) for i in chunk]
+    assert min(ids) >= 0 and max(ids) < size
+
+
+def test_out_of_range_actions_are_clipped_to_valid_ids(tokenizer):
+    wild = np.full((T, D), 40.0)
+    ids = tokenizer.encode(wild)
+    assert ids and max(ids) < tokenizer.vocab_size
+    decoded = tokenizer.decode(ids)
+    assert decoded.ok and np.isfinite(decoded.actions).all()
+
+
+def test_save_and_load_are_json_and_reproduce_the_encoding(tokenizer, tmp_path):
+    path = tokenizer.save(tmp_path)
+    assert path.name == FILE_NAME and sorted(p.name for p in tmp_path.iterdir()) == [FILE_NAME]
+    json.loads(path.read_text(encoding="utf-8"))  # plain JSON
+    chunks = smooth_chunks(20, seed=3)
+    loaded = FASTTokenizer.load(tmp_path)
+    assert loaded.encode_batch(chunks) == tokenizer.encode_batch(chunks)
+    built = ACTION_MODELS.build(
+        {"name": "fast", "path": str(tmp_path)}, action_horizon=T, action_dim=D, state_dim=0, cond_dim=0
+    )
+    assert built.vocab_size == tokenizer.vocab_size
+    np.testing.assert_array_equal(
+        built.decode(tokenizer.encode(chunks[0])).actions, loaded.decode(loaded.encode(chunks[0])).actions
+    )
+    with pytest.raises(ValueError, match=r"fitted for \(action_horizon, action_dim, scale\) = \(8, 7, 20.0\)"):
+        ACTION_MODELS.build({"name": "fast", "path": str(tmp_path)}, action_horizon=16, action_dim=D)
+    with pytest.raises(FileNotFoundError, match="no FAST tokenizer at"):
+        FASTTokenizer.load(tmp_path / "missing")
+
+
+def test_decode_repairs_malformed_sequences_and_reports_them(tokenizer):
+    chunk = smooth_chunks(1, seed=4)[0]
+    ids = tokenizer.encode(chunk)
+    exact = tokenizer.decode(ids)
+    assert exact.ok and exact.report == ""
+
+    invalid = tokenizer.decode([-3, *ids, tokenizer.vocab_size + 7])
+    assert not invalid.ok and invalid.invalid_ids == (-3, tokenizer.vocab_size + 7)
+    np.testing.assert_array_equal(invalid.actions, exact.actions)
+    assert "skipped 2 invalid ids" in invalid.report
+
+    truncated = tokenizer.decode(ids[: len(ids) // 2])
+    assert truncated.num_coefficients < T * D and "coefficients missing" in truncated.report
+    assert truncated.actions.shape == (T, D) and np.isfinite(truncated.actions).all()
+    # The low frequencies come first, so a cut sequence still gives a rough chunk (better than zeros).
+    assert np.abs(truncated.actions - chunk).mean() < np.abs(chunk).mean()
+
+    surplus = tokenizer.decode(ids + ids)
+    assert surplus.num_coefficients > T * D and "surplus" in surplus.report
+    np.testing.assert_allclose(surplus.actions, exact.actions)
+
+    empty = tokenizer.decode([])
+    assert isinstance(empty, DecodedChunk) and not empty.ok
+    np.testing.assert_array_equal(empty.actions, np.zeros((T, D), dtype=np.float32))
+
+
+def test_clear_errors_for_unfitted_use_and_bad_shapes(tokenizer):
+    fresh = FASTTokenizer(action_horizon=T, action_dim=D)
+    with pytest.raises(RuntimeError, match="not fitted; call fit"):
+        fresh.encode(np.zeros((T, D)))
+    with pytest.raises(ValueError, match=r"expects \[T, D\] with \(T, D\) = \(8, 7\), got \[7, 8\]"):
+        tokenizer.encode(np.zeros((D, T)))
+    with pytest.raises(ValueError, match="non-finite"):
+        tokenizer.encode(np.full((T, D), np.nan))
+    with pytest.raises(ValueError, match="lower scale or raise vocab_size"):
+        FASTTokenizer(FASTTokenizer.Config(scale=1000.0, vocab_size=64), action_horizon=T, action_dim=D).fit(
+            smooth_chunks(50, seed=0)
+        )

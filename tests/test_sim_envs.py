@@ -6,6 +6,7 @@ of the missing-package path run everywhere.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from deployment.client import ActionChunkBroker, PolicyClient
 from deployment.policy import load_policy
 from deployment.server import running_server
+from deployment.validation import validate_observation
 from vlablocks.config import ExperimentConfig, load_config, validate
 from vlablocks.evaluation.rollout import evaluate, to_request
 from vlablocks.framework.base import build_framework
@@ -208,3 +210,71 @@ def test_pusht_success_is_95_percent_coverage_of_the_target(pusht_env):
     pusht_env.env.unwrapped.agent.position = far_corner.tolist()
     obs, reward, done, info = pusht_env.step(far_corner)
     assert (reward, done, info["success"]) == (1.0, True, True)
+
+
+# ---- examples ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config, dims, cameras",
+    [
+        ("examples/aloha_sim/qwen_oft_aloha.yaml", (25, 14, 14), ["observation.images.top"]),
+        (
+            "examples/libero/qwen_oft_libero.yaml",
+            (8, 7, 8),
+            ["observation.images.image", "observation.images.wrist_image"],
+        ),
+    ],
+)
+def test_example_configs_resolve_to_their_platform(config, dims, cameras):
+    experiment = load_config(REPO / config)
+    platform = experiment["platform"]
+    assert (platform["action_horizon"], platform["action_dim"], platform["state_dim"]) == dims
+    assert experiment["dataset"]["camera_keys"] == cameras and experiment["framework"]["name"] == "QwenOFT"
+
+
+@pytest.fixture(scope="module")
+def libero_client():
+    """examples/libero/main.py as a module (LIBERO itself is imported only by its main())."""
+    spec = importlib.util.spec_from_file_location("libero_main", REPO / "examples/libero/main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_libero_client_axis_angle_matches_scipy(libero_client):
+    from scipy.spatial.transform import Rotation
+
+    for quat in Rotation.random(20, random_state=0).as_quat():  # (x, y, z, w), robosuite's order too
+        quat = quat if quat[3] >= 0 else -quat  # the same rotation, angle in [0, pi]
+        np.testing.assert_allclose(
+            libero_client.quat_to_axis_angle(quat), Rotation.from_quat(quat).as_rotvec(), atol=1e-5
+        )
+    np.testing.assert_array_equal(libero_client.quat_to_axis_angle(np.array([0.0, 0.0, 0.0, 1.0])), np.zeros(3))
+
+
+def test_libero_client_sends_what_the_server_accepts(libero_client):
+    agentview = np.zeros((256, 256, 3), np.uint8)
+    agentview[:32, :32] = (255, 0, 0)  # a red marker in the top-left corner of LIBERO's render
+    obs = {
+        "agentview_image": agentview,
+        "robot0_eye_in_hand_image": np.full((256, 256, 3), 7, np.uint8),
+        "robot0_eef_pos": np.array([0.1, -0.2, 1.1]),
+        "robot0_eef_quat": np.array([0.0, 0.0, np.sin(0.25), np.cos(0.25)]),  # 0.5 rad about z
+        "robot0_gripper_qpos": np.array([0.04, -0.04]),
+    }
+    meta = {"camera_keys": ["observation.images.image", "observation.images.wrist_image"], "state_dim": 8}
+    request = libero_client.wire_observation(obs, meta["camera_keys"], [224, 224], "put the bowl on the plate")
+    checked = validate_observation(request, meta)
+    main_view = checked["images"]["observation.images.image"]
+    assert main_view.shape == (224, 224, 3) and checked["images"]["observation.images.wrist_image"].shape == (
+        224,
+        224,
+        3,
+    )
+    assert (main_view[-8:, -8:] == (255, 0, 0)).all() and (main_view[:8, :8] == 0).all()  # rotated 180 degrees
+    np.testing.assert_allclose(checked["state"], [0.1, -0.2, 1.1, 0.0, 0.0, 0.5, 0.04, -0.04], atol=1e-6)
+    upright = libero_client.wire_observation(obs, meta["camera_keys"][:1], 224, "x", rotate=False)
+    assert (upright["images"]["observation.images.image"][:8, :8] == (255, 0, 0)).all()
+    with pytest.raises(ValueError, match=r"LIBERO gives 2 views \(agentview, wrist\); the policy wants"):
+        libero_client.wire_observation(obs, ["a", "b", "c"], 224, "x")

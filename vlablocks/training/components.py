@@ -25,13 +25,15 @@ def make_accelerator(trainer):
     """An Accelerator that really accumulates gradients and uses bf16 only where it pays (CUDA)."""
     from accelerate import Accelerator
 
-    from vlablocks.training.distributed import prepare_distributed_environment
+    from vlablocks.training.distributed import configure_deepspeed, prepare_distributed_environment
 
     prepare_distributed_environment(trainer)
     mixed = trainer.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
-    return Accelerator(gradient_accumulation_steps=trainer.gradient_accumulation_steps, mixed_precision=mixed)
+    accelerator = Accelerator(gradient_accumulation_steps=trainer.gradient_accumulation_steps, mixed_precision=mixed)
+    configure_deepspeed(accelerator, trainer)
+    return accelerator
 
 
 def build_train_dataset(experiment: dict):

@@ -1,0 +1,54 @@
+"""The real training loop on synthetic data, launched by tests/test_zero_train.py (plainly or under accelerate).
+
+Prints the per-step losses as JSON on the last line of stdout (rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from vlablocks.config import ExperimentConfig, PlatformConfig, validate
+from vlablocks.framework.synthetic import synthetic_examples
+from vlablocks.training.train import train
+
+PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--batch_size", type=int, required=True)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    experiment = validate(
+        {
+            "run_dir": args.run_dir,
+            "seed": 5,
+            "platform": PLATFORM,
+            "framework": {
+                "name": "QwenOFT",
+                "vlm": {"name": "qwen2_5_vl", "image_size": 56},
+                "action_model": {"name": "l1_regression", "hidden_dim": 32, "num_blocks": 1},
+            },
+            "trainer": {
+                "max_steps": args.steps,
+                "batch_size": args.batch_size,
+                "learning_rate": 1e-3,
+                "save_every": 1000,
+                "max_grad_norm": 1.0,
+            },
+        },
+        ExperimentConfig,
+    )
+    # No padded chunk steps: a masked mean per rank then equals the global masked mean.
+    data = synthetic_examples(PlatformConfig(**PLATFORM), 32, image_size=56, seed=11)
+    result = train(experiment, dataset=data)
+    print(json.dumps(result["losses"]))
+
+
+if __name__ == "__main__":
+    main()

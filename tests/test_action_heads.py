@@ -396,3 +396,12 @@ def test_diffusion_uses_ddim_with_the_configured_steps():
     head.predict(make_conditioning(head), state, generator=torch.Generator().manual_seed(0))
     assert timesteps == [25, 20, 15, 10, 5, 0]
     assert np.all(np.diff(timesteps) < 0)
+
+
+def test_diffusion_clips_the_x0_estimate_to_the_action_range():
+    # Visiting the last squaredcos_cap_v2 timestep (alpha_bar ~ 0) divides the x0 estimate by ~0.
+    _, _, state = make_batch()
+    for clip, bounded in ((True, True), (False, False)):
+        head = build("diffusion", num_train_timesteps=20, num_inference_steps=20, clip_sample=clip)
+        sample = head.predict(make_conditioning(head), state, generator=torch.Generator().manual_seed(0))
+        assert bool(sample.abs().max() <= 1.0) == bounded, clip

@@ -5,10 +5,12 @@ attention-pooled by `num_pool_queries` learned queries (cross-attention honourin
 the pooled vectors are computed once per call and reused at every denoising step. The noise predictor
 is an MLP-ResNet over [flattened noisy chunk, pooled context], conditioned (FiLM in every block) on
 the time embedding (+ state embedding): noise [B, T, D] from x_t [B, T, D].
-Sampling runs `num_inference_steps` deterministic DDIM steps (eta = 0) from N(0, I). With the default
-`timestep_spacing="leading"` (diffusers' default, as OpenVLA-OFT) the first step is the largest
-multiple of the stride below num_train_timesteps; "trailing" starts at the very last timestep, where
-squaredcos_cap_v2's alpha_bar is ~0 and the x0 estimate divides by ~0: use it only with clip_sample.
+Sampling runs `num_inference_steps` deterministic DDIM steps (eta = 0) from N(0, I), with diffusers'
+default `timestep_spacing="leading"` (as OpenVLA-OFT). squaredcos_cap_v2 caps beta at 0.999, so the
+last training timestep has alpha_bar ~ 0 and DDIM's x0 estimate (x_t - sqrt(1 - a) eps) / sqrt(a)
+divides by ~0 whenever sampling visits it ("trailing" spacing always does, "leading" when
+num_inference_steps == num_train_timesteps). `clip_sample` (on by default, as in OpenVLA-OFT) bounds
+that estimate to the normalized action range; turn it off only with a schedule that avoids alpha_bar ~ 0.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class DiffusionHead(ActionHead):
         repeated_diffusion_steps: int = 1  # noise/timestep draws per sample in the loss (context pooled once)
         beta_schedule: str = "squaredcos_cap_v2"
         timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
-        clip_sample: bool = False  # clip the x0 estimate to +-clip_sample_range (only for [-1, 1] normalization)
-        clip_sample_range: float = 1.0
+        clip_sample: bool = True  # clip each x0 estimate to +-clip_sample_range (see the module docstring)
+        clip_sample_range: float = 1.0  # the normalized action range: 1 for q99 / min_max, larger for mean_std
         use_state: bool = True  # add a state embedding (when state_dim > 0)
         context_position_encoding: ContextPositionEncoding = "none"  # or "sincos2d" at vision tokens
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from vlablocks.envs.toy import ToyTabletopEnv
-from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy, evaluate, wilson_interval
+from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds, evaluate, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,9 @@ def test_scripted_expert_solves_the_toy_env(tmp_path):
 
 def test_random_policy_rarely_succeeds(tmp_path):
     env = ToyTabletopEnv()
-    policy = RandomPolicy(env.action_dim, horizon=4, scale=env.config.max_move, seed=0)
+    low, high = action_bounds(env)
+    assert high.tolist() == [env.config.max_move] * env.action_dim and low.tolist() == (-high).tolist()
+    policy = RandomPolicy(low, high, horizon=4, seed=0)
     summary = evaluate(env, policy, ["top"], 30, seed=0, out_dir=tmp_path, open_loop_horizon=4, videos=0)
     assert summary["success_rate"] < 0.3
 

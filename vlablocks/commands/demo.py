@@ -47,7 +47,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.config import load_config
     from vlablocks.envs.toy import ToyTabletopEnv
     from vlablocks.envs.toy_dataset import write_toy_dataset
-    from vlablocks.evaluation.rollout import RandomPolicy, evaluate
+    from vlablocks.evaluation.rollout import RandomPolicy, action_bounds, evaluate
     from vlablocks.training.train import train
 
     out = Path(args.out)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             ),
             "random policy": evaluate(
                 env,
-                RandomPolicy(env.action_dim, horizon, env.config.max_move, seed=0),
+                RandomPolicy(*action_bounds(env), horizon, seed=0),
                 cameras,
                 args.eval_episodes,
                 10_000,

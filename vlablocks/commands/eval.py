@@ -36,17 +36,17 @@ def build_policy(args: argparse.Namespace, env):
         host, _, port = args.policy.removeprefix("ws://").rstrip("/").rpartition(":")
         client = PolicyClient(host, int(port), api_key=args.api_key)
         return client, client.metadata
-    from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy
+    from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds
 
     metadata = {"camera_keys": [f"view{i}" for i in range(len(env.config.cameras))], "action_horizon": 1}
     if args.policy == "expert":
+        if not hasattr(env, "expert_action"):
+            raise ValueError(f"env {args.env!r} has no scripted expert; use --ckpt or --policy ws://HOST:PORT")
         return ExpertPolicy(env), metadata
     if args.policy == "random":
         horizon = 8
-        return RandomPolicy(env.action_dim, horizon, env.config.max_move, args.seed), {
-            **metadata,
-            "action_horizon": horizon,
-        }
+        low, high = action_bounds(env)
+        return RandomPolicy(low, high, horizon, args.seed), {**metadata, "action_horizon": horizon}
     raise ValueError(f"--policy must be ws://HOST:PORT, 'expert' or 'random', got {args.policy!r}")
 
 

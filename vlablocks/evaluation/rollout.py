@@ -42,17 +42,26 @@ def to_request(obs: dict, camera_keys: list[str]) -> dict:
     return request
 
 
-class RandomPolicy:
-    """Baseline: uniformly random normalized-range actions scaled to `scale`."""
+def action_bounds(env) -> tuple[np.ndarray, np.ndarray]:
+    """The env's action range: a gymnasium `action_space` (sim adapters), else +-`config.max_move` (toy)."""
+    space = getattr(getattr(env, "env", None), "action_space", None)
+    if space is not None:
+        return np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+    max_move = getattr(env.config, "max_move", None)
+    if max_move is None:
+        raise ValueError(f"env {env.config.name!r} exposes no action range for the random baseline")
+    return np.full(env.action_dim, -max_move, np.float32), np.full(env.action_dim, max_move, np.float32)
 
-    def __init__(self, action_dim: int, horizon: int, scale: float, seed: int = 0) -> None:
-        self.action_dim, self.horizon, self.scale = action_dim, horizon, scale
+
+class RandomPolicy:
+    """Baseline: actions drawn uniformly from [low, high] per dimension."""
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, horizon: int, seed: int = 0) -> None:
+        self.low, self.high, self.horizon = np.asarray(low), np.asarray(high), horizon
         self.rng = np.random.default_rng(seed)
 
     def infer(self, request: dict) -> dict:
-        return {
-            "actions": self.rng.uniform(-self.scale, self.scale, (self.horizon, self.action_dim)).astype(np.float32)
-        }
+        return {"actions": self.rng.uniform(self.low, self.high, (self.horizon, len(self.low))).astype(np.float32)}
 
 
 class ExpertPolicy:
@@ -98,10 +107,14 @@ def run_episode(
     return result, frames
 
 
-def save_gif(frames: list[np.ndarray], path: Path, fps: int = 8) -> None:
+def save_gif(frames: list[np.ndarray], path: Path, fps: int = 8, long_side: int = 224) -> None:
+    """Frames [H, W, 3] uint8 -> an animated GIF whose longer side is `long_side` pixels."""
     from PIL import Image
 
-    images = [Image.fromarray(f).resize((f.shape[1] * 2, f.shape[0] * 2), Image.NEAREST) for f in frames]
+    height, width = frames[0].shape[:2]
+    scale = long_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    images = [Image.fromarray(f).resize(size, Image.NEAREST if scale >= 1 else Image.BILINEAR) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vlablocks.envs.toy import ToyTabletopEnv
@@ -37,7 +38,8 @@ def test_scripted_expert_solves_the_toy_env(tmp_path):
 def test_random_policy_rarely_succeeds(tmp_path):
     env = ToyTabletopEnv()
     low, high = action_bounds(env)
-    assert high.tolist() == [env.config.max_move] * env.action_dim and low.tolist() == (-high).tolist()
+    np.testing.assert_allclose(high, [env.config.max_move] * env.action_dim)
+    np.testing.assert_array_equal(low, -high)
     policy = RandomPolicy(low, high, horizon=4, seed=0)
     summary = evaluate(env, policy, ["top"], 30, seed=0, out_dir=tmp_path, open_loop_horizon=4, videos=0)
     assert summary["success_rate"] < 0.3

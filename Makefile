@@ -11,18 +11,19 @@ export HF_DATASETS_OFFLINE := 1
 
 .PHONY: install test check autoformat clean demo
 
-install: $(STAMP) $(SYSTEM_STAMP)
+install: $(SYSTEM_STAMP) $(STAMP)
 
 $(SYSTEM_STAMP): scripts/install_system_deps.sh
 	@mkdir -p $(VENV)
 	./scripts/install_system_deps.sh
 	@touch $@
 
-# Re-installs only when the package metadata changes; otherwise this target is a no-op.
-$(STAMP): setup.py pyproject.toml
+# Installs the package with the dev tools and the simulators (gym-aloha, gym-pusht).
+# Re-installs only when the package metadata (or this Makefile) changes; otherwise this target is a no-op.
+$(STAMP): setup.py pyproject.toml Makefile
 	@test -x $(PY) || "$$(./scripts/find_python312.sh)" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,sim]'
 	@touch $@
 
 # pytest exits 5 when it collected nothing: that proves nothing, so it fails the target.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages vlablocks needs: ffmpeg (torchcodec video decoding) and
-# libosmesa6 (MuJoCo CPU rendering with MUJOCO_GL=osmesa). Idempotent: does nothing when present.
+# Installs the Debian packages vlablocks needs: ffmpeg (torchcodec video decoding), libosmesa6
+# (MuJoCo CPU rendering with MUJOCO_GL=osmesa), libgl1 and libglib2.0-0 (opencv, pulled in by gym-pusht).
+# Idempotent: does nothing when all are present.
 set -euo pipefail
-PACKAGES=(ffmpeg libosmesa6)
+PACKAGES=(ffmpeg libosmesa6 libgl1 libglib2.0-0)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -134,6 +134,18 @@ def test_shapes_finite_loss_and_gradients(name):
 
 
 @pytest.mark.parametrize("name", CONTINUOUS_HEADS)
+def test_a_bfloat16_context_feeds_a_float32_head(name):
+    head = build(name)
+    conditioning = make_conditioning(head)
+    low = dataclasses.replace(
+        conditioning, tokens=conditioning.tokens.bfloat16(), layers=[x.bfloat16() for x in conditioning.layers]
+    )
+    actions, is_pad, state = make_batch()
+    assert torch.isfinite(head.compute_loss(low, actions, is_pad, state)["loss"])
+    assert head.predict(low, state).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", CONTINUOUS_HEADS)
 def test_padded_targets_do_not_reach_the_loss(name):
     head = build(name)
     conditioning = make_conditioning(head)

@@ -74,7 +74,7 @@ class ContextEncoder(nn.Module):
             raise ValueError(
                 f"context tokens must have width cond_dim={self.norm.normalized_shape[0]}, got {list(tokens.shape)}"
             )
-        x = self.proj(self.norm(tokens))
+        x = self.proj(self.norm(tokens.to(self.proj.weight.dtype)))  # e.g. a bf16 VLM feeding an fp32 head
         if self.position_encoding == "sincos2d":
             x = x + self.vision_position_encoding(conditioning, x)
         return x

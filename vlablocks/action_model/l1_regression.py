@@ -60,13 +60,13 @@ class L1RegressionHead(ActionHead):
                 f"l1_regression: conditioning.tokens must be the action-query hidden states [B, {expected[0]}, "
                 f"{expected[1]}] (action_horizon x tokens_per_step queries), got {list(tokens.shape)}"
             )
-        grouped = tokens.reshape(tokens.shape[0], self.action_horizon, -1)
+        grouped = tokens.reshape(tokens.shape[0], self.action_horizon, -1).to(self.mlp.fc_in.weight.dtype)
         condition = None
         if self.uses_state:
             if state is None or state.shape != (tokens.shape[0], self.state_dim):
                 got = None if state is None else list(state.shape)
                 raise ValueError(f"l1_regression: use_state needs state [B, {self.state_dim}], got {got}")
-            condition = state.to(tokens.dtype).unsqueeze(1)  # [B, 1, S]: the same state for every step
+            condition = state.to(grouped.dtype).unsqueeze(1)  # [B, 1, S]: the same state for every step
         return self.mlp(grouped, condition)
 
     def compute_loss(

@@ -327,3 +327,22 @@ def test_fusion_rejects_geometry_of_the_wrong_width(wide_vlm):
     fusion = FUSIONS.build({"name": "tokenwise"}, vision_dim=wide_vlm.hidden_size, geometric_dim=8)
     with pytest.raises(ValueError, match="width 3, the fusion was built for 8"):
         fusion(embeds, info, one_hot_geometry((4, 4), 0, 0, (0, 0)))
+
+
+@pytest.mark.parametrize("name", ["mean_broadcast", "tokenwise", "cross_attention"])
+def test_fusions_take_bf16_vision_tokens_with_and_without_autocast(wide_vlm, name):
+    info, embeds = hook_layout(wide_vlm, two_view_examples())
+    fusion = FUSIONS.build({"name": name}, vision_dim=wide_vlm.hidden_size, geometric_dim=3)
+    for module in fusion.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.1)  # open the zero-init outputs
+    geometry = GeometricTokens(torch.randn(2, 2, 4, 4, 3), torch.ones(2, 2, dtype=torch.bool))
+    reference = fusion(embeds, info, geometry)
+    low = embeds.to(torch.bfloat16)
+    outside = fusion(low, info, geometry)  # a bf16 VLM feeding a float32 fusion
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = fusion(low, info, geometry)
+    assert (reference - embeds).abs().max() > 1e-2
+    for out in (outside, inside):
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)

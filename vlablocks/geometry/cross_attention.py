@@ -35,8 +35,7 @@ def rank_in_sample(batch_index: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 @FUSIONS.register("cross_attention")
 class CrossAttentionFusion(Fusion):
-    """Vision patches attend to geometric tokens (own view with a locality prior, and other views); optional
-    instruction-conditioned gate."""
+    """Each patch attends to geometric tokens of its view (locality prior) and the others; instruction gate."""
 
     @dataclass(frozen=True)
     class Config:
@@ -80,12 +79,12 @@ class CrossAttentionFusion(Fusion):
         batch, views, grid_h, grid_w, _ = geometry.tokens.shape
         cells = grid_h * grid_w
         heads, width = self.num_heads, self.config.attention_dim // self.num_heads
-        dtype = image_embeds.dtype
+        dtype = self.query.weight.dtype  # the fusion's own dtype: a bf16 VLM may feed it outside autocast
 
         # Queries, padded per sample: [B, heads, Lq, width].
         rank = rank_in_sample(info.batch_index, batch)
         length = int(rank.max()) + 1 if rank.numel() else 1
-        queries = self.query(self.norm(image_embeds))
+        queries = self.query(self.norm(image_embeds.to(dtype)))
         padded = queries.new_zeros(batch, length, self.config.attention_dim).index_put(
             (info.batch_index, rank), queries
         )
@@ -96,7 +95,9 @@ class CrossAttentionFusion(Fusion):
         k = self.key(tokens).view(batch, -1, heads, width).transpose(1, 2)
         v = self.value(tokens).view(batch, -1, heads, width).transpose(1, 2)
 
-        q_pos = queries.new_zeros(batch, length, 2).index_put((info.batch_index, rank), info.positions.to(dtype))
+        q_pos = torch.zeros(batch, length, 2, dtype=dtype, device=q.device).index_put(
+            (info.batch_index, rank), info.positions.to(dtype)
+        )
         q_view = torch.zeros(batch, length, dtype=torch.long, device=q.device).index_put(
             (info.batch_index, rank), info.view_index
         )
@@ -112,11 +113,11 @@ class CrossAttentionFusion(Fusion):
         blocked = ~geometry.view_mask.repeat_interleave(cells, dim=1)[:, None, None, :]  # padded views
         if self.config.attend_to == "own_view":
             blocked = blocked | ~same_view[:, None]
-        bias = bias.masked_fill(blocked, torch.finfo(dtype).min)
+        bias = bias.to(q.dtype).masked_fill(blocked, torch.finfo(q.dtype).min)  # q is bf16 under autocast
 
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, heads, Lq, width]
         attended = attended.transpose(1, 2).reshape(batch, length, -1)[info.batch_index, rank]  # [N, attention_dim]
         update = self.out(attended)
         if self.gate is not None:
             update = update * torch.sigmoid(self.gate(pooled_instruction(info).to(dtype)))[info.batch_index]
-        return image_embeds + update
+        return image_embeds + update.to(image_embeds.dtype)

@@ -51,4 +51,6 @@ class ConcatProjection(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, vision: torch.Tensor, geometric: torch.Tensor) -> torch.Tensor:
-        return vision + self.proj(torch.cat([vision, geometric.to(vision.dtype)], dim=-1))
+        # Computed in the fusion's own dtype: a bf16 VLM may feed a float32 fusion outside autocast.
+        joint = torch.cat([vision, geometric.to(vision.dtype)], dim=-1).to(self.proj.weight.dtype)
+        return vision + self.proj(joint).to(vision.dtype)

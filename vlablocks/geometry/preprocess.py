@@ -52,7 +52,7 @@ def unproject_depth(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tens
     """Camera-frame points of every pixel. depth: [H, W] metres (<= 0 or non-finite = invalid); intrinsics: [3, 3].
 
     -> [4, H, W]: x, y, z (= depth) in metres, then a validity channel (1 valid, 0 invalid, xyz zeroed there).
-    Pixel centres sit at (u + 0.5, v + 0.5), the convention of the toy renderer and of OpenCV.
+    Pixel centres sit at (u + 0.5, v + 0.5), the convention of the toy renderer (vlablocks/envs/toy_scene.py).
     """
     height, width = depth.shape
     valid = torch.isfinite(depth) & (depth > 0)

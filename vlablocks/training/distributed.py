@@ -1,10 +1,12 @@
 """Multi-process setup that accelerate does not get right on its own: CPU ranks and DeepSpeed batch sizes.
 
-Two calls, around the creation of the Accelerator:
+Two calls around the creation of the Accelerator, one at the end (docs/distributed.md has the details):
 
     prepare_distributed_environment(trainer)       # before Accelerator(...)
     accelerator = Accelerator(gradient_accumulation_steps=trainer.gradient_accumulation_steps, ...)
     configure_deepspeed(accelerator, trainer)      # before accelerator.prepare(...)
+    ...
+    del model, optimizer; end_distributed(accelerator)
 
 Why the first call exists (accelerate 1.15, deepspeed 0.19). Under `accelerate launch` with a DeepSpeed
 config, every rank has LOCAL_RANK set and ACCELERATE_USE_DEEPSPEED=true. `PartialState` asks
@@ -13,8 +15,8 @@ on a CPU-only host it returns None. The DeepSpeed branch then calls
 `deepspeed.comm.init_distributed(dist_backend=None)`; DeepSpeed picks gloo from its CPU accelerator and
 the 2-rank group forms. But accelerate then reads its own `backend is None` as "not distributed" and sets
 `num_processes = 1`, so the "auto" train_batch_size is filled as micro * accum * 1 and DeepSpeed's own
-check (which uses the real world size) fails. `--cpu` / ACCELERATE_USE_CPU cannot help: it makes the
-launcher start a single plain process and AcceleratorState disable DeepSpeed. Naming the backend
+check (which uses the real world size) fails. `--cpu` cannot help (the launcher starts one plain process), nor can
+ACCELERATE_USE_CPU (AcceleratorState then disables DeepSpeed and runs DDP). Naming the backend
 explicitly (the one DeepSpeed's CPU accelerator uses) makes accelerate count the ranks. Plain torchrun
 ranks without DeepSpeed (configs/accelerate/ddp.yaml on a CPU host) hit the same `backend is None` path;
 for them `cpu=True` selects accelerate's MULTI_CPU (gloo DDP) mode.

@@ -21,14 +21,6 @@ SMALL_HEADS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def experiment_for(name: str) -> dict:
     framework = {"name": name}
     head_options = FRAMEWORKS.get(name).Config().action_model

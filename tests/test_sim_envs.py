@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from deployment.client import ActionChunkBroker, PolicyClient
 from deployment.policy import load_policy
@@ -47,14 +46,6 @@ def norm_stats(name: str, action_mean: list[float], action_std: list[float], sta
             "state": entry([0.0] * state_dim, [1.0] * state_dim),
         }
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared; tiny models gain nothing from more
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---- without the simulators ---------------------------------------------------------------------------

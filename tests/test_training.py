@@ -28,14 +28,6 @@ FRAMEWORK = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def experiment(run_dir: Path, **trainer) -> dict:
     trainer = {
         "max_steps": 4,

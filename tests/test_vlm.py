@@ -20,15 +20,6 @@ FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
 ACTION_TOKENS = [f"<|act_{i}|>" for i in range(4)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls on 2 shared cores: a second intra-op thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name: str, seed: int = 0, **options) -> VLMBackbone:
     torch.manual_seed(seed)
     return VLMS.build({"name": name, **options})
@@ -219,7 +210,7 @@ def test_bad_examples_are_named(example, message, qwen25):
 
 
 @pytest.fixture(scope="module")
-def qwen25(one_thread) -> VLMBackbone:
+def qwen25() -> VLMBackbone:
     return build("qwen2_5_vl")
 
 

@@ -2,7 +2,8 @@
 
 Layout of one checkpoint:
     model.safetensors, config.yaml, norm_stats.json, ...   (Framework.write_files: servable as is)
-    trainer_state/optimizer.pt      optimizer state (tensors and numbers only; loaded with weights_only=True)
+    trainer_state/optimizer.pt      optimizer state (tensors and numbers only; loaded with weights_only=True);
+                                    absent under DeepSpeed ZeRO, whose optimizer state is sharded across ranks
     trainer_state/state.json        step, losses so far, scheduler state, Python and NumPy RNG states
     trainer_state/rng.safetensors   torch CPU (and CUDA) RNG states
 Each checkpoint is written to a temporary directory and renamed, so a kill never leaves a half one.
@@ -14,6 +15,7 @@ import json
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +71,7 @@ def save_training_checkpoint(
     run_dir: str | Path,
     step: int,
     framework,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     scheduler,
     trainer_state: dict,
     keep_last: int,
@@ -81,7 +83,8 @@ def save_training_checkpoint(
         framework.write_files(tmp, state_dict)
         state_dir = tmp / STATE_DIR
         state_dir.mkdir()
-        torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
         portable, tensors = _rng_state()
         record = {"step": step, "scheduler": scheduler.state_dict(), "rng": portable, **trainer_state}
         (state_dir / "state.json").write_text(json.dumps(record))
@@ -96,7 +99,14 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
     state_dir = checkpoint / STATE_DIR
     if not (state_dir / "state.json").is_file():
         raise FileNotFoundError(f"{checkpoint} has no {STATE_DIR}/state.json: it is not a resumable checkpoint")
-    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu"))
+    if (state_dir / "optimizer.pt").is_file():
+        optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu"))
+    else:
+        warnings.warn(
+            f"{checkpoint} holds no optimizer state (saved under DeepSpeed ZeRO, which shards it): "
+            "AdamW moments restart from zero; weights, schedule, RNG and data position are restored",
+            stacklevel=2,
+        )
     record = json.loads((state_dir / "state.json").read_text())
     scheduler.load_state_dict(record.pop("scheduler"))
     _set_rng_state(record.pop("rng"), load_file(str(state_dir / "rng.safetensors")))

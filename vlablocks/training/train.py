@@ -24,6 +24,7 @@ from vlablocks.training.components import (
     seed_everything,
 )
 from vlablocks.training.config import TrainerConfig
+from vlablocks.training.distributed import end_distributed
 from vlablocks.training.optim import build_optimizer, freeze_modules, parameter_summary
 from vlablocks.training.run_logger import RunLogger
 
@@ -100,7 +101,8 @@ def train(experiment: dict, dataset=None) -> dict:
         if step % trainer.save_every == 0 or step == trainer.max_steps:
             last_checkpoint = _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer)
     logger.close(losses)
-    accelerator.wait_for_everyone()
+    del model, optimizer
+    end_distributed(accelerator)
     return {"losses": losses, "checkpoint": last_checkpoint, "run_dir": run_dir}
 
 
@@ -109,8 +111,11 @@ def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, train
     path = Path(run_dir) / "checkpoints" / f"step_{step}"
     if accelerator.is_main_process:
         framework = accelerator.unwrap_model(model)
+        # ZeRO shards the optimizer state across ranks: rank 0's shard alone would restore a wrong state.
+        sharded = accelerator.state.deepspeed_plugin is not None
+        optimizer_state = None if sharded else optimizer.optimizer
         save_training_checkpoint(
-            run_dir, step, framework, optimizer.optimizer, scheduler, {"losses": losses}, trainer.keep_last, state_dict
+            run_dir, step, framework, optimizer_state, scheduler, {"losses": losses}, trainer.keep_last, state_dict
         )
     accelerator.wait_for_everyone()
     return path

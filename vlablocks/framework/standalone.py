@@ -8,6 +8,7 @@ shapes are right, and prints one summary line.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -61,7 +62,11 @@ def run_standalone(name: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--views", type=int, default=1)
     args, overrides = parser.parse_known_args(argv)
-    experiment = smoke_experiment(name, args.config_yaml, overrides)
+    try:
+        experiment = smoke_experiment(name, args.config_yaml, overrides)
+    except (ValueError, KeyError) as exc:  # config errors: one line naming the key and the fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     result = smoke_test(experiment, args.batch_size, args.views)
     applied = f" overrides: {' '.join(overrides)}" if overrides else ""
     print(

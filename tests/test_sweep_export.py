@@ -1,0 +1,72 @@
+"""Ablation sweep over two variants, and LoRA export."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vlablocks.commands.export import export_checkpoint
+from vlablocks.config import ExperimentConfig, validate
+from vlablocks.framework.base import Framework, build_framework
+from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_two_variant_sweep_writes_results(tmp_path, toy_dataset):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        f"_base_: {REPO}/configs/frameworks/qwen_oft.yaml\n"
+        f"dataset: {{root: {toy_dataset}}}\n"
+        "framework: {action_model: {hidden_dim: 32, num_blocks: 1}}\n"
+        "trainer: {max_steps: 3, batch_size: 2, save_every: 3}\n"
+    )
+    (tmp_path / "film.yaml").write_text("framework: {use_film: true}\n")
+    (tmp_path / "no_proprio.yaml").write_text("framework: {use_proprio: false}\n")
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "vlablocks.cli", "sweep", "--base", str(base), "--out", str(out)]
+    command += ["--variants", str(tmp_path / "film.yaml"), str(tmp_path / "no_proprio.yaml")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["variant"] for r in rows] == ["film", "no_proprio"]
+    assert all(r["status"] == "ok" and r["steps"] == "3" and float(r["final_loss"]) > 0 for r in rows)
+    assert (out / "results.md").read_text().count("\n") == 4
+    assert (out / "comparison.png").stat().st_size > 1000
+    assert (out / "film" / "checkpoints" / "step_3" / "model.safetensors").is_file()
+    printed = subprocess.run(command + ["--print-commands"], capture_output=True, text=True, timeout=300)
+    assert printed.stdout.count("accelerate launch --config_file configs/accelerate/zero2.yaml") == 2
+
+
+def test_export_merges_lora_into_a_plain_checkpoint(tmp_path):
+    platform = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
+    experiment = validate(
+        {
+            "platform": platform,
+            "framework": {
+                "name": "QwenOFT",
+                "vlm": {"name": "qwen2_5_vl", "image_size": 56, "lora": {"enabled": True, "rank": 4}},
+                "action_model": {"name": "l1_regression", "hidden_dim": 32},
+            },
+        },
+        ExperimentConfig,
+    )
+    from vlablocks.config import PlatformConfig
+
+    examples = synthetic_examples(PlatformConfig(**platform), 2, image_size=56)
+    framework = build_framework(experiment, norm_stats=synthetic_norm_stats(examples))
+    for name, param in framework.named_parameters():  # make the adapters non-trivial
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)
+    framework.save_pretrained(tmp_path / "lora")
+    before = framework.predict_action(examples)["actions"]
+    result = export_checkpoint(str(tmp_path / "lora"), str(tmp_path / "merged"), merge_lora=True)
+    assert result["merged"]
+    merged = Framework.from_pretrained(tmp_path / "merged")
+    assert not merged.vlm.lora_enabled
+    assert not any("lora" in name for name in merged.state_dict())
+    np.testing.assert_allclose(merged.predict_action(examples)["actions"], before, atol=1e-5)

@@ -17,8 +17,14 @@ import time
 
 import numpy as np
 import websockets.sync.client
-from serving_common import FixedCostPolicy, make_observation, percentiles, start_policy_server, start_server
 
+from benchmarks.serving_common import (
+    FixedCostPolicy,
+    make_observation,
+    percentiles,
+    start_policy_server,
+    start_server,
+)
 from deployment.client import PolicyClient, msgpack_numpy
 
 GOAL_MS = 1.5
@@ -52,6 +58,19 @@ def measure(policy_port: int, echo_port: int, requests: int, warmup: int, block:
     return times
 
 
+def measure_overhead(ckpt: str | None, requests: int, warmup: int) -> tuple[dict[str, list[float]], str]:
+    """Starts the policy server (`ckpt` or the zero-cost stand-in) and the bare echo, each in its own process,
+    runs `measure` and stops them -> (times as `measure` returns them, the server's label)."""
+    policy_process, policy_port, label = start_policy_server(ckpt, model_ms=0.0)
+    echo_process, echo_port = start_server([sys.executable, "benchmarks/serving_common.py", "--echo"])
+    try:
+        return measure(policy_port, echo_port, requests, warmup), label
+    finally:
+        for process in (policy_process, echo_process):
+            process.terminate()
+            process.wait(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", help="serve this checkpoint instead of the zero-cost stand-in")
@@ -59,15 +78,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args()
 
-    policy_process, policy_port, label = start_policy_server(args.ckpt, model_ms=0.0)
-    echo_process, echo_port = start_server([sys.executable, "benchmarks/serving_common.py", "--echo"])
-    try:
-        times = measure(policy_port, echo_port, args.requests, args.warmup)
-    finally:
-        for process in (policy_process, echo_process):
-            process.terminate()
-            process.wait(10)
-
+    times, label = measure_overhead(args.ckpt, args.requests, args.warmup)
     rtt, infer, echo = times["rtt"], times["infer"], times["echo"]
     overhead = [r - m for r, m in zip(rtt, infer)]
     nbytes = len(msgpack_numpy.packb(make_observation(FixedCostPolicy.metadata)))

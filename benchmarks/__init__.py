@@ -1,0 +1,1 @@
+"""Benchmark scripts (`python benchmarks/<name>.py`); `vlablocks bench` imports their measuring functions."""

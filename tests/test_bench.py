@@ -1,0 +1,109 @@
+"""`vlablocks bench --smoke`: every row runs end to end, reports both sides, a consistent ratio and verdict.
+
+The smoke profile (tiny sizes, 1 repeat) proves the suite still runs; its numbers are not figures.
+Performance figures live in docs/benchmarks.md, measured by `vlablocks bench`, never in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlablocks.bench.result import Goal, Row, Side
+from vlablocks.bench.settings import bench_settings
+
+ROWS = ["training", "data", "inference", "flow_matching", "server", "memory"]
+CLI = Path(sys.executable).with_name("vlablocks")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[dict, str, str]:
+    """One smoke run through the installed console script, from outside the checkout."""
+    cwd = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [str(CLI), "bench", "--smoke", "--out", "out"], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((cwd / "out" / "bench.json").read_text()), (cwd / "out" / "bench.md").read_text(), proc.stdout
+
+
+def test_all_six_rows_with_both_sides_and_ratio(smoke_run):
+    report, _, _ = smoke_run
+    assert [row["key"] for row in report["rows"]] == ROWS
+    assert report["meta"]["errors"] == {}
+    for row in report["rows"]:
+        for side in ("ours", "baseline"):
+            values = row[side]["values"]
+            assert values and all(math.isfinite(v) and v > 0 for v in values), (row["key"], side, values)
+            assert row[side]["median"] == pytest.approx(statistics.median(values))
+        ours, baseline = row["ours"]["median"], row["baseline"]["median"]
+        expected = baseline / ours if row["key"] in ("inference", "flow_matching") else ours / baseline
+        assert row["ratio"] == pytest.approx(expected), row["key"]
+
+
+def test_goals_and_verdicts_follow_the_numbers(smoke_run):
+    report, markdown, stdout = smoke_run
+    goals = {row["key"]: [(g["subject"], g["op"], g["value"]) for g in row["goals"]] for row in report["rows"]}
+    assert goals == {
+        "training": [("ratio", "<=", 1.05)],
+        "data": [("ratio", ">=", 0.95)],
+        "inference": [("ratio", ">=", 15.0)],  # the 25 ms OFT goal only applies to --device cuda --arch 3b
+        "flow_matching": [("ratio", ">=", 4.0)],
+        "server": [("ours", "<=", 1.5)],
+        "memory": [],
+    }
+    for row in report["rows"]:
+        for goal in row["goals"]:
+            measured = row["ratio"] if goal["subject"] == "ratio" else row[goal["subject"]]["median"]
+            met = measured <= goal["value"] if goal["op"] == "<=" else measured >= goal["value"]
+            assert goal["met"] == met
+            assert ("meets " if met else "MISSES ") + goal["text"] in row["verdict"]
+    table = [line for line in markdown.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == 6
+    for line, row in zip(table, report["rows"]):
+        assert row["verdict"] in line and f"{row['ratio']:.2f}" in line
+    assert table[0] in stdout  # the command prints the table it writes
+
+
+def test_each_side_does_the_same_work(smoke_run):
+    """The fairness checks behind the ratios: same losses, same actions, FAST emits a trained policy's length."""
+    checks = {row["key"]: row["checks"] for row in smoke_run[0]["rows"]}
+    assert checks["training"]["loss_max_abs_diff"] <= 1e-5
+    assert checks["flow_matching"]["action_max_abs_diff"] <= 1e-5
+    assert checks["inference"]["fast_emitted_tokens"] == checks["inference"]["fast_target_tokens"]
+    assert 10 <= checks["inference"]["fast_target_tokens"] < 8 * 7  # tens of tokens, fewer than one per value
+
+
+def test_row_ratio_and_missed_goal():
+    row = Row(
+        key="k",
+        title="t",
+        unit="ms",
+        ours=Side("fast path", [10.0, 30.0, 20.0]),
+        baseline=Side("slow path", [50.0, 70.0, 60.0]),
+        ratio_name="slow / fast",
+        goals=[Goal("ratio", ">=", 4.0), Goal("ours", "<=", 25.0)],
+        invert=True,
+    )
+    assert row.ratio == pytest.approx(3.0)
+    assert row.verdict() == "MISSES ratio >= 4; meets fast path (ms) <= 25"
+
+
+def test_bad_combinations_are_one_line_errors():
+    with pytest.raises(ValueError, match="--arch 3b needs --device cuda"):
+        bench_settings("quick", "cpu", "3b")
+    with pytest.raises(ValueError, match="unknown bench profile 'fast' \\(available: full, quick, smoke\\)"):
+        bench_settings("fast")
+
+
+def test_unknown_row_names_the_available_ones(tmp_path):
+    from vlablocks.bench.suite import run_suite
+
+    with pytest.raises(ValueError, match="unknown bench row\\(s\\) trainig \\(available: training, data,"):
+        run_suite(bench_settings("smoke"), tmp_path, only=["trainig"])

@@ -1,0 +1,74 @@
+"""The models the benchmark rows compare: experiment dicts on the LIBERO platform, built on a device.
+
+Every framework is a registered one built through `build_framework`, from a random-init Qwen2.5-VL of
+the requested arch (`tiny` on CPU, `3b` on a GPU), exactly as a tiny test config or a real config is.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+
+import torch
+
+from vlablocks.bench.settings import BenchSettings, bench_platform
+from vlablocks.config import ExperimentConfig, validate
+from vlablocks.framework.base import Framework, build_framework
+from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+
+SEED = 0
+
+
+def vlm_options(settings: BenchSettings) -> dict:
+    """bf16 on CUDA, fp32 on CPU, whatever devices the host has (dtype "auto" would follow the host)."""
+    dtype = "bfloat16" if settings.device == "cuda" else "float32"
+    return {"name": "qwen2_5_vl", "arch": settings.arch, "image_size": settings.image_size, "dtype": dtype}
+
+
+def bench_experiment(framework: dict, settings: BenchSettings, **sections) -> dict:
+    """A validated experiment: LIBERO platform, `framework` with the benchmark's VLM, extra sections."""
+    data = {
+        "seed": SEED,
+        "platform": asdict(bench_platform()),
+        "framework": {**framework, "vlm": vlm_options(settings)},
+        **sections,
+    }
+    return validate(data, ExperimentConfig)
+
+
+def bench_examples(settings: BenchSettings, count: int, seed: int) -> list[dict]:
+    """Synthetic raw samples (1 view of the benchmark's image size, LIBERO chunk and state)."""
+    return synthetic_examples(bench_platform(), count, num_views=1, image_size=settings.image_size, seed=seed)
+
+
+def build_on_device(experiment: dict, norm_stats: dict, device: str) -> Framework:
+    """The framework built directly on `device` (random init on a GPU takes seconds, not minutes on CPU)."""
+    torch.manual_seed(SEED)
+    with torch.device(device):
+        return build_framework(experiment, norm_stats=norm_stats)
+
+
+def stats_examples(settings: BenchSettings) -> tuple[list[dict], dict]:
+    """64 synthetic samples and their norm stats: what the models normalize with and FAST is fitted on."""
+    examples = bench_examples(settings, 64, seed=1)
+    return examples, synthetic_norm_stats(examples)
+
+
+def free_memory(device: str) -> None:
+    """Returns a finished side's memory before the next side builds its model (two 3B models at once may not fit)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Counts forward calls of `module` inside the block: [n] (for generate, one call per emitted token)."""
+    calls = [0]
+    handle = module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        yield calls
+    finally:
+        handle.remove()

@@ -27,7 +27,11 @@ def smoke_run(tmp_path_factory) -> tuple[dict, str, str]:
     """One smoke run through the installed console script, from outside the checkout."""
     cwd = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [str(CLI), "bench", "--smoke", "--out", "out"], cwd=cwd, capture_output=True, text=True, timeout=300
+        [str(CLI), "bench", "--smoke", "--threads", "1", "--out", "out"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((cwd / "out" / "bench.json").read_text()), (cwd / "out" / "bench.md").read_text(), proc.stdout
@@ -37,6 +41,7 @@ def test_all_six_rows_with_both_sides_and_ratio(smoke_run):
     report, _, _ = smoke_run
     assert [row["key"] for row in report["rows"]] == ROWS
     assert report["meta"]["errors"] == {}
+    assert report["meta"]["threads"] == 1
     for row in report["rows"]:
         for side in ("ours", "baseline"):
             values = row[side]["values"]
@@ -100,6 +105,9 @@ def test_bad_combinations_are_one_line_errors():
         bench_settings("quick", "cpu", "3b")
     with pytest.raises(ValueError, match="unknown bench profile 'fast' \\(available: full, quick, smoke\\)"):
         bench_settings("fast")
+    with pytest.raises(ValueError, match="--threads must be >= 0"):
+        bench_settings("quick", threads=-1)
+    assert bench_settings("quick").threads == 1  # CPU default: steady figures on a shared CPU
 
 
 def test_unknown_row_names_the_available_ones(tmp_path):

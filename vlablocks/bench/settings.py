@@ -25,6 +25,7 @@ class BenchSettings:
     profile: Profile = "full"
     device: Device = "cpu"
     arch: Arch = "tiny"
+    threads: int = 0  # torch intra-op threads in this process; 0 keeps torch's default
     warmup: int = 3  # untimed calls per side before timing (latency rows)
     repeats: int = 15  # timed calls per side (latency rows)
     batch_size: int = 8  # training micro-batch
@@ -56,8 +57,8 @@ PROFILES: dict[str, BenchSettings] = {
         warmup=2,
         repeats=7,
         train_warmup_steps=2,
-        train_steps=8,
-        train_runs=2,
+        train_steps=6,
+        train_runs=3,
         data_episodes=10,
         data_samples=256,
         data_rounds=3,
@@ -87,8 +88,18 @@ PROFILES: dict[str, BenchSettings] = {
 }
 
 
-def bench_settings(profile: Profile = "full", device: Device = "cpu", arch: Arch = "tiny") -> BenchSettings:
-    """The profile's settings for a device and model size; a clear error for combinations that cannot run."""
+def bench_settings(
+    profile: Profile = "full", device: Device = "cpu", arch: Arch = "tiny", threads: int | None = None
+) -> BenchSettings:
+    """The profile's settings for a device and model size; a clear error for combinations that cannot run.
+
+    threads None: 1 on CPU (tiny models gain nothing from more, and several OpenMP threads on a CPU shared
+    with other jobs stall whenever one is descheduled: step times jump 10x in bursts), torch's default on CUDA.
+    """
+    if threads is None:
+        threads = 1 if device == "cpu" else 0
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
     if profile not in PROFILES:
         raise ValueError(f"unknown bench profile {profile!r} (available: {', '.join(PROFILES)})")
     if device == "cuda":
@@ -98,7 +109,7 @@ def bench_settings(profile: Profile = "full", device: Device = "cpu", arch: Arch
             raise ValueError("--device cuda but torch sees no CUDA device; run on a GPU machine or use --device cpu")
     if arch == "3b" and device != "cuda":
         raise ValueError("--arch 3b needs --device cuda (two 3B models do not fit a CPU run); use --arch tiny on CPU")
-    return replace(PROFILES[profile], device=device, arch=arch)
+    return replace(PROFILES[profile], device=device, arch=arch, threads=threads)
 
 
 def require_checkout(relative: str) -> Path:

@@ -61,6 +61,8 @@ def run_suite(
     unknown = [key for key in selected if key not in ROWS]
     if unknown:
         raise ValueError(f"unknown bench row(s) {', '.join(unknown)} (available: {', '.join(ROWS)})")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     report = BenchReport(rows=[])
     seconds: dict[str, float] = {}
     for key in selected:
@@ -78,6 +80,7 @@ def run_suite(
         "profile": settings.profile,
         "device": settings.device,
         "arch": settings.arch,
+        "threads": torch.get_num_threads(),
         "machine": machine(settings),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "seconds_per_row": seconds,

@@ -1,4 +1,4 @@
-"""`vlablocks bench [--quick | --smoke] [--out DIR] [--device cpu|cuda] [--arch tiny|3b] [--only ROW ...]`."""
+"""`vlablocks bench [--quick | --smoke] [--out DIR] [--device cpu|cuda] [--arch tiny|3b] [--threads N] [--only ROW ...]`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device of the model rows")
     parser.add_argument("--arch", choices=["tiny", "3b"], default="tiny", help="Qwen2.5-VL size (3b: random init)")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads in the bench process (default: 1 with --device cpu, torch's choice with cuda; 0: torch's)",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         metavar="ROW",
@@ -39,7 +45,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.bench.settings import bench_settings
     from vlablocks.bench.suite import run_suite
 
-    settings = bench_settings(args.profile, args.device, args.arch)
+    settings = bench_settings(args.profile, args.device, args.arch, args.threads)
     report = run_suite(settings, args.out, args.only)
     print(report_markdown(report.rows, report.meta))
     print("wrote " + " and ".join(str(p) for p in report.paths))

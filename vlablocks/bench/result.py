@@ -91,11 +91,6 @@ class Row:
         }
 
 
-def time_calls(fn: Callable[[], object], warmup: int, repeats: int, device: str = "cpu") -> list[float]:
-    """Milliseconds of each of `repeats` calls of `fn` after `warmup` untimed calls (CUDA synchronized)."""
-    return interleaved({"only": fn}, warmup, repeats, device)["only"]
-
-
 def interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int, device: str = "cpu") -> dict:
     """Times several callables in alternation (a, b, a, b, ...) so both sides see the same machine load.
 

@@ -109,7 +109,10 @@ def bench_settings(
             raise ValueError("--device cuda but torch sees no CUDA device; run on a GPU machine or use --device cpu")
     if arch == "3b" and device != "cuda":
         raise ValueError("--arch 3b needs --device cuda (two 3B models do not fit a CPU run); use --arch tiny on CPU")
-    return replace(PROFILES[profile], device=device, arch=arch, threads=threads)
+    settings = replace(PROFILES[profile], device=device, arch=arch, threads=threads)
+    if arch == "3b":  # train() builds each 3B model on the CPU first (minutes): one run per side
+        settings = replace(settings, train_runs=1)
+    return settings
 
 
 def require_checkout(relative: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_new_file_in_package_is_discovered(tmp_path):
     (copy / "action_model" / "dropped_in_head.py").write_text(NEW_HEAD)
     result = run_cli(["list", "action_models"], pythonpath=tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "dropped_in_head  A head added by dropping one file into the package." in result.stdout
+    assert re.search(r"\n  dropped_in_head +A head added by dropping one file into the package\.\n", result.stdout)
     # The installed tree is untouched: the head exists only in the copy.
     assert not (REPO / "vlablocks" / "action_model" / "dropped_in_head.py").exists()
 

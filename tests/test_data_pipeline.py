@@ -163,6 +163,9 @@ def test_dataloader_is_seeded_and_identical_with_workers(toy_root):
     langs = [lang for batch in reference for lang, _, _ in batch]
     assert any(lang.startswith(("head for", "navigate", "drive", "find")) for lang in langs)  # augmented
     assert any(not lang.startswith(("head for", "navigate", "drive", "find")) for lang in langs)
+    # The sampler's (epoch, index) keys give a fresh draw of prompts each epoch, in any worker.
+    assert [dataset[(0, i)]["lang"] for i in range(12)] != [dataset[(1, i)]["lang"] for i in range(12)]
+    assert [dataset[(0, i)]["lang"] for i in range(12)] == [dataset[i]["lang"] for i in range(12)]
 
 
 def test_episode_subset(toy_root):

@@ -42,13 +42,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
-        order = (
-            np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-            if self.shuffle
-            else np.arange(self.size)
-        )
-        return iter(order[self.rank :: self.world_size].tolist())
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        else:
+            order = np.arange(self.size)
+        return iter([(self.epoch, i) for i in order[self.rank :: self.world_size].tolist()])
 
     def __len__(self) -> int:
         return len(range(self.rank, self.size, self.world_size))

@@ -42,15 +42,6 @@ CONTINUOUS_HEADS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads on the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name: str, seed: int = 0, **overrides) -> ActionHead:
     fields = {f.name for f in dataclasses.fields(ACTION_MODELS.entry(name).config_class)}
     options = {"name": name, **{k: v for k, v in TINY.items() if k in fields}, **overrides}

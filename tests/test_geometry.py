@@ -15,14 +15,6 @@ from vlablocks.registry import FUSIONS, GEOMETRIC_ENCODERS, VLMS
 PATCH = 28  # Qwen2.5-VL: 14-pixel patches merged 2 x 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def wide_vlm():
     """Tiny Qwen2.5-VL seeing every view as 56 x 112 pixels: a non-square 2 x 4 merged-patch grid."""

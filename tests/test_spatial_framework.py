@@ -30,14 +30,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def examples_with_depth(batch_size: int = 2, views: int = 2) -> list[dict]:
     examples = synthetic_examples(PlatformConfig(**PLATFORM), batch_size, views)
     rng = np.random.default_rng(0)

@@ -47,6 +47,20 @@ class ActionHead(nn.Module):
         self.state_dim = state_dim
         self.cond_dim = cond_dim
 
+    def check_batch(self, actions: torch.Tensor, action_is_pad: torch.Tensor, state: torch.Tensor | None) -> None:
+        """Raises a ValueError naming expected vs got when the batch does not fit this head."""
+        from vlablocks.action_model.masking import check_action_batch
+
+        check_action_batch(
+            self.config.name,
+            actions,
+            action_is_pad,
+            state,
+            action_horizon=self.action_horizon,
+            action_dim=self.action_dim,
+            state_dim=self.state_dim,
+        )
+
     def compute_loss(
         self,
         conditioning: Conditioning,

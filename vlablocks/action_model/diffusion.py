@@ -26,7 +26,7 @@ from vlablocks.action_model.base import ActionHead, Conditioning
 from vlablocks.action_model.context import ContextEncoder, ContextPositionEncoding, context_mask
 from vlablocks.action_model.dit import Attention, TimestepEncoder
 from vlablocks.action_model.flow_matching import random_tensor
-from vlablocks.action_model.masking import check_action_batch, hold_last_valid, masked_mean
+from vlablocks.action_model.masking import hold_last_valid, masked_mean
 from vlablocks.action_model.mlp_resnet import MLPResNet
 from vlablocks.registry import ACTION_MODELS
 
@@ -123,15 +123,7 @@ class DiffusionHead(ActionHead):
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Noise MSE over valid steps. actions: [B, T, D], action_is_pad: [B, T] bool, state: [B, S] -> {"loss"}"""
-        check_action_batch(
-            self.config.name,
-            actions,
-            action_is_pad,
-            state,
-            action_horizon=self.action_horizon,
-            action_dim=self.action_dim,
-            state_dim=self.state_dim,
-        )
+        self.check_batch(actions, action_is_pad, state)
         repeats = self.config.repeated_diffusion_steps
         pooled = self.encode_context(conditioning).repeat_interleave(repeats, dim=0)
         state_embedding = self.encode_state(state, actions.shape[0])

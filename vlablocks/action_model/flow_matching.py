@@ -27,7 +27,7 @@ from torch import nn
 from vlablocks.action_model.base import ActionHead, Conditioning
 from vlablocks.action_model.context import ContextEncoder, ContextPositionEncoding, context_mask
 from vlablocks.action_model.dit import BlockContext, DiTBlock, DiTOutput, TimestepEncoder
-from vlablocks.action_model.masking import check_action_batch, hold_last_valid, masked_mean
+from vlablocks.action_model.masking import hold_last_valid, masked_mean
 from vlablocks.registry import ACTION_MODELS
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -206,15 +206,7 @@ class FlowMatchingHead(ActionHead):
 
         actions: [B, T, D], action_is_pad: [B, T] bool, state: [B, S] -> {"loss": scalar}
         """
-        check_action_batch(
-            self.config.name,
-            actions,
-            action_is_pad,
-            state,
-            action_horizon=self.action_horizon,
-            action_dim=self.action_dim,
-            state_dim=self.state_dim,
-        )
+        self.check_batch(actions, action_is_pad, state)
         repeats = self.config.repeated_diffusion_steps
         contexts = [context.repeat_interleave(repeats) for context in self.encode_context(conditioning)]
         targets = hold_last_valid(actions, action_is_pad).to(self.position.dtype).repeat_interleave(repeats, dim=0)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from vlablocks.action_model.base import ActionHead, Conditioning
-from vlablocks.action_model.masking import check_action_batch, masked_mean
+from vlablocks.action_model.masking import masked_mean
 from vlablocks.action_model.mlp_resnet import MLPResNet
 from vlablocks.registry import ACTION_MODELS
 
@@ -79,15 +79,7 @@ class L1RegressionHead(ActionHead):
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Mean |prediction - actions| over valid steps. actions: [B, T, D], action_is_pad: [B, T] -> {"loss"}"""
-        check_action_batch(
-            self.config.name,
-            actions,
-            action_is_pad,
-            state,
-            action_horizon=self.action_horizon,
-            action_dim=self.action_dim,
-            state_dim=self.state_dim,
-        )
+        self.check_batch(actions, action_is_pad, state)
         predicted = self(conditioning, state)
         return {"loss": masked_mean((predicted - actions.to(predicted.dtype)).abs(), action_is_pad)}
 

@@ -15,6 +15,13 @@ from vlablocks.config import PlatformConfig, to_dataclass
 from vlablocks.registry import DATASETS
 
 
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"trainer.torch_threads must be >= 1 or null, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

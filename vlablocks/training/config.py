@@ -22,6 +22,9 @@ class TrainerConfig:
     # Regular expressions searched (re.search) in parameter names; a pattern matching nothing is an error.
     freeze_modules: list[str] = field(default_factory=list)
     num_workers: int = 0
+    # Intra-op threads per process (None: torch's default). Tiny CPU models run fastest with 1: thread
+    # hand-offs cost more than the matmuls they split.
+    torch_threads: int | None = None
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2

@@ -22,6 +22,7 @@ from vlablocks.training.components import (
     make_accelerator,
     resolve_norm_stats,
     seed_everything,
+    set_threads,
 )
 from vlablocks.training.config import TrainerConfig
 from vlablocks.training.distributed import end_distributed
@@ -37,6 +38,7 @@ def train(experiment: dict, dataset=None) -> dict:
     trainer: TrainerConfig = to_dataclass(TrainerConfig, experiment["trainer"], "trainer")
     run_dir = Path(experiment["run_dir"])
     accelerator = make_accelerator(trainer)
+    set_threads(trainer.torch_threads)
     seed_everything(experiment["seed"])
     main = accelerator.is_main_process
     if main:

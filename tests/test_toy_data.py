@@ -67,6 +67,17 @@ def test_every_sample_keeps_the_contract(toy_root):
     assert len(sample["image"]) == 2 and sample["dataset_name"] == "toy" and sample["embodiment"] == "toy"
 
 
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs/datasets").glob("toy*.yaml")))
+def test_shipped_toy_configs_build_and_give_the_fields_they_name(toy_root, config):
+    prompts = f"dataset.prompt_augmentation.path={REPO / 'configs/prompts/toy.yaml'}"
+    dataset, platform = build(toy_root, f"configs/datasets/{config}", *([prompts] if "prompt" in config else []))
+    sample = dataset[len(dataset) - 1]
+    validate_sample(sample, platform)
+    assert len(sample["image"]) == len(dataset.config.camera_keys)
+    assert ("depth" in sample) == bool(dataset.config.depth_keys)
+    assert ("intrinsics" in sample) == bool(dataset.config.intrinsics_keys)
+
+
 @pytest.mark.parametrize("episode", [0, EPISODES - 1])
 def test_chunks_line_up_with_the_recorded_episode_and_pad_at_its_end(toy_root, episode):
     dataset, platform = build(toy_root)

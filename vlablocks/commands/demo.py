@@ -20,7 +20,7 @@ HELP = "end-to-end demo: toy data -> train -> serve -> closed-loop eval, printin
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config_yaml", default="configs/demo/qwen_oft_toy.yaml", help="experiment to train")
-    parser.add_argument("--episodes", type=int, default=400, help="toy episodes to generate for training")
+    parser.add_argument("--episodes", type=int, default=1000, help="toy episodes to generate for training")
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--out", default="runs/demo", help="run directory (data under data/)")
 

@@ -150,3 +150,29 @@ def test_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     resumed = run_worker(tmp_path, str(run_dir), "4", "2", "1", "0")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_2", "step_4"]
+
+
+def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_path):
+    from vlablocks.framework.base import build_framework
+    from vlablocks.framework.synthetic import synthetic_norm_stats
+    from vlablocks.training.components import load_pretrained_modules
+
+    data = examples(4)
+    source = build_framework(experiment(tmp_path / "a"), norm_stats=synthetic_norm_stats(data))
+    source.save_pretrained(tmp_path / "source")
+    torch.manual_seed(123)
+    target = build_framework(experiment(tmp_path / "b"), norm_stats=synthetic_norm_stats(data))
+    loaded = load_pretrained_modules(target, str(tmp_path / "source"), [r"^action_model\."])
+    assert loaded and all(k.startswith("action_model.") for k in loaded)
+    for key in loaded:
+        torch.testing.assert_close(target.state_dict()[key], source.state_dict()[key], rtol=0, atol=0)
+    vlm_key = "vlm.model.lm_head.weight"
+    assert not torch.equal(target.state_dict()[vlm_key], source.state_dict()[vlm_key])  # left alone
+
+    wider = experiment(tmp_path / "c")
+    wider["framework"]["action_model"]["hidden_dim"] = 48
+    mismatched = build_framework(wider, norm_stats=synthetic_norm_stats(data))
+    with pytest.raises(ValueError, match=r"shape mismatch .*action_model\.mlp\..*checkpoint \(32.*vs model \(48"):
+        load_pretrained_modules(mismatched, str(tmp_path / "source"), [r"^action_model\."])
+    with pytest.raises(ValueError, match="matches no key"):
+        load_pretrained_modules(target, str(tmp_path / "source"), [r"^nonexistent"])

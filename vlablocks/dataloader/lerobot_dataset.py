@@ -15,7 +15,10 @@ any training step: a missing key is an error listing the keys the dataset has.
 The chunk follows lerobot's `delta_timestamps` semantics exactly (offsets t / fps for t < T, indices
 clamped to the episode, `action_is_pad` where clamped) but is gathered here from the action column alone:
 lerobot's own delta query decodes every image of every chunk row (T times the image work for nothing on
-datasets with images in parquet; see benchmarks/data_loader.py).
+datasets with images in parquet). Rows are read through LeRobotDataset.__getitem__ (videos, depth units,
+tasks stay lerobot's), with its parquet row transform narrowed to the columns the config uses and
+decoding images straight to uint8 numpy (lerobot's goes through float tensors). benchmarks/data_loader.py
+measures the difference.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import PIL.Image
 import torch
 
 from vlablocks.config import ConfigError, PlatformConfig
@@ -43,11 +47,30 @@ def _is_depth(feature: dict) -> bool:
     return bool(info.get("is_depth_map") or info.get("video.is_depth_map"))
 
 
-def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
-    """LeRobot image [3, H, W] (float in [0, 1], or uint8 from video with return_uint8) -> [H, W, 3] uint8."""
-    if image.dtype != torch.uint8:
-        image = (image * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return image.permute(1, 2, 0).numpy()
+def decode_row(batch: dict[str, list]) -> dict[str, list]:
+    """`datasets` row transform replacing lerobot's: parquet images become numpy as stored (RGB uint8
+    [H, W, 3], depth [H, W]) instead of float tensors we would convert back; numbers become tensors, as
+    lerobot's reader expects."""
+    for key, values in batch.items():
+        first = values[0]
+        if isinstance(first, PIL.Image.Image):
+            batch[key] = [np.asarray(image) for image in values]
+        elif first is not None and not isinstance(first, (dict, str)):
+            batch[key] = [torch.tensor(value) for value in values]
+    return batch
+
+
+def to_uint8_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """An image column (uint8 [H, W, 3] from parquet, uint8 [3, H, W] tensor from video) -> [H, W, 3] uint8."""
+    if isinstance(image, np.ndarray):
+        return image
+    return np.ascontiguousarray(image.numpy().transpose(1, 2, 0))
+
+
+def to_depth(depth: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A depth column ([H, W] array from parquet, [1, H, W] tensor from video), in metres -> [H, W] float32."""
+    depth = np.asarray(depth, dtype=np.float32)
+    return depth.reshape(depth.shape[-2:])
 
 
 @DATASETS.register("lerobot")
@@ -95,6 +118,11 @@ class LeRobotRawDataset(RawDataset):
         self.norm_mode = config.norm_mode
         meta = LeRobotDatasetMetadata(repo_id, root=root)
         self._check_keys(meta.features)
+        missing = sorted(set(config.episodes or []) - set(range(meta.total_episodes)))
+        if missing:
+            raise ConfigError(
+                f"dataset.episodes: {missing} not in {self.name!r}, which has episodes 0..{meta.total_episodes - 1}"
+            )
         self.fps = meta.fps
         self.delta_timestamps = {config.action_key: [t / meta.fps for t in range(platform.action_horizon)]}
         check_delta_timestamps(self.delta_timestamps, meta.fps, config.tolerance_s)
@@ -117,14 +145,12 @@ class LeRobotRawDataset(RawDataset):
         self._decode_only_used_columns()
 
     def _decode_only_used_columns(self) -> None:
-        """Restricts lerobot's row transform to the columns a sample uses: unused cameras are never decoded."""
-        from lerobot.datasets.io_utils import hf_transform_to_torch
-
+        """Decodes only the columns a sample uses (unused cameras never are), straight to numpy."""
         c = self.config
         used = {"index", "episode_index", "frame_index", "timestamp", "task_index", c.state_key}
         used |= {*c.camera_keys, *c.depth_keys, *c.intrinsics_keys}
         table = self.lerobot.hf_dataset
-        table.set_transform(hf_transform_to_torch, columns=[k for k in table.column_names if k in used])
+        table.set_transform(decode_row, columns=[k for k in table.column_names if k in used])
 
     # -- checks before any data is read ---------------------------------------------------------
 
@@ -195,9 +221,7 @@ class LeRobotRawDataset(RawDataset):
         if c.state_key is not None:
             sample["state"] = item[c.state_key].numpy().astype(np.float32, copy=False)
         if c.depth_keys:
-            sample["depth"] = [
-                item[k].reshape(item[k].shape[-2:]).numpy().astype(np.float32, copy=False) for k in c.depth_keys
-            ]
+            sample["depth"] = [to_depth(item[k]) for k in c.depth_keys]
         if c.intrinsics_keys:
             sample["intrinsics"] = np.stack([item[k].reshape(3, 3).numpy() for k in c.intrinsics_keys]).astype(
                 np.float32

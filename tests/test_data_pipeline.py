@@ -169,6 +169,8 @@ def test_dataloader_is_seeded_and_identical_with_workers(toy_root):
 
 
 def test_episode_subset(toy_root):
+    with pytest.raises(ConfigError, match=r"dataset.episodes: \[6, 9\] not in 'toy', which has episodes 0..5"):
+        build(toy_root, "dataset.episodes=[1,6,9]")
     full = build(toy_root)
     subset = build(toy_root, "dataset.episodes=[1,4]")
     assert len(subset) == len(full.episode_indices(1)) + len(full.episode_indices(4))

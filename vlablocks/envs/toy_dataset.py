@@ -11,8 +11,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from vlablocks.envs.toy import ACTION_DIM, CAMERAS, STATE_DIM, ToyTabletopEnv
 
 FPS = 10
@@ -106,8 +104,3 @@ def write_toy_dataset(
         dataset.save_episode()
     dataset.finalize()
     return out
-
-
-def episode_seeds(seed: int, episodes: int) -> np.ndarray:
-    """The env seed of each recorded episode (for replaying a known episode in tests)."""
-    return np.arange(seed, seed + episodes)

@@ -66,7 +66,7 @@ def sample_layout(rng: np.random.Generator, grid: int, num_objects: int) -> Layo
 
 @dataclass(frozen=True)
 class Camera:
-    """A downward-looking pinhole camera of `size` x `size` pixels at height `height` above (x, y)."""
+    """A downward-looking pinhole camera of `size` x `size` pixels (its position is given to `render`)."""
 
     size: int
     focal: float

@@ -24,17 +24,21 @@ def data_row(settings: BenchSettings) -> Row:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local dataset: never ask the hub
     config_yaml = require_checkout("configs/datasets/toy.yaml")
+    # Decodes every image column, as LeRobotDataset does: the like-for-like side of the ratio.
+    all_columns_yaml = require_checkout("configs/datasets/toy_two_views.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "toy"
         write_toy_dataset(root, settings.data_episodes, seed=0)
-        loaders, description = build_loaders(root, str(config_yaml), settings.data_batch_size, settings.data_workers)
+        loaders, description = build_loaders(
+            root, str(config_yaml), str(all_columns_yaml), settings.data_batch_size, settings.data_workers
+        )
         rates = measure_rates(loaders, settings.data_samples, settings.data_rounds)
     frame_only = statistics.median(rates["lerobot frame"])
     return Row(
         key="data",
         title="data: raw-dict loader vs LeRobotDataset iteration",
         unit="samples/s",
-        ours=Side("raw-dict loader", rates["ours"]),
+        ours=Side("raw-dict loader, same columns decoded", rates["ours (all)"]),
         baseline=Side("LeRobotDataset + chunk", rates["lerobot+chunk"]),
         ratio_name="ours / LeRobotDataset",
         goals=[Goal("ratio", ">=", 0.95)],
@@ -42,5 +46,6 @@ def data_row(settings: BenchSettings) -> Row:
             f"Toy dataset of {settings.data_episodes} episodes: {description};"
             f" {settings.data_samples} samples per loader per round, {settings.data_rounds} rounds alternating.",
             f"LeRobotDataset frames without the chunk (less work): {frame_only:.0f} samples/s.",
+            f"Raw-dict loader decoding only the top view a config uses: {statistics.median(rates['ours']):.0f} samples/s.",
         ],
     )

@@ -40,9 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = parser.parse_known_args(argv)  # argv None: argparse reads the command line
     try:
         return int(args._module.run(args, overrides) or 0)
     except KeyboardInterrupt:

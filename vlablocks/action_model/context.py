@@ -9,13 +9,13 @@ values. A head that cross-attends to those values cannot tell where a patch is u
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import nn
 
 from vlablocks.action_model.base import Conditioning
+from vlablocks.vlm.vision import sincos_2d as vision_sincos_2d
 
 ContextPositionEncoding = Literal["none", "sincos2d"]
 
@@ -25,19 +25,9 @@ POSITION_GRID = 100.0
 
 
 def sincos_2d(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos encoding of (row, col) positions.
-
-    positions: [..., 2] floats in [0, 1] -> [..., dim], laid out [sin(row), cos(row), sin(col), cos(col)]
-    with dim // 4 geometric frequencies each (as in MAE / ViT 2-D sin-cos tables).
-    """
-    if dim % 4 != 0:
-        raise ValueError(f"sincos2d position encoding needs a width divisible by 4, got {dim}")
-    quarter = dim // 4
-    exponent = torch.arange(quarter, device=positions.device, dtype=torch.float32) / quarter
-    omega = torch.exp(-math.log(10000.0) * exponent)  # [quarter]
-    angles = positions.float().unsqueeze(-1) * POSITION_GRID * omega  # [..., 2, quarter]
-    row, col = angles[..., 0, :], angles[..., 1, :]
-    return torch.cat([row.sin(), row.cos(), col.sin(), col.cos()], dim=-1).to(positions.dtype)
+    """positions: [..., 2] (row, col) floats in [0, 1] -> [..., dim] fixed 2-D sin-cos code (the VLM's
+    encoding of the same layout, applied on a POSITION_GRID-cell grid)."""
+    return vision_sincos_2d(positions.float() * POSITION_GRID, dim).to(positions.dtype)
 
 
 def context_mask(conditioning: Conditioning, tokens: torch.Tensor) -> torch.Tensor:

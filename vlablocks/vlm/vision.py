@@ -94,18 +94,19 @@ def vision_tokens(
     )
 
 
-def sincos_2d(grid_rc: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sin-cos encoding (as in MAE) of integer (row, col): [N, 2] -> [N, dim].
+def sincos_2d(coords: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos encoding (as in MAE) of (row, col) coordinates: [..., 2] -> [..., dim] float32.
 
-    The first half of the channels encodes the row, the second half the column; `dim` % 4 == 0.
+    Channels are laid out [sin(row), cos(row), sin(col), cos(col)], dim // 4 geometric frequencies each;
+    `dim` % 4 == 0. The VLM feeds integer merged-grid cells; action heads feed scaled [0, 1] positions.
     """
     if dim % 4:
         raise ValueError(f"sincos2d needs a hidden size divisible by 4, got {dim}")
     quarter = dim // 4
-    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32, device=grid_rc.device) / quarter)
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32, device=coords.device) / quarter)
     parts = []
     for axis in range(2):
-        angles = grid_rc[:, axis].float()[:, None] * omega[None, :]
+        angles = coords[..., axis].float().unsqueeze(-1) * omega
         parts += [angles.sin(), angles.cos()]
     return torch.cat(parts, dim=-1)
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from benchmarks.fast_compression import smooth_chunks as smooth_trajectories
 from vlablocks.action_model.fast_tokenizer import FILE_NAME, DecodedChunk, FASTTokenizer
 from vlablocks.registry import ACTION_MODELS
 
@@ -14,15 +15,8 @@ T, D = 8, 7
 
 
 def smooth_chunks(n: int, seed: int, horizon: int = T, dim: int = D) -> np.ndarray:
-    """[n, T, D] smooth trajectories spanning about [-1, 1] (normalized actions): offset + trend + low sines."""
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
-    chunks = rng.uniform(-0.5, 0.5, (n, 1, dim)) + rng.uniform(-0.5, 0.5, (n, 1, dim)) * t
-    for _ in range(3):
-        frequency = rng.uniform(0.1, 1.5, (n, 1, dim))
-        phase = rng.uniform(0.0, 2 * np.pi, (n, 1, dim))
-        chunks = chunks + rng.uniform(0.0, 0.2, (n, 1, dim)) * np.sin(2 * np.pi * frequency * t + phase)
-    return chunks
+    """[n, T, D] smooth normalized trajectories: the benchmark's generator at this suite's chunk shape."""
+    return smooth_trajectories(n, horizon, dim, seed)
 
 
 @pytest.fixture(scope="module")

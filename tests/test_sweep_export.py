@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,19 +18,21 @@ from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_sta
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_two_variant_sweep_writes_results(tmp_path, toy_dataset):
+def test_two_variant_sweep_trains_evaluates_and_tabulates(tmp_path, toy_dataset):
     base = tmp_path / "base.yaml"
     base.write_text(
         f"_base_: {REPO}/configs/frameworks/qwen_oft.yaml\n"
         f"dataset: {{root: {toy_dataset}}}\n"
         "framework: {action_model: {hidden_dim: 32, num_blocks: 1}}\n"
-        "trainer: {max_steps: 3, batch_size: 2, save_every: 3}\n"
+        "trainer: {max_steps: 3, batch_size: 2, save_every: 2}\n"
     )
     (tmp_path / "film.yaml").write_text("framework: {use_film: true}\n")
     (tmp_path / "no_proprio.yaml").write_text("framework: {use_proprio: false}\n")
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "vlablocks.cli", "sweep", "--base", str(base), "--out", str(out)]
+    command = [sys.executable, "-m", "vlablocks.cli", "sweep", "--base", str(base), "--out", str(out), "--jobs", "2"]
     command += ["--variants", str(tmp_path / "film.yaml"), str(tmp_path / "no_proprio.yaml")]
+    command += ["--eval-env", "toy", "--eval-episodes", "3", "--eval-seed", "7", "--eval-option", "max_steps=4"]
+    command += ["--eval-wrong-instruction"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -37,9 +40,30 @@ def test_two_variant_sweep_writes_results(tmp_path, toy_dataset):
     assert all(r["status"] == "ok" and r["steps"] == "3" and float(r["final_loss"]) > 0 for r in rows)
     assert (out / "results.md").read_text().count("\n") == 4
     assert (out / "comparison.png").stat().st_size > 1000
-    assert (out / "film" / "checkpoints" / "step_3" / "model.safetensors").is_file()
+    for row in rows:
+        run_dir = out / row["variant"]
+        summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+        wrong = json.loads((run_dir / "eval_wrong_instruction" / "summary.json").read_text())
+        # The final checkpoint (step 3, not the step-2 one) was evaluated, with the sweep's eval options.
+        assert "checkpoints/step_3" in (run_dir / "eval.log").read_text()
+        assert [e["seed"] for e in summary["per_episode"]] == [7, 8, 9]
+        assert max(e["steps"] for e in summary["per_episode"]) <= 4
+        assert summary["wrong_instruction"] is False and wrong["wrong_instruction"] is True
+        assert float(row["success_rate"]) == round(summary["success_rate"], 4)
+        assert float(row["wrong_instruction_success_rate"]) == round(wrong["success_rate"], 4)
+        assert row["eval_episodes"] == "3" and row["success_ci95"] == "{:.2f}-{:.2f}".format(*summary["ci95"])
     printed = subprocess.run(command + ["--print-commands"], capture_output=True, text=True, timeout=300)
     assert printed.stdout.count("accelerate launch --config_file configs/accelerate/zero2.yaml") == 2
+    assert printed.stdout.count("vlablocks.cli eval --env toy") == 2
+
+
+def test_sweep_rejects_an_unknown_eval_env_before_training(tmp_path):
+    command = [sys.executable, "-m", "vlablocks.cli", "sweep", "--base", f"{REPO}/configs/frameworks/qwen_oft.yaml"]
+    command += ["--variants", f"{REPO}/configs/frameworks/qwen_oft.yaml", "--out", str(tmp_path), "--eval-env", "tyo"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown eval_env 'tyo'; did you mean 'toy'?" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing trained
 
 
 def test_export_merges_lora_into_a_plain_checkpoint(tmp_path):

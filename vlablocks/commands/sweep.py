@@ -1,4 +1,4 @@
-"""`vlablocks sweep --base F --variants V1.yaml V2.yaml [--grid sweep.yaml] --out DIR [overrides]`."""
+"""`vlablocks sweep --base F --variants V1.yaml V2.yaml [--grid sweep.yaml] --out DIR [--eval-env toy] [overrides]`."""
 
 from __future__ import annotations
 
@@ -15,10 +15,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", help="sweep YAML: {base: F, grid: {dotted.key: [values, ...]}}")
     parser.add_argument("--out", default="runs/sweep", help="output directory (one sub-directory per variant)")
     parser.add_argument("--print-commands", action="store_true", help="print accelerate launch commands, run nothing")
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time (one process each)")
+    evaluation = parser.add_argument_group("closed-loop evaluation of each variant's final checkpoint")
+    evaluation.add_argument("--eval-env", help="registered eval env (vlablocks list eval_envs); omit to skip eval")
+    evaluation.add_argument("--eval-episodes", type=int, default=50)
+    evaluation.add_argument("--eval-seed", type=int, default=1000, help="episode i uses seed + i, for every variant")
+    evaluation.add_argument(
+        "--eval-option", action="append", default=[], help="env option as key=value (repeatable), e.g. cameras=[a,b]"
+    )
+    evaluation.add_argument(
+        "--eval-wrong-instruction", action="store_true", help="also run the wrong-instruction control per variant"
+    )
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from vlablocks.training.sweep import build_variants, load_grid, run_sweep
+    from vlablocks.training.sweep import SweepEval, build_variants, load_grid, run_sweep
 
     base, grid = args.base, None
     if args.grid:
@@ -26,8 +37,24 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         base = base or grid_base
     if not (args.variants or grid):
         raise ValueError("nothing to sweep: give --variants FILES and/or --grid FILE")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    evaluation = None
+    if args.eval_env:
+        from vlablocks.registry import EVAL_ENVS
+
+        EVAL_ENVS.get(args.eval_env)  # an unknown env fails now, naming the closest one, not after training
+        evaluation = SweepEval(
+            args.eval_env,
+            args.eval_episodes,
+            args.eval_seed,
+            tuple(args.eval_option),
+            wrong_instruction=args.eval_wrong_instruction,
+        )
+    elif args.eval_option or args.eval_wrong_instruction:
+        raise ValueError("--eval-option / --eval-wrong-instruction need --eval-env NAME")
     variants = build_variants(base, args.variants, grid, overrides)
-    rows = run_sweep(variants, Path(args.out), dry_run=args.print_commands)
+    rows = run_sweep(variants, Path(args.out), args.print_commands, evaluation, args.jobs)
     if rows:
         print((Path(args.out) / "results.md").read_text(), end="")
         print(f"results: {Path(args.out) / 'results.csv'}, plot: {Path(args.out) / 'comparison.png'}")

@@ -2,8 +2,10 @@
 
 Variants come from YAML files merged over a base (each may itself use `_base_`), and/or from a grid of
 dotlist overrides (every combination). Each variant trains in its own subprocess under
-`<out>/<variant>/`, so a crash in one does not take the others down; the sweep then writes
-`results.csv`, `results.md` and `comparison.png`.
+`<out>/<variant>/`, so a crash in one does not take the others down; with a `SweepEval`, the variant's
+final checkpoint is then evaluated closed-loop by `vlablocks eval` (and optionally under the
+wrong-instruction control) into `<out>/<variant>/eval*/summary.json`. The sweep writes `results.csv`,
+`results.md` and `comparison.png`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import json
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from vlablocks.config import ExperimentConfig, load_yaml, merge_overrides, resolve, to_yaml, validate
+from vlablocks.training.checkpoint import latest_checkpoint
+
+EVAL_DIR = "eval"
+WRONG_INSTRUCTION_EVAL_DIR = "eval_wrong_instruction"
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,17 @@ class Variant:
     name: str
     experiment: dict
     overrides: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SweepEval:
+    """Closed-loop evaluation of every variant's final checkpoint (the `vlablocks eval` options)."""
+
+    env: str
+    episodes: int = 50
+    seed: int = 1000
+    env_options: tuple[str, ...] = ()  # env config as dotlist, e.g. "cameras=[top,wrist]"
+    wrong_instruction: bool = False  # also run the wrong-instruction control
 
 
 def _slug(text: str) -> str:
@@ -66,30 +84,81 @@ def launch_command(config_path: Path, accelerate_config: str = "configs/accelera
     )
 
 
-def run_sweep(variants: list[Variant], out_dir: Path, dry_run: bool = False) -> list[dict]:
-    """Trains each variant in a subprocess; returns one result row per variant."""
+def eval_command(evaluation: SweepEval, checkpoint: Path, out: Path, wrong_instruction: bool = False) -> list[str]:
+    command = [sys.executable, "-m", "vlablocks.cli", "eval", "--env", evaluation.env, "--ckpt", str(checkpoint)]
+    command += ["--episodes", str(evaluation.episodes), "--seed", str(evaluation.seed), "--videos", "0"]
+    command += ["--out", str(out)] + (["--wrong-instruction"] if wrong_instruction else [])
+    return command + list(evaluation.env_options)
+
+
+def run_sweep(
+    variants: list[Variant],
+    out_dir: Path,
+    dry_run: bool = False,
+    evaluation: SweepEval | None = None,
+    jobs: int = 1,
+) -> list[dict]:
+    """Trains (and evaluates) each variant in subprocesses, `jobs` at a time; one result row per variant."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for variant in variants:
-        run_dir = out_dir / variant.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        experiment = {**variant.experiment, "run_dir": str(run_dir)}
-        config_path = run_dir / "variant.yaml"
-        config_path.write_text(to_yaml(experiment))
-        if dry_run:
+    if dry_run:
+        for variant in variants:
+            config_path = _write_variant(variant, out_dir)
             print(launch_command(config_path))
-            continue
-        command = [sys.executable, "-m", "vlablocks.cli", "train", "--config_yaml", str(config_path)]
-        print(f"[sweep] {variant.name}: {' '.join(command)}", flush=True)
-        result = subprocess.run(command, capture_output=True, text=True)
-        (run_dir / "train.log").write_text(result.stdout + result.stderr)
-        rows.append(_result_row(variant, run_dir, result.returncode, result.stderr))
-    if rows:
-        write_results(rows, out_dir)
+            if evaluation is not None:
+                checkpoint = out_dir / variant.name / "checkpoints" / f"step_{variant.experiment['trainer']['max_steps']}"
+                print(shlex.join(eval_command(evaluation, checkpoint, out_dir / variant.name / EVAL_DIR)))
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        rows = list(pool.map(lambda variant: _run_variant(variant, out_dir, evaluation), variants))
+    write_results(rows, out_dir)
     return rows
 
 
-def _result_row(variant: Variant, run_dir: Path, returncode: int, stderr: str) -> dict:
+def _write_variant(variant: Variant, out_dir: Path) -> Path:
+    run_dir = out_dir / variant.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "variant.yaml"
+    config_path.write_text(to_yaml({**variant.experiment, "run_dir": str(run_dir)}))
+    return config_path
+
+
+def _run_variant(variant: Variant, out_dir: Path, evaluation: SweepEval | None) -> dict:
+    config_path = _write_variant(variant, out_dir)
+    run_dir = config_path.parent
+    command = [sys.executable, "-m", "vlablocks.cli", "train", "--config_yaml", str(config_path)]
+    print(f"[sweep] {variant.name}: {' '.join(command)}", flush=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    (run_dir / "train.log").write_text(result.stdout + result.stderr)
+    status = _status(result)
+    if status == "ok" and evaluation is not None:
+        status = _evaluate(evaluation, run_dir)
+    return _result_row(variant, run_dir, status)
+
+
+def _status(result: subprocess.CompletedProcess) -> str:
+    if result.returncode == 0:
+        return "ok"
+    stderr = result.stderr.strip()
+    return f"failed: {stderr.splitlines()[-1] if stderr else result.returncode}"
+
+
+def _evaluate(evaluation: SweepEval, run_dir: Path) -> str:
+    """Evaluates the run's final checkpoint; -> "ok" or the failing eval's last error line."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return f"failed: no checkpoint under {run_dir / 'checkpoints'} to evaluate"
+    runs = [(EVAL_DIR, False)] + ([(WRONG_INSTRUCTION_EVAL_DIR, True)] if evaluation.wrong_instruction else [])
+    for name, wrong_instruction in runs:
+        command = eval_command(evaluation, checkpoint, run_dir / name, wrong_instruction)
+        print(f"[sweep] {run_dir.name}: {' '.join(command)}", flush=True)
+        result = subprocess.run(command, capture_output=True, text=True)
+        (run_dir / f"{name}.log").write_text(shlex.join(command) + "\n" + result.stdout + result.stderr)
+        if result.returncode != 0:
+            return f"eval {_status(result)}"
+    return "ok"
+
+
+def _result_row(variant: Variant, run_dir: Path, status: str) -> dict:
     losses = []
     metrics_file = run_dir / "metrics.jsonl"
     if metrics_file.is_file():
@@ -97,18 +166,22 @@ def _result_row(variant: Variant, run_dir: Path, returncode: int, stderr: str) -
     tail = losses[-max(1, len(losses) // 10) :] if losses else []
     row = {
         "variant": variant.name,
-        "status": (
-            "ok" if returncode == 0 else f"failed: {stderr.strip().splitlines()[-1] if stderr.strip() else returncode}"
-        ),
+        "status": status,
         "steps": len(losses),
         "first_loss": round(losses[0], 5) if losses else None,
         "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
-        "overrides": " ".join(variant.overrides),
     }
-    eval_file = run_dir / "eval" / "summary.json"
+    eval_file = run_dir / EVAL_DIR / "summary.json"
     if eval_file.is_file():
         summary = json.loads(eval_file.read_text())
-        row["success_rate"] = summary.get("success_rate")
+        low, high = summary["ci95"]
+        row["success_rate"] = round(summary["success_rate"], 4)
+        row["success_ci95"] = f"{low:.2f}-{high:.2f}"
+        row["eval_episodes"] = summary["episodes"]
+    wrong_file = run_dir / WRONG_INSTRUCTION_EVAL_DIR / "summary.json"
+    if wrong_file.is_file():
+        row["wrong_instruction_success_rate"] = round(json.loads(wrong_file.read_text())["success_rate"], 4)
+    row["overrides"] = " ".join(variant.overrides)
     return row
 
 

@@ -105,7 +105,9 @@ def run_sweep(
             config_path = _write_variant(variant, out_dir)
             print(launch_command(config_path))
             if evaluation is not None:
-                checkpoint = out_dir / variant.name / "checkpoints" / f"step_{variant.experiment['trainer']['max_steps']}"
+                checkpoint = (
+                    out_dir / variant.name / "checkpoints" / f"step_{variant.experiment['trainer']['max_steps']}"
+                )
                 print(shlex.join(eval_command(evaluation, checkpoint, out_dir / variant.name / EVAL_DIR)))
         return []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -14,6 +14,7 @@ from vlablocks.commands.export import export_checkpoint
 from vlablocks.config import ExperimentConfig, validate
 from vlablocks.framework.base import Framework, build_framework
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.training.sweep import SweepEval, evaluate_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +65,13 @@ def test_sweep_rejects_an_unknown_eval_env_before_training(tmp_path):
     assert result.returncode == 2
     assert "unknown eval_env 'tyo'; did you mean 'toy'?" in result.stderr
     assert not any(tmp_path.iterdir())  # nothing trained
+
+
+def test_sweep_eval_without_a_checkpoint_fails_the_variant_with_a_reason(tmp_path):
+    (tmp_path / "checkpoints").mkdir()  # training "succeeded" but saved nothing
+    status = evaluate_run(SweepEval("toy", episodes=2), tmp_path)
+    assert status == f"failed: no checkpoint under {tmp_path / 'checkpoints'} to evaluate"
+    assert not (tmp_path / "eval").exists()
 
 
 def test_export_merges_lora_into_a_plain_checkpoint(tmp_path):

@@ -133,7 +133,7 @@ def _run_variant(variant: Variant, out_dir: Path, evaluation: SweepEval | None) 
     (run_dir / "train.log").write_text(result.stdout + result.stderr)
     status = _status(result)
     if status == "ok" and evaluation is not None:
-        status = _evaluate(evaluation, run_dir)
+        status = evaluate_run(evaluation, run_dir)
     return _result_row(variant, run_dir, status)
 
 
@@ -144,7 +144,7 @@ def _status(result: subprocess.CompletedProcess) -> str:
     return f"failed: {stderr.splitlines()[-1] if stderr else result.returncode}"
 
 
-def _evaluate(evaluation: SweepEval, run_dir: Path) -> str:
+def evaluate_run(evaluation: SweepEval, run_dir: Path) -> str:
     """Evaluates the run's final checkpoint; -> "ok" or the failing eval's last error line."""
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:

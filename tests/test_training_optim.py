@@ -7,7 +7,9 @@ import itertools
 import pytest
 from torch import nn
 
-from vlablocks.training.batches import ResumableSampler
+from vlablocks.config import PlatformConfig
+from vlablocks.dataloader.base import RawDataset
+from vlablocks.training.batches import ResumableSampler, micro_batches
 from vlablocks.training.optim import freeze_modules, lr_lambda, parameter_groups, parameter_summary
 
 
@@ -76,3 +78,26 @@ def test_two_ranks_together_see_the_one_rank_global_batch():
     rank1 = take(ResumableSampler(11, micro_batch=2, seed=1, rank=1, world_size=2), 12)
     merged = [x for i in range(6) for x in rank0[2 * i : 2 * i + 2] + rank1[2 * i : 2 * i + 2]]
     assert merged == single
+
+
+class KeyedDataset(RawDataset):
+    """Returns the randomness key each sample is loaded with (prompt augmentation and mixtures seed on it)."""
+
+    def __len__(self) -> int:
+        return 5
+
+    def load(self, index: int, key: tuple[int, ...]) -> dict:
+        return {"index": index, "key": key}
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_trainer_batches_key_sample_randomness_on_the_epoch(num_workers):
+    dataset = KeyedDataset(PlatformConfig())
+    batches = list(itertools.islice(micro_batches(dataset, 5, seed=3, num_workers=num_workers), 3))
+    for epoch, batch in enumerate(batches):  # micro batch == dataset size: batch i is epoch i
+        assert sorted(s["index"] for s in batch) == list(range(5))
+        assert all(s["key"] == (epoch, s["index"]) for s in batch)
+    resumed = next(micro_batches(dataset, 5, seed=3, start_micro_step=2, num_workers=num_workers))
+    assert resumed == batches[2]
+    plain = next(micro_batches(list(range(5)), 5, seed=3))  # a plain sequence still gets plain indices
+    assert plain == [s["index"] for s in batches[0]]

@@ -97,7 +97,7 @@ def point_batch(
                 raise ValueError(f"examples[{b}]['depth'][{v}]: expected [H, W] metres, got shape {list(depth.shape)}")
             matrix = intrinsics[v] if intrinsics is not None else default_intrinsics(*depth.shape, fov_degrees)
             xyzv = unproject_depth(
-                torch.tensor(depth, device=device), torch.as_tensor(np.asarray(matrix, np.float32), device=device)
+                torch.tensor(depth, device=device), torch.tensor(np.asarray(matrix, np.float32), device=device)
             )
             # Bilinear on xyz blends across depth edges; nearest keeps every point a real one.
             points[b, v] = F.interpolate(xyzv[None], size=size, mode="nearest-exact")[0]

@@ -14,7 +14,7 @@ from vlablocks.commands.export import export_checkpoint
 from vlablocks.config import ExperimentConfig, validate
 from vlablocks.framework.base import Framework, build_framework
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.training.sweep import SweepEval, evaluate_run
+from vlablocks.training.sweep import SweepEval, evaluate_run, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +72,16 @@ def test_sweep_eval_without_a_checkpoint_fails_the_variant_with_a_reason(tmp_pat
     status = evaluate_run(SweepEval("toy", episodes=2), tmp_path)
     assert status == f"failed: no checkpoint under {tmp_path / 'checkpoints'} to evaluate"
     assert not (tmp_path / "eval").exists()
+
+
+def test_results_keep_overrides_last_when_the_first_variant_failed(tmp_path):
+    failed = {"variant": "a", "status": "failed: boom", "steps": 0, "first_loss": None, "final_loss": None}
+    evaluated = {"variant": "b", "status": "ok", "steps": 3, "first_loss": 1.0, "final_loss": 0.5, "success_rate": 0.5}
+    write_results([{**failed, "overrides": "x=1"}, {**evaluated, "overrides": "x=1"}], tmp_path)
+    header, _, first, second = (tmp_path / "results.md").read_text().splitlines()
+    assert header == "| variant | status | steps | first_loss | final_loss | success_rate | overrides |"
+    assert first == "| a | failed: boom | 0 |  |  |  | x=1 |" and second == "| b | ok | 3 | 1.0 | 0.5 | 0.5 | x=1 |"
+    assert next(csv.reader(open(tmp_path / "results.csv")))[-1] == "overrides"
 
 
 def test_export_merges_lora_into_a_plain_checkpoint(tmp_path):

@@ -188,7 +188,8 @@ def _result_row(variant: Variant, run_dir: Path, status: str) -> dict:
 
 
 def write_results(rows: list[dict], out_dir: Path) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    # A failed variant has no eval columns; sorting keeps `overrides` last whichever row comes first.
+    columns = sorted(dict.fromkeys(key for row in rows for key in row), key=lambda column: column == "overrides")
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -215,7 +216,8 @@ def _plot(rows: list[dict], out_dir: Path) -> None:
     ax.set_ylabel("train loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.lines:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "comparison.png", dpi=100)
     plt.close(fig)

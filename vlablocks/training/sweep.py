@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from vlablocks.config import ExperimentConfig, load_yaml, merge_overrides, resolve, to_yaml, validate
@@ -211,12 +212,17 @@ def _plot(rows: list[dict], out_dir: Path) -> None:
         metrics_file = out_dir / row["variant"] / "metrics.jsonl"
         if metrics_file.is_file():
             records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-            ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=row["variant"], linewidth=1)
+            steps, losses = np.array([r["step"] for r in records]), np.array([r["loss"] for r in records])
+            # Per-step losses are noisy enough to hide the curves' differences: raw faint, running mean bold.
+            (raw,) = ax.plot(steps, losses, linewidth=0.5, alpha=0.2)
+            window = max(1, len(losses) // 50)
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1 :], smooth, color=raw.get_color(), label=row["variant"], linewidth=1.5)
     ax.set_xlabel("step")
     ax.set_ylabel("train loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    if ax.lines:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "comparison.png", dpi=100)

@@ -74,6 +74,13 @@ def test_sweep_eval_without_a_checkpoint_fails_the_variant_with_a_reason(tmp_pat
     assert not (tmp_path / "eval").exists()
 
 
+def test_sweep_eval_of_an_unloadable_checkpoint_fails_the_variant_with_eval_s_error(tmp_path):
+    (tmp_path / "checkpoints" / "step_5").mkdir(parents=True)  # a directory with no model in it
+    status = evaluate_run(SweepEval("toy", episodes=2), tmp_path)
+    assert status.startswith("eval failed: ") and "step_5" in status, status
+    assert "--ckpt" in (tmp_path / "eval.log").read_text().splitlines()[0]
+
+
 def test_results_keep_overrides_last_when_the_first_variant_failed(tmp_path):
     failed = {"variant": "a", "status": "failed: boom", "steps": 0, "first_loss": None, "final_loss": None}
     evaluated = {"variant": "b", "status": "ok", "steps": 3, "first_loss": 1.0, "final_loss": 0.5, "success_rate": 0.5}

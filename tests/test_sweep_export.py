@@ -76,7 +76,10 @@ def test_sweep_eval_without_a_checkpoint_fails_the_variant_with_a_reason(tmp_pat
 
 def test_sweep_eval_of_an_unloadable_checkpoint_fails_the_variant_with_eval_s_error(tmp_path):
     (tmp_path / "checkpoints" / "step_5").mkdir(parents=True)  # a directory with no model in it
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "summary.json").write_text('{"success_rate": 1.0}')  # left by an earlier sweep
     status = evaluate_run(SweepEval("toy", episodes=2), tmp_path)
+    assert not (tmp_path / "eval" / "summary.json").exists()
     assert status.startswith("eval failed: ") and "step_5" in status, status
     assert "--ckpt" in (tmp_path / "eval.log").read_text().splitlines()[0]
 

@@ -153,6 +153,7 @@ def evaluate_run(evaluation: SweepEval, run_dir: Path) -> str:
     runs = [(EVAL_DIR, False)] + ([(WRONG_INSTRUCTION_EVAL_DIR, True)] if evaluation.wrong_instruction else [])
     for name, wrong_instruction in runs:
         command = eval_command(evaluation, checkpoint, run_dir / name, wrong_instruction)
+        (run_dir / name / "summary.json").unlink(missing_ok=True)  # a rerun's table never shows a stale result
         print(f"[sweep] {run_dir.name}: {' '.join(command)}", flush=True)
         result = subprocess.run(command, capture_output=True, text=True)
         (run_dir / f"{name}.log").write_text(shlex.join(command) + "\n" + result.stdout + result.stderr)

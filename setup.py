@@ -38,7 +38,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.12",
-    packages=find_packages(include=["vlablocks", "vlablocks.*", "deployment", "deployment.*", "benchmarks"]),
+    packages=find_packages(include=["vlablocks", "vlablocks.*", "deployment", "deployment.*"]),
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

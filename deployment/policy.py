@@ -13,8 +13,9 @@ METADATA_KEYS = ("action_horizon", "action_dim", "state_dim", "camera_keys", "im
 class Policy(Protocol):
     """metadata: action_horizon, action_dim, state_dim, camera_keys, image_size, embodiment.
 
-    `infer` receives a validated observation {"images": {cam: uint8 [H, W, 3]}, "state": float32 [S],
-    "prompt": str} and returns {"actions": float32 [T, D]} in robot units (un-normalized).
+    `infer` receives a validated observation in the sample vocabulary (vlablocks/dataloader/sample.py:
+    {"images": {cam: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str, ...}) and returns
+    {"actions": float32 [T, D]} in robot units (un-normalized).
     """
 
     metadata: dict
@@ -23,35 +24,23 @@ class Policy(Protocol):
 
 
 class FrameworkPolicy:
-    """Serves a framework: one observation -> a batch of one example -> `predict_action` -> actions [T, D].
+    """Serves a framework: one observation -> its processor -> the model -> the processor's output steps.
 
-    The framework un-normalizes inside `predict_action` with the checkpoint's stats. Calls are not thread-safe;
-    the server runs them one at a time.
+    The metadata is the checkpoint's processor config; calls are not thread-safe (the server runs them one at
+    a time).
     """
 
     def __init__(self, framework: Any) -> None:
+        if framework.processor is None:
+            raise ValueError("FrameworkPolicy needs a framework with a processor (load a checkpoint or build_policy)")
         self.framework = framework
-        platform = framework.platform
-        image_size = framework.image_size
-        self.metadata = {
-            "action_horizon": int(platform.action_horizon),
-            "action_dim": int(platform.action_dim),
-            "state_dim": int(platform.state_dim),
-            "camera_keys": list(framework.camera_keys),
-            "image_size": list(image_size) if isinstance(image_size, (list, tuple)) else int(image_size),
-            "embodiment": str(framework.embodiment),
-        }
+        self.metadata = framework.processor.metadata
 
     def infer(self, obs: dict) -> dict:
         """obs: validated observation -> {"actions": float32 [T, D]}"""
-        example = {
-            # Decoded arrays are read-only views on the network buffer; the model may want to write.
-            "image": [np.array(obs["images"][key]) for key in self.metadata["camera_keys"]],
-            "lang": obs["prompt"],
-            "state": np.array(obs["state"], dtype=np.float32),
-            "dataset_name": self.metadata["embodiment"],
-        }
-        actions = np.asarray(self.framework.predict_action([example])["actions"], dtype=np.float32)
+        # Decoded arrays are read-only views on the network buffer; the processor may want to write.
+        sample = {**obs, "images": {key: np.array(view) for key, view in obs["images"].items()}}
+        actions = np.asarray(self.framework.predict_action([sample])["actions"], dtype=np.float32)
         return {"actions": actions[0]}
 
 

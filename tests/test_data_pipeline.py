@@ -12,7 +12,7 @@ from scipy.stats import chisquare
 
 from vlablocks.cli import main as cli
 from vlablocks.config import ConfigError, PlatformConfig, load_config, to_dataclass
-from vlablocks.dataloader.loader import build_dataloader, set_epoch
+from vlablocks.dataloader.loader import build_dataloader
 from vlablocks.dataloader.normalization import Normalizer
 from vlablocks.dataloader.sample import validate_sample
 from vlablocks.envs.toy_dataset import write_toy_dataset
@@ -125,7 +125,8 @@ def test_mixture_frequencies_match_weights_and_samples_keep_their_name(toy_root)
     assert all(0 <= index < len(mixture.components[c]) for c, index in picks)
     for i in range(6):
         sample = mixture[i]
-        validate_sample(sample, platform)
+        chunk = (platform.action_horizon, platform.action_dim)
+        validate_sample(sample, camera_keys=mixture.camera_keys, state_dim=platform.state_dim, action_shape=chunk)
         assert sample["dataset_name"] == ["toy_a", "toy_b", "toy_c"][picks[i][0]]
     assert [leaf.name for leaf in mixture.leaves()] == ["toy_a", "toy_b", "toy_c"]
     assert mixture.pick((1, 0)) != mixture.pick((0, 0)) or mixture.pick((1, 1)) != mixture.pick((0, 1))
@@ -142,11 +143,25 @@ def test_mixture_config_errors_are_named(toy_root):
     options["datasets"][1] = {"name": "lerobot", "root": str(toy_root), "camera_keyz": []}
     with pytest.raises(ConfigError, match=r"dataset.datasets\[1\]: .*unknown key .*camera_keyz"):
         DATASETS.build(options, platform=platform)
+    options["datasets"][1] = {
+        **options["datasets"][0],
+        "camera_keys": ["observation.images.wrist"],
+        "dataset_name": "w",
+    }
+    with pytest.raises(
+        ConfigError, match=r"camera keys differ between datasets \(\[\['top'\], \['wrist'\], \['top'\]\]\)"
+    ):
+        DATASETS.build(options, platform=platform)
 
 
-def batches_of(loader, epoch: int = 0) -> list[list[tuple]]:
-    set_epoch(loader, epoch)
-    return [[(s["lang"], s["action"].tobytes(), s["image"][0].tobytes()) for s in batch] for batch in loader]
+def sample_stream(loader, samples: int) -> list[tuple]:
+    """The first `samples` samples of an endless loader, each as (prompt, action bytes, image bytes)."""
+    rows: list[tuple] = []
+    for batch in loader:
+        rows += [(s["prompt"], s["action"].tobytes(), s["images"]["top"].tobytes()) for s in batch]
+        if len(rows) >= samples:
+            return rows[:samples]
+    raise AssertionError("the loader ended")
 
 
 def test_dataloader_is_seeded_and_identical_with_workers(toy_root):
@@ -155,17 +170,20 @@ def test_dataloader_is_seeded_and_identical_with_workers(toy_root):
     loader = build_dataloader(dataset, batch_size=4, seed=3, num_workers=0)
     batch = next(iter(loader))
     assert isinstance(batch, list) and len(batch) == 4 and isinstance(batch[0], dict)
-    reference = batches_of(loader)
-    with_workers = batches_of(build_dataloader(dataset, batch_size=4, seed=3, num_workers=2))
-    assert with_workers == reference
-    assert batches_of(build_dataloader(dataset, batch_size=4, seed=4)) != reference
-    assert batches_of(loader, epoch=1) != reference
-    langs = [lang for batch in reference for lang, _, _ in batch]
+    size = len(dataset)
+    reference = sample_stream(loader, 2 * size)  # two epochs
+    assert sample_stream(build_dataloader(dataset, batch_size=4, seed=3, num_workers=2), 2 * size) == reference
+    assert sample_stream(build_dataloader(dataset, batch_size=4, seed=4), 8) != reference[:8]
+    assert sample_stream(build_dataloader(dataset, batch_size=4, seed=3, start_micro_step=5), 8) == reference[20:28]
+    first, second = reference[:size], reference[size:]
+    assert sorted(row[1:] for row in first) == sorted(row[1:] for row in second)  # each epoch: every frame once
+    assert first != second and sorted(first) != sorted(second)  # a fresh order and fresh prompt draws
+    langs = [lang for lang, _, _ in reference]
     assert any(lang.startswith(("head for", "navigate", "drive", "find")) for lang in langs)  # augmented
     assert any(not lang.startswith(("head for", "navigate", "drive", "find")) for lang in langs)
     # The sampler's (epoch, index) keys give a fresh draw of prompts each epoch, in any worker.
-    assert [dataset[(0, i)]["lang"] for i in range(12)] != [dataset[(1, i)]["lang"] for i in range(12)]
-    assert [dataset[(0, i)]["lang"] for i in range(12)] == [dataset[i]["lang"] for i in range(12)]
+    assert [dataset[(0, i)]["prompt"] for i in range(12)] != [dataset[(1, i)]["prompt"] for i in range(12)]
+    assert [dataset[(0, i)]["prompt"] for i in range(12)] == [dataset[i]["prompt"] for i in range(12)]
 
 
 def test_episode_subset(toy_root):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from vlablocks.dataloader.sample import SampleError
 from vlablocks.envs.toy import ToyTabletopEnv
 from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds, evaluate, wilson_interval
 
@@ -25,7 +26,7 @@ def test_wilson_interval(successes, trials, low, high):
 
 def test_scripted_expert_solves_the_toy_env(tmp_path):
     env = ToyTabletopEnv()
-    summary = evaluate(env, ExpertPolicy(env), ["top"], 20, seed=0, out_dir=tmp_path, open_loop_horizon=1, videos=2)
+    summary = evaluate(env, ExpertPolicy(env), 20, seed=0, out_dir=tmp_path, open_loop_horizon=1, videos=2)
     assert summary["success_rate"] == 1.0
     assert summary["ci95"][0] > 0.8
     saved = json.loads((tmp_path / "summary.json").read_text())
@@ -41,8 +42,35 @@ def test_random_policy_rarely_succeeds(tmp_path):
     np.testing.assert_allclose(high, [env.config.max_move] * env.action_dim)
     np.testing.assert_array_equal(low, -high)
     policy = RandomPolicy(low, high, horizon=4, seed=0)
-    summary = evaluate(env, policy, ["top"], 30, seed=0, out_dir=tmp_path, open_loop_horizon=4, videos=0)
+    summary = evaluate(env, policy, 30, seed=0, out_dir=tmp_path, open_loop_horizon=4, videos=0)
     assert summary["success_rate"] < 0.3
+
+
+class RecordingPolicy(RandomPolicy):
+    """Random actions; keeps the requests it got and declares the cameras it takes."""
+
+    def __init__(self, camera_keys: list[str]) -> None:
+        super().__init__(np.full(2, -0.1), np.full(2, 0.1), horizon=2)
+        self.metadata = {"camera_keys": camera_keys, "state_dim": 2, "action_horizon": 2}
+        self.requests: list[dict] = []
+
+    def infer(self, request: dict) -> dict:
+        self.requests.append(request)
+        return super().infer(request)
+
+
+def test_the_policy_gets_the_env_observation_itself(tmp_path):
+    env = ToyTabletopEnv(ToyTabletopEnv.Config(cameras=["top", "wrist"], max_steps=4))
+    policy = RecordingPolicy(["wrist", "top"])
+    evaluate(env, policy, 1, seed=0, out_dir=tmp_path, open_loop_horizon=2, videos=0, wrong_instruction=True)
+    first = policy.requests[0]
+    assert list(first["images"]) == ["top", "wrist"] and set(first["depth"]) == {"top", "wrist"}
+    env.reset(seed=0)
+    assert first["prompt"] == env.wrong_instruction() != env.layout.instruction
+    with pytest.raises(
+        SampleError, match=r"'images' has 1 view\(s\) \['top'\]; expected 2 view\(s\) \['top', 'wrist'\]"
+    ):
+        evaluate(ToyTabletopEnv(), RecordingPolicy(["top", "wrist"]), 1, 0, tmp_path, 2, videos=0)
 
 
 def test_eval_command_reports_success_rate(tmp_path):

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.fast_compression import smooth_chunks as smooth_trajectories
 from vlablocks.action_model.fast_tokenizer import FILE_NAME, DecodedChunk, FASTTokenizer
+from vlablocks.dataloader.synthetic_chunks import smooth_chunks as smooth_trajectories
 from vlablocks.registry import ACTION_MODELS
 
 T, D = 8, 7
 
 
 def smooth_chunks(n: int, seed: int, horizon: int = T, dim: int = D) -> np.ndarray:
-    """[n, T, D] smooth normalized trajectories: the benchmark's generator at this suite's chunk shape."""
+    """[n, T, D] smooth normalized trajectories at this suite's chunk shape."""
     return smooth_trajectories(n, horizon, dim, seed)
 
 

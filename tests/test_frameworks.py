@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 from vlablocks.config import ExperimentConfig, PlatformConfig, validate
-from vlablocks.framework.base import Framework, build_framework
+from vlablocks.framework.base import Framework, build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.registry import FRAMEWORKS
 
@@ -17,15 +19,17 @@ SMALL_HEADS = {
     "flow_matching": {"hidden_dim": 64, "num_layers": 2, "num_heads": 4, "num_inference_steps": 4},
     "layerwise_flow_matching": {"hidden_dim": 64, "num_layers": 2, "num_heads": 4, "num_inference_steps": 4},
     "l1_regression": {"hidden_dim": 64},
-    "fast": {"vocab_size": 256},
 }
 
 
 def experiment_for(name: str) -> dict:
     framework = {"name": name}
-    head_options = FRAMEWORKS.get(name).Config().action_model
+    defaults = FRAMEWORKS.get(name).Config()
+    head_options = getattr(defaults, "action_model", None)
     if head_options and head_options["name"] in SMALL_HEADS:
         framework["action_model"] = {**head_options, **SMALL_HEADS[head_options["name"]]}
+    if hasattr(defaults, "fast"):  # tokenized actions: a small FAST vocabulary
+        framework["fast"] = {"vocab_size": 256}
     return validate({"platform": PLATFORM, "framework": framework}, ExperimentConfig)
 
 
@@ -39,8 +43,8 @@ def scaled_examples(batch_size: int, seed: int = 0) -> list[dict]:
 
 def built(name: str, examples: list[dict]) -> Framework:
     torch.manual_seed(0)
-    framework = build_framework(experiment_for(name), norm_stats=synthetic_norm_stats(examples))
-    framework.prepare_for_training(examples)
+    framework = build_policy(experiment_for(name), norm_stats=synthetic_norm_stats(examples))
+    framework.processor.fit(examples)
     return framework
 
 
@@ -52,7 +56,7 @@ def test_forward_backward_and_predict_shapes(name):
     # Two steps: zero-initialised output gates (adaLN-Zero DiTs) pass no gradient upstream at step 0.
     for _ in range(2):
         optimizer.zero_grad()
-        loss = framework(examples)["loss"]
+        loss = framework(framework.processor(examples))["loss"]
         assert loss.ndim == 0 and torch.isfinite(loss)
         loss.backward()
         optimizer.step()
@@ -82,10 +86,24 @@ def test_save_load_gives_identical_predictions(name, tmp_path):
     framework = built(name, examples)
     before = framework.predict_action(examples, seed=3)
     framework.save_pretrained(tmp_path / "ckpt")
-    assert {"model.safetensors", "config.yaml", "norm_stats.json"} <= {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert {"model.safetensors", "config.yaml", "processor"} <= {p.name for p in (tmp_path / "ckpt").iterdir()}
     loaded = Framework.from_pretrained(tmp_path / "ckpt")
     assert type(loaded) is type(framework)
+    assert loaded.processor.config == framework.processor.config
     after = loaded.predict_action(examples, seed=3)
+    np.testing.assert_array_equal(before["actions"], after["actions"])
+
+
+@pytest.mark.parametrize("name", [n for n in FRAMEWORKS.names() if n != "QwenFAST"])
+def test_a_checkpoint_written_before_processors_still_loads(name, tmp_path):
+    """The old layout: norm_stats.json beside the weights and the full experiment config, no processor/."""
+    examples = scaled_examples(2)
+    framework = built(name, examples)
+    before = framework.predict_action(examples, seed=3)
+    framework.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "processor" / "norm_stats.json").rename(tmp_path / "ckpt" / "norm_stats.json")
+    shutil.rmtree(tmp_path / "ckpt" / "processor")
+    after = Framework.from_pretrained(tmp_path / "ckpt").predict_action(examples, seed=3)
     np.testing.assert_array_equal(before["actions"], after["actions"])
 
 
@@ -95,8 +113,9 @@ def test_overfits_eight_samples(name):
     framework = built(name, examples)
     optimizer = torch.optim.AdamW([p for p in framework.parameters() if p.requires_grad], lr=2e-3)
     losses = []
+    batch = framework.processor(examples)
     for _ in range(150):
-        loss = framework(examples)["loss"]
+        loss = framework(batch)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

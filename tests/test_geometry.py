@@ -8,8 +8,9 @@ import torch
 from transformers import Dinov2Model
 
 from vlablocks.geometry.alignment import align_to_vision_tokens, overlap_matrix, resample_grid
-from vlablocks.geometry.preprocess import default_intrinsics, point_batch, unproject_depth
+from vlablocks.geometry.preprocess import default_intrinsics, pixel_batch, point_batch, unproject_depth
 from vlablocks.geometry.tokens import GeometricTokens
+from vlablocks.processor.steps import GeometryPreprocess
 from vlablocks.registry import FUSIONS, GEOMETRIC_ENCODERS, VLMS
 
 PATCH = 28  # Qwen2.5-VL: 14-pixel patches merged 2 x 2
@@ -25,7 +26,7 @@ def wide_vlm():
 def two_view_examples(seed: int = 0, size: tuple[int, int] = (60, 100)) -> list[dict]:
     rng = np.random.default_rng(seed)
     return [
-        {"image": [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2)], "lang": instruction}
+        {"views": [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2)], "prompt": instruction}
         for instruction in ("reach the red block", "go to the blue square")
     ]
 
@@ -38,7 +39,7 @@ def hook_layout(vlm, examples):
         captured["info"], captured["embeds"] = info, embeds
         return embeds
 
-    vlm(examples, vision_hook=hook)
+    vlm(encode(vlm, examples), vision_hook=hook)
     return captured["info"], captured["embeds"]
 
 
@@ -110,7 +111,7 @@ def test_tokenwise_fusion_puts_the_cell_into_the_llm_input_at_its_patch(wide_vlm
             fused[name], fused["info"] = fusion(embeds, info, geometry), info
             return fused[name]
 
-        out = wide_vlm(examples, vision_hook=hook)
+        out = wide_vlm(encode(wide_vlm, examples), vision_hook=hook)
         # The fused tokens are what the LLM reads at the image-token positions.
         torch.testing.assert_close(out.hidden_states[0][out.vision_mask], fused[name])
     info = fused["info"]
@@ -142,25 +143,29 @@ def test_unprojected_points_reproject_to_their_pixel_centres():
 def test_point_batch_uses_the_given_intrinsics_or_a_default_field_of_view():
     depth = np.full((20, 40), 2.0, np.float32)
     wide = np.array([[[10.0, 0, 20], [0, 10.0, 10], [0, 0, 1]]], np.float32)
-    examples = [
-        {"image": [np.zeros((20, 40, 3), np.uint8)], "depth": [depth], "intrinsics": wide, "lang": "a"},
-        {"image": [np.zeros((20, 40, 3), np.uint8)], "depth": [depth], "lang": "b"},
-        {"image": [np.zeros((20, 40, 3), np.uint8)], "lang": "c"},
-    ]
-    points = point_batch(examples, (20, 40), 1, torch.device("cpu"), fov_degrees=90.0)
+    depths = [[depth], [depth], None]
+    intrinsics = [list(wide), None, None]
+    points = point_batch(depths, intrinsics, (20, 40), 1, fov_degrees=90.0)
     # Left-most pixel centre u = 0.5: x = (0.5 - 20) / f * z.
     assert points[0, 0, 0, 0, 0].item() == pytest.approx(-19.5 / 10.0 * 2.0)
     focal = default_intrinsics(20, 40, 90.0)[0, 0]
     assert focal == pytest.approx(20.0) and points[1, 0, 0, 0, 0].item() == pytest.approx(-19.5 / focal * 2.0)
     assert points[2].abs().sum() == 0  # no depth: all invalid
-    assert point_batch(examples[2:], (20, 40), 1, torch.device("cpu"), 60.0) is None
+    assert point_batch(depths[2:], intrinsics[2:], (20, 40), 1, 60.0) is None
+    # A view without depth (or without intrinsics) inside a sample that has depth.
+    mixed = point_batch([[None, depth]], [[None, wide[0]]], (20, 40), 2, fov_degrees=90.0)
+    assert mixed[0, 0].abs().sum() == 0
+    torch.testing.assert_close(mixed[0, 1], points[0, 0])
 
 
 def test_point_batch_names_a_depth_view_count_mismatch():
     depth = np.ones((8, 8), np.float32)
-    example = {"image": [np.zeros((8, 8, 3), np.uint8)], "depth": [depth, depth], "lang": "a"}
-    with pytest.raises(ValueError, match=r"examples\[0\]: 2 depth maps .* for 1 views"):
-        point_batch([example], (8, 8), 1, torch.device("cpu"), 60.0)
+    with pytest.raises(ValueError, match=r"sample\[0\]: 2 depth maps and no intrinsics for 1 views"):
+        point_batch([[depth, depth]], [None], (8, 8), 1, 60.0)
+    with pytest.raises(ValueError, match=r"sample\[1\]: 1 depth maps and 2 intrinsics for 1 views"):
+        point_batch([None, [depth]], [None, [np.eye(3)] * 2], (8, 8), 1, 60.0)
+    with pytest.raises(ValueError, match=r"sample\[0\]\['depth'\] view 0: expected \[H, W\] metres"):
+        point_batch([[depth[None]]], [None], (8, 8), 1, 60.0)
 
 
 # ---- encoder ---------------------------------------------------------------------------------------

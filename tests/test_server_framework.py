@@ -15,7 +15,7 @@ from deployment.client import PolicyClient, ProtocolError
 from deployment.policy import load_policy
 from deployment.server import running_server
 from vlablocks.config import load_config
-from vlablocks.framework.base import Framework, build_framework
+from vlablocks.framework.base import Framework, build_policy
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = np.array([0.5, -0.5]), np.array([2.0, 3.0])
@@ -45,15 +45,15 @@ STATS = {
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     experiment = load_config(REPO / "configs/datasets/toy_two_views.yaml", ["framework.name=QwenOFT"])
-    return build_framework(experiment, norm_stats=STATS).save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny")
+    return build_policy(experiment, STATS).save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def observation(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     return {
         "images": {
-            "observation.images.top": rng.integers(0, 256, (112, 112, 3), dtype=np.uint8),
-            "observation.images.wrist": rng.integers(0, 256, (96, 128, 3), dtype=np.uint8),
+            "top": rng.integers(0, 256, (112, 112, 3), dtype=np.uint8),
+            "wrist": rng.integers(0, 256, (96, 128, 3), dtype=np.uint8),
         },
         "state": rng.uniform(-1, 1, 2).astype(np.float32),
         "prompt": "push the red puck to the green square",
@@ -65,7 +65,7 @@ def test_metadata_comes_from_the_checkpoint(checkpoint):
         "action_horizon": 4,
         "action_dim": 2,
         "state_dim": 2,
-        "camera_keys": ["observation.images.top", "observation.images.wrist"],
+        "camera_keys": ["top", "wrist"],
         "image_size": 112,
         "embodiment": "toy",
     }
@@ -77,13 +77,7 @@ def test_served_actions_are_the_frameworks_unnormalized_prediction(checkpoint):
         for seed in range(2):
             obs = observation(seed)
             served = client.infer(obs)["actions"]
-            example = {
-                "image": [obs["images"]["observation.images.top"], obs["images"]["observation.images.wrist"]],
-                "lang": obs["prompt"],
-                "state": obs["state"],
-                "dataset_name": "toy",
-            }
-            direct = reference.predict_action([example])
+            direct = reference.predict_action([obs])  # the wire observation is a sample without its action
             assert served.shape == (4, 2) and served.dtype == np.float32
             np.testing.assert_allclose(served, direct["actions"][0], rtol=1e-5, atol=1e-5)
             # un-normalized with the checkpoint's stats: x = normalized * std + mean

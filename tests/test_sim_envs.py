@@ -19,8 +19,8 @@ from deployment.policy import load_policy
 from deployment.server import running_server
 from deployment.validation import validate_observation
 from vlablocks.config import ExperimentConfig, load_config, validate
-from vlablocks.evaluation.rollout import evaluate, to_request
-from vlablocks.framework.base import build_framework
+from vlablocks.evaluation.rollout import evaluate
+from vlablocks.framework.base import build_policy
 from vlablocks.registry import EVAL_ENVS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,33 +91,34 @@ def aloha_checkpoint(tmp_path_factory, aloha_env) -> Path:
     """The example's QwenOFT config (aloha platform: chunks [25, 14], state 14) with a tiny random VLM."""
     experiment = load_config(REPO / "examples/aloha_sim/qwen_oft_aloha.yaml", [*TINY_VLM, *TINY_HEAD])
     stats = norm_stats("aloha_sim_transfer_cube_human", [0.0] * 14, [0.2] * 14, 14)
-    return build_framework(experiment, norm_stats=stats).save_pretrained(tmp_path_factory.mktemp("aloha") / "ckpt")
+    return build_policy(experiment, stats).save_pretrained(tmp_path_factory.mktemp("aloha") / "ckpt")
 
 
 def test_aloha_episode_through_the_served_checkpoint(aloha_env, aloha_checkpoint, tmp_path):
     with running_server(load_policy(aloha_checkpoint)) as srv, PolicyClient("127.0.0.1", srv.port) as client:
         meta = client.metadata
         assert (meta["action_horizon"], meta["action_dim"], meta["state_dim"]) == (25, 14, 14)
-        assert meta["camera_keys"] == ["observation.images.top"]
+        assert meta["camera_keys"] == ["top"]  # the example dataset's observation.images.top, the env's camera
         assert meta["embodiment"] == "aloha_sim_transfer_cube_human" == aloha_env.config.dataset_name
 
         obs = aloha_env.reset(seed=0)
         assert aloha_env.action_dim == aloha_env.state_dim == 14
         assert obs["state"].shape == (14,) and obs["state"].dtype == np.float32
-        [top] = obs["image"]
+        [top] = obs["images"].values()
+        assert list(obs["images"]) == meta["camera_keys"]
         assert top.shape == (480, 640, 3) and top.dtype == np.uint8
         assert top.std() > 10, "the top camera rendered a blank frame (MUJOCO_GL / libosmesa6?)"
 
         broker = ActionChunkBroker(client, open_loop_horizon=25)
         for _ in range(2):
-            action = broker.infer(to_request(obs, meta["camera_keys"]))["actions"]
+            action = broker.infer(obs)["actions"]
             assert action.shape == (14,) and action.dtype == np.float32
             obs, reward, done, info = aloha_env.step(action)
             # the simulator drives the arm joints at exactly the served targets
             np.testing.assert_allclose(aloha_env.physics.data.ctrl[ALOHA_ARM_CTRL], action[ALOHA_ARM_ACTION], 1e-6)
             assert not done and info["success"] is False
 
-        summary = evaluate(aloha_env, client, meta["camera_keys"], 1, 0, tmp_path, 25, videos=1, progress=False)
+        summary = evaluate(aloha_env, client, 1, 0, tmp_path, 25, videos=1, progress=False)
     assert summary["per_episode"][0]["steps"] == 3 and summary["successes"] == 0  # max_steps ends the episode
     assert summary["per_episode"][0]["instruction"] == aloha_env.config.instruction
     assert Path(summary["videos"][0]).stat().st_size > 0
@@ -167,7 +168,7 @@ def pusht_checkpoint(tmp_path_factory, pusht_env) -> Path:
         ExperimentConfig,
     )
     stats = norm_stats("pusht", [256.0, 256.0], [60.0, 60.0], 2)
-    return build_framework(experiment, norm_stats=stats).save_pretrained(tmp_path_factory.mktemp("pusht") / "ckpt")
+    return build_policy(experiment, stats).save_pretrained(tmp_path_factory.mktemp("pusht") / "ckpt")
 
 
 def test_pusht_episode_through_the_served_checkpoint(pusht_env, pusht_checkpoint, tmp_path):
@@ -175,18 +176,19 @@ def test_pusht_episode_through_the_served_checkpoint(pusht_env, pusht_checkpoint
         meta = client.metadata
         assert (meta["action_horizon"], meta["action_dim"], meta["state_dim"]) == (4, 2, 2)
         obs = pusht_env.reset(seed=0)
-        [view] = obs["image"]
+        assert meta["camera_keys"] == list(obs["images"]) == ["image"]  # lerobot/pusht's observation.image
+        view = obs["images"]["image"]
         assert view.shape == (96, 96, 3) and view.dtype == np.uint8 and view.std() > 10
-        assert obs["state"].shape == (2,) and obs["lang"] == "Push the T-shaped block onto the T-shaped target."
+        assert obs["state"].shape == (2,) and obs["prompt"] == "Push the T-shaped block onto the T-shaped target."
 
-        action = ActionChunkBroker(client, 4).infer(to_request(obs, meta["camera_keys"]))["actions"]
+        action = ActionChunkBroker(client, 4).infer(obs)["actions"]
         assert action.shape == (2,) and action.dtype == np.float32
         before = np.linalg.norm(obs["state"] - action)
         obs, reward, done, info = pusht_env.step(action)
         # the agent is PD-controlled towards the commanded position: one 0.1 s step closes ~30% of the gap
         assert np.linalg.norm(obs["state"] - action) < 0.9 * before
 
-        summary = evaluate(pusht_env, client, meta["camera_keys"], 2, 0, tmp_path, 4, videos=0, progress=False)
+        summary = evaluate(pusht_env, client, 2, 0, tmp_path, 4, videos=0, progress=False)
     assert [e["steps"] for e in summary["per_episode"]] == [4, 4] and summary["successes"] == 0
 
 
@@ -254,18 +256,14 @@ def test_libero_client_sends_what_the_server_accepts(libero_client):
         "robot0_eef_quat": np.array([0.0, 0.0, np.sin(0.25), np.cos(0.25)]),  # 0.5 rad about z
         "robot0_gripper_qpos": np.array([0.04, -0.04]),
     }
-    meta = {"camera_keys": ["observation.images.image", "observation.images.wrist_image"], "state_dim": 8}
+    meta = {"camera_keys": ["image", "wrist_image"], "state_dim": 8}  # the camera names of the example's dataset
     request = libero_client.wire_observation(obs, meta["camera_keys"], [224, 224], "put the bowl on the plate")
     checked = validate_observation(request, meta)
-    main_view = checked["images"]["observation.images.image"]
-    assert main_view.shape == (224, 224, 3) and checked["images"]["observation.images.wrist_image"].shape == (
-        224,
-        224,
-        3,
-    )
+    main_view = checked["images"]["image"]
+    assert main_view.shape == (224, 224, 3) and checked["images"]["wrist_image"].shape == (224, 224, 3)
     assert (main_view[-8:, -8:] == (255, 0, 0)).all() and (main_view[:8, :8] == 0).all()  # rotated 180 degrees
     np.testing.assert_allclose(checked["state"], [0.1, -0.2, 1.1, 0.0, 0.0, 0.5, 0.04, -0.04], atol=1e-6)
     upright = libero_client.wire_observation(obs, meta["camera_keys"][:1], 224, "x", rotate=False)
-    assert (upright["images"]["observation.images.image"][:8, :8] == (255, 0, 0)).all()
+    assert (upright["images"]["image"][:8, :8] == (255, 0, 0)).all()
     with pytest.raises(ValueError, match=r"LIBERO gives 2 views \(agentview, wrist\); the policy wants"):
         libero_client.wire_observation(obs, ["a", "b", "c"], 224, "x")

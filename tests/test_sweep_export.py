@@ -12,7 +12,7 @@ import numpy as np
 
 from vlablocks.commands.export import export_checkpoint
 from vlablocks.config import ExperimentConfig, validate
-from vlablocks.framework.base import Framework, build_framework
+from vlablocks.framework.base import Framework, build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.training.sweep import SweepEval, evaluate_run, write_results
 
@@ -110,7 +110,7 @@ def test_export_merges_lora_into_a_plain_checkpoint(tmp_path):
     from vlablocks.config import PlatformConfig
 
     examples = synthetic_examples(PlatformConfig(**platform), 2, image_size=56)
-    framework = build_framework(experiment, norm_stats=synthetic_norm_stats(examples))
+    framework = build_policy(experiment, synthetic_norm_stats(examples))
     for name, param in framework.named_parameters():  # make the adapters non-trivial
         if "lora_B" in name:
             param.data.normal_(0, 0.05)

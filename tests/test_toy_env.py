@@ -31,22 +31,23 @@ def test_registered_and_built_from_options():
     env = EVAL_ENVS.build({"name": "toy", "cameras": ["top", "wrist"], "num_objects": 2})
     assert isinstance(env, ToyTabletopEnv)
     obs = env.reset(seed=0)
-    assert len(obs["image"]) == 2 and len(env.layout.colours) == 2
+    assert list(obs["images"]) == ["top", "wrist"] and len(env.layout.colours) == 2
 
 
 def test_observation_keeps_the_sample_contract_and_platform_dims():
     env = ToyTabletopEnv(ToyTabletopEnv.Config(cameras=["top", "wrist"]))
     obs = env.reset(seed=3)
-    validate_sample(obs, TOY, require_action=False)
-    assert obs["image"][0].shape == (112, 112, 3) and obs["intrinsics"].shape == (2, 3, 3)
+    validate_sample(obs, camera_keys=["top", "wrist"], state_dim=TOY.state_dim)
+    assert obs["images"]["top"].shape == (112, 112, 3) and obs["intrinsics"]["wrist"].shape == (3, 3)
+    assert list(obs["depth"]) == list(obs["intrinsics"]) == ["top", "wrist"]
     assert env.action_dim == TOY.action_dim and env.state_dim == TOY.state_dim
 
 
 def test_same_seed_same_episode_different_seed_different_layout():
     a, b = ToyTabletopEnv(), ToyTabletopEnv()
     oa, ob = a.reset(seed=11), b.reset(seed=11)
-    np.testing.assert_array_equal(oa["image"][0], ob["image"][0])
-    assert oa["lang"] == ob["lang"] and np.array_equal(oa["state"], ob["state"])
+    np.testing.assert_array_equal(oa["images"]["top"], ob["images"]["top"])
+    assert oa["prompt"] == ob["prompt"] and np.array_equal(oa["state"], ob["state"])
     starts = {(tuple(a.reset(seed=s)["state"]), a.layout.colours, tuple(a.layout.positions.ravel())) for s in range(20)}
     assert len(starts) == 20
 
@@ -72,7 +73,7 @@ def test_language_is_necessary_reaching_another_block_fails():
 def test_image_shows_each_block_colour_at_its_projected_centre_and_the_puck():
     env = ToyTabletopEnv(ToyTabletopEnv.Config(cameras=["top"]))
     obs = env.reset(seed=5)
-    image, k = obs["image"][0], obs["intrinsics"][0]
+    image, k = obs["images"]["top"], obs["intrinsics"]["top"]
     for (x, y), colour in zip(env.layout.positions, env.layout.colours):
         # Top camera at (0.5, 0.5, 1.5) looking down, y_cam = -y_world.
         depth = 1.5 - BLOCK_HEIGHT
@@ -88,7 +89,7 @@ def test_image_shows_each_block_colour_at_its_projected_centre_and_the_puck():
 def test_depth_back_projects_onto_the_scene_surfaces(camera):
     env = ToyTabletopEnv(ToyTabletopEnv.Config(cameras=[camera]))
     obs = env.reset(seed=8)
-    depth, k = obs["depth"][0], obs["intrinsics"][0]
+    depth, k = obs["depth"][camera], obs["intrinsics"][camera]
     height = 1.5 if camera == "top" else 0.45
     eye = np.array([0.5, 0.5]) if camera == "top" else env.agent
     for x, y in env.layout.positions:

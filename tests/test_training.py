@@ -72,7 +72,7 @@ def test_checkpoint_is_servable_and_keeps_last_k(tmp_path):
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_4", "step_6"]
     assert result["checkpoint"] == tmp_path / "checkpoints" / "step_6"
     files = {p.name for p in result["checkpoint"].iterdir()}
-    assert {"model.safetensors", "config.yaml", "norm_stats.json", "trainer_state"} <= files
+    assert {"model.safetensors", "config.yaml", "processor", "trainer_state"} <= files
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
@@ -153,15 +153,15 @@ def test_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
 
 
 def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_path):
-    from vlablocks.framework.base import build_framework
+    from vlablocks.framework.base import build_policy
     from vlablocks.framework.synthetic import synthetic_norm_stats
     from vlablocks.training.components import load_pretrained_modules
 
     data = examples(4)
-    source = build_framework(experiment(tmp_path / "a"), norm_stats=synthetic_norm_stats(data))
+    source = build_policy(experiment(tmp_path / "a"), synthetic_norm_stats(data))
     source.save_pretrained(tmp_path / "source")
     torch.manual_seed(123)
-    target = build_framework(experiment(tmp_path / "b"), norm_stats=synthetic_norm_stats(data))
+    target = build_policy(experiment(tmp_path / "b"), synthetic_norm_stats(data))
     loaded = load_pretrained_modules(target, str(tmp_path / "source"), [r"^action_model\."])
     assert loaded and all(k.startswith("action_model.") for k in loaded)
     for key in loaded:
@@ -171,7 +171,7 @@ def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_p
 
     wider = experiment(tmp_path / "c")
     wider["framework"]["action_model"]["hidden_dim"] = 48
-    mismatched = build_framework(wider, norm_stats=synthetic_norm_stats(data))
+    mismatched = build_policy(wider, synthetic_norm_stats(data))
     with pytest.raises(ValueError, match=r"shape mismatch .*action_model\.mlp\..*checkpoint \(32.*vs model \(48"):
         load_pretrained_modules(mismatched, str(tmp_path / "source"), [r"^action_model\."])
     with pytest.raises(ValueError, match="matches no key"):

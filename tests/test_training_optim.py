@@ -9,7 +9,8 @@ from torch import nn
 
 from vlablocks.config import PlatformConfig
 from vlablocks.dataloader.base import RawDataset
-from vlablocks.training.batches import ResumableSampler, micro_batches
+from vlablocks.dataloader.sampler import ResumableSampler
+from vlablocks.training.batches import micro_batches
 from vlablocks.training.optim import freeze_modules, lr_lambda, parameter_groups, parameter_summary
 
 
@@ -101,3 +102,15 @@ def test_trainer_batches_key_sample_randomness_on_the_epoch(num_workers):
     assert resumed == batches[2]
     plain = next(micro_batches(list(range(5)), 5, seed=3))  # a plain sequence still gets plain indices
     assert plain == [s["index"] for s in batches[0]]
+
+
+def keys_of(samples: list[dict]) -> list[tuple[int, ...]]:
+    return [s["key"] for s in samples]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_collate_fn_runs_on_each_micro_batch(num_workers):
+    dataset = KeyedDataset(PlatformConfig())
+    raw = list(itertools.islice(micro_batches(dataset, 3, seed=2), 2))
+    collated = list(itertools.islice(micro_batches(dataset, 3, seed=2, num_workers=num_workers, collate_fn=keys_of), 2))
+    assert collated == [keys_of(batch) for batch in raw]

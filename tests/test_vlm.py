@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from vlm_helpers import encode
 
 from vlablocks.cli import main as cli_main
 from vlablocks.registry import VLMS
 from vlablocks.vlm import VLMBackbone
+from vlablocks.vlm.inputs import to_pil_views
 from vlablocks.vlm.runtime import resolve_attn_implementation, resolve_dtype
 from vlablocks.vlm.tokenizer import QWEN_SPECIAL_TOKENS, tiny_tokenizer
 from vlablocks.vlm.vision import sincos_2d
@@ -34,8 +36,8 @@ def mixed_batch(seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     first, second = random_views(rng, [(64, 80), (120, 90)])
     return [
-        {"image": [first, Image.fromarray(second)], "lang": "pick the red block"},
-        {"image": random_views(rng, [(100, 100)]), "lang": "open the top drawer"},
+        {"views": [first, Image.fromarray(second)], "prompt": "pick the red block"},
+        {"views": random_views(rng, [(100, 100)]), "prompt": "open the top drawer"},
     ]
 
 
@@ -47,7 +49,7 @@ def tokens_per_view(vlm: VLMBackbone) -> int:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_forward_backward_mixed_views(name):
     vlm = build(name)
-    out = vlm(mixed_batch())
+    out = vlm(encode(vlm, mixed_batch()))
     batch, length, hidden = out.last_hidden_state.shape
     assert (batch, hidden) == (2, vlm.hidden_size)
     assert len(out.hidden_states) == vlm.num_layers + 1 == 3
@@ -72,18 +74,18 @@ def test_batching_with_left_padding_matches_single_samples(name):
     vlm = build(name).eval()
     examples = mixed_batch()
     with torch.no_grad():
-        both = vlm(examples)
-        alone = vlm(examples[1:])
+        both = vlm(encode(vlm, examples))
+        alone = vlm(encode(vlm, examples[1:]))
     real = both.attention_mask[1].bool()
     torch.testing.assert_close(both.last_hidden_state[1, real], alone.last_hidden_state[0], atol=1e-5, rtol=1e-4)
 
 
 def test_one_view_per_sample_and_sizes_per_family():
-    examples = [{"image": random_views(np.random.default_rng(i), [(48, 64)]), "lang": "push"} for i in range(2)]
+    examples = [{"views": random_views(np.random.default_rng(i), [(48, 64)]), "prompt": "push"} for i in range(2)]
     for name, size in (("qwen2_5_vl", (112, 112)), ("qwen3_vl", (128, 128))):
         vlm = build(name)
         assert vlm.view_size == size  # 112 rounded to multiples of 28 (Qwen2.5-VL) and 32 (Qwen3-VL)
-        out = vlm(examples)
+        out = vlm(encode(vlm, examples))
         assert out.vision_mask.sum(1).tolist() == [tokens_per_view(vlm)] * 2 == [16, 16]
         out.last_hidden_state.sum().backward()
 
@@ -97,17 +99,23 @@ def test_special_tokens_and_requested_positions(name):
     assert len(set(ids)) == 4 and min(ids) >= rows_before
     assert vlm.model.get_input_embeddings().num_embeddings == len(vlm.tokenizer) == rows_before + 4
     assert vlm.add_special_tokens(ACTION_TOKENS[:2]) == ids[:2]  # idempotent
-    suffix = ["<|act_0|><|act_1|>text<|act_1|>", "<|act_1|><|act_0|><|act_1|>"]
-    out = vlm(mixed_batch(), suffix=suffix, requested_tokens=["<|act_0|>", "<|act_1|>"])
-    for token in ("<|act_0|>", "<|act_1|>"):
-        positions = out.token_positions[token]
-        assert (out.input_ids.gather(1, positions) == vlm.token_id(token)).all()
-    assert out.token_positions["<|act_0|>"].shape == (2, 1)
-    assert out.token_positions["<|act_1|>"].shape == (2, 2)
+    act_0, act_1, act_2 = (vlm.token_id(t) for t in ACTION_TOKENS[:3])
+    # A fixed suffix for every sample, then a per-sample answer.
+    answers = ["<|act_1|>text<|act_1|>", "<|act_1|><|act_1|>"]
+    examples = [{**example, "answer": answer} for example, answer in zip(mixed_batch(), answers)]
+    out = vlm(encode(vlm, examples, suffix="<|act_0|>"), requested_token_ids=[act_0, act_1])
+    assert set(out.token_positions) == {act_0, act_1}
+    for token_id in (act_0, act_1):
+        positions = out.token_positions[token_id]
+        assert (out.input_ids.gather(1, positions) == token_id).all()
+    assert out.token_positions[act_0].shape == (2, 1)
+    assert out.token_positions[act_1].shape == (2, 2)
     length = out.input_ids.shape[1]
-    assert out.token_positions["<|act_1|>"][1].tolist() == [length - 3, length - 1]
+    assert out.token_positions[act_0][1].tolist() == [length - 3]
+    assert out.token_positions[act_1][1].tolist() == [length - 2, length - 1]
+    uneven = [mixed_batch()[0], {**mixed_batch()[1], "answer": "<|act_2|>"}]
     with pytest.raises(ValueError, match=r"'<\|act_2\|>' occurs \[0, 1\] times"):
-        vlm(mixed_batch(), suffix=["", "<|act_2|>"], requested_tokens=["<|act_2|>"])
+        vlm(encode(vlm, uneven), requested_token_ids=[act_2])
     with pytest.raises(ValueError, match="not in the tokenizer"):
         vlm.token_id("<|unknown|>")
 
@@ -117,7 +125,7 @@ def test_lora_trains_fewer_params_and_merges_exactly(name):
     vlm = build(name).eval()
     examples = mixed_batch()
     with torch.no_grad():
-        base = vlm(examples).last_hidden_state
+        base = vlm(encode(vlm, examples)).last_hidden_state
     trainable_before = sum(p.numel() for p in vlm.parameters() if p.requires_grad)
     vlm.enable_lora(vlm.config.lora)
     trainable = {n: p.numel() for n, p in vlm.named_parameters() if p.requires_grad}
@@ -128,10 +136,10 @@ def test_lora_trains_fewer_params_and_merges_exactly(name):
         if "lora_B" in param_name:  # peft starts B at zero; make the adapters do something
             torch.nn.init.normal_(param, std=0.1)
     with torch.no_grad():
-        adapted = vlm(examples).last_hidden_state
+        adapted = vlm(encode(vlm, examples)).last_hidden_state
         assert (adapted - base).abs().max() > 1e-3
         plain = vlm.merge_lora()
-        merged = vlm(examples).last_hidden_state
+        merged = vlm(encode(vlm, examples)).last_hidden_state
     assert type(plain) is vlm.model_class and plain is vlm.model
     assert not any("lora_" in n for n, _ in vlm.named_parameters())
     torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=0)
@@ -161,10 +169,11 @@ def test_save_pretrained_and_rebuild_from_base_vlm(name, tmp_path):
     assert reloaded.token_id("<|act_3|>") == vlm.token_id("<|act_3|>")
     examples = mixed_batch(seed=5)
     with torch.no_grad():
-        expected = vlm(examples, suffix="<|act_0|>", requested_tokens=["<|act_0|>"])
-        got = reloaded(examples, suffix="<|act_0|>", requested_tokens=["<|act_0|>"])
+        expected = vlm(encode(vlm, examples, suffix="<|act_0|>"), requested_token_ids=[vlm.token_id("<|act_0|>")])
+        act_0 = reloaded.token_id("<|act_0|>")
+        got = reloaded(encode(reloaded, examples, suffix="<|act_0|>"), requested_token_ids=[act_0])
     assert torch.equal(got.input_ids, expected.input_ids)
-    assert torch.equal(got.token_positions["<|act_0|>"], expected.token_positions["<|act_0|>"])
+    assert torch.equal(got.token_positions[act_0], expected.token_positions[act_0])
     for a, b in zip(got.hidden_states, expected.hidden_states):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
@@ -189,24 +198,52 @@ def test_base_vlm_errors(tmp_path):
     "example, message",
     [
         (
-            {"image": ["picture.png"], "lang": "go"},
-            "['image'][0]: expected a PIL image or a uint8 HxWx3 array, got str",
+            {"views": ["picture.png"], "prompt": "go"},
+            "['images'][0]: expected a PIL image or a uint8 HxWx3 array, got str",
         ),
-        ({"image": [np.zeros((32, 32, 3), np.float32)], "lang": "go"}, "got float32 array of shape (32, 32, 3)"),
-        ({"image": [np.zeros((3, 32, 32), np.uint8)], "lang": "go"}, "got uint8 array of shape (3, 32, 32)"),
-        ({"image": [torch.zeros(32, 32, 4, dtype=torch.uint8)], "lang": "go"}, "got uint8 array of shape (32, 32, 4)"),
-        ({"image": np.zeros((32, 32, 3), np.uint8), "lang": "go"}, "['image']: expected a list of views, got a single"),
-        ({"image": [], "lang": "go"}, "['image']: a sample needs at least one view, got 0"),
-        ({"image": [np.zeros((32, 32, 3), np.uint8)], "lang": "  "}, "['lang']: the instruction is empty"),
-        ({"image": [np.zeros((32, 32, 3), np.uint8)]}, "['lang']: expected an instruction string, got NoneType"),
-        ({"lang": "go"}, " has no 'image' key"),
+        ({"views": [np.zeros((32, 32, 3), np.float32)], "prompt": "go"}, "got float32 array of shape (32, 32, 3)"),
+        ({"views": [np.zeros((3, 32, 32), np.uint8)], "prompt": "go"}, "got uint8 array of shape (3, 32, 32)"),
+        (
+            {"views": [torch.zeros(32, 32, 4, dtype=torch.uint8)], "prompt": "go"},
+            "got uint8 array of shape (32, 32, 4)",
+        ),
+        (
+            {"views": np.zeros((32, 32, 3), np.uint8), "prompt": "go"},
+            "['images']: expected a list of views, got a single",
+        ),
+        ({"views": "picture.png", "prompt": "go"}, "['images']: expected a list of views, got str"),
+        ({"views": [], "prompt": "go"}, "['images']: a sample needs at least one view, got 0"),
+        (
+            {"views": [np.zeros((32, 32, 3), np.uint8)], "prompt": "  "},
+            "['prompt']: expected a non-empty instruction string, got '  '",
+        ),
+        (
+            {"views": [np.zeros((32, 32, 3), np.uint8)]},
+            "['prompt']: expected a non-empty instruction string, got None",
+        ),
+        (
+            {"views": [np.zeros((32, 32, 3), np.uint8)], "prompt": 7},
+            "['prompt']: expected a non-empty instruction string, got 7",
+        ),
     ],
 )
 def test_bad_examples_are_named(example, message, qwen25):
-    good = {"image": [np.zeros((32, 32, 3), np.uint8)], "lang": "go"}
+    """The tokenize step (vlm.inputs.to_pil_views and the prompt check) names the sample and the key.
+
+    A sample without cameras, and an empty batch, are the processor's to reject: tests/test_processor.py.
+    """
+    good = {"views": [np.zeros((32, 32, 3), np.uint8)], "prompt": "go"}
     with pytest.raises(ValueError) as info:
-        qwen25([good, example])
-    assert str(info.value).startswith("examples[1]") and message in str(info.value)
+        encode(qwen25, [good, example])
+    assert str(info.value).startswith("sample[1]") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_to_pil_views_names_the_place_it_is_given():
+    with pytest.raises(ValueError, match=r"^obs\['front'\]\[1\]: expected a PIL image"):
+        to_pil_views([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)], "obs['front']")
+    views = to_pil_views(np.zeros((3, 8, 6, 3), np.uint8), "x")
+    assert len(views) == 3 and all(isinstance(v, Image.Image) and v.size == (6, 8) for v in views)
 
 
 @pytest.fixture(scope="module")
@@ -214,11 +251,7 @@ def qwen25() -> VLMBackbone:
     return build("qwen2_5_vl")
 
 
-def test_bad_batch_arguments(qwen25):
-    with pytest.raises(ValueError, match="expected a non-empty list of dicts"):
-        qwen25([])
-    with pytest.raises(ValueError, match="one per example"):
-        qwen25(mixed_batch(), suffix=["only one"])
+def test_bad_vlm_options():
     with pytest.raises(ValueError, match="image_size must be an int or"):
         build("qwen2_5_vl", image_size=[1, 2, 3])
 
@@ -226,13 +259,15 @@ def test_bad_batch_arguments(qwen25):
 def test_stacked_uint8_views_and_tensors_are_accepted(qwen25):
     rng = np.random.default_rng(1)
     stacked = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
-    as_list = qwen25.prepare_inputs([{"image": list(stacked), "lang": "go"}])
-    as_array = qwen25.prepare_inputs([{"image": stacked, "lang": "go"}])
-    as_tensor = qwen25.prepare_inputs([{"image": torch.from_numpy(stacked), "lang": "go"}])
-    assert as_list["views_per_sample"] == as_array["views_per_sample"] == [2]
-    assert torch.equal(as_list["pixel_values"], as_array["pixel_values"])
-    assert torch.equal(as_list["pixel_values"], as_tensor["pixel_values"])
-    assert "mm_token_type_ids" in as_list and as_list["input_ids"].shape == as_list["mm_token_type_ids"].shape
+    as_list = encode(qwen25, [{"views": list(stacked), "prompt": "go"}])
+    as_array = encode(qwen25, [{"views": stacked, "prompt": "go"}])
+    as_tensor = encode(qwen25, [{"views": torch.from_numpy(stacked), "prompt": "go"}])
+    assert as_list.views_per_sample.tolist() == as_array.views_per_sample.tolist() == [2]
+    assert as_tensor.views_per_sample.tolist() == [2]
+    assert torch.equal(as_list.pixel_values, as_array.pixel_values)
+    assert torch.equal(as_list.pixel_values, as_tensor.pixel_values)
+    assert as_list.mm_token_type_ids is not None and as_list.input_ids.shape == as_list.mm_token_type_ids.shape
+    assert as_list.labels is None  # no answers, no labels
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -246,20 +281,20 @@ def test_vision_layout_follows_the_processor_patch_order(name):
     levels = 10 + 20 * np.arange(rows * cols).reshape(rows, cols)
     painted = np.kron(levels, np.ones((block, block))).astype(np.uint8)
     view = np.repeat(painted[:, :, None], 3, axis=2)
-    examples = [{"image": [view, view], "lang": "point at it"}, {"image": [view], "lang": "again"}]
+    examples = [{"views": [view, view], "prompt": "point at it"}, {"views": [view], "prompt": "again"}]
     seen = {}
 
     def capture(embeds, info):
         seen["info"] = info
         return embeds
 
-    out = vlm(examples, vision_hook=capture)
+    batch = encode(vlm, examples)
+    out = vlm(batch, vision_hook=capture)
     info = seen["info"]
-    batch = vlm.prepare_inputs(examples)
     mean = vlm.processor.image_processor.image_mean[0]
     std = vlm.processor.image_processor.image_std[0]
     patch_pixels = vlm.patch_size**2 * 2  # channel 0, both temporal copies
-    channel0 = batch["pixel_values"][:, :patch_pixels].reshape(-1, vlm.merge_size**2 * patch_pixels)
+    channel0 = batch.pixel_values[:, :patch_pixels].reshape(-1, vlm.merge_size**2 * patch_pixels)
     grey = ((channel0.mean(1) * std + mean) * 255).round()
     block_index = ((grey - 10) / 20).round().long()
     assert torch.equal(block_index, info.grid_rc[:, 0] * cols + info.grid_rc[:, 1])
@@ -285,15 +320,15 @@ def test_vision_hook_changes_only_what_follows_the_hooked_view(name):
         return embeds * keep[:, None].to(embeds.dtype)
 
     with torch.no_grad():
-        plain = vlm(examples)
-        hooked = vlm(examples, vision_hook=zero_second_view_of_first_sample)
+        plain = vlm(encode(vlm, examples))
+        hooked = vlm(encode(vlm, examples), vision_hook=zero_second_view_of_first_sample)
     first_hooked = int(((plain.view_index[0] == 1)).nonzero()[0])
     diff = (hooked.last_hidden_state - plain.last_hidden_state).abs().amax(-1)
     assert diff[0, :first_hooked].max() < 1e-6  # causal attention: earlier tokens cannot see the change
     assert diff[0, first_hooked:].min() > 1e-4
     assert diff[1].max() < 1e-6  # the other sample is untouched
     with pytest.raises(ValueError, match="vision_hook must return image embeddings of shape"):
-        vlm(examples, vision_hook=lambda embeds, info: embeds[:-1])
+        vlm(encode(vlm, examples), vision_hook=lambda embeds, info: embeds[:-1])
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -311,8 +346,8 @@ def test_sincos2d_adds_the_fixed_code_before_the_hook(name):
     coded = build(name, seed=1, vision_position_encoding="sincos2d")
     examples = mixed_batch()
     with torch.no_grad():
-        plain(examples, vision_hook=capture("none"))
-        coded(examples, vision_hook=capture("sincos2d"))
+        plain(encode(plain, examples), vision_hook=capture("none"))
+        coded(encode(coded, examples), vision_hook=capture("sincos2d"))
     (base, grid_rc), (with_code, _) = captured["none"], captured["sincos2d"]
     torch.testing.assert_close(with_code - base, sincos_2d(grid_rc, plain.hidden_size), atol=1e-5, rtol=0)
 
@@ -353,7 +388,7 @@ def test_generate_constrained_masks_and_stops(name):
         ScriptedLogits(vlm.token_id("<|box_start|>"), [ids[2], ids[0], stop])
     )
     try:
-        generated = vlm.generate_constrained(mixed_batch(), ids[:3], stop, max_new_tokens=6)
+        generated = vlm.generate_constrained(encode(vlm, mixed_batch()), ids[:3], stop, max_new_tokens=6)
     finally:
         handle.remove()
     assert generated == [[ids[2], ids[0]], [ids[2], ids[0]]]
@@ -366,14 +401,14 @@ def test_generate_constrained_matches_greedy_forward(name, encoding):
     ids = vlm.add_special_tokens(ACTION_TOKENS)
     stop = vlm.token_id("<|im_end|>")
     examples = mixed_batch()
-    generated = vlm.generate_constrained(examples, ids, stop, max_new_tokens=3)
+    generated = vlm.generate_constrained(encode(vlm, examples), ids, stop, max_new_tokens=3)
     allowed = torch.tensor(ids + [stop])
     for index, example in enumerate(examples):
         expected: list[int] = []
         for _ in range(3):
             with torch.no_grad():
                 suffix = "".join(vlm.tokenizer.convert_ids_to_tokens(expected))
-                hidden = vlm([example], suffix=suffix).last_hidden_state[0, -1]
+                hidden = vlm(encode(vlm, [example], suffix=suffix)).last_hidden_state[0, -1]
             best = int(allowed[vlm.model.lm_head(hidden)[allowed].argmax()])
             if best == stop:
                 break
@@ -388,7 +423,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         vlm = build("qwen2_5_vl", gradient_checkpointing=checkpointing)
         assert vlm.model.model.language_model.layers[0].gradient_checkpointing == checkpointing
         assert vlm.model.model.visual.blocks[0].gradient_checkpointing == checkpointing
-        vlm(mixed_batch()).last_hidden_state.square().mean().backward()
+        vlm(encode(vlm, mixed_batch())).last_hidden_state.square().mean().backward()
         grads.append(vlm.model.model.language_model.layers[0].mlp.up_proj.weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
 

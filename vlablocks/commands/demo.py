@@ -67,16 +67,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         client = PolicyClient(host, int(port))
         env = ToyTabletopEnv()
         horizon = client.metadata["action_horizon"]
-        cameras = client.metadata["camera_keys"]
         runs = {
-            "policy": evaluate(env, client, cameras, args.eval_episodes, 10_000, out / "eval", horizon),
+            "policy": evaluate(env, client, args.eval_episodes, 10_000, out / "eval", horizon),
             "wrong instruction": evaluate(
-                env, client, cameras, args.eval_episodes, 10_000, out / "eval_wrong", horizon, wrong_instruction=True
+                env, client, args.eval_episodes, 10_000, out / "eval_wrong", horizon, wrong_instruction=True
             ),
             "random policy": evaluate(
                 env,
                 RandomPolicy(*action_bounds(env), horizon, seed=0),
-                cameras,
                 args.eval_episodes,
                 10_000,
                 out / "eval_random",

@@ -38,7 +38,7 @@ def build_policy(args: argparse.Namespace, env):
         return client, client.metadata
     from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds
 
-    metadata = {"camera_keys": [f"view{i}" for i in range(len(env.config.cameras))], "action_horizon": 1}
+    metadata = {"action_horizon": 1}  # a baseline takes any observation: no camera_keys / state_dim to check
     if args.policy == "expert":
         if not hasattr(env, "expert_action"):
             raise ValueError(f"env {args.env!r} has no scripted expert; use --ckpt or --policy ws://HOST:PORT")
@@ -61,7 +61,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     summary = evaluate(
         env,
         policy,
-        metadata["camera_keys"],
         args.episodes,
         args.seed,
         Path(args.out),

@@ -22,6 +22,8 @@ from vlablocks.dataloader.sample import Sample
 class RawDataset(torch.utils.data.Dataset):
     """Map-style dataset of raw samples: `ds[i] -> Sample`."""
 
+    camera_keys: list[str]  # the keys of every sample's `images` (and `depth`, `intrinsics`), in order
+
     def __init__(self, platform: PlatformConfig, seed: int = 0) -> None:
         self.platform = platform
         self.seed = seed

@@ -1,15 +1,16 @@
-"""`lerobot`: a local LeRobot v3.0 dataset as raw samples (camera keys -> views, action chunks, task -> lang).
+"""`lerobot`: a local LeRobot v3.0 dataset as raw samples (camera keys -> views, action chunks, task -> prompt).
 
     dataset:
       name: lerobot
       root: data/toy                            # local dataset directory (never the hub)
-      camera_keys: [observation.images.top]     # -> sample["image"], in this order
-      depth_keys: [observation.depth.top]       # optional, one per camera -> sample["depth"] (metres)
-      intrinsics_keys: [observation.intrinsics.top]  # optional, [9] or [3, 3] per frame
+      camera_keys: [observation.images.top]     # -> sample["images"]["top"], in this order
+      depth_keys: [observation.depth.top]       # optional, one per camera -> sample["depth"]["top"] (metres)
+      intrinsics_keys: [observation.intrinsics.top]  # optional, [9] or [3, 3] per frame -> sample["intrinsics"]
       state_key: observation.state              # null: no state
       action_key: action                        # chunked to platform.action_horizon via delta_timestamps
 
-Keys and dimensions are checked against the dataset's metadata when the dataset is built, i.e. before
+Samples key every view by its camera name, the part of its camera key after the last dot (`camera_name`),
+which is also the key envs and policy requests use. Keys and dimensions are checked against the dataset's metadata when the dataset is built, i.e. before
 any training step: a missing key is an error listing the keys the dataset has.
 
 The chunk follows lerobot's `delta_timestamps` semantics exactly (offsets t / fps for t < T, indices
@@ -36,7 +37,7 @@ import torch
 from vlablocks.config import ConfigError, PlatformConfig
 from vlablocks.dataloader.base import RawDataset
 from vlablocks.dataloader.prompt_augmentation import PromptAugmentationConfig, PromptAugmenter
-from vlablocks.dataloader.sample import Sample
+from vlablocks.dataloader.sample import Sample, camera_name
 from vlablocks.registry import DATASETS
 
 VISUAL_DTYPES = ("image", "video")
@@ -75,7 +76,7 @@ def to_depth(depth: np.ndarray | torch.Tensor) -> np.ndarray:
 
 @DATASETS.register("lerobot")
 class LeRobotRawDataset(RawDataset):
-    """A local LeRobot v3.0 dataset: camera keys -> image views, action chunks with padding, task -> lang."""
+    """A local LeRobot v3.0 dataset: camera keys -> image views, action chunks with padding, task -> prompt."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -115,6 +116,7 @@ class LeRobotRawDataset(RawDataset):
         repo_id = config.repo_id or f"local/{root.resolve().name}"
         self.name = config.dataset_name or root.resolve().name
         self.embodiment = config.embodiment or platform.name
+        self.camera_keys = [camera_name(key) for key in config.camera_keys]  # the keys of sample["images"]
         self.norm_mode = config.norm_mode
         meta = LeRobotDatasetMetadata(repo_id, root=root)
         self._check_keys(meta.features)
@@ -176,6 +178,12 @@ class LeRobotRawDataset(RawDataset):
                 raise ConfigError(
                     f"dataset.{option}: expected one per camera key ({len(c.camera_keys)}), got {len(keys)}"
                 )
+        names = [camera_name(key) for key in c.camera_keys]
+        if len(set(names)) < len(names):
+            raise ConfigError(
+                f"dataset.camera_keys: {c.camera_keys} give the camera names {names}, which repeat; samples key views "
+                "by the part after the last '.', so it must differ between cameras"
+            )
         for key in c.intrinsics_keys:
             if int(np.prod(features[key]["shape"])) != 9:
                 raise ConfigError(
@@ -209,10 +217,10 @@ class LeRobotRawDataset(RawDataset):
         c = self.config
         item = self.lerobot[index]
         action, action_is_pad = self.action_chunk(int(item["index"]), int(item["episode_index"]))
-        lang = item["task"] if self.augmenter is None else self.augmenter(item["task"], key)
+        prompt = item["task"] if self.augmenter is None else self.augmenter(item["task"], key)
         sample: Sample = {
-            "image": [to_uint8_hwc(item[k]) for k in c.camera_keys],
-            "lang": lang,
+            "images": {name: to_uint8_hwc(item[k]) for name, k in zip(self.camera_keys, c.camera_keys)},
+            "prompt": prompt,
             "action": action,
             "action_is_pad": action_is_pad,
             "dataset_name": self.name,
@@ -221,11 +229,12 @@ class LeRobotRawDataset(RawDataset):
         if c.state_key is not None:
             sample["state"] = item[c.state_key].numpy().astype(np.float32, copy=False)
         if c.depth_keys:
-            sample["depth"] = [to_depth(item[k]) for k in c.depth_keys]
+            sample["depth"] = {name: to_depth(item[k]) for name, k in zip(self.camera_keys, c.depth_keys)}
         if c.intrinsics_keys:
-            sample["intrinsics"] = np.stack([item[k].reshape(3, 3).numpy() for k in c.intrinsics_keys]).astype(
-                np.float32
-            )
+            sample["intrinsics"] = {
+                name: item[k].numpy().reshape(3, 3).astype(np.float32)
+                for name, k in zip(self.camera_keys, c.intrinsics_keys)
+            }
         return sample
 
     def action_chunk(self, frame: int, episode: int) -> tuple[np.ndarray, np.ndarray]:

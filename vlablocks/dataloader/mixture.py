@@ -54,6 +54,13 @@ class MixtureDataset(RawDataset):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"dataset.datasets: names {duplicates} repeat; set a distinct dataset_name for each")
+        cameras = [c.camera_keys for c in self.components]
+        if any(keys != cameras[0] for keys in cameras):
+            raise ConfigError(
+                f"dataset.datasets: the camera keys differ between datasets ({cameras}); a batch needs the same "
+                "views from every dataset, so pick camera_keys with the same names (the part after the last '.')"
+            )
+        self.camera_keys = cameras[0]
         sizes = np.array([len(c) for c in self.components], dtype=np.float64)
         weights = np.asarray(config.weights if config.weights is not None else sizes, dtype=np.float64)
         if weights.shape != sizes.shape:

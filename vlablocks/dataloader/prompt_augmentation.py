@@ -1,4 +1,4 @@
-"""Prompt augmentation: replace an instruction by one of its alternative phrasings with probability p.
+"""Prompt augmentation: replace a sample's `prompt` (the instruction) by an alternative phrasing with probability p.
 
 The YAML file maps each original instruction to a list of alternatives:
 

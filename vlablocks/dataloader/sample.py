@@ -1,111 +1,165 @@
-"""The sample contract: the raw, model-agnostic dict every dataset returns and every framework consumes.
+"""The one observation vocabulary: dataset samples, env observations and server requests share these keys.
 
 Values are numpy arrays (never tensors) and actions/state are RAW: the framework normalizes them with
 `vlablocks.dataloader.normalization.Normalizer`, so that training and serving share one transform.
-An observation from an environment or a robot client is the same dict without `action`/`action_is_pad`.
+An observation (what an env returns, what a client sends the policy server) is a sample without
+`action`/`action_is_pad`; a dataset sample minus its action is therefore a valid server request.
+`validate_sample` is the single check of this contract, used by datasets, envs, evaluation and the server.
 """
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from collections.abc import Sequence
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
-from vlablocks.config import PlatformConfig
+
+class Observation(TypedDict):
+    """What a policy reads. V cameras with keys K (insertion-ordered as the dataset's/env's camera keys).
+
+    images:        {K: uint8 [H, W, 3]} RGB (views may differ in size)
+    prompt:        the instruction
+    state:         float32 [S], raw proprioception (absent only where the platform has none)
+    depth:         {K: float32 [H, W]} metres, same keys as images, same H, W as that view
+    intrinsics:    {K: float32 [3, 3]} pinhole intrinsics, same keys as images
+    Requests may carry more keys (dataset_name, embodiment, action, ...); the server ignores them.
+    """
+
+    images: dict[str, np.ndarray]
+    prompt: str
+    state: NotRequired[np.ndarray]
+    depth: NotRequired[dict[str, np.ndarray]]
+    intrinsics: NotRequired[dict[str, np.ndarray]]
 
 
-class Sample(TypedDict):
-    """One training example. V views, chunk length T, action dim D, state dim S (from the platform).
+class Sample(Observation):
+    """One training example: an `Observation` plus its target. Chunk length T, action dim D (from the platform).
 
-    image:         list of V arrays [H, W, 3] uint8 (views may differ in size)
-    lang:          the instruction
-    action:        [T, D] float32, raw; step t is the action t frames after the observation
-    action_is_pad: [T] bool, True where the chunk ran past the episode end (the value there repeats
+    action:        float32 [T, D], raw; step t is the action t frames after the observation
+    action_is_pad: bool [T], True where the chunk ran past the episode end (the value there repeats
                    the episode's last action and must not be learned from)
-    state:         [S] float32, raw proprioception (absent when the platform has none)
-    depth:         list of V arrays [H, W] float32, metres, one per view
-    intrinsics:    [V, 3, 3] float32 pinhole intrinsics of each view
     dataset_name:  selects the normalization stats (`norm_stats.json` is keyed by it)
     embodiment:    the platform/robot tag
     """
 
-    image: list[np.ndarray]
-    lang: str
     action: np.ndarray
     action_is_pad: np.ndarray
-    state: NotRequired[np.ndarray]
-    depth: NotRequired[list[np.ndarray]]
-    intrinsics: NotRequired[np.ndarray]
     dataset_name: str
     embodiment: str
 
 
-REQUIRED_KEYS = ("image", "lang", "action", "action_is_pad", "dataset_name", "embodiment")
-OPTIONAL_KEYS = ("state", "depth", "intrinsics")
-ACTION_KEYS = ("action", "action_is_pad")
+TRAINING_KEYS = ("action", "action_is_pad", "dataset_name", "embodiment")
+# The machine codes a `SampleError` carries: a subset of the wire protocol's ERROR_TYPES.
+ERROR_CODES = (
+    "malformed_message",
+    "missing_key",
+    "wrong_views",
+    "wrong_shape",
+    "wrong_dtype",
+    "wrong_type",
+    "invalid_value",
+)
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, np.ndarray):
-        return f"ndarray {value.dtype} {list(value.shape)}"
-    return type(value).__name__
+class SampleError(ValueError):
+    """A sample or request that breaks the contract. `code` is one of ERROR_CODES; `message` is one line
+    naming the key, what was expected and what came."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
-def _check_array(sample: dict, key: str, dtype: type, shape: tuple[int | None, ...]) -> None:
-    value = sample[key]
-    ok = (
-        isinstance(value, np.ndarray)
-        and value.dtype == dtype
-        and value.ndim == len(shape)
-        and all(e is None or e == g for e, g in zip(shape, value.shape))
-    )
-    if not ok:
-        expected = [e if e is not None else "*" for e in shape]
-        raise ValueError(f"sample[{key!r}]: expected ndarray {np.dtype(dtype)} {expected}, got {_describe(value)}")
+def camera_name(feature_key: str) -> str:
+    """A dataset's camera feature key -> the camera key of samples: `observation.images.top` -> `top`."""
+    return feature_key.rsplit(".", 1)[-1]
 
 
-def _check_views(sample: dict, key: str, channels: int | None, dtype: type, count: int | None) -> None:
+def _shape_text(shape: Sequence[int | str]) -> str:
+    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
+
+
+def _check_array(where: str, value: Any, dtype: type, shape: Sequence[int | str], hint: str = "") -> None:
+    """`value` must be an ndarray of `dtype` and `shape` (str entries: any size >= 1, named in the message)."""
+    expected = _shape_text(shape)
+    name = np.dtype(dtype).name
+    if not isinstance(value, np.ndarray):
+        raise SampleError("wrong_type", f"{where} must be a numpy {name} array {expected}, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise SampleError("wrong_dtype", f"{where} has dtype {value.dtype}; expected {name} {expected}{hint}")
+    if value.ndim != len(shape) or any(
+        got != want if isinstance(want, int) else got < 1 for got, want in zip(value.shape, shape)
+    ):
+        raise SampleError("wrong_shape", f"{where} has shape {value.shape}; expected {expected} {name}{hint}")
+
+
+def _check_finite(where: str, value: np.ndarray) -> None:
+    bad = ~np.isfinite(value)
+    if bad.any():
+        raise SampleError(
+            "invalid_value", f"{where} has NaN or inf at indices {np.flatnonzero(bad).tolist()}; expected finite values"
+        )
+
+
+def _check_views(sample: dict, key: str, camera_keys: Sequence[str] | None) -> dict:
     views = sample[key]
-    if not isinstance(views, list) or not views:
-        raise ValueError(f"sample[{key!r}]: expected a non-empty list of per-view arrays, got {_describe(views)}")
-    if count is not None and len(views) != count:
-        raise ValueError(f"sample[{key!r}]: expected {count} views (one per image), got {len(views)}")
-    for i, view in enumerate(views):
-        shape = (None, None, channels) if channels else (None, None)
-        _check_array({f"{key}[{i}]": view}, f"{key}[{i}]", dtype, shape)
+    if not isinstance(views, dict):
+        raise SampleError("wrong_type", f"{key!r} must be a map camera_key -> array, got {type(views).__name__}")
+    got = sorted(map(str, views))
+    if camera_keys is None and not got:
+        raise SampleError("wrong_views", f"{key!r} has 0 views; expected at least one camera")
+    if camera_keys is not None and got != sorted(camera_keys):
+        raise SampleError(
+            "wrong_views",
+            f"{key!r} has {len(got)} view(s) {got}; expected {len(camera_keys)} view(s) {list(camera_keys)} "
+            "(exactly these camera keys)",
+        )
+    return views
 
 
-def validate_sample(sample: dict, platform: PlatformConfig, require_action: bool = True) -> None:
-    """Raises ValueError naming the offending key, with expected vs got, unless `sample` keeps the contract.
+def validate_sample(
+    sample: Any,
+    *,
+    camera_keys: Sequence[str] | None = None,
+    state_dim: int | None = None,
+    action_shape: tuple[int, int] | None = None,
+) -> None:
+    """Raises `SampleError` (code + one-line message naming key, expected and got) unless `sample` keeps the contract.
 
-    `require_action=False` checks an observation (no `action`/`action_is_pad`, which are then forbidden).
+    camera_keys:  the keys `images` must have (in any order); None: any non-empty set
+    state_dim:    S: `state` is required, float32 [S] and finite; None: `state` is optional (checked if present)
+    action_shape: (T, D) for a training sample: `action` float32 [T, D], `action_is_pad` bool [T], `dataset_name`
+                  and `embodiment` are then required; None for an observation/request, whose extra keys are ignored
     """
     if not isinstance(sample, dict):
-        raise ValueError(f"sample: expected a dict, got {type(sample).__name__}")
-    required = [k for k in REQUIRED_KEYS if require_action or k not in ACTION_KEYS]
-    allowed = set(required) | set(OPTIONAL_KEYS)
+        raise SampleError("malformed_message", f"a sample must be a map, got {type(sample).__name__}")
+    required = ["images", "prompt", *(["state"] if state_dim is not None else [])]
+    required += list(TRAINING_KEYS) if action_shape is not None else []
     missing = [k for k in required if k not in sample]
     if missing:
-        raise ValueError(f"sample is missing key(s) {missing}; it has {sorted(sample)}")
-    unexpected = sorted(set(sample) - allowed)
-    if unexpected:
-        raise ValueError(f"sample has unexpected key(s) {unexpected}; allowed: {sorted(allowed)}")
-    _check_views(sample, "image", 3, np.uint8, None)
-    for key in ("lang", "dataset_name", "embodiment"):
-        if not isinstance(sample[key], str):
-            raise ValueError(f"sample[{key!r}]: expected str, got {_describe(sample[key])}")
-    if require_action:
-        _check_array(sample, "action", np.float32, (platform.action_horizon, platform.action_dim))
-        _check_array(sample, "action_is_pad", np.bool_, (platform.action_horizon,))
+        raise SampleError(
+            "missing_key", f"missing key(s) {missing}; expected keys {required}, got {sorted(map(str, sample))}"
+        )
+    if not isinstance(sample["prompt"], str):
+        raise SampleError("wrong_type", f"'prompt' must be a string, got {type(sample['prompt']).__name__}")
+    images = _check_views(sample, "images", camera_keys)
+    for key, image in images.items():
+        _check_array(f"images[{key!r}]", image, np.uint8, ("H", "W", 3), " (HWC, RGB, 0-255, not 0-1 floats)")
     if "state" in sample:
-        _check_array(sample, "state", np.float32, (platform.state_dim,))
-    views = len(sample["image"])
+        _check_array("'state'", sample["state"], np.float32, (state_dim if state_dim is not None else "S",))
+        _check_finite("'state'", sample["state"])
     if "depth" in sample:
-        _check_views(sample, "depth", None, np.float32, views)
-        for i, (depth, image) in enumerate(zip(sample["depth"], sample["image"])):
-            if depth.shape != image.shape[:2]:
-                raise ValueError(
-                    f"sample['depth'][{i}]: expected [H, W] = {list(image.shape[:2])}, got {list(depth.shape)}"
-                )
+        for key, depth in _check_views(sample, "depth", list(images)).items():
+            _check_array(f"depth[{key!r}]", depth, np.float32, images[key].shape[:2], " (metres, the view's H, W)")
     if "intrinsics" in sample:
-        _check_array(sample, "intrinsics", np.float32, (views, 3, 3))
+        for key, matrix in _check_views(sample, "intrinsics", list(images)).items():
+            _check_array(f"intrinsics[{key!r}]", matrix, np.float32, (3, 3))
+    if action_shape is not None:
+        _check_array("'action'", sample["action"], np.float32, action_shape)
+        _check_finite("'action'", sample["action"])
+        _check_array("'action_is_pad'", sample["action_is_pad"], np.bool_, action_shape[:1])
+        for key in ("dataset_name", "embodiment"):
+            if not isinstance(sample[key], str):
+                raise SampleError("wrong_type", f"{key!r} must be a string, got {type(sample[key]).__name__}")

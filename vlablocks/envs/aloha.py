@@ -9,7 +9,7 @@ Needs the `sim` extra (`pip install -e .[sim]`). Rendering on CPU uses OSMesa (D
 defaults to `config.mujoco_gl` ("osmesa") when the environment does not set it; use "egl" on a GPU machine.
 
     env = AlohaTransferCubeEnv(AlohaTransferCubeEnv.Config(max_steps=400))
-    obs = env.reset(seed=0)          # obs["image"][0]: uint8 [480, 640, 3], obs["state"]: float32 [14]
+    obs = env.reset(seed=0)          # obs["images"]["top"]: uint8 [480, 640, 3], obs["state"]: float32 [14]
     obs, reward, done, info = env.step(obs["state"])  # hold still; info["success"]
 """
 
@@ -35,7 +35,7 @@ class AlohaTransferCubeEnv(GymnasiumEnv):
     @dataclass(frozen=True)
     class Config:
         name: str = "aloha_transfer_cube"
-        cameras: list[str] = field(default_factory=lambda: ["top"])  # views in obs["image"]
+        cameras: list[str] = field(default_factory=lambda: ["top"])  # keys of obs["images"]
         max_steps: int = 400  # 8 s at 50 Hz: lerobot's evaluation episode length for ALOHA sim
         # The task string of lerobot/aloha_sim_transfer_cube_human, so a policy trained on it reads its prompt.
         instruction: str = "Pick up the cube with the right arm and transfer it to the left arm."
@@ -67,11 +67,11 @@ class AlohaTransferCubeEnv(GymnasiumEnv):
         return self.env.unwrapped._env.physics
 
     def observation(self, raw_obs: dict) -> dict:
-        """gym-aloha {"pixels": {"top": [480, 640, 3]}, "agent_pos": [14]} -> sample-format obs."""
+        """gym-aloha {"pixels": {"top": [480, 640, 3]}, "agent_pos": [14]} -> observation (sample.py contract)."""
         return {
-            "image": [raw_obs["pixels"][camera] for camera in self.config.cameras],
+            "images": {camera: raw_obs["pixels"][camera] for camera in self.config.cameras},
             "state": np.asarray(raw_obs["agent_pos"], dtype=np.float32),
-            "lang": self.config.instruction,
+            "prompt": self.config.instruction,
             "dataset_name": self.config.dataset_name,
             "embodiment": "aloha",
         }

@@ -2,8 +2,8 @@
 
 A gymnasium env speaks `reset(seed) -> (obs, info)` and `step(a) -> (obs, reward, terminated, truncated, info)`;
 vlablocks envs speak the toy env's API: `reset(seed) -> obs`, `step(a) -> (obs, reward, done, info)` with
-`info["success"]`, and observations in the sample format (`image`: list of uint8 [H, W, 3] views, `state`,
-`lang`). Subclasses say how to build the gymnasium env and how to read its observation.
+`info["success"]`, and observations in the sample.py contract (`images`: {camera: uint8 [H, W, 3]}, `state`,
+`prompt`). Subclasses say how to build the gymnasium env and how to read its observation.
 
 The simulator packages are the `sim` extra: they are imported when an env is built, never when the registry
 imports this package, so `vlablocks list eval_envs` works without them.
@@ -33,7 +33,7 @@ class GymnasiumEnv:
     """Base adapter: episode bookkeeping and the 5-tuple -> 4-tuple step; subclasses build `self.env`.
 
     Subclasses set `self.env` (a gymnasium env), `self.config` (with `max_steps`), `action_dim`, `state_dim`,
-    and implement `observation(raw_obs) -> dict` (the sample-format observation).
+    and implement `observation(raw_obs) -> dict` (the observation of the sample.py contract).
     """
 
     env: Any

@@ -8,7 +8,7 @@ of the target area, which ends the episode.
 Needs the `sim` extra (`pip install -e .[sim]`); renders with pygame surfaces, no display needed.
 
     env = PushTEnv(PushTEnv.Config())
-    obs = env.reset(seed=0)          # obs["image"][0]: uint8 [96, 96, 3], obs["state"]: float32 [2]
+    obs = env.reset(seed=0)          # obs["images"]["image"]: uint8 [96, 96, 3], obs["state"]: float32 [2]
     obs, reward, done, info = env.step(obs["state"])  # stay put; reward = coverage / 0.95, clipped to 1
     obs = env.reset(options={"reset_to_state": [x, y, block_x, block_y, block_angle]})  # gym-pusht's option
 """
@@ -25,7 +25,7 @@ from vlablocks.envs.gym_adapter import GymnasiumEnv, import_sim_package
 from vlablocks.registry import EVAL_ENVS
 
 GYM_ID = "gym_pusht/PushT-v0"
-CAMERAS = ("top",)
+CAMERAS = ("image",)  # lerobot/pusht's `observation.image`, so its policies read this view
 ACTION_DIM = STATE_DIM = 2
 
 
@@ -36,7 +36,7 @@ class PushTEnv(GymnasiumEnv):
     @dataclass(frozen=True)
     class Config:
         name: str = "pusht"
-        cameras: list[str] = field(default_factory=lambda: ["top"])  # views in obs["image"]
+        cameras: list[str] = field(default_factory=lambda: list(CAMERAS))  # keys of obs["images"]
         image_size: int = 96  # pixels per side of the observed view
         max_steps: int = 300  # lerobot's evaluation episode length for PushT (30 s at 10 Hz)
         instruction: str = "Push the T-shaped block onto the T-shaped target."  # lerobot/pusht's task string
@@ -69,11 +69,11 @@ class PushTEnv(GymnasiumEnv):
         self.state_dim = STATE_DIM
 
     def observation(self, raw_obs: dict) -> dict:
-        """gym-pusht {"pixels": [H, W, 3], "agent_pos": [2]} -> sample-format obs."""
+        """gym-pusht {"pixels": [H, W, 3], "agent_pos": [2]} -> observation (sample.py contract)."""
         return {
-            "image": [raw_obs["pixels"]],
+            "images": {CAMERAS[0]: raw_obs["pixels"]},
             "state": np.asarray(raw_obs["agent_pos"], dtype=np.float32),
-            "lang": self.config.instruction,
+            "prompt": self.config.instruction,
             "dataset_name": self.config.dataset_name,
             "embodiment": "pusht",
         }

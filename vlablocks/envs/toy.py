@@ -41,7 +41,7 @@ class ToyTabletopEnv:
         image_size: int = 112  # pixels per side; 112 = a 4 x 4 grid of Qwen's 28-pixel merged tokens
         grid: int = 4  # blocks sit on the centres of a grid x grid lattice
         num_objects: int = 3
-        cameras: list[str] = field(default_factory=lambda: ["top"])  # views in obs["image"], from CAMERAS
+        cameras: list[str] = field(default_factory=lambda: ["top"])  # keys of obs["images"], from CAMERAS
         max_steps: int = 30
         max_move: float = 0.1  # action norm cap, in table widths
         success_radius: float = 0.08  # = block_half: the puck centre is over the block (docs/toy_task.md)
@@ -121,8 +121,8 @@ class ToyTabletopEnv:
         return float(np.linalg.norm(self.agent - self.layout.target_position))
 
     def observation(self) -> dict:
-        """The sample contract minus the action: image/depth per view, intrinsics [V, 3, 3], state [2], lang."""
-        images, depths, intrinsics = [], [], []
+        """The observation contract (sample.py): images/depth/intrinsics keyed by camera name, state [2], prompt."""
+        images, depths, intrinsics = {}, {}, {}
         for name in self.config.cameras:
             camera, height = self.cameras[name]
             if name == "top":
@@ -137,15 +137,13 @@ class ToyTabletopEnv:
                 )
             else:  # mounted above the puck, which it therefore does not see
                 rgb, depth = render(camera, self.agent, height, self.layout, self.config.block_half, None, 0.0)
-            images.append(rgb)
-            depths.append(depth)
-            intrinsics.append(camera.intrinsics)
+            images[name], depths[name], intrinsics[name] = rgb, depth, camera.intrinsics
         return {
-            "image": images,
+            "images": images,
             "depth": depths,
-            "intrinsics": np.stack(intrinsics),
+            "intrinsics": intrinsics,
             "state": self.agent.astype(np.float32),
-            "lang": self.layout.instruction,
+            "prompt": self.layout.instruction,
             "dataset_name": self.config.dataset_name,
             "embodiment": "toy",
         }

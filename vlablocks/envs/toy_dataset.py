@@ -57,11 +57,11 @@ def expert_episode(env: ToyTabletopEnv, seed: int) -> list[dict]:
     frames = []
     while True:
         action = env.expert_action()
-        frame = {"task": obs["lang"], "observation.state": obs["state"], "action": action}
-        for i, camera in enumerate(env.config.cameras):
-            frame[image_key(camera)] = obs["image"][i]
-            frame[depth_key(camera)] = obs["depth"][i][..., None]
-            frame[intrinsics_key(camera)] = obs["intrinsics"][i].reshape(9)
+        frame = {"task": obs["prompt"], "observation.state": obs["state"], "action": action}
+        for camera in env.config.cameras:
+            frame[image_key(camera)] = obs["images"][camera]
+            frame[depth_key(camera)] = obs["depth"][camera][..., None]
+            frame[intrinsics_key(camera)] = obs["intrinsics"][camera].reshape(9)
         frames.append(frame)
         obs, _, done, info = env.step(action)
         if done:

@@ -1,9 +1,11 @@
 """Closed-loop evaluation: run episodes of a registered env against a policy, report success with a CI.
 
-A policy is anything with `infer(request) -> {"actions": [T, D]}` taking the wire observation
-`{"images": {camera_key: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str}`: the websocket
-`PolicyClient`, the in-process `FrameworkPolicy`, or the baselines below. Chunks are played out by
-`ActionChunkBroker` with a configurable open-loop horizon.
+A policy is anything with `infer(request) -> {"actions": [T, D]}` taking an observation of the sample.py
+contract (`{"images": {camera_key: uint8 [H, W, 3]}, "prompt": str, "state": float32 [S], ...}`): the
+websocket `PolicyClient`, the in-process `FrameworkPolicy`, or the baselines below. Env observations are
+such requests already and go to the policy as they are; the first one of an episode is checked against the
+policy's metadata (camera keys, state dim) when it has any. Chunks are played out by `ActionChunkBroker`
+with a configurable open-loop horizon.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deployment.client.action_chunk_broker import ActionChunkBroker
+from vlablocks.dataloader.sample import validate_sample
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -31,15 +34,13 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def to_request(obs: dict, camera_keys: list[str]) -> dict:
-    """Env observation (sample contract: `image` list of views) -> wire observation."""
-    views = obs["image"]
-    if len(views) != len(camera_keys):
-        raise ValueError(f"env gives {len(views)} views but the policy expects cameras {camera_keys}")
-    request = {"images": dict(zip(camera_keys, views)), "prompt": obs["lang"]}
-    if obs.get("state") is not None:
-        request["state"] = np.asarray(obs["state"], np.float32)
-    return request
+def check_request(obs: dict, policy) -> None:
+    """Raises `SampleError` where an env observation is not a request this policy takes (a baseline has no metadata).
+
+    Catches an env/policy camera mismatch (e.g. a two-view checkpoint on a one-camera env) before any inference.
+    """
+    metadata = getattr(policy, "metadata", None) or {}
+    validate_sample(obs, camera_keys=metadata.get("camera_keys"), state_dim=metadata.get("state_dim"))
 
 
 def action_bounds(env) -> tuple[np.ndarray, np.ndarray]:
@@ -83,27 +84,30 @@ class EpisodeResult:
     infer_ms: float
 
 
-def run_episode(
-    env, broker: ActionChunkBroker, camera_keys: list[str], seed: int, record: bool, wrong_instruction: bool
-):
+def first_view(obs: dict) -> np.ndarray:
+    return next(iter(obs["images"].values()))
+
+
+def run_episode(env, broker: ActionChunkBroker, seed: int, record: bool, wrong_instruction: bool):
     """One episode -> (EpisodeResult, frames of the first view if `record`)."""
     obs = env.reset(seed=seed)
     broker.reset()
+    check_request(obs, broker.policy)
     if wrong_instruction:
         env_instruction = env.wrong_instruction()
-    frames = [obs["image"][0]] if record else []
+    frames = [first_view(obs)] if record else []
     infer_ms, done, info, steps = [], False, {"success": False}, 0
     while not done:
         if wrong_instruction:
-            obs = {**obs, "lang": env_instruction}
+            obs = {**obs, "prompt": env_instruction}
         start = time.perf_counter()
-        reply = broker.infer(to_request(obs, camera_keys))
+        reply = broker.infer(obs)
         infer_ms.append((time.perf_counter() - start) * 1e3)
         obs, _, done, info = env.step(np.asarray(reply["actions"], np.float32))
         steps += 1
         if record:
-            frames.append(obs["image"][0])
-    result = EpisodeResult(seed, bool(info["success"]), steps, obs["lang"], float(np.median(infer_ms)))
+            frames.append(first_view(obs))
+    result = EpisodeResult(seed, bool(info["success"]), steps, obs["prompt"], float(np.median(infer_ms)))
     return result, frames
 
 
@@ -121,7 +125,6 @@ def save_gif(frames: list[np.ndarray], path: Path, fps: int = 8, long_side: int 
 def evaluate(
     env,
     policy,
-    camera_keys: list[str],
     episodes: int,
     seed: int,
     out_dir: Path,
@@ -135,7 +138,7 @@ def evaluate(
     broker = ActionChunkBroker(policy, open_loop_horizon)
     results, video_paths = [], []
     for i in tqdm(range(episodes), desc="eval", disable=not progress, dynamic_ncols=True):
-        result, frames = run_episode(env, broker, camera_keys, seed + i, i < videos, wrong_instruction)
+        result, frames = run_episode(env, broker, seed + i, i < videos, wrong_instruction)
         results.append(result)
         if frames:
             path = out_dir / f"episode_{i:03d}_{'success' if result.success else 'failure'}.gif"

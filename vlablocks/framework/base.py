@@ -1,14 +1,14 @@
 """The contract every framework (end-to-end policy) keeps, and its checkpoint format.
 
-A checkpoint directory holds `model.safetensors` (all weights), `config.yaml` (the experiment config the
-framework was built from: `platform`, `framework`, `dataset`, ...), `norm_stats.json` (the normalization the
-framework applies in both directions) and any extra files a framework needs (e.g. the FAST tokenizer).
+A framework is the model only: it takes the typed `Batch` its processor makes (vlablocks/processor/) and
+knows nothing of datasets or normalization. A checkpoint directory holds `model.safetensors` (all
+weights), `config.yaml` (the `platform:` and `framework:` sections it was built from) and `processor/`
+(the processor that feeds it, with the normalization stats; see vlablocks/processor/pipeline.py).
 Nothing on the load path uses pickle.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,51 +20,33 @@ from torch import nn
 
 from vlablocks.atomic import atomic_directory
 from vlablocks.config import ExperimentConfig, PlatformConfig, load_yaml, to_dataclass, to_yaml, validate
-from vlablocks.registry import FRAMEWORKS
+from vlablocks.processor.batch import Batch
+from vlablocks.processor.pipeline import PROCESSOR_DIR, Processor, build_processor
+from vlablocks.registry import ACTION_MODELS, FRAMEWORKS
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
-NORM_STATS_FILE = "norm_stats.json"
+LEGACY_NORM_STATS_FILE = "norm_stats.json"  # checkpoints written before processors kept the stats here
 
 
 class Framework(nn.Module):
     """Base class of registered frameworks.
 
-    Built as `Framework(config, experiment=<validated experiment dict>, norm_stats=<dict or None>)`.
-    Subclasses implement `forward(examples) -> {"loss": ..., ...}` and `predict_normalized(examples,
-    generator) -> normalized actions [B, T, D]`; the base class owns normalization, un-normalization and
-    the checkpoint format.
+    Built as `Framework(config, platform=PlatformConfig)`. Subclasses implement
+      forward(batch) -> {"loss": scalar, ...}
+      sample_actions(batch, generator) -> {"actions": normalized [B, T, D]} or {"action_tokens": ids per sample}
+      processor_options() -> the model-specific fields of its ProcessorConfig (prompt suffix, geometry, ...)
+    `predict_action(samples)` is the convenience that runs processor -> sample_actions -> postprocess.
     """
 
-    def __init__(self, config: Any, *, experiment: dict, norm_stats: dict | None = None) -> None:
+    def __init__(self, config: Any, *, platform: PlatformConfig) -> None:
         super().__init__()
         self.config = config
-        self.experiment = experiment
-        self.platform: PlatformConfig = to_dataclass(PlatformConfig, experiment.get("platform") or {}, "platform")
-        self.normalizer = None
-        if norm_stats is not None:
-            self.set_norm_stats(norm_stats)
-
-    # ---- metadata used by the server and evaluation ----------------------------------------------
-    @property
-    def camera_keys(self) -> list[str]:
-        dataset = self.experiment.get("dataset") or {}
-        return list(dataset.get("camera_keys") or ["image"])
-
-    @property
-    def image_size(self) -> int | list[int]:
-        return self.config.vlm.get("image_size", 112) if hasattr(self.config, "vlm") else 112
-
-    @property
-    def embodiment(self) -> str:
-        """The dataset name whose stats serve requests: the only one, else the platform name."""
-        names = self.normalizer.dataset_names if self.normalizer is not None else []
-        return names[0] if len(names) == 1 else self.platform.name
+        self.platform = platform
+        self.processor: Processor | None = None  # attached by build_policy / from_pretrained; not a module
 
     def build_action_model(self, options: dict, cond_dim: int) -> nn.Module:
         """The registered action head named in `options`, sized by the platform."""
-        from vlablocks.registry import ACTION_MODELS
-
         return ACTION_MODELS.build(
             options,
             action_horizon=self.platform.action_horizon,
@@ -77,82 +59,55 @@ class Framework(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    # ---- normalization -----------------------------------------------------------------------------
-    def set_norm_stats(self, norm_stats: dict) -> None:
-        from vlablocks.dataloader.normalization import Normalizer
-
-        self.normalizer = Normalizer(norm_stats)
-
-    def _require_normalizer(self):
-        if self.normalizer is None:
-            raise ValueError("framework has no normalization stats: call set_norm_stats() or load a checkpoint")
-        return self.normalizer
-
-    def batch_actions(self, examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalized action targets [B, T, D] float and their padding mask [B, T] bool."""
-        normalizer = self._require_normalizer()
-        actions = np.stack(
-            [normalizer.normalize(np.asarray(e["action"], np.float32), "action", e["dataset_name"]) for e in examples]
-        )
-        pads = np.stack([np.asarray(e.get("action_is_pad", np.zeros(len(e["action"]), bool))) for e in examples])
-        return torch.as_tensor(actions, device=self.device), torch.as_tensor(pads, device=self.device)
-
-    def batch_state(self, examples: list[dict]) -> torch.Tensor | None:
-        """Normalized proprioceptive state [B, S], or None when the examples carry none."""
-        if any(e.get("state") is None for e in examples):
-            return None
-        normalizer = self._require_normalizer()
-        states = np.stack(
-            [normalizer.normalize(np.asarray(e["state"], np.float32), "state", e["dataset_name"]) for e in examples]
-        )
-        return torch.as_tensor(states, device=self.device)
-
     # ---- the contract ------------------------------------------------------------------------------
-    def prepare_for_training(self, dataset) -> None:
-        """Hook: fit data-dependent parts before training (e.g. the FAST tokenizer). Default: nothing."""
+    def processor_options(self) -> dict:
+        """The VLM's input geometry; frameworks add their prompt suffix, geometry or FAST options."""
+        image_size = self.vlm.config.image_size
+        return {
+            "image_size": tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size,
+            "view_size": tuple(self.vlm.view_size),
+            "patch_size": self.vlm.patch_size,
+        }
 
-    def forward(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+    @property
+    def hf_processor(self) -> Any:
+        """The VLM's own (transformers) processor: tokenizer with this model's special tokens + image processor."""
+        return self.vlm.processor
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def predict_normalized(self, examples: list[dict], generator: torch.Generator | None) -> torch.Tensor:
-        """-> normalized actions [B, T, D]."""
+    def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, Any]:
         raise NotImplementedError
 
     @torch.no_grad()
-    def predict_action(self, examples: list[dict], seed: int | None = 0) -> dict[str, np.ndarray]:
-        """-> {"actions": un-normalized [B, T, D], "normalized_actions": [B, T, D]} (numpy float32)."""
-        normalizer = self._require_normalizer()
+    def predict_action(self, samples: list[dict], seed: int | None = 0) -> dict[str, np.ndarray]:
+        """Raw samples -> {"actions": robot units [B, T, D], "normalized_actions": [B, T, D]} (numpy float32)."""
+        if self.processor is None:
+            raise ValueError("this framework has no processor: build it with build_policy() or load a checkpoint")
+        batch = self.processor(samples)
         was_training = self.training
         self.eval()
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        normalized = self.predict_normalized(examples, generator).float().cpu().numpy()
+        output = self.sample_actions(batch.to(self.device), generator)
         self.train(was_training)
-        actions = np.stack(
-            [
-                normalizer.unnormalize(a, "action", e.get("dataset_name", self.embodiment))
-                for a, e in zip(normalized, examples)
-            ]
-        )
-        return {"actions": actions.astype(np.float32), "normalized_actions": normalized.astype(np.float32)}
+        return self.processor.postprocess(output, batch)
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def save_extra(self, directory: Path) -> None:
-        """Hook: files beyond weights/config/stats (e.g. a fitted tokenizer)."""
-
-    def load_extra(self, directory: Path) -> None:
-        """Hook: read what `save_extra` wrote, before the weights are loaded."""
+    def build_sections(self) -> dict:
+        """The config sections this model is rebuilt from: `platform` and `framework`."""
+        return {"platform": vars(self.platform).copy(), "framework": _as_dict(self.config)}
 
     def write_files(self, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Writes weights, config, stats and extras into an existing directory (not atomic on its own).
+        """Writes weights, config and processor into an existing directory (not atomic on its own).
 
         `state_dict` lets a distributed trainer pass the gathered full state (ZeRO-3 shards parameters).
         """
         state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or self.state_dict()).items()}
         save_file(_untie(state), str(directory / WEIGHTS_FILE))
-        (directory / CONFIG_FILE).write_text(to_yaml(self.experiment))
-        if self.normalizer is not None:
-            (directory / NORM_STATS_FILE).write_text(json.dumps(self.normalizer.to_dict(), indent=1))
-        self.save_extra(directory)
+        (directory / CONFIG_FILE).write_text(to_yaml(self.build_sections()))
+        if self.processor is not None:
+            self.processor.save_pretrained(directory / PROCESSOR_DIR)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Writes the checkpoint atomically: a kill mid-save leaves any previous one intact."""
@@ -161,18 +116,25 @@ class Framework(nn.Module):
         return Path(directory)
 
     @staticmethod
-    def from_pretrained(directory: str | os.PathLike, overrides: dict | None = None) -> Framework:
-        """Rebuilds the registered framework named in `config.yaml` and loads its weights and stats."""
+    def from_pretrained(directory: str | os.PathLike) -> Framework:
+        """Rebuilds the registered framework named in `config.yaml`, loads its weights and its processor."""
         directory = Path(directory)
         for required in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / required).is_file():
                 raise FileNotFoundError(f"{directory} is not a vlablocks checkpoint: {required} is missing")
         experiment = validate(load_yaml(directory / CONFIG_FILE), ExperimentConfig)
-        norm_stats = None
-        if (directory / NORM_STATS_FILE).is_file():
-            norm_stats = json.loads((directory / NORM_STATS_FILE).read_text())
-        framework = build_framework(experiment, norm_stats=norm_stats, checkpoint_dir=directory)
+        framework = build_framework(experiment)
         framework.load_weights(directory)
+        if (directory / PROCESSOR_DIR).is_dir():
+            framework.processor = Processor.from_pretrained(directory / PROCESSOR_DIR)
+        elif (directory / LEGACY_NORM_STATS_FILE).is_file():
+            # Written before processors: rebuild the processor from the full experiment config it kept.
+            import json
+
+            norm_stats = json.loads((directory / LEGACY_NORM_STATS_FILE).read_text())
+            framework.processor = build_processor(experiment, framework, norm_stats)
+        else:
+            raise FileNotFoundError(f"{directory} has no processor/: re-save it from a run that has norm stats")
         return framework
 
     def load_weights(self, directory: str | os.PathLike) -> None:
@@ -186,14 +148,26 @@ class Framework(nn.Module):
             )
 
 
-def build_framework(experiment: dict, norm_stats: dict | None = None, checkpoint_dir: Path | None = None) -> Framework:
-    """Builds the framework selected by `experiment["framework"]` (a validated experiment dict)."""
+def build_framework(experiment: dict) -> Framework:
+    """The model selected by `experiment["framework"]` (a validated experiment dict), without a processor."""
     if not experiment.get("framework"):
         raise ValueError("the config has no `framework:` section; name one, e.g. framework.name: QwenOFT")
-    framework = FRAMEWORKS.build(experiment["framework"], experiment=experiment, norm_stats=norm_stats)
-    if checkpoint_dir is not None:
-        framework.load_extra(checkpoint_dir)
+    platform = to_dataclass(PlatformConfig, experiment.get("platform") or {}, "platform")
+    return FRAMEWORKS.build(experiment["framework"], platform=platform)
+
+
+def build_policy(experiment: dict, norm_stats: dict, camera_keys: list[str] | None = None) -> Framework:
+    """The model plus its processor (built from the same config, the normalization stats and, when given, the
+    training dataset's camera keys)."""
+    framework = build_framework(experiment)
+    framework.processor = build_processor(experiment, framework, norm_stats, camera_keys)
     return framework
+
+
+def _as_dict(config: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from vlablocks.action_model.base import Conditioning
-from vlablocks.config import registry_field
+from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
+from vlablocks.processor.batch import Batch
 from vlablocks.registry import FRAMEWORKS, VLMS
 
 
@@ -42,22 +43,18 @@ class QwenFlowMatching(Framework):
         vlm: dict = registry_field("vlms", "qwen2_5_vl")
         action_model: dict = registry_field("action_models", "flow_matching")
 
-    def __init__(self, config: Config, *, experiment: dict, norm_stats: dict | None = None) -> None:
-        super().__init__(config, experiment=experiment, norm_stats=norm_stats)
+    def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
+        super().__init__(config, platform=platform)
         self.vlm = VLMS.build(config.vlm)
         self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
 
-    def encode_prefix(self, examples: list[dict]) -> Conditioning:
-        return vlm_conditioning(self.vlm(examples))
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        conditioning = vlm_conditioning(self.vlm(batch.vlm))
+        return self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
 
-    def forward(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        actions, is_pad = self.batch_actions(examples)
-        state = self.batch_state(examples)
-        return self.action_model.compute_loss(self.encode_prefix(examples), actions, is_pad, state)
-
-    def predict_normalized(self, examples: list[dict], generator: torch.Generator | None) -> torch.Tensor:
-        conditioning = self.encode_prefix(examples)  # once, reused by every integration step
-        return self.action_model.predict(conditioning, self.batch_state(examples), generator=generator)
+    def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        conditioning = vlm_conditioning(self.vlm(batch.vlm))  # once, reused by every integration step
+        return {"actions": self.action_model.predict(conditioning, batch.state, generator=generator)}
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from vlablocks.action_model.base import Conditioning
-from vlablocks.config import registry_field
+from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
 from vlablocks.framework.qwen_flow_matching import vlm_conditioning
+from vlablocks.processor.batch import Batch
 from vlablocks.registry import FRAMEWORKS, FUSIONS, GEOMETRIC_ENCODERS, VLMS
 
 
@@ -46,8 +47,8 @@ class QwenLayerwiseFM3D(Framework):
         geometric_encoder: dict = registry_field("geometric_encoders", "dinov2_multiview")
         fusion: dict = registry_field("fusions", "tokenwise")
 
-    def __init__(self, config: Config, *, experiment: dict, norm_stats: dict | None = None) -> None:
-        super().__init__(config, experiment=experiment, norm_stats=norm_stats)
+    def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
+        super().__init__(config, platform=platform)
         self.vlm = VLMS.build(config.vlm)
         self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
         self.geometric_encoder = None
@@ -58,27 +59,33 @@ class QwenLayerwiseFM3D(Framework):
                 config.fusion, vision_dim=self.vlm.hidden_size, geometric_dim=self.geometric_encoder.output_dim
             )
 
-    def encode_prefix(self, examples: list[dict]) -> Conditioning:
+    def processor_options(self) -> dict:
+        """The geometric encoder's pixels (and depth points) are prepared by the processor too."""
+        options = super().processor_options()
+        if self.geometric_encoder is not None:
+            options["geometry"] = self.geometric_encoder.preprocess_options()
+        return options
+
+    def encode_prefix(self, batch: Batch) -> Conditioning:
         """Geometry (if enabled) -> fused vision tokens -> VLM -> Conditioning with every layer's hidden states."""
         hook = None
         if self.geometric_encoder is not None:
-            geometry = self.geometric_encoder(examples)
+            if batch.geometry is None:
+                raise ValueError("QwenLayerwiseFM3D: the batch has no geometry inputs; build it with this processor")
+            geometry = self.geometric_encoder(batch.geometry)
 
             def hook(image_embeds: torch.Tensor, info) -> torch.Tensor:
                 return self.fusion(image_embeds, info, geometry)
 
-        return vlm_conditioning(self.vlm(examples, vision_hook=hook))
+        return vlm_conditioning(self.vlm(batch.vlm, vision_hook=hook))
 
-    def forward(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        actions, is_pad = self.batch_actions(examples)
-        return self.action_model.compute_loss(self.encode_prefix(examples), actions, is_pad, self.head_state(examples))
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        conditioning = self.encode_prefix(batch)
+        return self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
 
-    def predict_normalized(self, examples: list[dict], generator: torch.Generator | None) -> torch.Tensor:
-        conditioning = self.encode_prefix(examples)  # once, reused by every integration step
-        return self.action_model.predict(conditioning, self.head_state(examples), generator=generator)
-
-    def head_state(self, examples: list[dict]) -> torch.Tensor | None:
-        return self.batch_state(examples) if self.platform.state_dim > 0 else None
+    def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        conditioning = self.encode_prefix(batch)  # once, reused by every integration step
+        return {"actions": self.action_model.predict(conditioning, batch.state, generator=generator)}
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from vlablocks.action_model.base import Conditioning
-from vlablocks.config import registry_field
+from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
 from vlablocks.framework.film import InstructionFiLM
+from vlablocks.processor.batch import Batch
 from vlablocks.registry import FRAMEWORKS, VLMS
 
 
@@ -37,42 +38,39 @@ class QwenOFT(Framework):
         use_film: bool = False  # instruction-conditioned scale/shift of the vision tokens
         query_token_prefix: str = "<|act_"
 
-    def __init__(self, config: Config, *, experiment: dict, norm_stats: dict | None = None) -> None:
-        super().__init__(config, experiment=experiment, norm_stats=norm_stats)
+    def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
+        super().__init__(config, platform=platform)
         self.vlm = VLMS.build(config.vlm)
         hidden = self.vlm.hidden_size
         self.action_model = self.build_action_model(config.action_model, cond_dim=hidden)
         num_queries = getattr(self.action_model, "num_query_tokens", self.platform.action_horizon)
         self.query_tokens = [f"{config.query_token_prefix}{i}|>" for i in range(num_queries)]
-        self.vlm.add_special_tokens(self.query_tokens)
+        self.query_token_ids = self.vlm.add_special_tokens(self.query_tokens)
         self.proprio = nn.Linear(self.platform.state_dim, hidden) if config.use_proprio else None
         self.film = InstructionFiLM(hidden) if config.use_film else None
 
-    def condition(self, examples: list[dict]) -> Conditioning:
+    def processor_options(self) -> dict:
+        """The action queries close every prompt."""
+        return {**super().processor_options(), "prompt_suffix": "".join(self.query_tokens)}
+
+    def condition(self, batch: Batch) -> Conditioning:
         """-> Conditioning with tokens = action-query hidden states [B, Q, H] (+ projected state)."""
-        out = self.vlm(
-            examples, suffix="".join(self.query_tokens), requested_tokens=self.query_tokens, vision_hook=self.film
-        )
-        positions = torch.cat([out.token_positions[t] for t in self.query_tokens], dim=1)  # [B, Q]
+        out = self.vlm(batch.vlm, requested_token_ids=self.query_token_ids, vision_hook=self.film)
+        positions = torch.cat([out.token_positions[t] for t in self.query_token_ids], dim=1)  # [B, Q]
         index = positions.unsqueeze(-1).expand(-1, -1, out.last_hidden_state.shape[-1])
         queries = out.last_hidden_state.gather(1, index)
         if self.proprio is not None:
-            state = self.batch_state(examples)
-            if state is None:
-                raise ValueError("QwenOFT.use_proprio needs a `state` in every example; set use_proprio: false")
-            queries = queries + self.proprio(state.to(queries.dtype)).unsqueeze(1)
+            if batch.state is None:
+                raise ValueError("QwenOFT.use_proprio needs a `state` in every sample; set use_proprio: false")
+            queries = queries + self.proprio(batch.state.to(queries.dtype)).unsqueeze(1)
         return Conditioning(tokens=queries)
 
-    def forward(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        actions, is_pad = self.batch_actions(examples)
-        return self.action_model.compute_loss(self.condition(examples), actions, is_pad, self.head_state(examples))
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        conditioning = self.condition(batch)
+        return self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
 
-    def predict_normalized(self, examples: list[dict], generator: torch.Generator | None) -> torch.Tensor:
-        return self.action_model.predict(self.condition(examples), self.head_state(examples), generator=generator)
-
-    def head_state(self, examples: list[dict]) -> torch.Tensor | None:
-        """The state for heads that condition on it themselves (l1 `use_state`, diffusion `use_state`)."""
-        return self.batch_state(examples) if self.platform.state_dim > 0 else None
+    def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        return {"actions": self.action_model.predict(self.condition(batch), batch.state, generator=generator)}
 
 
 if __name__ == "__main__":

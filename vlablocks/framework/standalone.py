@@ -1,7 +1,7 @@
 """Standalone smoke test shared by every framework file (`python vlablocks/framework/<file>.py`).
 
 Builds the framework from a tiny offline default (or `--config_yaml F`), applies dotlist overrides,
-runs forward + backward on a synthetic batch and `predict_action`, checks the loss is finite and the
+runs processor -> forward + backward on a synthetic batch and `predict_action`, checks the loss is finite and the
 shapes are right, and prints one summary line.
 """
 
@@ -23,7 +23,7 @@ from vlablocks.config import (
     to_dataclass,
     validate,
 )
-from vlablocks.framework.base import build_framework
+from vlablocks.framework.base import build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
 
@@ -39,10 +39,10 @@ def smoke_test(experiment: dict, batch_size: int = 2, num_views: int = 1, seed: 
     torch.manual_seed(seed)
     platform = to_dataclass(PlatformConfig, experiment["platform"], "platform")
     examples = synthetic_examples(platform, batch_size, num_views, seed=seed)
-    framework = build_framework(experiment, norm_stats=synthetic_norm_stats(examples))
-    framework.prepare_for_training(examples)
+    framework = build_policy(experiment, norm_stats=synthetic_norm_stats(examples))
+    framework.processor.fit(examples)
     start = time.perf_counter()
-    loss = framework(examples)["loss"]
+    loss = framework(framework.processor(examples))["loss"]
     loss.backward()
     predicted = framework.predict_action(examples)
     elapsed = time.perf_counter() - start

@@ -19,8 +19,8 @@ from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
 from vlablocks.geometry.info_sharing import MultiViewTransformer
-from vlablocks.geometry.preprocess import pixel_batch, point_batch
 from vlablocks.geometry.tokens import GeometricTokens
+from vlablocks.processor.batch import GeometryInputs
 from vlablocks.registry import GEOMETRIC_ENCODERS
 
 
@@ -107,15 +107,17 @@ class DinoMultiViewEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.project.weight.device
 
-    def forward(self, examples: list[dict]) -> GeometricTokens:
-        """Raw examples (`image` views; optional `depth` [H, W] per view and `intrinsics` [V, 3, 3]) -> tokens."""
-        pixels, view_mask = pixel_batch(examples, self.image_size, self.device)
-        points = None
-        if self.depth_embed is not None:
-            points = point_batch(
-                examples, self.image_size, pixels.shape[1], self.device, self.config.default_fov_degrees
-            )
-        return self.encode(pixels, view_mask, points)
+    def preprocess_options(self) -> dict:
+        """What the processor's geometry step needs to prepare this encoder's inputs (see GeometryPreprocess)."""
+        return {
+            "size": list(self.image_size),
+            "use_depth": self.depth_embed is not None,
+            "fov_degrees": self.config.default_fov_degrees,
+        }
+
+    def forward(self, inputs: GeometryInputs) -> GeometricTokens:
+        """inputs: pixels [B, V, 3, h, w], view_mask [B, V], optional points [B, V, 4, h, w] -> tokens."""
+        return self.encode(inputs.pixels, inputs.view_mask, inputs.points)
 
     def encode(
         self, pixels: torch.Tensor, view_mask: torch.Tensor, points: torch.Tensor | None = None

@@ -1,4 +1,4 @@
-"""Raw examples -> the geometric encoder's inputs: normalized pixels and unprojected depth, per view.
+"""Views, depth and intrinsics -> the geometric encoder's inputs: normalized pixels and unprojected depth, per view.
 
 Every view is stretched (not cropped) to the encoder's size, exactly as the VLM stretches it to its own
 size, so both grids tile the same image. Depth is unprojected at its native resolution with that
@@ -13,29 +13,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlablocks.vlm.inputs import check_examples, example_views
+from vlablocks.vlm.inputs import to_pil_views
 
 # DINOv2 was trained on ImageNet-normalized pixels.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def views_per_sample(examples: list[dict]) -> list[int]:
-    return [len(example_views(example, i)) for i, example in enumerate(check_examples(examples))]
+def pixel_batch(views: list[list], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """views: per sample, its views (uint8 [H, W, 3] arrays or PIL images).
 
-
-def pixel_batch(examples: list[dict], size: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (pixels [B, V, 3, h, w] float, ImageNet-normalized; view_mask [B, V] bool), V = the most views."""
-    examples = check_examples(examples)
-    per_sample = [example_views(example, i) for i, example in enumerate(examples)]
-    most = max(len(views) for views in per_sample)
-    pixels = torch.zeros(len(examples), most, 3, *size, device=device)
-    view_mask = torch.zeros(len(examples), most, dtype=torch.bool, device=device)
-    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
-    for b, views in enumerate(per_sample):
-        for v, view in enumerate(views):
-            image = torch.from_numpy(np.array(view.convert("RGB"))).to(device).permute(2, 0, 1).float() / 255.0
+    -> (pixels [B, V, 3, h, w] float, ImageNet-normalized; view_mask [B, V] bool), V = the most views.
+    """
+    per_sample = [to_pil_views(sample, f"sample[{b}]['images']") for b, sample in enumerate(views)]
+    most = max(len(sample) for sample in per_sample)
+    pixels = torch.zeros(len(per_sample), most, 3, *size)
+    view_mask = torch.zeros(len(per_sample), most, dtype=torch.bool)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    for b, sample in enumerate(per_sample):
+        for v, view in enumerate(sample):
+            image = torch.from_numpy(np.array(view.convert("RGB"))).permute(2, 0, 1).float() / 255.0
             resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
             pixels[b, v] = (resized - mean) / std
             view_mask[b, v] = True
@@ -69,36 +67,40 @@ def unproject_depth(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tens
 
 
 def point_batch(
-    examples: list[dict], size: tuple[int, int], num_views: int, device: torch.device, fov_degrees: float
+    depths: list[list | None],
+    intrinsics: list[list | None],
+    size: tuple[int, int],
+    num_views: int,
+    fov_degrees: float,
 ) -> torch.Tensor | None:
-    """-> [B, V, 4, h, w] per-pixel camera-frame xyz + validity, resized to `size`; None when no example has depth.
+    """depths / intrinsics: per sample, one [H, W] depth map (metres) / [3, 3] matrix per view, or None.
 
-    Samples without depth are all-invalid (zeros). Intrinsics come from `example["intrinsics"]` [V, 3, 3]
-    when present, else a centred pinhole with horizontal field of view `fov_degrees`.
+    -> [B, V, 4, h, w] per-pixel camera-frame xyz + validity, resized to `size`; None when no sample has depth.
+    Samples (or views) without depth are all-invalid (zeros). A view without intrinsics gets a centred
+    pinhole with horizontal field of view `fov_degrees`.
     """
-    examples = check_examples(examples)
-    if not any(example.get("depth") is not None for example in examples):
+    if not any(sample_depths is not None for sample_depths in depths):
         return None
-    points = torch.zeros(len(examples), num_views, 4, *size, device=device)
-    for b, example in enumerate(examples):
-        depths = example.get("depth")
-        if depths is None:
+    points = torch.zeros(len(depths), num_views, 4, *size)
+    for b, (sample_depths, matrices) in enumerate(zip(depths, intrinsics)):
+        if sample_depths is None:
             continue
-        intrinsics = example.get("intrinsics")
-        if len(depths) > num_views or (intrinsics is not None and len(intrinsics) != len(depths)):
+        if len(sample_depths) > num_views or (matrices is not None and len(matrices) != len(sample_depths)):
             raise ValueError(
-                f"examples[{b}]: {len(depths)} depth maps and "
-                f"{'no' if intrinsics is None else len(intrinsics)} intrinsics for {num_views} views; "
-                "give one [H, W] depth map (and one [3, 3] intrinsics matrix) per view"
+                f"sample[{b}]: {len(sample_depths)} depth maps and "
+                f"{'no' if matrices is None else len(matrices)} intrinsics for {num_views} views; "
+                "give one [H, W] depth map (and one [3, 3] intrinsics matrix) per camera"
             )
-        for v, depth in enumerate(depths):
+        for v, depth in enumerate(sample_depths):
+            if depth is None:
+                continue
             depth = np.asarray(depth, dtype=np.float32)
             if depth.ndim != 2:
-                raise ValueError(f"examples[{b}]['depth'][{v}]: expected [H, W] metres, got shape {list(depth.shape)}")
-            matrix = intrinsics[v] if intrinsics is not None else default_intrinsics(*depth.shape, fov_degrees)
-            xyzv = unproject_depth(
-                torch.tensor(depth, device=device), torch.tensor(np.asarray(matrix, np.float32), device=device)
-            )
+                raise ValueError(f"sample[{b}]['depth'] view {v}: expected [H, W] metres, got shape {list(depth.shape)}")
+            matrix = matrices[v] if matrices is not None and matrices[v] is not None else None
+            if matrix is None:
+                matrix = default_intrinsics(*depth.shape, fov_degrees)
+            xyzv = unproject_depth(torch.tensor(depth), torch.tensor(np.asarray(matrix, np.float32)))
             # Bilinear on xyz blends across depth edges; nearest keeps every point a real one.
             points[b, v] = F.interpolate(xyzv[None], size=size, mode="nearest-exact")[0]
     return points

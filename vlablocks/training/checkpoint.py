@@ -1,7 +1,7 @@
 """Training checkpoints: `run_dir/checkpoints/step_<N>/` = a loadable framework checkpoint + resumable state.
 
 Layout of one checkpoint:
-    model.safetensors, config.yaml, norm_stats.json, ...   (Framework.write_files: servable as is)
+    model.safetensors, config.yaml, processor/ ...   (Framework.write_files: servable as is)
     trainer_state/optimizer.pt      optimizer state (tensors and numbers only; loaded with weights_only=True);
                                     absent under DeepSpeed ZeRO, whose optimizer state is sharded across ranks
     trainer_state/state.json        step, losses so far, scheduler state, Python and NumPy RNG states

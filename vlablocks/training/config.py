@@ -33,4 +33,3 @@ class TrainerConfig:
     reload_modules: list[str] = field(default_factory=list)
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     wandb_project: str | None = None
-    eval_every: int = 0

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from vlablocks.config import load_config, to_dataclass, to_yaml
-from vlablocks.framework.base import build_framework
+from vlablocks.framework.base import build_policy
 from vlablocks.training.batches import micro_batches
 from vlablocks.training.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
 from vlablocks.training.components import (
@@ -34,6 +34,7 @@ def train(experiment: dict, dataset=None) -> dict:
     """Runs training from a validated experiment dict; returns {"losses", "checkpoint", "run_dir"}.
 
     `dataset` (any map-style dataset of raw sample dicts) replaces the config's `dataset:` section.
+    Data flow: dataset (raw dicts) -> processor (collate, in the DataLoader workers) -> Batch -> model.
     """
     trainer: TrainerConfig = to_dataclass(TrainerConfig, experiment["trainer"], "trainer")
     run_dir = Path(experiment["run_dir"])
@@ -46,8 +47,10 @@ def train(experiment: dict, dataset=None) -> dict:
         (run_dir / "config.yaml").write_text(to_yaml(experiment))
 
     dataset = dataset if dataset is not None else build_train_dataset(experiment)
-    framework = build_framework(experiment, norm_stats=resolve_norm_stats(experiment, dataset, run_dir))
-    framework.prepare_for_training(dataset)
+    norm_stats = resolve_norm_stats(experiment, dataset, run_dir)
+    framework = build_policy(experiment, norm_stats, camera_keys=getattr(dataset, "camera_keys", None))
+    processor = framework.processor  # raw samples -> Batch, in the DataLoader workers; saved with every checkpoint
+    processor.fit(dataset)
     load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)
     freeze_modules(framework, trainer.freeze_modules)
     if main:
@@ -74,6 +77,7 @@ def train(experiment: dict, dataset=None) -> dict:
         accelerator.num_processes,
         start_micro_step=start_step * accum,
         num_workers=trainer.num_workers,
+        collate_fn=processor,
     )
     logger = RunLogger(run_dir, trainer.max_steps, start_step, main, trainer.wandb_project)
     last_checkpoint = resume_from
@@ -82,7 +86,7 @@ def train(experiment: dict, dataset=None) -> dict:
         step_loss = 0.0
         for _ in range(accum):
             with accelerator.accumulate(model):
-                outputs = model(next(batches))
+                outputs = model(next(batches).to(accelerator.device))
                 accelerator.backward(outputs["loss"])
                 step_loss += accelerator.reduce(outputs["loss"].detach(), "mean").item() / accum
                 if accelerator.sync_gradients and trainer.max_grad_norm:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessorList, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
+from vlablocks.processor.batch import VLMInputs
 from vlablocks.vlm import inputs as vlm_inputs
 from vlablocks.vlm.lora import inject_lora, merge_lora
 from vlablocks.vlm.runtime import (
@@ -79,7 +80,7 @@ class VLMOutput:
     hidden_states:     num_layers + 1 tensors [B, L, H]; [0] is the input embeddings
     attention_mask:    [B, L]     1 at real tokens (padding is on the left)
     input_ids:         [B, L]
-    token_positions:   requested special token -> [B, n] long positions of its n occurrences
+    token_positions:   requested special token id -> [B, n] long positions of its n occurrences
     vision_mask:       [B, L] bool, True at image-token positions
     vision_positions:  [B, L, 2] float (row, col) of the merged patch centre in its view, in [0, 1]; 0 elsewhere
     view_index:        [B, L] long view of each vision token within its sample, -1 for text
@@ -89,7 +90,7 @@ class VLMOutput:
     hidden_states: tuple[torch.Tensor, ...]
     attention_mask: torch.Tensor
     input_ids: torch.Tensor
-    token_positions: dict[str, torch.Tensor]
+    token_positions: dict[int, torch.Tensor]
     vision_mask: torch.Tensor
     vision_positions: torch.Tensor
     view_index: torch.Tensor
@@ -102,9 +103,9 @@ class VLMBackbone(nn.Module):
     processor) or, when that is None, randomly initialised from `arch` (`tiny` for tests and demos,
     published sizes for GPU benchmarks) with a locally trained Qwen-style tokenizer.
 
-    `forward(examples, suffix, requested_tokens, vision_hook)` builds one chat prompt per example
-    (user turn: the views then the instruction; then the assistant start; then `suffix`), runs the
-    vision tower, lets `vision_hook(image_embeds [N, H], info) -> [N, H]` modulate the merged vision
+    Its processor (`self.processor`, transformers' own) is what the framework's processor pipeline uses to
+    build the prompt and pixels (vlablocks/processor/steps.py `VLMTokenize`); `forward(inputs,
+    requested_token_ids, vision_hook)` takes those tensors, runs the vision tower, lets `vision_hook(image_embeds [N, H], info) -> [N, H]` modulate the merged vision
     tokens before they are scattered into the LLM input, and returns every layer's hidden states.
 
     vision_position_encoding: "sincos2d" adds a fixed 2-D sin-cos encoding of each merged vision
@@ -235,130 +236,88 @@ class VLMBackbone(nn.Module):
         return [self.token_id(t) for t in tokens]
 
     # ------------------------------------------------------------------------------------------
-    # Inputs.
-
-    def prompts(self, examples: list[dict], suffix: str | Sequence[str] = "") -> list[str]:
-        """The chat prompt of each example, with its `suffix` after the assistant start."""
-        examples = vlm_inputs.check_examples(examples)
-        views = [vlm_inputs.example_views(example, index) for index, example in enumerate(examples)]
-        return self._prompts(examples, [len(v) for v in views], suffix)
-
-    def _prompts(self, examples: list[dict], views_per_sample: list[int], suffix: str | Sequence[str]) -> list[str]:
-        suffixes = vlm_inputs.per_sample(suffix, len(examples))
-        texts = []
-        for index, (example, num_views) in enumerate(zip(examples, views_per_sample)):
-            messages = vlm_inputs.user_messages(num_views, vlm_inputs.example_instruction(example, index))
-            prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            texts.append(prompt + suffixes[index])
-        return texts
-
-    def prepare_inputs(self, examples: list[dict], suffix: str | Sequence[str] = "") -> dict:
-        """Raw examples -> processor outputs on CPU, LEFT padded: input_ids, attention_mask [B, L],
-        mm_token_type_ids [B, L], pixel_values [P, C*T*p*p], image_grid_thw [V, 3]; plus
-        `views_per_sample` (list[int], V = its sum)."""
-        examples = vlm_inputs.check_examples(examples)
-        views = [vlm_inputs.example_views(example, index) for index, example in enumerate(examples)]
-        texts = self._prompts(examples, [len(v) for v in views], suffix)
-        images = [v for sample in views for v in vlm_inputs.resize_views(sample, self.view_size, self.patch_size)]
-        batch = self.processor(
-            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt", do_resize=False
-        )
-        batch["views_per_sample"] = [len(sample) for sample in views]
-        return batch
-
-    def _on_device(self, batch: dict) -> dict:
-        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-    # ------------------------------------------------------------------------------------------
     # Vision features.
 
     def encode_images(
-        self, batch: dict, vision_hook: VisionHook | None = None
+        self, inputs: VLMInputs, vision_hook: VisionHook | None = None
     ) -> tuple[Any, VisionTokens | VisionHookInfo]:
         """Runs the vision tower and applies the position encoding and `vision_hook`.
 
         -> (the model's image-features output, to pass as `mm_encoder_outputs["image"]`; the layout).
         """
         base = self.model.model
-        vision_mask = batch["input_ids"] == self.image_token_id
-        layout = vision_tokens(batch["image_grid_thw"], batch["views_per_sample"], self.merge_size, vision_mask)
-        features = base.get_image_features(batch["pixel_values"], batch["image_grid_thw"], return_dict=True)
+        vision_mask = inputs.input_ids == self.image_token_id
+        per_sample = inputs.views_per_sample.tolist()
+        layout = vision_tokens(inputs.image_grid_thw, per_sample, self.merge_size, vision_mask)
+        features = base.get_image_features(inputs.pixel_values, inputs.image_grid_thw, return_dict=True)
         embeds = torch.cat(features.pooler_output, dim=0)
         if self.config.vision_position_encoding == "sincos2d":
             embeds = embeds + sincos_2d(layout.grid_rc, embeds.shape[-1]).to(embeds.dtype)
         if vision_hook is not None:
             layout = VisionHookInfo(
                 **vars(layout),
-                text_embeds=self.model.get_input_embeddings()(batch["input_ids"]),
-                attention_mask=batch["attention_mask"],
-                input_ids=batch["input_ids"],
+                text_embeds=self.model.get_input_embeddings()(inputs.input_ids),
+                attention_mask=inputs.attention_mask,
+                input_ids=inputs.input_ids,
             )
             embeds = check_hook_output(vision_hook(embeds, layout), embeds)
         sizes = [len(chunk) for chunk in features.pooler_output]
         features.pooler_output = tuple(torch.split(embeds, sizes))
         return features, layout
 
-    @staticmethod
-    def _model_inputs(batch: dict) -> dict:
-        # Pixels are encoded by `encode_images`; the model gets the (hooked) features instead.
-        return {k: v for k, v in batch.items() if k not in ("pixel_values", "views_per_sample")}
-
     # ------------------------------------------------------------------------------------------
     # Forward and decoding.
 
     def forward(
         self,
-        examples: list[dict],
-        suffix: str | Sequence[str] = "",
-        requested_tokens: Sequence[str] = (),
+        inputs: VLMInputs,
+        requested_token_ids: Sequence[int] = (),
         vision_hook: VisionHook | None = None,
     ) -> VLMOutput:
-        """examples: [{"image": views, "lang": str}] -> hidden states of every layer (see VLMOutput)."""
-        batch = self._on_device(self.prepare_inputs(examples, suffix))
-        features, layout = self.encode_images(batch, vision_hook)
+        """inputs: the processor's VLMInputs (on this device) -> hidden states of every layer (see VLMOutput)."""
+        features, layout = self.encode_images(inputs, vision_hook)
         out = self.model.model(
-            **self._model_inputs(batch),
+            **inputs.model_kwargs(),
             mm_encoder_outputs={"image": features},
             output_hidden_states=True,
             use_cache=False,
             return_dict=True,
         )
-        input_ids = batch["input_ids"]
         return VLMOutput(
             last_hidden_state=out.last_hidden_state,
             hidden_states=tuple(out.hidden_states),
-            attention_mask=batch["attention_mask"],
-            input_ids=input_ids,
-            token_positions={t: self.token_positions(input_ids, t) for t in requested_tokens},
+            attention_mask=inputs.attention_mask,
+            input_ids=inputs.input_ids,
+            token_positions={t: self.token_positions(inputs.input_ids, t) for t in requested_token_ids},
             vision_mask=layout.vision_mask,
             vision_positions=layout.scatter(layout.positions),
             view_index=layout.scatter(layout.view_index, fill=-1),
         )
 
-    def token_positions(self, input_ids: torch.Tensor, token: str) -> torch.Tensor:
-        """input_ids: [B, L] -> [B, n] positions of `token`, which must occur n > 0 times in every row."""
-        hits = input_ids == self.token_id(token)
+    def token_positions(self, input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+        """input_ids: [B, L] -> [B, n] positions of `token_id`, which must occur n > 0 times in every row."""
+        hits = input_ids == token_id
         counts = hits.sum(1)
         if counts.min() == 0 or counts.min() != counts.max():
             raise ValueError(
-                f"requested token {token!r} occurs {counts.tolist()} times in the batch rows; it must occur the "
-                "same non-zero number of times in every sample (put it in `suffix`)"
+                f"requested token {self.tokenizer.convert_ids_to_tokens(token_id)!r} occurs {counts.tolist()} times "
+                "in the batch rows; it must occur the same non-zero number of times in every sample (the processor's "
+                "prompt suffix puts it there)"
             )
         return hits.nonzero()[:, 1].view(input_ids.shape[0], -1)
 
     @torch.no_grad()
     def generate_constrained(
         self,
-        examples: list[dict],
+        inputs: VLMInputs,
         allowed_token_ids: list[int],
         stop_token_id: int,
         max_new_tokens: int,
-        suffix: str | Sequence[str] = "",
         vision_hook: VisionHook | None = None,
     ) -> list[list[int]]:
         """Greedy decoding (HF generate, KV cache) restricted to `allowed_token_ids` + `stop_token_id`.
 
-        -> per example, the generated ids before the first stop token (at most `max_new_tokens`).
+        -> per sample, the generated ids before the first stop token (at most `max_new_tokens`).
         """
         if not allowed_token_ids:
             raise ValueError("allowed_token_ids is empty; pass the ids decoding may emit")
@@ -366,10 +325,9 @@ class VLMBackbone(nn.Module):
         allowed = sorted({*map(int, allowed_token_ids), int(stop_token_id)})
         if allowed[0] < 0 or allowed[-1] >= vocab_size:
             raise ValueError(f"allowed ids must lie in [0, {vocab_size}), got {allowed[0]}..{allowed[-1]}")
-        batch = self._on_device(self.prepare_inputs(examples, suffix))
-        features, _ = self.encode_images(batch, vision_hook)
+        features, _ = self.encode_images(inputs, vision_hook)
         output = self.model.generate(
-            **self._model_inputs(batch),
+            **inputs.model_kwargs(),
             mm_encoder_outputs={"image": features},
             logits_processor=LogitsProcessorList([AllowedTokens(allowed, vocab_size, self.device)]),
             max_new_tokens=max_new_tokens,
@@ -378,7 +336,7 @@ class VLMBackbone(nn.Module):
             eos_token_id=int(stop_token_id),
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        generated = output[:, batch["input_ids"].shape[1] :].tolist()
+        generated = output[:, inputs.input_ids.shape[1] :].tolist()
         return [row[: row.index(stop_token_id)] if stop_token_id in row else row for row in generated]
 
     # ------------------------------------------------------------------------------------------

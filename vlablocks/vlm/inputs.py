@@ -1,7 +1,6 @@
-"""Raw examples -> validated, resized views and chat prompts for a Qwen-VL processor.
+"""Views and instructions -> validated, resized PIL views and the chat layout of a Qwen-VL prompt.
 
-An example is `{"image": views, "lang": str, ...}` where `views` is a list of images (PIL, or uint8
-arrays/tensors HxWx3) or one uint8 array/tensor [V, H, W, 3]. Every view is resized to the configured
+Views are PIL images or uint8 arrays/tensors HxWx3 (or one uint8 array/tensor [V, H, W, 3]). Every view is resized to the configured
 size by qwen-vl-utils (`fetch_image`, which rounds to multiples of patch x merge size), so the
 processor sees images it does not need to resize again.
 """
@@ -49,12 +48,8 @@ def _to_pil(view: Any, where: str) -> Image.Image:
     raise ValueError(f"{where}: expected a PIL image or a uint8 HxWx3 array, got {_describe(view)}")
 
 
-def example_views(example: dict, index: int) -> list[Image.Image]:
-    """The views of `examples[index]` as PIL images; raises ValueError naming the problem."""
-    where = f"examples[{index}]['image']"
-    if "image" not in example:
-        raise ValueError(f"examples[{index}] has no 'image' key (keys: {', '.join(map(str, example)) or 'none'})")
-    views = example["image"]
+def to_pil_views(views: Any, where: str) -> list[Image.Image]:
+    """A list of views (PIL images, or uint8 [H, W, 3] arrays/tensors) as PIL images; ValueError naming the problem."""
     if isinstance(views, (np.ndarray, torch.Tensor)) and views.ndim == 4:
         views = list(views)
     if isinstance(views, (Image.Image, np.ndarray, torch.Tensor)):
@@ -64,15 +59,6 @@ def example_views(example: dict, index: int) -> list[Image.Image]:
     if len(views) == 0:
         raise ValueError(f"{where}: a sample needs at least one view, got 0")
     return [_to_pil(view, f"{where}[{i}]") for i, view in enumerate(views)]
-
-
-def example_instruction(example: dict, index: int) -> str:
-    lang = example.get("lang")
-    if not isinstance(lang, str):
-        raise ValueError(f"examples[{index}]['lang']: expected an instruction string, got {_describe(lang)}")
-    if not lang.strip():
-        raise ValueError(f"examples[{index}]['lang']: the instruction is empty")
-    return lang
 
 
 def resize_views(views: list[Image.Image], size: tuple[int, int], patch_size: int) -> list[Image.Image]:
@@ -88,21 +74,3 @@ def user_messages(num_views: int, instruction: str) -> list[dict]:
     """One user turn holding the views, then the instruction (the Qwen-VL chat layout)."""
     content = [{"type": "image"} for _ in range(num_views)] + [{"type": "text", "text": instruction}]
     return [{"role": "user", "content": content}]
-
-
-def per_sample(suffix: str | Sequence[str], batch_size: int) -> list[str]:
-    if isinstance(suffix, str):
-        return [suffix] * batch_size
-    suffixes = list(suffix)
-    if len(suffixes) != batch_size or not all(isinstance(s, str) for s in suffixes):
-        raise ValueError(f"suffix: expected a string or {batch_size} strings (one per example), got {suffix!r}")
-    return suffixes
-
-
-def check_examples(examples: Any) -> list[dict]:
-    if not isinstance(examples, (list, tuple)) or not examples:
-        raise ValueError(f"examples: expected a non-empty list of dicts, got {_describe(examples)}")
-    for index, example in enumerate(examples):
-        if not isinstance(example, dict):
-            raise ValueError(f"examples[{index}]: expected a dict with 'image' and 'lang', got {_describe(example)}")
-    return list(examples)

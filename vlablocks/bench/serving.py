@@ -1,9 +1,10 @@
-"""Shared pieces of the serving benchmarks: server processes, observations, latency summaries.
+"""The server row's two servers, each in its own process (as in deployment, so client and server share no GIL).
 
-Run as a script it is the benchmarks' stand-in server: `python benchmarks/serving_common.py --port 0
-[--model-ms 5]` serves a fixed-cost policy (2 cameras of 224 x 224, 8-D state, 8 x 7 actions), and `--echo`
-serves a bare websocket that answers each message with a fixed 8 x 7 float32 reply (the transport floor).
-Servers run in their own process, as in deployment, so client and server do not share a GIL.
+    python -m vlablocks.bench.serving [--port 0] [--model-ms 0]   # the policy server on a fixed-cost stand-in
+    python -m vlablocks.bench.serving --echo [--port 0]           # a bare websocket echo: the transport floor
+
+The stand-in policy has 2 cameras of 224 x 224, an 8-D state and 8 x 7 actions; the echo answers each
+message with a fixed 8 x 7 float32 reply. Each prints its `ws://HOST:PORT` address once it listens.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from deployment.client import msgpack_numpy
 
-REPO = Path(__file__).resolve().parents[1]
 PORT_LINE = re.compile(r"ws://[^\s:]+:(\d+)")
 
 
@@ -45,9 +44,10 @@ class FixedCostPolicy:
         return {"actions": np.zeros((8, 7), np.float32)}
 
 
-def start_server(args: list[str], timeout: float = 300.0) -> tuple[subprocess.Popen, int]:
-    """Starts a server subprocess and returns it with the port it printed (`... ws://HOST:PORT ...`)."""
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
+def start_server(echo: bool = False, model_ms: float = 0.0, timeout: float = 300.0) -> tuple[subprocess.Popen, int]:
+    """Starts this module as a server process (the stand-in policy, or the echo) -> (process, port it printed)."""
+    args = [sys.executable, "-m", __name__, "--port", "0", "--model-ms", str(model_ms)] + (["--echo"] if echo else [])
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -58,15 +58,6 @@ def start_server(args: list[str], timeout: float = 300.0) -> tuple[subprocess.Po
             return process, int(match.group(1))
     process.kill()
     raise RuntimeError(f"server {' '.join(args)} exited or printed no ws:// address (exit code {process.poll()})")
-
-
-def start_policy_server(ckpt: str | None, model_ms: float) -> tuple[subprocess.Popen, int, str]:
-    """The tiny-model server (`vlablocks serve --ckpt`) or the fixed-cost stand-in -> (process, port, label)."""
-    if ckpt:
-        process, port = start_server([sys.executable, "-m", "vlablocks.cli", "serve", "--ckpt", ckpt, "--port", "0"])
-        return process, port, f"checkpoint {ckpt}"
-    process, port = start_server([sys.executable, __file__, "--port", "0", "--model-ms", str(model_ms)])
-    return process, port, f"fixed-cost stand-in policy ({model_ms} ms per call)"
 
 
 def make_observation(metadata: dict, seed: int = 0) -> dict:
@@ -81,12 +72,7 @@ def make_observation(metadata: dict, seed: int = 0) -> dict:
     }
 
 
-def percentiles(values_ms: list[float]) -> str:
-    p50, p90, p99 = np.percentile(values_ms, [50, 90, 99])
-    return f"p50 {p50:7.3f}  p90 {p90:7.3f}  p99 {p99:7.3f}  mean {np.mean(values_ms):7.3f} ms"
-
-
-async def _serve_echo(port: int) -> None:
+async def serve_echo(port: int) -> None:
     from websockets.asyncio.server import serve
 
     reply = msgpack_numpy.packb({"actions": np.zeros((8, 7), np.float32)})
@@ -100,7 +86,7 @@ async def _serve_echo(port: int) -> None:
         await server.serve_forever()
 
 
-async def _serve_policy(port: int, model_ms: float) -> None:
+async def serve_policy(port: int, model_ms: float) -> None:
     from deployment.server import PolicyServer
 
     server = PolicyServer(FixedCostPolicy(model_ms), port=port)
@@ -113,10 +99,10 @@ async def _serve_policy(port: int, model_ms: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--model-ms", type=float, default=0.0)
+    parser.add_argument("--model-ms", type=float, default=0.0, help="the stand-in policy's time per call")
     parser.add_argument("--echo", action="store_true", help="bare websocket echo instead of the policy server")
     args = parser.parse_args()
-    asyncio.run(_serve_echo(args.port) if args.echo else _serve_policy(args.port, args.model_ms))
+    asyncio.run(serve_echo(args.port) if args.echo else serve_policy(args.port, args.model_ms))
 
 
 if __name__ == "__main__":

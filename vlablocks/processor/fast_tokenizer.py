@@ -24,8 +24,6 @@ import numpy as np
 from scipy import fft
 from tokenizers import Tokenizer, models, trainers
 
-from vlablocks.registry import ACTION_MODELS
-
 FILE_NAME = "fast_tokenizer.json"
 FORMAT = "vlablocks-fast/1"
 # Quantized values map to characters from U+0100 on: clear of ASCII control and whitespace characters,
@@ -67,27 +65,15 @@ class DecodedChunk:
         return "; ".join(problems)
 
 
-@ACTION_MODELS.register("fast")
 class FASTTokenizer:
     """FAST action tokenizer (pi0-FAST): per-dimension DCT, scale and round, BPE trained on chunks."""
 
     @dataclass(frozen=True)
     class Config:
-        name: str = "fast"
         scale: float = 20.0  # DCT coefficients are multiplied by this before rounding (pi0-FAST: 10; see docs)
         vocab_size: int = 1024  # BPE vocabulary upper bound (alphabet + merges)
-        path: str | None = None  # a directory written by `save`: load the fitted tokenizer from it
 
-    def __init__(
-        self,
-        config: Config | None = None,
-        *,
-        action_horizon: int,
-        action_dim: int,
-        state_dim: int = 0,
-        cond_dim: int = 0,
-    ) -> None:
-        """state_dim and cond_dim are accepted (and unused) so every action model builds the same way."""
+    def __init__(self, config: Config | None = None, *, action_horizon: int, action_dim: int) -> None:
         self.config = config or self.Config()
         if self.config.scale <= 0 or self.config.vocab_size < 2:
             raise ValueError(
@@ -98,8 +84,6 @@ class FASTTokenizer:
         self._bpe: Tokenizer | None = None
         self._min_value = 0
         self._max_value = 0
-        if self.config.path:
-            self._read(Path(self.config.path))
 
     # ------------------------------------------------------------------------------------------
     # Fitting and persistence.
@@ -160,8 +144,10 @@ class FASTTokenizer:
     def load(cls, directory: str | Path) -> FASTTokenizer:
         """Reads a tokenizer written by `save` (JSON only)."""
         state = cls._read_state(Path(directory))
-        config = cls.Config(scale=float(state["scale"]), vocab_size=int(state["vocab_size"]), path=str(directory))
-        return cls(config, action_horizon=int(state["action_horizon"]), action_dim=int(state["action_dim"]))
+        config = cls.Config(scale=float(state["scale"]), vocab_size=int(state["vocab_size"]))
+        tokenizer = cls(config, action_horizon=int(state["action_horizon"]), action_dim=int(state["action_dim"]))
+        tokenizer._read(Path(directory))
+        return tokenizer
 
     @staticmethod
     def _read_state(directory: Path) -> dict:

@@ -6,8 +6,8 @@ chunk, as RT-2 / OpenVLA), with the round-trip error of both as a percentage of 
 Naive bins cover [-1, 1] and clip values outside it (which the synthetic chunks sometimes reach: that
 is its max error column).
 
-    python benchmarks/fast_compression.py                      # synthetic smooth chunks, several shapes
-    python benchmarks/fast_compression.py --chunks chunks.npy  # your normalized chunks [N, T, D]
+    python -m vlablocks.bench.fast_compression                      # synthetic smooth chunks, several shapes
+    python -m vlablocks.bench.fast_compression --chunks chunks.npy  # your normalized chunks [N, T, D]
 """
 
 from __future__ import annotations
@@ -17,19 +17,8 @@ import time
 
 import numpy as np
 
-from vlablocks.action_model.fast_tokenizer import FASTTokenizer
-
-
-def smooth_chunks(n: int, horizon: int, dim: int, seed: int) -> np.ndarray:
-    """[n, T, D] smooth trajectories spanning about [-1, 1]: offset + linear trend + three low sines."""
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
-    chunks = rng.uniform(-0.5, 0.5, (n, 1, dim)) + rng.uniform(-0.5, 0.5, (n, 1, dim)) * t
-    for _ in range(3):
-        frequency = rng.uniform(0.1, 1.5, (n, 1, dim))
-        phase = rng.uniform(0.0, 2 * np.pi, (n, 1, dim))
-        chunks = chunks + rng.uniform(0.0, 0.2, (n, 1, dim)) * np.sin(2 * np.pi * frequency * t + phase)
-    return chunks
+from vlablocks.dataloader.synthetic_chunks import smooth_chunks
+from vlablocks.processor.fast_tokenizer import FASTTokenizer
 
 
 def naive_binning_error(chunks: np.ndarray, bins: int = 256) -> np.ndarray:

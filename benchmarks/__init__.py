@@ -1,1 +1,0 @@
-"""Benchmark scripts (`python benchmarks/<name>.py`); `vlablocks bench` imports their measuring functions."""

@@ -1,0 +1,102 @@
+"""The typed tensor batch a processor hands a framework: what `forward` and the sampling methods take.
+
+Shapes: B samples, L tokens, V views in the whole batch, P vision patches in the whole batch, T chunk
+length, D action dim, S state dim, G views per sample in the geometric grid (the most any sample has).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+
+def _move(value, device: torch.device):
+    if torch.is_tensor(value):
+        return value.to(device, non_blocking=True)
+    if dataclasses.is_dataclass(value):
+        return value.to(device)
+    return value
+
+
+@dataclass
+class VLMInputs:
+    """The VLM's processor outputs, LEFT padded.
+
+    input_ids:         [B, L] long
+    attention_mask:    [B, L] long, 1 at real tokens
+    pixel_values:      [P, C * t * p * p] float, every view's patches, views in sample order
+    image_grid_thw:    [V, 3] long, (t, h, w) patch grid of each view
+    views_per_sample:  [B] long, V = its sum
+    mm_token_type_ids: [B, L] long or None (1 at image tokens; newer transformers processors emit it)
+    labels:            [B, L] long or None: the answer's token ids where a loss is taken, -100 elsewhere
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+    views_per_sample: torch.Tensor
+    mm_token_type_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> VLMInputs:
+        return VLMInputs(**{f.name: _move(getattr(self, f.name), torch.device(device)) for f in dataclasses.fields(self)})
+
+    def model_kwargs(self) -> dict[str, torch.Tensor]:
+        """What the transformers model takes besides the (separately encoded) pixels."""
+        kwargs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        kwargs["image_grid_thw"] = self.image_grid_thw
+        if self.mm_token_type_ids is not None:
+            kwargs["mm_token_type_ids"] = self.mm_token_type_ids
+        return kwargs
+
+
+@dataclass
+class GeometryInputs:
+    """The geometric encoder's inputs (see vlablocks/geometry/preprocess.py).
+
+    pixels:    [B, G, 3, h, w] float, ImageNet-normalized views
+    view_mask: [B, G] bool, True at real views
+    points:    [B, G, 4, h, w] float camera-frame xyz + validity, or None when no sample has depth
+    """
+
+    pixels: torch.Tensor
+    view_mask: torch.Tensor
+    points: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> GeometryInputs:
+        device = torch.device(device)
+        return GeometryInputs(self.pixels.to(device), self.view_mask.to(device), _move(self.points, device))
+
+
+@dataclass
+class Batch:
+    """A processed batch: everything a framework's model needs, as tensors.
+
+    vlm:            VLMInputs
+    state:          [B, S] float, normalized, or None (no state in the samples or the platform)
+    actions:        [B, T, D] float, normalized targets, or None (inference)
+    action_is_pad:  [B, T] bool, True at chunk steps past the episode end, or None (inference)
+    geometry:       GeometryInputs or None (frameworks without a geometric branch)
+    dataset_names:  per sample, the stats that un-normalize its predicted actions
+    action_vocab:   number of action tokens decoding may emit (tokenized-action frameworks), else None
+    """
+
+    vlm: VLMInputs
+    state: torch.Tensor | None = None
+    actions: torch.Tensor | None = None
+    action_is_pad: torch.Tensor | None = None
+    geometry: GeometryInputs | None = None
+    dataset_names: tuple[str, ...] = ()
+    action_vocab: int | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        device = torch.device(device)
+        return dataclasses.replace(
+            self, **{f.name: _move(getattr(self, f.name), device) for f in dataclasses.fields(self)}
+        )
+
+    def __len__(self) -> int:
+        return int(self.vlm.input_ids.shape[0])

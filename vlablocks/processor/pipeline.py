@@ -1,0 +1,261 @@
+"""A framework's processor: raw sample dicts -> typed `Batch` (input steps), model output -> actions (output steps).
+
+    samples (dataset, env or wire: vlablocks/dataloader/sample.py)
+      -> SelectCameras -> Normalize(state, action) -> [FASTAnswer] -> VLMTokenize -> [GeometryPreprocess] -> Batch
+    model output {"actions": normalized [B, T, D]} or {"action_tokens": FAST ids per sample}
+      -> [FAST decode] -> Unnormalize -> {"actions": robot units [B, T, D], "normalized_actions"}
+
+In training it is the DataLoader's collate function, so all of it runs in the workers; in serving the
+policy calls it. It is saved next to the weights (`<checkpoint>/processor/`) and rebuilt from there alone:
+`processor.json` (this config), `norm_stats.json`, `hf_processor/` (the VLM's tokenizer + image processor)
+and, for tokenized actions, `fast_tokenizer/`. Nothing here uses pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlablocks.dataloader.normalization import Normalizer
+from vlablocks.processor.batch import Batch
+from vlablocks.processor.fast_tokenizer import FASTTokenizer
+from vlablocks.processor.steps import FASTAnswer, GeometryPreprocess, Normalize, SelectCameras, Unnormalize, VLMTokenize
+
+PROCESSOR_DIR = "processor"
+CONFIG_FILE = "processor.json"
+NORM_STATS_FILE = "norm_stats.json"
+HF_PROCESSOR_DIR = "hf_processor"
+FAST_DIR = "fast_tokenizer"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FASTOptions:
+    """Tokenized actions (QwenFAST): the FAST tokenizer's config and how its ids appear in the prompt."""
+
+    scale: float = 20.0  # DCT coefficients are multiplied by this before rounding (pi0-FAST: 10; see docs)
+    vocab_size: int = 1024  # BPE vocabulary upper bound (alphabet + merges)
+    path: str | None = None  # a directory written by FASTTokenizer.save: use that fitted tokenizer
+    token_prefix: str = "<|fast_"  # FAST id i is the VLM token f"{token_prefix}{i}|>"
+    stop_token: str = "<|im_end|>"  # ends the answer
+    fit_max_chunks: int = 4000  # training chunks sampled to fit the tokenizer
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """Everything the processor needs, and the server's metadata. Written as `processor.json`."""
+
+    camera_keys: tuple[str, ...]
+    action_horizon: int
+    action_dim: int
+    state_dim: int
+    embodiment: str  # the stats that serve requests without a dataset_name
+    image_size: int | tuple[int, ...]  # as configured (metadata for clients)
+    view_size: tuple[int, int]  # every view is resized to this (height, width)
+    patch_size: int
+    prompt_suffix: str = ""  # after the assistant start, e.g. action-query tokens
+    use_state: bool = True
+    fast: FASTOptions | None = None
+    geometry: dict | None = None  # {"size": [h, w], "use_depth": bool, "fov_degrees": float}
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ProcessorConfig:
+        data = {k: v for k, v in data.items() if k != "format"}
+        data["camera_keys"] = tuple(data["camera_keys"])
+        data["view_size"] = tuple(data["view_size"])
+        if isinstance(data.get("image_size"), list):
+            data["image_size"] = tuple(data["image_size"])
+        if data.get("fast") is not None:
+            data["fast"] = FASTOptions(**data["fast"])
+        return cls(**data)
+
+
+class Processor:
+    """Input steps (raw samples -> Batch) and output steps (model output -> actions), built from a config."""
+
+    def __init__(
+        self, config: ProcessorConfig, hf_processor: Any, norm_stats: dict, fast: FASTTokenizer | None = None
+    ) -> None:
+        self.config = config
+        self.hf_processor = hf_processor
+        self.normalizer = Normalizer(norm_stats)
+        self.select_cameras = SelectCameras(config.camera_keys)
+        self.normalize = Normalize(self.normalizer, config.embodiment)
+        self.unnormalize = Unnormalize(self.normalizer)
+        self.tokenize = VLMTokenize(hf_processor, config.view_size, config.patch_size, config.prompt_suffix)
+        self.geometry = GeometryPreprocess(**config.geometry) if config.geometry else None
+        self.fast_answer = None
+        if config.fast is not None:
+            if fast is None:
+                options = config.fast
+                settings = FASTTokenizer.Config(options.scale, options.vocab_size)
+                fast = FASTTokenizer(settings, action_horizon=config.action_horizon, action_dim=config.action_dim)
+                if options.path:
+                    fast = FASTTokenizer.load(options.path)
+                    _check_fast(fast, config)
+            self.fast_answer = FASTAnswer(fast, config.fast.token_prefix, config.fast.stop_token)
+
+    # ---- input steps -------------------------------------------------------------------------------
+    def __call__(self, samples: Sequence[dict]) -> Batch:
+        """samples: raw dicts (with or without `action`) -> Batch of CPU tensors (shapes in processor/batch.py)."""
+        if not isinstance(samples, (list, tuple)) or not samples:
+            raise ValueError(f"the processor takes a non-empty list of sample dicts, got {type(samples).__name__}")
+        prepared = []
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, dict):
+                raise ValueError(f"sample[{index}]: expected a dict, got {type(sample).__name__}")
+            sample = self.normalize(self.select_cameras(sample, index), index)
+            if self.fast_answer is not None:
+                self._require_fitted()
+                sample = self.fast_answer(sample, index)
+            prepared.append(sample)
+        with_actions = all(s.get("action") is not None for s in prepared)
+        return Batch(
+            vlm=self.tokenize(prepared),
+            state=self._state(prepared),
+            actions=_stack([s["action"] for s in prepared]) if with_actions else None,
+            action_is_pad=_stack([_is_pad(s) for s in prepared]) if with_actions else None,
+            geometry=self.geometry(prepared) if self.geometry is not None else None,
+            dataset_names=tuple(s["dataset_name"] for s in prepared),
+            action_vocab=self.fast_answer.fast.vocab_size if self.fast_answer is not None else None,
+        )
+
+    def _state(self, samples: list[dict]) -> torch.Tensor | None:
+        if not self.config.use_state or self.config.state_dim == 0:
+            return None
+        if any(s.get("state") is None for s in samples):
+            missing = next(i for i, s in enumerate(samples) if s.get("state") is None)
+            raise ValueError(f"sample[{missing}] has no 'state'; this policy takes a float32 [{self.config.state_dim}]")
+        return _stack([s["state"] for s in samples])
+
+    # ---- output steps ------------------------------------------------------------------------------
+    def postprocess(self, output: dict, batch: Batch) -> dict[str, Any]:
+        """Model output -> {"actions": robot units [B, T, D], "normalized_actions": [B, T, D]} (numpy float32)."""
+        reports = None
+        if "action_tokens" in output:
+            normalized, reports = self.fast_answer.decode(output["action_tokens"])
+        else:
+            normalized = output["actions"].detach().float().cpu().numpy()
+        result = {
+            "actions": self.unnormalize(normalized, batch.dataset_names).astype(np.float32),
+            "normalized_actions": normalized.astype(np.float32),
+        }
+        if reports is not None:
+            result["decode_reports"] = reports  # malformed token sequences, repaired
+        return result
+
+    # ---- data-dependent parts ----------------------------------------------------------------------
+    def fit(self, dataset) -> None:
+        """Fits what depends on the training data (the FAST tokenizer, on normalized chunks), once."""
+        if self.fast_answer is None or self.fast_answer.fast.fitted:
+            return
+        rng = np.random.default_rng(0)
+        count = min(len(dataset), self.config.fast.fit_max_chunks)
+        indices = rng.choice(len(dataset), size=count, replace=False)
+        chunks = [self.normalize(dataset[int(i)], int(i))["action"] for i in indices]
+        self.fast_answer.fast.fit(np.stack(chunks).astype(np.float64))
+
+    def _require_fitted(self) -> None:
+        if not self.fast_answer.fast.fitted:
+            raise ValueError("the FAST tokenizer is not fitted: call processor.fit(dataset) or set fast.path")
+
+    # ---- metadata and persistence ------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict:
+        """What the server tells clients (from this config alone)."""
+        c = self.config
+        return {
+            "action_horizon": c.action_horizon,
+            "action_dim": c.action_dim,
+            "state_dim": c.state_dim if c.use_state else 0,
+            "camera_keys": list(c.camera_keys),
+            "image_size": list(c.image_size) if isinstance(c.image_size, tuple) else c.image_size,
+            "embodiment": c.embodiment,
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Writes the processor into `directory` (created; the checkpoint writer makes the whole save atomic)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=1))
+        self.normalizer.save(directory / NORM_STATS_FILE)
+        self.hf_processor.save_pretrained(str(directory / HF_PROCESSOR_DIR))
+        if self.fast_answer is not None and self.fast_answer.fast.fitted:
+            self.fast_answer.fast.save(directory / FAST_DIR)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> Processor:
+        """Rebuilds a processor from what `save_pretrained` wrote; one-line errors name a missing piece."""
+        from transformers import AutoProcessor
+
+        directory = Path(directory)
+        for required in (CONFIG_FILE, NORM_STATS_FILE, HF_PROCESSOR_DIR):
+            if not (directory / required).exists():
+                raise FileNotFoundError(f"{directory} is not a vlablocks processor: {required} is missing")
+        data = json.loads((directory / CONFIG_FILE).read_text())
+        if data.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{directory / CONFIG_FILE}: format {data.get('format')!r}, expected {FORMAT_VERSION}")
+        config = ProcessorConfig.from_dict(data)
+        hf_processor = AutoProcessor.from_pretrained(str(directory / HF_PROCESSOR_DIR), local_files_only=True)
+        hf_processor.tokenizer.padding_side = "left"
+        fast = FASTTokenizer.load(directory / FAST_DIR) if (directory / FAST_DIR).is_dir() else None
+        return cls(config, hf_processor, json.loads((directory / NORM_STATS_FILE).read_text()), fast)
+
+
+def _stack(arrays: list) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(a) for a in arrays]))
+
+
+def _is_pad(sample: dict) -> np.ndarray:
+    pad = sample.get("action_is_pad")
+    return np.asarray(pad, bool) if pad is not None else np.zeros(len(sample["action"]), bool)
+
+
+def _check_fast(fast: FASTTokenizer, config: ProcessorConfig) -> None:
+    saved = (fast.action_horizon, fast.action_dim)
+    if saved != (config.action_horizon, config.action_dim):
+        raise ValueError(
+            f"the FAST tokenizer at {config.fast.path} was fitted for (action_horizon, action_dim) = {saved}, "
+            f"but this platform has {(config.action_horizon, config.action_dim)}; refit it"
+        )
+
+
+def build_processor(
+    experiment: dict, framework: Any, norm_stats: dict, camera_keys: Sequence[str] | None = None
+) -> Processor:
+    """The processor of `framework` for this experiment.
+
+    Cameras: `camera_keys` (the training dataset's), else the config's `dataset.camera_keys` as sample keys
+    (`observation.images.top` -> `top`), else ["image"]; dimensions from `platform`; the model-specific
+    fields from `framework.processor_options()`.
+    """
+    from vlablocks.config import PlatformConfig, to_dataclass
+    from vlablocks.dataloader.sample import camera_name
+
+    platform = to_dataclass(PlatformConfig, experiment.get("platform") or {}, "platform")
+    if camera_keys is None:
+        configured = (experiment.get("dataset") or {}).get("camera_keys") or ["image"]
+        camera_keys = [camera_name(key) for key in configured]
+    camera_keys = tuple(camera_keys)
+    names = sorted(norm_stats)
+    config = ProcessorConfig(
+        camera_keys=camera_keys,
+        action_horizon=platform.action_horizon,
+        action_dim=platform.action_dim,
+        state_dim=platform.state_dim,
+        embodiment=names[0] if len(names) == 1 else platform.name,
+        **framework.processor_options(),
+    )
+    return Processor(config, framework.hf_processor, norm_stats)

@@ -1,0 +1,171 @@
+"""The steps a processor is made of: small transforms on raw sample dicts, then batch-level collation.
+
+Per-sample steps take and return a dict in the sample contract (vlablocks/dataloader/sample.py) plus the
+working keys they add (`views`, `depths`, `answer`). Batch steps turn the list into tensors.
+Normalize and Unnormalize are mirrors of each other and share one `Normalizer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlablocks.dataloader.normalization import Normalizer
+from vlablocks.geometry.preprocess import pixel_batch, point_batch
+from vlablocks.processor.batch import GeometryInputs, VLMInputs
+from vlablocks.processor.fast_tokenizer import FASTTokenizer
+from vlablocks.vlm import inputs as vlm_inputs
+
+IGNORE_INDEX = -100  # labels at positions that carry no loss
+
+
+class SelectCameras:
+    """images {camera: [H, W, 3]} -> views [V] in the policy's camera order (depth and intrinsics follow)."""
+
+    def __init__(self, camera_keys: Sequence[str]) -> None:
+        self.camera_keys = list(camera_keys)
+
+    def __call__(self, sample: dict, index: int) -> dict:
+        images = sample.get("images")
+        if not isinstance(images, dict):
+            raise ValueError(
+                f"sample[{index}]['images']: expected a map camera_key -> uint8 [H, W, 3], got {type(images).__name__}"
+            )
+        missing = [key for key in self.camera_keys if key not in images]
+        if missing:
+            raise ValueError(
+                f"sample[{index}]['images'] lacks camera(s) {missing} (has {sorted(map(str, images))}); "
+                f"this policy takes cameras {self.camera_keys}"
+            )
+        out = {**sample, "views": [images[key] for key in self.camera_keys]}
+        for source, target in (("depth", "depths"), ("intrinsics", "view_intrinsics")):
+            if isinstance(sample.get(source), dict):
+                out[target] = [sample[source].get(key) for key in self.camera_keys]
+        return out
+
+
+class Normalize:
+    """Raw `state` [S] and `action` [T, D] -> normalized with the stats of the sample's `dataset_name`."""
+
+    def __init__(self, normalizer: Normalizer, default_dataset: str, keys: Sequence[str] = ("state", "action")) -> None:
+        self.normalizer = normalizer
+        self.default_dataset = default_dataset
+        self.keys = tuple(keys)
+
+    def __call__(self, sample: dict, index: int) -> dict:
+        name = sample.get("dataset_name") or self.default_dataset
+        out = {**sample, "dataset_name": name}
+        for key in self.keys:
+            if sample.get(key) is not None:
+                out[key] = self.normalizer.normalize(np.asarray(sample[key], np.float32), key, name)
+        return out
+
+
+class Unnormalize:
+    """The mirror of `Normalize` for predicted actions: [B, T, D] normalized -> robot units."""
+
+    def __init__(self, normalizer: Normalizer) -> None:
+        self.normalizer = normalizer
+
+    def __call__(self, actions: np.ndarray, dataset_names: Sequence[str]) -> np.ndarray:
+        return np.stack([self.normalizer.unnormalize(a, "action", n) for a, n in zip(actions, dataset_names)])
+
+
+class FASTAnswer:
+    """Normalized `action` [T, D] -> `answer`: its FAST tokens as VLM token strings, then the stop token.
+
+    Its `decode` is the output step: generated FAST ids per sample -> normalized actions [B, T, D].
+    """
+
+    def __init__(self, fast: FASTTokenizer, token_prefix: str, stop_token: str) -> None:
+        self.fast = fast
+        self.token_prefix = token_prefix
+        self.stop_token = stop_token
+
+    def token(self, fast_id: int) -> str:
+        return f"{self.token_prefix}{fast_id}|>"
+
+    def __call__(self, sample: dict, index: int) -> dict:
+        if sample.get("action") is None:
+            return sample
+        ids = self.fast.encode(np.asarray(sample["action"], np.float64))
+        return {**sample, "answer": "".join(self.token(i) for i in ids) + self.stop_token}
+
+    def decode(self, rows: list[list[int]]) -> tuple[np.ndarray, list[str]]:
+        """-> (normalized actions [B, T, D] float32, per-sample repair reports)."""
+        decoded = [self.fast.decode(row) for row in rows]
+        return np.stack([d.actions for d in decoded]).astype(np.float32), [d.report for d in decoded]
+
+
+class VLMTokenize:
+    """Views + prompt (+ a fixed `suffix`, + a per-sample `answer`) -> VLMInputs, via the VLM's own processor.
+
+    The prompt is the Qwen-VL chat layout: one user turn with the views then the instruction, the assistant
+    start, then `suffix` (e.g. action-query tokens) and the answer. With answers, `labels` hold the answer's
+    token ids (the end of each left-padded row) and -100 elsewhere.
+    """
+
+    def __init__(self, hf_processor: Any, view_size: tuple[int, int], patch_size: int, suffix: str = "") -> None:
+        self.hf_processor = hf_processor
+        self.view_size = tuple(view_size)
+        self.patch_size = patch_size
+        self.suffix = suffix
+
+    def prompt(self, num_views: int, instruction: Any, index: int) -> str:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"sample[{index}]['prompt']: expected a non-empty instruction string, got {instruction!r}")
+        messages = vlm_inputs.user_messages(num_views, instruction)
+        return self.hf_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def __call__(self, samples: list[dict]) -> VLMInputs:
+        texts, images = [], []
+        for index, sample in enumerate(samples):
+            views = vlm_inputs.to_pil_views(sample["views"], f"sample[{index}]['images']")
+            texts.append(self.prompt(len(views), sample.get("prompt"), index) + self.suffix + sample.get("answer", ""))
+            images.extend(vlm_inputs.resize_views(views, self.view_size, self.patch_size))
+        out = self.hf_processor(
+            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt", do_resize=False
+        )
+        inputs = VLMInputs(
+            input_ids=out["input_ids"],
+            attention_mask=out["attention_mask"],
+            pixel_values=out["pixel_values"],
+            image_grid_thw=out["image_grid_thw"],
+            views_per_sample=torch.tensor([len(s["views"]) for s in samples], dtype=torch.long),
+            mm_token_type_ids=out.get("mm_token_type_ids"),
+        )
+        if any("answer" in s for s in samples):
+            inputs.labels = self.answer_labels(inputs.input_ids, [s.get("answer", "") for s in samples])
+        return inputs
+
+    def answer_labels(self, input_ids: torch.Tensor, answers: list[str]) -> torch.Tensor:
+        """[B, L] labels: the last len(answer tokens) ids of each row, -100 elsewhere."""
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        tokenizer = self.hf_processor.tokenizer
+        for row, answer in enumerate(answers):
+            length = len(tokenizer(answer, add_special_tokens=False)["input_ids"]) if answer else 0
+            if length:
+                labels[row, -length:] = input_ids[row, -length:]
+        return labels
+
+
+class GeometryPreprocess:
+    """Views (+ depth and intrinsics per view) -> GeometryInputs at the geometric encoder's size."""
+
+    def __init__(self, size: tuple[int, int], use_depth: bool, fov_degrees: float) -> None:
+        self.size = tuple(size)
+        self.use_depth = use_depth
+        self.fov_degrees = fov_degrees
+
+    def __call__(self, samples: list[dict]) -> GeometryInputs:
+        views = [s["views"] for s in samples]
+        pixels, view_mask = pixel_batch(views, self.size)
+        points = None
+        if self.use_depth:
+            depths = [s.get("depths") for s in samples]
+            intrinsics = [s.get("view_intrinsics") for s in samples]
+            points = point_batch(depths, intrinsics, self.size, pixels.shape[1], self.fov_degrees)
+        return GeometryInputs(pixels, view_mask, points)

@@ -18,7 +18,7 @@ import pytest
 from vlablocks.bench.result import Goal, Row, Side
 from vlablocks.bench.settings import bench_settings
 
-ROWS = ["training", "data", "inference", "flow_matching", "server", "memory"]
+ROWS = ["training", "processing", "data", "inference", "flow_matching", "server", "memory"]
 CLI = Path(sys.executable).with_name("vlablocks")
 
 
@@ -37,7 +37,7 @@ def smoke_run(tmp_path_factory) -> tuple[dict, str, str]:
     return json.loads((cwd / "out" / "bench.json").read_text()), (cwd / "out" / "bench.md").read_text(), proc.stdout
 
 
-def test_all_six_rows_with_both_sides_and_ratio(smoke_run):
+def test_all_rows_with_both_sides_and_ratio(smoke_run):
     report, _, _ = smoke_run
     assert [row["key"] for row in report["rows"]] == ROWS
     assert report["meta"]["errors"] == {}
@@ -48,7 +48,7 @@ def test_all_six_rows_with_both_sides_and_ratio(smoke_run):
             assert values and all(math.isfinite(v) and v > 0 for v in values), (row["key"], side, values)
             assert row[side]["median"] == pytest.approx(statistics.median(values))
         ours, baseline = row["ours"]["median"], row["baseline"]["median"]
-        expected = baseline / ours if row["key"] in ("inference", "flow_matching") else ours / baseline
+        expected = baseline / ours if row["key"] in ("processing", "inference", "flow_matching") else ours / baseline
         assert row["ratio"] == pytest.approx(expected), row["key"]
 
 
@@ -57,6 +57,7 @@ def test_goals_and_verdicts_follow_the_numbers(smoke_run):
     goals = {row["key"]: [(g["subject"], g["op"], g["value"]) for g in row["goals"]] for row in report["rows"]}
     assert goals == {
         "training": [("ratio", "<=", 1.05)],
+        "processing": [("ratio", ">=", 1.1), ("training_process_data_ms", "<=", 1.0)],
         "data": [("ratio", ">=", 0.95)],
         "inference": [("ratio", ">=", 15.0)],  # the 25 ms OFT goal only applies to --device cuda --arch 3b
         "flow_matching": [("ratio", ">=", 4.0)],
@@ -65,12 +66,17 @@ def test_goals_and_verdicts_follow_the_numbers(smoke_run):
     }
     for row in report["rows"]:
         for goal in row["goals"]:
-            measured = row["ratio"] if goal["subject"] == "ratio" else row[goal["subject"]]["median"]
+            if goal["subject"] == "ratio":
+                measured = row["ratio"]
+            elif goal["subject"] in ("ours", "baseline"):
+                measured = row[goal["subject"]]["median"]
+            else:
+                measured = row["checks"][goal["subject"]]
             met = measured <= goal["value"] if goal["op"] == "<=" else measured >= goal["value"]
             assert goal["met"] == met
             assert ("meets " if met else "MISSES ") + goal["text"] in row["verdict"]
     table = [line for line in markdown.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(table) == 6
+    assert len(table) == len(ROWS)
     for line, row in zip(table, report["rows"]):
         assert row["verdict"] in line and f"{row['ratio']:.2f}" in line
     assert table[0] in stdout  # the command prints the table it writes
@@ -80,6 +86,8 @@ def test_each_side_does_the_same_work(smoke_run):
     """The fairness checks behind the ratios: same losses, same actions, FAST emits a trained policy's length."""
     checks = {row["key"]: row["checks"] for row in smoke_run[0]["rows"]}
     assert checks["training"]["loss_max_abs_diff"] <= 1e-5
+    assert checks["processing"]["loss_max_abs_diff"] <= 1e-5  # same batches whether a worker processed them or not
+    assert checks["processing"]["in_process_data_ms"] > 0
     assert checks["flow_matching"]["action_max_abs_diff"] <= 1e-5
     assert checks["inference"]["fast_emitted_tokens"] == checks["inference"]["fast_target_tokens"]
     assert 10 <= checks["inference"]["fast_target_tokens"] < 8 * 7  # tens of tokens, fewer than one per value
@@ -98,6 +106,8 @@ def test_row_ratio_and_missed_goal():
     )
     assert row.ratio == pytest.approx(3.0)
     assert row.verdict() == "MISSES ratio >= 4; meets fast path (ms) <= 25"
+    checked = Row(**{**vars(row), "goals": [Goal("wait_ms", "<=", 1.0)], "checks": {"wait_ms": 1.5}})
+    assert checked.verdict() == "MISSES wait_ms <= 1"
 
 
 def test_bad_combinations_are_one_line_errors():
@@ -113,5 +123,5 @@ def test_bad_combinations_are_one_line_errors():
 def test_unknown_row_names_the_available_ones(tmp_path):
     from vlablocks.bench.suite import run_suite
 
-    with pytest.raises(ValueError, match="unknown bench row\\(s\\) trainig \\(available: training, data,"):
+    with pytest.raises(ValueError, match="unknown bench row\\(s\\) trainig \\(available: training, processing, data,"):
         run_suite(bench_settings("smoke"), tmp_path, only=["trainig"])

@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from vlablocks.action_model.fast_tokenizer import FILE_NAME, DecodedChunk, FASTTokenizer
 from vlablocks.dataloader.synthetic_chunks import smooth_chunks as smooth_trajectories
-from vlablocks.registry import ACTION_MODELS
+from vlablocks.processor.fast_tokenizer import FILE_NAME, DecodedChunk, FASTTokenizer
 
 T, D = 8, 7
 
@@ -21,9 +20,7 @@ def smooth_chunks(n: int, seed: int, horizon: int = T, dim: int = D) -> np.ndarr
 
 @pytest.fixture(scope="module")
 def tokenizer() -> FASTTokenizer:
-    return ACTION_MODELS.build({"name": "fast"}, action_horizon=T, action_dim=D, state_dim=3, cond_dim=16).fit(
-        smooth_chunks(1000, seed=0)
-    )
+    return FASTTokenizer(FASTTokenizer.Config(), action_horizon=T, action_dim=D).fit(smooth_chunks(1000, seed=0))
 
 
 def test_round_trip_error_on_held_out_chunks_is_within_1_percent_of_the_range(tokenizer):
@@ -66,15 +63,15 @@ def test_save_and_load_are_json_and_reproduce_the_encoding(tokenizer, tmp_path):
     chunks = smooth_chunks(20, seed=3)
     loaded = FASTTokenizer.load(tmp_path)
     assert loaded.encode_batch(chunks) == tokenizer.encode_batch(chunks)
-    built = ACTION_MODELS.build(
-        {"name": "fast", "path": str(tmp_path)}, action_horizon=T, action_dim=D, state_dim=0, cond_dim=0
-    )
-    assert built.vocab_size == tokenizer.vocab_size
+    assert (loaded.config, loaded.action_horizon, loaded.action_dim) == (tokenizer.config, T, D)
+    assert loaded.vocab_size == tokenizer.vocab_size
     np.testing.assert_array_equal(
-        built.decode(tokenizer.encode(chunks[0])).actions, loaded.decode(loaded.encode(chunks[0])).actions
+        loaded.decode(tokenizer.encode(chunks[0])).actions, tokenizer.decode(tokenizer.encode(chunks[0])).actions
     )
+    # Reading a saved tokenizer into one configured for another chunk shape is refused (the processor's
+    # `fast.path` check for a whole policy is in tests/test_processor.py).
     with pytest.raises(ValueError, match=r"fitted for \(action_horizon, action_dim, scale\) = \(8, 7, 20.0\)"):
-        ACTION_MODELS.build({"name": "fast", "path": str(tmp_path)}, action_horizon=16, action_dim=D)
+        FASTTokenizer(tokenizer.config, action_horizon=16, action_dim=D)._read(tmp_path)
     with pytest.raises(FileNotFoundError, match="no FAST tokenizer at"):
         FASTTokenizer.load(tmp_path / "missing")
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from transformers import Dinov2Model
+from vlm_helpers import encode
 
 from vlablocks.geometry.alignment import align_to_vision_tokens, overlap_matrix, resample_grid
 from vlablocks.geometry.preprocess import default_intrinsics, pixel_batch, point_batch, unproject_depth
@@ -177,20 +178,25 @@ def build_encoder(seed: int = 0, **options):
     return encoder.eval()
 
 
+def encode_geometry(encoder, examples: list[dict]) -> GeometricTokens:
+    """examples (`views`, optional `depths` / `view_intrinsics` per view) -> the processor's geometry step -> tokens."""
+    return encoder(GeometryPreprocess(**encoder.preprocess_options())(examples))
+
+
 def with_depth(examples: list[dict], seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     out = []
     for example in examples:
-        shape = example["image"][0].shape[:2]
-        depth = [rng.uniform(0.5, 2.0, shape).astype(np.float32) for _ in example["image"]]
-        intrinsics = np.stack([default_intrinsics(*shape, 70.0)] * len(example["image"]))
-        out.append({**example, "depth": depth, "intrinsics": intrinsics})
+        shape = example["views"][0].shape[:2]
+        depth = [rng.uniform(0.5, 2.0, shape).astype(np.float32) for _ in example["views"]]
+        intrinsics = [default_intrinsics(*shape, 70.0) for _ in example["views"]]
+        out.append({**example, "depths": depth, "view_intrinsics": intrinsics})
     return out
 
 
 def test_encoder_shapes_on_a_non_square_grid():
     encoder = build_encoder()
-    geometry = encoder(two_view_examples())
+    geometry = encode_geometry(encoder, two_view_examples())
     assert encoder.grid_hw == (4, 6)
     assert geometry.tokens.shape == (2, 2, 4, 6, 64) and geometry.view_mask.all()
     assert torch.isfinite(geometry.tokens).all()
@@ -199,22 +205,24 @@ def test_encoder_shapes_on_a_non_square_grid():
 def test_cross_view_attention_shares_information_between_views():
     encoder = build_encoder()
     examples = two_view_examples()
-    changed = [dict(e, image=[e["image"][0], 255 - e["image"][1]]) for e in examples]
+    changed = [dict(e, views=[e["views"][0], 255 - e["views"][1]]) for e in examples]
     with torch.no_grad():
-        before, after = encoder(examples).tokens, encoder(changed).tokens
+        before, after = encode_geometry(encoder, examples).tokens, encode_geometry(encoder, changed).tokens
     assert (before[:, 0] - after[:, 0]).abs().max() > 1e-3  # view 0 reads view 1
     single = build_encoder(info_sharing_layers=0)  # no info sharing: views stay independent
     with torch.no_grad():
-        torch.testing.assert_close(single(examples).tokens[:, 0], single(changed).tokens[:, 0])
+        torch.testing.assert_close(
+            encode_geometry(single, examples).tokens[:, 0], encode_geometry(single, changed).tokens[:, 0]
+        )
 
 
 def test_padded_views_do_not_leak_into_a_sample():
     encoder = build_encoder()
     examples = two_view_examples()
-    one_view = {"image": [examples[0]["image"][0]], "lang": "reach"}
+    one_view = {"views": [examples[0]["views"][0]], "prompt": "reach"}
     with torch.no_grad():
-        alone = encoder([one_view])
-        mixed = encoder([one_view, examples[1]])
+        alone = encode_geometry(encoder, [one_view])
+        mixed = encode_geometry(encoder, [one_view, examples[1]])
     assert mixed.view_mask.tolist() == [[True, False], [True, True]]
     torch.testing.assert_close(mixed.tokens[0, 0], alone.tokens[0, 0], atol=1e-5, rtol=1e-5)
 
@@ -224,17 +232,41 @@ def test_depth_branch_is_optional_per_sample_and_reads_depth_and_intrinsics():
     plain = two_view_examples()
     deep = with_depth(plain)
     with torch.no_grad():
-        no_depth = encoder(plain).tokens
-        both = encoder(deep).tokens
-        mixed = encoder([deep[0], plain[1]]).tokens
-        far = encoder([{**e, "depth": [d * 3 for d in e["depth"]]} for e in deep]).tokens
-        wide = encoder([{**e, "intrinsics": e["intrinsics"] * [[[0.5], [0.5], [1]]]} for e in deep]).tokens
+        no_depth = encode_geometry(encoder, plain).tokens
+        both = encode_geometry(encoder, deep).tokens
+        mixed = encode_geometry(encoder, [deep[0], plain[1]]).tokens
+        far = encode_geometry(encoder, [{**e, "depths": [d * 3 for d in e["depths"]]} for e in deep]).tokens
+        halved = [{**e, "view_intrinsics": [m * [[0.5], [0.5], [1]] for m in e["view_intrinsics"]]} for e in deep]
+        wide = encode_geometry(encoder, halved).tokens
     assert (both - no_depth).abs().max() > 1e-3
     torch.testing.assert_close(mixed[1], no_depth[1], atol=1e-5, rtol=1e-5)  # sample without depth: images only
     torch.testing.assert_close(mixed[0], both[0], atol=1e-5, rtol=1e-5)
     assert (far - both).abs().max() > 1e-3 and (wide - both).abs().max() > 1e-3
     no_branch = build_encoder(use_depth=False)
     assert not any("depth" in name for name, _ in no_branch.named_parameters())
+    assert no_branch.preprocess_options()["use_depth"] is False
+    assert GeometryPreprocess(**no_branch.preprocess_options())(deep).points is None  # depth is not even prepared
+
+
+def test_preprocess_options_drive_the_processor_geometry_step():
+    encoder = build_encoder(default_fov_degrees=75.0)
+    options = encoder.preprocess_options()
+    assert options == {"size": [56, 84], "use_depth": True, "fov_degrees": 75.0}
+    examples = with_depth(two_view_examples())
+    inputs = GeometryPreprocess(**options)(examples)
+    pixels, view_mask = pixel_batch([e["views"] for e in examples], (56, 84))
+    points = point_batch(
+        [e["depths"] for e in examples], [e["view_intrinsics"] for e in examples], (56, 84), 2, fov_degrees=75.0
+    )
+    assert inputs.pixels.shape == (2, 2, 3, 56, 84) and inputs.points.shape == (2, 2, 4, 56, 84)
+    assert torch.equal(inputs.pixels, pixels) and torch.equal(inputs.view_mask, view_mask)
+    assert torch.equal(inputs.points, points)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(inputs).tokens, encoder.encode(pixels, view_mask, points).tokens)
+    # No sample with depth: no points, the encoder reads images only.
+    assert GeometryPreprocess(**options)(two_view_examples()).points is None
+    with pytest.raises(ValueError, match=r"sample\[1\]\['images'\]\[0\]: expected a PIL image"):
+        GeometryPreprocess(**options)([examples[0], {"views": [np.zeros((8, 8), np.uint8)]}])
 
 
 def test_encoder_builds_from_a_local_dinov2_dir(tmp_path):
@@ -248,7 +280,10 @@ def test_encoder_builds_from_a_local_dinov2_dir(tmp_path):
     for name, value in random_init.backbone.state_dict().items():
         torch.testing.assert_close(loaded.backbone.state_dict()[name], value)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(two_view_examples()).tokens, random_init(two_view_examples()).tokens)
+        torch.testing.assert_close(
+            encode_geometry(loaded, two_view_examples()).tokens,
+            encode_geometry(random_init, two_view_examples()).tokens,
+        )
 
 
 def test_encoder_errors_name_the_fix(tmp_path):
@@ -307,7 +342,7 @@ def test_cross_attention_locality_prior_looks_under_each_patch(wide_vlm):
 
 def test_cross_attention_gate_lets_the_instruction_select_geometry(wide_vlm):
     examples = two_view_examples()
-    examples[1]["image"] = examples[0]["image"]  # same views, different instructions
+    examples[1]["views"] = examples[0]["views"]  # same views, different instructions
     info, embeds = hook_layout(wide_vlm, examples)
     geometry = GeometricTokens(torch.randn(1, 2, 4, 4, 3).expand(2, -1, -1, -1, -1), torch.ones(2, 2, dtype=torch.bool))
     ungated = cross_attention(wide_vlm, instruction_gate=False)

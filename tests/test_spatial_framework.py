@@ -12,7 +12,7 @@ from safetensors import safe_open
 from vlablocks.config import ExperimentConfig, PlatformConfig, load_config, validate
 from vlablocks.envs.toy import ToyTabletopEnv
 from vlablocks.envs.toy_dataset import write_toy_dataset
-from vlablocks.framework.base import build_framework
+from vlablocks.framework.base import build_policy
 from vlablocks.framework.qwen_layerwise_fm_3d import QwenLayerwiseFM3D
 from vlablocks.framework.standalone import run_standalone
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
@@ -34,9 +34,11 @@ def examples_with_depth(batch_size: int = 2, views: int = 2) -> list[dict]:
     examples = synthetic_examples(PlatformConfig(**PLATFORM), batch_size, views)
     rng = np.random.default_rng(0)
     for example in examples:
-        shape = example["image"][0].shape[:2]
-        example["depth"] = [rng.uniform(0.5, 1.5, shape).astype(np.float32) for _ in range(views)]
-        example["intrinsics"] = np.stack([default_intrinsics(*shape, 60.0)] * views)
+        images = example["images"]
+        example["depth"] = {
+            cam: rng.uniform(0.5, 1.5, image.shape[:2]).astype(np.float32) for cam, image in images.items()
+        }
+        example["intrinsics"] = {cam: default_intrinsics(*image.shape[:2], 60.0) for cam, image in images.items()}
     return examples
 
 
@@ -46,7 +48,7 @@ def build(examples: list[dict], **framework) -> QwenLayerwiseFM3D:
     for key, value in framework.items():
         options[key] = {**options[key], **value} if isinstance(value, dict) and key in options else value
     experiment = validate({"platform": PLATFORM, "framework": options}, ExperimentConfig)
-    return build_framework(experiment, norm_stats=synthetic_norm_stats(examples))
+    return build_policy(experiment, norm_stats=synthetic_norm_stats(examples), camera_keys=list(examples[0]["images"]))
 
 
 def train_steps(framework: QwenLayerwiseFM3D, examples: list[dict], steps: int) -> list[str]:
@@ -54,7 +56,7 @@ def train_steps(framework: QwenLayerwiseFM3D, examples: list[dict], steps: int) 
     optimizer = torch.optim.Adam(framework.parameters(), lr=1e-3)
     for _ in range(steps):
         optimizer.zero_grad()
-        framework(examples)["loss"].backward()
+        framework(framework.processor(examples))["loss"].backward()
         optimizer.step()
     return [n for n, p in framework.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
 
@@ -74,9 +76,12 @@ def test_the_geometric_branch_changes_what_the_llm_reads():
     examples = examples_with_depth()
     framework = build(examples)
     torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.1)
+    batch = framework.processor(examples)
+    assert batch.geometry is not None and batch.geometry.points is not None  # the processor prepared the depth
+    assert batch.geometry.pixels.shape[:2] == batch.geometry.view_mask.shape == (2, 2)
     with torch.no_grad():
-        fused = framework.encode_prefix(examples)
-        plain = framework.vlm(examples)
+        fused = framework.encode_prefix(batch)
+        plain = framework.vlm(batch.vlm)
     vision = fused.vision_mask
     assert (fused.layers[0][vision] - plain.hidden_states[0][vision]).abs().max() > 1e-3
     torch.testing.assert_close(fused.layers[0][~vision], plain.hidden_states[0][~vision])  # text untouched
@@ -92,11 +97,14 @@ def test_no_geometric_branch_builds_no_geometric_parameters():
     geometric = sum(p.numel() for n, p in with_geometry.named_parameters() if n.startswith(("geometric_", "fusion.")))
     total = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     assert geometric > 0 and total(with_geometry) - total(without) == geometric
+    assert with_geometry.processor.config.geometry == with_geometry.geometric_encoder.preprocess_options()
+    assert without.processor.config.geometry is None and without.processor(examples).geometry is None
 
 
 def test_depth_is_optional_per_batch():
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 2, 2)  # no depth, no intrinsics
     framework = build(examples)
+    assert framework.processor(examples).geometry.points is None
     with_grad = train_steps(framework, examples, 3)
     assert any(n.startswith("geometric_encoder.backbone.") for n in with_grad)
     assert not any(n.startswith("geometric_encoder.depth_embed.") for n in with_grad)

@@ -14,7 +14,8 @@ from vlablocks.action_model.flow_matching import euler_integrate, random_tensor
 from vlablocks.bench.models import bench_examples, bench_experiment, build_on_device, stats_examples
 from vlablocks.bench.result import Goal, Row, Side, interleaved
 from vlablocks.bench.settings import BenchSettings
-from vlablocks.framework.qwen_flow_matching import QwenFlowMatching
+from vlablocks.framework.qwen_flow_matching import QwenFlowMatching, vlm_conditioning
+from vlablocks.processor.batch import Batch
 
 NUM_STEPS = 10
 
@@ -32,25 +33,25 @@ def generator(model: QwenFlowMatching, seed: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def sample_encoded_once(model: QwenFlowMatching, examples: list[dict], seed: int) -> torch.Tensor:
-    """-> normalized actions [B, T, D]: what `predict_normalized` does, the VLM once and the head's `predict`."""
-    conditioning = model.encode_prefix(examples)
-    return model.action_model.predict(conditioning, model.batch_state(examples), generator(model, seed), NUM_STEPS)
+def sample_encoded_once(model: QwenFlowMatching, batch: Batch, seed: int) -> torch.Tensor:
+    """-> normalized actions [B, T, D]: what `sample_actions` does, the VLM once and the head's `predict`."""
+    conditioning = vlm_conditioning(model.vlm(batch.vlm))
+    return model.action_model.predict(conditioning, batch.state, generator(model, seed), NUM_STEPS)
 
 
 @torch.no_grad()
-def sample_recomputed(model: QwenFlowMatching, examples: list[dict], seed: int) -> torch.Tensor:
+def sample_recomputed(model: QwenFlowMatching, batch: Batch, seed: int) -> torch.Tensor:
     """-> normalized actions [B, T, D]; the VLM prefix (and its projection) is recomputed at every step.
 
     The noise is drawn as `predict` draws it, so both sides integrate from the same x_0.
     """
     head = model.action_model
-    shape = (len(examples), head.action_horizon, head.action_dim)
+    shape = (len(batch), head.action_horizon, head.action_dim)
     noise = random_tensor("normal", shape, generator(model, seed), model.device, head.position.dtype)
-    state_token = head.encode_state(model.batch_state(examples), noise.shape[0])
+    state_token = head.encode_state(batch.state, noise.shape[0])
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        contexts = head.encode_context(model.encode_prefix(examples))
+        contexts = head.encode_context(vlm_conditioning(model.vlm(batch.vlm)))
         return head.velocity(contexts, x, t, state_token)
 
     return euler_integrate(velocity, noise, NUM_STEPS)
@@ -61,11 +62,12 @@ def flow_row(settings: BenchSettings) -> Row:
     examples = bench_examples(settings, 1, seed=0)
     experiment = bench_experiment({"name": "QwenFlowMatching", "action_model": head_options(settings)}, settings)
     model = build_on_device(experiment, stats, settings.device).eval()
-    difference = (sample_encoded_once(model, examples, 0) - sample_recomputed(model, examples, 0)).abs().max()
+    batch = model.processor(examples).to(settings.device)
+    difference = (sample_encoded_once(model, batch, 0) - sample_recomputed(model, batch, 0)).abs().max()
     times = interleaved(
         {
-            "once": lambda: sample_encoded_once(model, examples, 0),
-            "recomputed": lambda: sample_recomputed(model, examples, 0),
+            "once": lambda: sample_encoded_once(model, batch, 0),
+            "recomputed": lambda: sample_recomputed(model, batch, 0),
         },
         settings.warmup,
         settings.repeats,

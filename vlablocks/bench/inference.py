@@ -10,7 +10,6 @@ tokens it emitted against that target.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from vlablocks.bench.models import (
@@ -24,6 +23,7 @@ from vlablocks.bench.models import (
 from vlablocks.bench.result import Goal, Row, Side, interleaved
 from vlablocks.bench.settings import BenchSettings
 from vlablocks.framework.qwen_fast import QwenFAST
+from vlablocks.processor.steps import IGNORE_INDEX
 
 # AdamW learning rate for fitting FAST to one chunk: the tiny model needs a large one to do it in seconds.
 FIT_LR = {"tiny": 3e-3, "3b": 1e-4}
@@ -33,8 +33,8 @@ OFT_GOAL_MS = 25.0  # OFT chunk latency on an H100 at 3B, 1 view, bf16
 
 def fast_target_tokens(fast: QwenFAST, example: dict) -> int:
     """FAST tokens of the example's own (normalized) chunk, without the stop token."""
-    actions, _ = fast.batch_actions([example])
-    return len(fast.fast.encode(actions[0].float().cpu().numpy().astype(np.float64)))
+    labels = fast.processor([example]).vlm.labels
+    return int((labels != IGNORE_INDEX).sum()) - 1
 
 
 def fit_fast_to_example(fast: QwenFAST, example: dict, max_steps: int, lr: float) -> dict:
@@ -44,9 +44,10 @@ def fit_fast_to_example(fast: QwenFAST, example: dict, max_steps: int, lr: float
     """
     target = fast_target_tokens(fast, example)
     optimizer = torch.optim.AdamW([p for p in fast.parameters() if p.requires_grad], lr=lr)
+    batch = fast.processor([example]).to(fast.device)
     emitted, steps = None, 0
     for steps in range(1, max_steps + 1):
-        loss = fast([example])["loss"]
+        loss = fast(batch)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -73,7 +74,7 @@ def inference_row(settings: BenchSettings) -> Row:
     device = settings.device
 
     fast = build_on_device(bench_experiment({"name": "QwenFAST"}, settings), stats, device)
-    fast.prepare_for_training(train_examples)  # fits the FAST tokenizer on the training chunks
+    fast.processor.fit(train_examples)  # fits the FAST tokenizer on the training chunks
     fit = fit_fast_to_example(fast, example, settings.fast_fit_steps, FIT_LR[settings.arch])
     free_memory(device)  # the fit's optimizer state
     oft = build_on_device(bench_experiment({"name": "QwenOFT"}, settings), stats, device)

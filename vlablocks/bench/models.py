@@ -1,6 +1,6 @@
 """The models the benchmark rows compare: experiment dicts on the LIBERO platform, built on a device.
 
-Every framework is a registered one built through `build_framework`, from a random-init Qwen2.5-VL of
+Every framework is a registered one built through `build_policy`, from a random-init Qwen2.5-VL of
 the requested arch (`tiny` on CPU, `3b` on a GPU), exactly as a tiny test config or a real config is.
 """
 
@@ -15,24 +15,26 @@ import torch
 
 from vlablocks.bench.settings import BenchSettings, bench_platform
 from vlablocks.config import ExperimentConfig, validate
-from vlablocks.framework.base import Framework, build_framework
+from vlablocks.framework.base import Framework, build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
 SEED = 0
 
 
-def vlm_options(settings: BenchSettings) -> dict:
+def vlm_options(settings: BenchSettings, image_size: int | None = None) -> dict:
     """bf16 on CUDA, fp32 on CPU, whatever devices the host has (dtype "auto" would follow the host)."""
     dtype = "bfloat16" if settings.device == "cuda" else "float32"
-    return {"name": "qwen2_5_vl", "arch": settings.arch, "image_size": settings.image_size, "dtype": dtype}
+    size = image_size or settings.image_size
+    return {"name": "qwen2_5_vl", "arch": settings.arch, "image_size": size, "dtype": dtype}
 
 
-def bench_experiment(framework: dict, settings: BenchSettings, **sections) -> dict:
-    """A validated experiment: LIBERO platform, `framework` with the benchmark's VLM, extra sections."""
+def bench_experiment(framework: dict, settings: BenchSettings, image_size: int | None = None, **sections) -> dict:
+    """A validated experiment: LIBERO platform, `framework` with the benchmark's VLM (views of `image_size`
+    pixels, default the settings'), extra sections."""
     data = {
         "seed": SEED,
         "platform": asdict(bench_platform()),
-        "framework": {**framework, "vlm": vlm_options(settings)},
+        "framework": {**framework, "vlm": vlm_options(settings, image_size)},
         **sections,
     }
     return validate(data, ExperimentConfig)
@@ -44,10 +46,10 @@ def bench_examples(settings: BenchSettings, count: int, seed: int) -> list[dict]
 
 
 def build_on_device(experiment: dict, norm_stats: dict, device: str) -> Framework:
-    """The framework built directly on `device` (random init on a GPU takes seconds, not minutes on CPU)."""
+    """The framework (with its processor) built directly on `device` (random init on a GPU takes seconds, not minutes on CPU)."""
     torch.manual_seed(SEED)
     with torch.device(device):
-        return build_framework(experiment, norm_stats=norm_stats)
+        return build_policy(experiment, norm_stats)
 
 
 def stats_examples(settings: BenchSettings) -> tuple[list[dict], dict]:

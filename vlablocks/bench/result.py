@@ -18,17 +18,24 @@ OPERATORS = {"<=": operator.le, ">=": operator.ge}
 
 @dataclass(frozen=True)
 class Goal:
-    """A target on the row's ratio or on one side's median: `subject op value`, e.g. ratio >= 15."""
+    """A target on the row's ratio, one side's median or one of its `checks`: `subject op value`, e.g. ratio >= 15."""
 
-    subject: Literal["ratio", "ours", "baseline"]
+    subject: str  # "ratio", "ours", "baseline" or a key of Row.checks
     op: Literal["<=", ">="]
     value: float
 
     def met(self, row: Row) -> bool:
-        measured = row.ratio if self.subject == "ratio" else getattr(row, self.subject).median
+        if self.subject == "ratio":
+            measured = row.ratio
+        elif self.subject in ("ours", "baseline"):
+            measured = getattr(row, self.subject).median
+        else:
+            measured = row.checks[self.subject]
         return OPERATORS[self.op](measured, self.value)
 
     def describe(self, row: Row) -> str:
+        if self.subject not in ("ratio", "ours", "baseline"):
+            return f"{self.subject} {self.op} {self.value:g}"
         what = "ratio" if self.subject == "ratio" else f"{getattr(row, self.subject).label} ({row.unit})"
         return f"{what} {self.op} {self.value:g}"
 

@@ -1,4 +1,4 @@
-"""The six rows of `vlablocks bench`, run one after another, and the report they make.
+"""The rows of `vlablocks bench`, run one after another, and the report they make.
 
 A row that raises is recorded with its one-line error and the others still run; the caller decides the
 exit status. Rows are measured in this order so the cheap model rows come before the subprocess ones.
@@ -19,6 +19,7 @@ from vlablocks.bench.data import data_row
 from vlablocks.bench.flow import flow_row
 from vlablocks.bench.inference import inference_row
 from vlablocks.bench.memory import memory_row
+from vlablocks.bench.processing import processing_row
 from vlablocks.bench.result import Row, write_report
 from vlablocks.bench.server import server_row
 from vlablocks.bench.settings import BenchSettings
@@ -26,6 +27,7 @@ from vlablocks.bench.training import training_row
 
 ROWS: dict[str, Callable[[BenchSettings], Row]] = {
     "training": training_row,
+    "processing": processing_row,
     "data": data_row,
     "inference": inference_row,
     "flow_matching": flow_row,

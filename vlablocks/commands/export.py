@@ -1,8 +1,13 @@
-"""`vlablocks export --ckpt DIR --out DIR2 [--merge-lora]`: a clean, servable copy of a checkpoint."""
+"""`vlablocks export --ckpt DIR --out DIR2 [--merge-lora]`: a clean, servable copy of a checkpoint.
+
+The copy is in the current layout: a checkpoint written before processors (norm_stats.json beside the
+weights) comes out with its `processor/`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 NAME = "export"
 HELP = "export a checkpoint (optionally folding LoRA adapters into the weights) to a new directory"
@@ -24,8 +29,8 @@ def export_checkpoint(ckpt: str, out: str, merge_lora: bool) -> dict:
         if not framework.vlm.lora_enabled:
             raise ValueError(f"{ckpt} has no LoRA adapters (framework.vlm.lora.enabled is false); drop --merge-lora")
         framework.vlm.merge_lora()
-        vlm = framework.experiment["framework"]["vlm"]
-        vlm["lora"] = {**vlm["lora"], "enabled": False}
+        vlm = framework.config.vlm
+        framework.config = dataclasses.replace(framework.config, vlm={**vlm, "lora": {**vlm["lora"], "enabled": False}})
         merged = True
     framework.save_pretrained(out)
     return {"parameters": sum(p.numel() for p in framework.parameters()), "merged": merged}

@@ -85,7 +85,7 @@ class Framework(nn.Module):
         """Raw samples -> {"actions": robot units [B, T, D], "normalized_actions": [B, T, D]} (numpy float32)."""
         if self.processor is None:
             raise ValueError("this framework has no processor: build it with build_policy() or load a checkpoint")
-        batch = self.processor(samples)
+        batch = self.processor(samples, targets=False)
         was_training = self.training
         self.eval()
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None

@@ -43,9 +43,7 @@ class QwenFAST(Framework):
         self.vlm = VLMS.build(config.vlm)
         # One VLM token per possible FAST id, so the embedding size never depends on the fitted vocabulary.
         fast = config.fast
-        self.fast_token_ids = self.vlm.add_special_tokens(
-            [f"{fast.token_prefix}{i}|>" for i in range(fast.vocab_size)]
-        )
+        self.fast_token_ids = self.vlm.add_special_tokens([f"{fast.token_prefix}{i}|>" for i in range(fast.vocab_size)])
         self.stop_token_id = self.vlm.token_id(fast.stop_token)
         self._fast_id_of = {vlm_id: i for i, vlm_id in enumerate(self.fast_token_ids)}
 

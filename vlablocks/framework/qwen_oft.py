@@ -50,8 +50,9 @@ class QwenOFT(Framework):
         self.film = InstructionFiLM(hidden) if config.use_film else None
 
     def processor_options(self) -> dict:
-        """The action queries close every prompt."""
-        return {**super().processor_options(), "prompt_suffix": "".join(self.query_tokens)}
+        """The action queries close every prompt; the state is needed by the proprio projector or the head."""
+        use_state = self.proprio is not None or bool(self.config.action_model.get("use_state", False))
+        return {**super().processor_options(), "prompt_suffix": "".join(self.query_tokens), "use_state": use_state}
 
     def condition(self, batch: Batch) -> Conditioning:
         """-> Conditioning with tokens = action-query hidden states [B, Q, H] (+ projected state)."""

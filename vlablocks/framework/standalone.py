@@ -39,7 +39,8 @@ def smoke_test(experiment: dict, batch_size: int = 2, num_views: int = 1, seed: 
     torch.manual_seed(seed)
     platform = to_dataclass(PlatformConfig, experiment["platform"], "platform")
     examples = synthetic_examples(platform, batch_size, num_views, seed=seed)
-    framework = build_policy(experiment, norm_stats=synthetic_norm_stats(examples))
+    cameras = list(examples[0]["images"])  # the smoke batch's cameras, whatever the config's dataset has
+    framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=cameras)
     framework.processor.fit(examples)
     start = time.perf_counter()
     loss = framework(framework.processor(examples))["loss"]

@@ -96,7 +96,9 @@ def point_batch(
                 continue
             depth = np.asarray(depth, dtype=np.float32)
             if depth.ndim != 2:
-                raise ValueError(f"sample[{b}]['depth'] view {v}: expected [H, W] metres, got shape {list(depth.shape)}")
+                raise ValueError(
+                    f"sample[{b}]['depth'] view {v}: expected [H, W] metres, got shape {list(depth.shape)}"
+                )
             matrix = matrices[v] if matrices is not None and matrices[v] is not None else None
             if matrix is None:
                 matrix = default_intrinsics(*depth.shape, fov_degrees)

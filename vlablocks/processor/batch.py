@@ -42,7 +42,9 @@ class VLMInputs:
     labels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> VLMInputs:
-        return VLMInputs(**{f.name: _move(getattr(self, f.name), torch.device(device)) for f in dataclasses.fields(self)})
+        return VLMInputs(
+            **{f.name: _move(getattr(self, f.name), torch.device(device)) for f in dataclasses.fields(self)}
+        )
 
     def model_kwargs(self) -> dict[str, torch.Tensor]:
         """What the transformers model takes besides the (separately encoded) pixels."""

@@ -107,14 +107,20 @@ class Processor:
             self.fast_answer = FASTAnswer(fast, config.fast.token_prefix, config.fast.stop_token)
 
     # ---- input steps -------------------------------------------------------------------------------
-    def __call__(self, samples: Sequence[dict]) -> Batch:
-        """samples: raw dicts (with or without `action`) -> Batch of CPU tensors (shapes in processor/batch.py)."""
+    def __call__(self, samples: Sequence[dict], targets: bool = True) -> Batch:
+        """samples: raw dicts -> Batch of CPU tensors (shapes in processor/batch.py).
+
+        targets: process the samples' `action` (normalized targets, FAST answers) when they have one; False for
+        inference, which must never see them (a FAST answer would otherwise enter the prompt).
+        """
         if not isinstance(samples, (list, tuple)) or not samples:
             raise ValueError(f"the processor takes a non-empty list of sample dicts, got {type(samples).__name__}")
         prepared = []
         for index, sample in enumerate(samples):
             if not isinstance(sample, dict):
                 raise ValueError(f"sample[{index}]: expected a dict, got {type(sample).__name__}")
+            if not targets:
+                sample = {k: v for k, v in sample.items() if k not in ("action", "action_is_pad")}
             sample = self.normalize(self.select_cameras(sample, index), index)
             if self.fast_answer is not None:
                 self._require_fitted()
@@ -178,7 +184,7 @@ class Processor:
         return {
             "action_horizon": c.action_horizon,
             "action_dim": c.action_dim,
-            "state_dim": c.state_dim if c.use_state else 0,
+            "state_dim": c.state_dim,  # the robot's; sent even when this model does not read it
             "camera_keys": list(c.camera_keys),
             "image_size": list(c.image_size) if isinstance(c.image_size, tuple) else c.image_size,
             "embodiment": c.embodiment,

@@ -57,6 +57,12 @@ class Normalize:
 
     def __call__(self, sample: dict, index: int) -> dict:
         name = sample.get("dataset_name") or self.default_dataset
+        if name not in self.normalizer.stats:
+            given = "its dataset_name" if sample.get("dataset_name") else "no dataset_name, so the default"
+            raise ValueError(
+                f"sample[{index}] has {given} {name!r}, which has no normalization stats; "
+                f"send dataset_name, one of {self.normalizer.dataset_names}"
+            )
         out = {**sample, "dataset_name": name}
         for key in self.keys:
             if sample.get(key) is not None:
@@ -142,7 +148,11 @@ class VLMTokenize:
         return inputs
 
     def answer_labels(self, input_ids: torch.Tensor, answers: list[str]) -> torch.Tensor:
-        """[B, L] labels: the last len(answer tokens) ids of each row, -100 elsewhere."""
+        """[B, L] labels: the last len(answer tokens) ids of each row, -100 elsewhere.
+
+        The answer is tokenized on its own, which equals its tokens in the prompt when it starts with a
+        special token (FAST answers do: nothing merges across that boundary).
+        """
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         tokenizer = self.hf_processor.tokenizer
         for row, answer in enumerate(answers):

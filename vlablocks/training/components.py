@@ -50,6 +50,16 @@ def build_train_dataset(experiment: dict):
     return DATASETS.build(experiment["dataset"], platform=platform, seed=experiment["seed"])
 
 
+def dataset_cameras(dataset) -> list[str] | None:
+    """The camera keys of the training samples: a dataset's `camera_keys`, else an in-memory list's first
+    sample's `images` keys, else None (the processor then reads the config's `dataset.camera_keys`)."""
+    if getattr(dataset, "camera_keys", None):
+        return list(dataset.camera_keys)
+    if isinstance(dataset, (list, tuple)) and dataset and isinstance(dataset[0].get("images"), dict):
+        return list(dataset[0]["images"])
+    return None
+
+
 def resolve_norm_stats(experiment: dict, dataset, run_dir: Path) -> dict:
     """The stats file named by `dataset.norm_stats`, else the run's own, else computed and saved there."""
     from vlablocks.dataloader.normalization import compute_norm_stats

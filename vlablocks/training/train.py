@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 from vlablocks.config import load_config, to_dataclass, to_yaml
@@ -18,6 +19,7 @@ from vlablocks.training.batches import micro_batches
 from vlablocks.training.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
 from vlablocks.training.components import (
     build_train_dataset,
+    dataset_cameras,
     load_pretrained_modules,
     make_accelerator,
     resolve_norm_stats,
@@ -48,7 +50,7 @@ def train(experiment: dict, dataset=None) -> dict:
 
     dataset = dataset if dataset is not None else build_train_dataset(experiment)
     norm_stats = resolve_norm_stats(experiment, dataset, run_dir)
-    framework = build_policy(experiment, norm_stats, camera_keys=getattr(dataset, "camera_keys", None))
+    framework = build_policy(experiment, norm_stats, camera_keys=dataset_cameras(dataset))
     processor = framework.processor  # raw samples -> Batch, in the DataLoader workers; saved with every checkpoint
     processor.fit(dataset)
     load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)
@@ -83,10 +85,13 @@ def train(experiment: dict, dataset=None) -> dict:
     last_checkpoint = resume_from
     model.train()
     for step in range(start_step + 1, trainer.max_steps + 1):
-        step_loss = 0.0
+        step_loss, data_wait = 0.0, 0.0
         for _ in range(accum):
             with accelerator.accumulate(model):
-                outputs = model(next(batches).to(accelerator.device))
+                fetch_start = time.perf_counter()  # waiting for the processor (0 when the workers keep ahead)
+                batch = next(batches).to(accelerator.device)
+                data_wait += time.perf_counter() - fetch_start
+                outputs = model(batch)
                 accelerator.backward(outputs["loss"])
                 step_loss += accelerator.reduce(outputs["loss"].detach(), "mean").item() / accum
                 if accelerator.sync_gradients and trainer.max_grad_norm:
@@ -103,7 +108,7 @@ def train(experiment: dict, dataset=None) -> dict:
             )
         losses.append(step_loss)
         samples = trainer.batch_size * accum * accelerator.num_processes
-        logger.log(step, {"loss": step_loss, "lr": lr}, samples)
+        logger.log(step, {"loss": step_loss, "lr": lr, "data_ms": 1e3 * data_wait}, samples)
         if step % trainer.save_every == 0 or step == trainer.max_steps:
             last_checkpoint = _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer)
     logger.close(losses)

@@ -18,6 +18,7 @@ from vlablocks.action_model.base import ActionHead, Conditioning
 from vlablocks.action_model.context import sincos_2d
 from vlablocks.action_model.flow_matching import euler_integrate, sample_beta
 from vlablocks.action_model.masking import hold_last_valid
+from vlablocks.build import build as build_component
 from vlablocks.config import ConfigError
 from vlablocks.registry import ACTION_MODELS
 
@@ -46,7 +47,7 @@ def build(name: str, seed: int = 0, **overrides) -> ActionHead:
     fields = {f.name for f in dataclasses.fields(ACTION_MODELS.entry(name).config_class)}
     options = {"name": name, **{k: v for k, v in TINY.items() if k in fields}, **overrides}
     torch.manual_seed(seed)
-    return ACTION_MODELS.build(options, action_horizon=T, action_dim=D, state_dim=S, cond_dim=H)
+    return build_component(ACTION_MODELS, options, action_horizon=T, action_dim=D, state_dim=S, cond_dim=H)
 
 
 def make_conditioning(head: ActionHead, seed: int = 1) -> Conditioning:
@@ -102,8 +103,13 @@ def test_every_action_model_declares_its_typed_config():
 
 def test_misspelled_option_names_the_closest_key():
     with pytest.raises(ConfigError, match="did you mean action_model.hidden_dim"):
-        ACTION_MODELS.build(
-            {"name": "flow_matching", "hiden_dim": 8}, action_horizon=T, action_dim=D, state_dim=S, cond_dim=H
+        build_component(
+            ACTION_MODELS,
+            {"name": "flow_matching", "hiden_dim": 8},
+            action_horizon=T,
+            action_dim=D,
+            state_dim=S,
+            cond_dim=H,
         )
 
 

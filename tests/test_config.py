@@ -9,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from vlablocks.config import ConfigError, load_config, load_yaml, parse_overrides, to_dataclass, validate
+from vlablocks.config import (
+    ConfigError,
+    ExperimentConfig,
+    PlatformConfig,
+    load_config,
+    load_yaml,
+    parse_experiment,
+    parse_overrides,
+    to_dataclass,
+    validate,
+)
+from vlablocks.training.config import TrainerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +88,7 @@ def test_base_inheritance_resolved_relative_to_file(tmp_path):
     merged = load_yaml(variants / "v1.yaml")
     assert merged == {"trainer": {"max_steps": 5, "batch_size": 16}, "seed": 1}
     config = load_config(variants / "v1.yaml", ["--trainer.max_steps", "9", "seed=3"])
-    assert config["trainer"]["max_steps"] == 9 and config["trainer"]["batch_size"] == 16 and config["seed"] == 3
+    assert config.trainer.max_steps == 9 and config.trainer.batch_size == 16 and config.seed == 3
 
 
 def test_circular_base_is_reported(tmp_path):
@@ -91,7 +102,31 @@ def test_interpolation_resolved(tmp_path):
     (tmp_path / "c.yaml").write_text(
         "platform:\n  action_horizon: 5\ntrainer:\n  save_every: ${platform.action_horizon}\n"
     )
-    assert load_config(tmp_path / "c.yaml")["trainer"]["save_every"] == 5
+    assert load_config(tmp_path / "c.yaml").trainer.save_every == 5
+
+
+def test_the_experiment_is_one_frozen_typed_object(tmp_path):
+    (tmp_path / "e.yaml").write_text("platform:\n  action_dim: 3\ntrainer:\n  max_steps: 4\n")
+    experiment = load_config(tmp_path / "e.yaml", ["framework.name=QwenOFT"])
+    assert isinstance(experiment, ExperimentConfig)
+    assert isinstance(experiment.platform, PlatformConfig) and experiment.platform.action_dim == 3
+    assert isinstance(experiment.trainer, TrainerConfig) and experiment.trainer.max_steps == 4
+    assert experiment.framework["action_model"]["name"] == "l1_regression"  # the component's defaults filled in
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        experiment.seed = 1
+    assert parse_experiment(experiment.to_dict()) == experiment
+
+
+def test_the_registry_is_a_leaf():
+    """registry.py imports nothing of the config or build code (building sits one level up, in build.py)."""
+    import ast
+
+    import vlablocks.registry
+
+    tree = ast.parse(Path(vlablocks.registry.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not [name for name in imported if name and name.startswith("vlablocks")], imported
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

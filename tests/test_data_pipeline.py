@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import chisquare
 
+from vlablocks.build import build as build_component
 from vlablocks.cli import main as cli
-from vlablocks.config import ConfigError, PlatformConfig, load_config, to_dataclass
+from vlablocks.config import ConfigError, PlatformConfig, load_config
 from vlablocks.dataloader.loader import build_dataloader
 from vlablocks.dataloader.normalization import Normalizer
 from vlablocks.dataloader.sample import validate_sample
@@ -33,12 +34,12 @@ def toy_root(tmp_path_factory) -> Path:
 
 def experiment(root: Path, *overrides: str, config: Path = TOY_CONFIG) -> tuple[dict, PlatformConfig]:
     cfg = load_config(config, [f"dataset.root={root}", *overrides])
-    return cfg, to_dataclass(PlatformConfig, cfg["platform"])
+    return cfg, cfg.platform
 
 
 def build(root: Path, *overrides: str, config: Path = TOY_CONFIG):
     cfg, platform = experiment(root, *overrides, config=config)
-    return DATASETS.build(cfg["dataset"], platform=platform, seed=cfg["seed"])
+    return build_component(DATASETS, cfg.dataset, platform=platform, seed=cfg.seed)
 
 
 def parquet_columns(root: Path) -> dict[str, np.ndarray]:
@@ -110,14 +111,14 @@ def test_stats_of_another_dimension_fail_on_the_data_with_expected_and_got(toy_r
 
 def mixture_options(root: Path, weights: list[float] | None) -> dict:
     cfg, _ = experiment(root)
-    components = [{**cfg["dataset"], "dataset_name": name} for name in ("toy_a", "toy_b", "toy_c")]
+    components = [{**cfg.dataset, "dataset_name": name} for name in ("toy_a", "toy_b", "toy_c")]
     return {"name": "mixture", "datasets": components, "weights": weights, "samples_per_epoch": 4000}
 
 
 def test_mixture_frequencies_match_weights_and_samples_keep_their_name(toy_root):
     _, platform = experiment(toy_root)
     weights = [5.0, 3.0, 2.0]
-    mixture = DATASETS.build(mixture_options(toy_root, weights), platform=platform, seed=0)
+    mixture = build_component(DATASETS, mixture_options(toy_root, weights), platform=platform, seed=0)
     picks = [mixture.pick((0, i)) for i in range(len(mixture))]
     counts = np.bincount([component for component, _ in picks], minlength=3)
     expected = np.array(weights) / sum(weights) * len(picks)
@@ -135,14 +136,14 @@ def test_mixture_frequencies_match_weights_and_samples_keep_their_name(toy_root)
 def test_mixture_config_errors_are_named(toy_root):
     _, platform = experiment(toy_root)
     with pytest.raises(ConfigError, match=r"expected 3 weights \(one per dataset\), got 2"):
-        DATASETS.build(mixture_options(toy_root, [1.0, 2.0]), platform=platform)
+        build_component(DATASETS, mixture_options(toy_root, [1.0, 2.0]), platform=platform)
     options = mixture_options(toy_root, None)
     options["datasets"][1]["dataset_name"] = "toy_a"
     with pytest.raises(ConfigError, match=r"names \['toy_a'\] repeat"):
-        DATASETS.build(options, platform=platform)
+        build_component(DATASETS, options, platform=platform)
     options["datasets"][1] = {"name": "lerobot", "root": str(toy_root), "camera_keyz": []}
     with pytest.raises(ConfigError, match=r"dataset.datasets\[1\]: .*unknown key .*camera_keyz"):
-        DATASETS.build(options, platform=platform)
+        build_component(DATASETS, options, platform=platform)
     options["datasets"][1] = {
         **options["datasets"][0],
         "camera_keys": ["observation.images.wrist"],
@@ -151,7 +152,7 @@ def test_mixture_config_errors_are_named(toy_root):
     with pytest.raises(
         ConfigError, match=r"camera keys differ between datasets \(\[\['top'\], \['wrist'\], \['top'\]\]\)"
     ):
-        DATASETS.build(options, platform=platform)
+        build_component(DATASETS, options, platform=platform)
 
 
 def sample_stream(loader, samples: int) -> list[tuple]:

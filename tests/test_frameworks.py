@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.config import ExperimentConfig, PlatformConfig, validate
+from vlablocks.config import ExperimentConfig, PlatformConfig, parse_experiment
 from vlablocks.framework.base import Framework, build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.registry import FRAMEWORKS
@@ -22,7 +22,7 @@ SMALL_HEADS = {
 }
 
 
-def experiment_for(name: str) -> dict:
+def experiment_for(name: str) -> ExperimentConfig:
     framework = {"name": name}
     defaults = FRAMEWORKS.get(name).Config()
     head_options = getattr(defaults, "action_model", None)
@@ -30,7 +30,7 @@ def experiment_for(name: str) -> dict:
         framework["action_model"] = {**head_options, **SMALL_HEADS[head_options["name"]]}
     if hasattr(defaults, "fast"):  # tokenized actions: a small FAST vocabulary
         framework["fast"] = {"vocab_size": 256}
-    return validate({"platform": PLATFORM, "framework": framework}, ExperimentConfig)
+    return parse_experiment({"platform": PLATFORM, "framework": framework})
 
 
 def scaled_examples(batch_size: int, seed: int = 0) -> list[dict]:

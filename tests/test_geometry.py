@@ -8,6 +8,7 @@ import torch
 from transformers import Dinov2Model
 from vlm_helpers import encode
 
+from vlablocks.build import build
 from vlablocks.geometry.alignment import align_to_vision_tokens, overlap_matrix, resample_grid
 from vlablocks.geometry.preprocess import default_intrinsics, pixel_batch, point_batch, unproject_depth
 from vlablocks.geometry.tokens import GeometricTokens
@@ -21,7 +22,7 @@ PATCH = 28  # Qwen2.5-VL: 14-pixel patches merged 2 x 2
 def wide_vlm():
     """Tiny Qwen2.5-VL seeing every view as 56 x 112 pixels: a non-square 2 x 4 merged-patch grid."""
     torch.manual_seed(0)
-    return VLMS.build({"name": "qwen2_5_vl", "image_size": [56, 112]})
+    return build(VLMS, {"name": "qwen2_5_vl", "image_size": [56, 112]})
 
 
 def two_view_examples(seed: int = 0, size: tuple[int, int] = (60, 100)) -> list[dict]:
@@ -102,7 +103,7 @@ def test_one_hot_cell_lands_on_the_covering_vision_patch(wide_vlm, grid_hw, targ
 
 def test_tokenwise_fusion_puts_the_cell_into_the_llm_input_at_its_patch(wide_vlm):
     torch.manual_seed(0)
-    fusion = FUSIONS.build({"name": "tokenwise"}, vision_dim=wide_vlm.hidden_size, geometric_dim=3)
+    fusion = build(FUSIONS, {"name": "tokenwise"}, vision_dim=wide_vlm.hidden_size, geometric_dim=3)
     torch.nn.init.normal_(fusion.fuse.proj.weight)  # a trained (non-zero) projection
     examples = two_view_examples()
     fused = {}
@@ -174,7 +175,7 @@ def test_point_batch_names_a_depth_view_count_mismatch():
 
 def build_encoder(seed: int = 0, **options):
     torch.manual_seed(seed)
-    encoder = GEOMETRIC_ENCODERS.build({"name": "dinov2_multiview", "image_size": [56, 84], **options})
+    encoder = build(GEOMETRIC_ENCODERS, {"name": "dinov2_multiview", "image_size": [56, 84], **options})
     return encoder.eval()
 
 
@@ -298,7 +299,7 @@ def test_encoder_errors_name_the_fix(tmp_path):
 
 def test_mean_broadcast_gives_every_patch_of_a_sample_the_same_geometry(wide_vlm):
     info, embeds = hook_layout(wide_vlm, two_view_examples())
-    fusion = FUSIONS.build({"name": "mean_broadcast"}, vision_dim=wide_vlm.hidden_size, geometric_dim=3)
+    fusion = build(FUSIONS, {"name": "mean_broadcast"}, vision_dim=wide_vlm.hidden_size, geometric_dim=3)
     torch.nn.init.normal_(fusion.fuse.proj.weight)
     delta = fusion(embeds, info, one_hot_geometry((6, 8), 1, 1, (4, 5))) - fusion(embeds, info, zero_geometry((6, 8)))
     sample1 = delta[info.batch_index == 1]
@@ -309,7 +310,7 @@ def test_mean_broadcast_gives_every_patch_of_a_sample_the_same_geometry(wide_vlm
 
 def cross_attention(vlm, **options):
     torch.manual_seed(0)
-    fusion = FUSIONS.build({"name": "cross_attention", **options}, vision_dim=vlm.hidden_size, geometric_dim=3)
+    fusion = build(FUSIONS, {"name": "cross_attention", **options}, vision_dim=vlm.hidden_size, geometric_dim=3)
     torch.nn.init.normal_(fusion.out.weight)
     return fusion
 
@@ -356,7 +357,7 @@ def test_cross_attention_gate_lets_the_instruction_select_geometry(wide_vlm):
 
 def test_fusion_rejects_geometry_of_the_wrong_width(wide_vlm):
     info, embeds = hook_layout(wide_vlm, two_view_examples())
-    fusion = FUSIONS.build({"name": "tokenwise"}, vision_dim=wide_vlm.hidden_size, geometric_dim=8)
+    fusion = build(FUSIONS, {"name": "tokenwise"}, vision_dim=wide_vlm.hidden_size, geometric_dim=8)
     with pytest.raises(ValueError, match="width 3, the fusion was built for 8"):
         fusion(embeds, info, one_hot_geometry((4, 4), 0, 0, (0, 0)))
 
@@ -364,7 +365,7 @@ def test_fusion_rejects_geometry_of_the_wrong_width(wide_vlm):
 @pytest.mark.parametrize("name", ["mean_broadcast", "tokenwise", "cross_attention"])
 def test_fusions_take_bf16_vision_tokens_with_and_without_autocast(wide_vlm, name):
     info, embeds = hook_layout(wide_vlm, two_view_examples())
-    fusion = FUSIONS.build({"name": name}, vision_dim=wide_vlm.hidden_size, geometric_dim=3)
+    fusion = build(FUSIONS, {"name": name}, vision_dim=wide_vlm.hidden_size, geometric_dim=3)
     for module in fusion.modules():
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.normal_(module.weight, std=0.1)  # open the zero-init outputs

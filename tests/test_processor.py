@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from deployment.policy import FrameworkPolicy
-from vlablocks.config import ExperimentConfig, PlatformConfig, validate
+from vlablocks.config import PlatformConfig, parse_experiment
 from vlablocks.framework.base import Framework, build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.processor.batch import Batch
@@ -56,7 +56,7 @@ def with_depth(batch: list[dict], seed: int = 0) -> list[dict]:
 
 def policy(name: str, data: list[dict], norm_stats: dict | None = None, camera_keys=None) -> Framework:
     torch.manual_seed(0)
-    experiment = validate({"platform": PLATFORM, "framework": {"name": name, **SMALL[name]}}, ExperimentConfig)
+    experiment = parse_experiment({"platform": PLATFORM, "framework": {"name": name, **SMALL[name]}})
     framework = build_policy(experiment, norm_stats or synthetic_norm_stats(data), camera_keys=camera_keys)
     framework.processor.fit(data)
     return framework.eval()
@@ -167,10 +167,10 @@ def test_fast_path_fitted_for_another_chunk_shape_is_refused(tmp_path):
     fitted.fast_answer.fast.save(tmp_path / "fast")
     other = {**PLATFORM, "action_horizon": 6}
     framework = {"name": "QwenFAST", "fast": {"vocab_size": 256, "path": str(tmp_path / "fast")}}
-    experiment = validate({"platform": other, "framework": framework}, ExperimentConfig)
+    experiment = parse_experiment({"platform": other, "framework": framework})
     with pytest.raises(ValueError, match=r"fitted for \(action_horizon, action_dim\) = \(4, 3\).*\(6, 3\); refit it"):
         build_policy(experiment, synthetic_norm_stats(data))
-    same = validate({"platform": PLATFORM, "framework": framework}, ExperimentConfig)
+    same = parse_experiment({"platform": PLATFORM, "framework": framework})
     loaded = build_policy(same, synthetic_norm_stats(data)).processor
     assert loaded.fast_answer.fast.fitted  # no fit needed: the path's tokenizer is used
     assert_same(loaded(data), fitted(data))

@@ -18,7 +18,8 @@ from deployment.client import ActionChunkBroker, PolicyClient
 from deployment.policy import load_policy
 from deployment.server import running_server
 from deployment.validation import validate_observation
-from vlablocks.config import ExperimentConfig, load_config, validate
+from vlablocks.build import build
+from vlablocks.config import load_config, parse_experiment, validate
 from vlablocks.evaluation.rollout import evaluate
 from vlablocks.framework.base import build_policy
 from vlablocks.registry import EVAL_ENVS
@@ -56,7 +57,7 @@ def test_a_missing_simulator_fails_only_when_built_naming_the_extra(monkeypatch,
     monkeypatch.setitem(sys.modules, package, None)  # `import package` now raises ImportError
     assert env_name in EVAL_ENVS.names()
     with pytest.raises(ImportError, match=rf"eval env '{env_name}' needs .*'{package}'.*pip install -e \.\[sim\]"):
-        EVAL_ENVS.build({"name": env_name})
+        build(EVAL_ENVS, {"name": env_name})
 
 
 def test_listing_envs_needs_no_simulator_package():
@@ -81,7 +82,7 @@ def test_env_options_are_validated_against_the_config():
 @pytest.fixture(scope="module")
 def aloha_env():
     pytest.importorskip("gym_aloha", reason=f"gym-aloha cannot be imported: {SIM_EXTRA}")
-    env = EVAL_ENVS.build({"name": "aloha_transfer_cube", "max_steps": 3})
+    env = build(EVAL_ENVS, {"name": "aloha_transfer_cube", "max_steps": 3})
     yield env
     env.close()
 
@@ -148,14 +149,14 @@ def test_aloha_rejects_a_wrong_action_size(aloha_env):
 @pytest.fixture(scope="module")
 def pusht_env():
     pytest.importorskip("gym_pusht", reason=f"gym-pusht cannot be imported: {SIM_EXTRA}")
-    env = EVAL_ENVS.build({"name": "pusht", "max_steps": 4})
+    env = build(EVAL_ENVS, {"name": "pusht", "max_steps": 4})
     yield env
     env.close()
 
 
 @pytest.fixture(scope="module")
 def pusht_checkpoint(tmp_path_factory, pusht_env) -> Path:
-    experiment = validate(
+    experiment = parse_experiment(
         {
             "platform": {"name": "pusht", "action_horizon": 4, "action_dim": 2, "state_dim": 2},
             "dataset": {"name": "lerobot", "root": "data/pusht", "camera_keys": ["observation.image"]},
@@ -165,7 +166,6 @@ def pusht_checkpoint(tmp_path_factory, pusht_env) -> Path:
                 "action_model": {"name": "l1_regression", "hidden_dim": 32, "num_blocks": 1},
             },
         },
-        ExperimentConfig,
     )
     stats = norm_stats("pusht", [256.0, 256.0], [60.0, 60.0], 2)
     return build_policy(experiment, stats).save_pretrained(tmp_path_factory.mktemp("pusht") / "ckpt")
@@ -221,9 +221,9 @@ def test_pusht_success_is_95_percent_coverage_of_the_target(pusht_env):
 )
 def test_example_configs_resolve_to_their_platform(config, dims, cameras):
     experiment = load_config(REPO / config)
-    platform = experiment["platform"]
-    assert (platform["action_horizon"], platform["action_dim"], platform["state_dim"]) == dims
-    assert experiment["dataset"]["camera_keys"] == cameras and experiment["framework"]["name"] == "QwenOFT"
+    platform = experiment.platform
+    assert (platform.action_horizon, platform.action_dim, platform.state_dim) == dims
+    assert experiment.dataset["camera_keys"] == cameras and experiment.framework["name"] == "QwenOFT"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vlablocks.config import ExperimentConfig, PlatformConfig, load_config, validate
+from vlablocks.config import PlatformConfig, load_config, parse_experiment
 from vlablocks.envs.toy import ToyTabletopEnv
 from vlablocks.envs.toy_dataset import write_toy_dataset
 from vlablocks.framework.base import build_policy
@@ -47,7 +47,7 @@ def build(examples: list[dict], **framework) -> QwenLayerwiseFM3D:
     options = {"name": "QwenLayerwiseFM3D", **{k: dict(v) for k, v in SMALL.items()}}
     for key, value in framework.items():
         options[key] = {**options[key], **value} if isinstance(value, dict) and key in options else value
-    experiment = validate({"platform": PLATFORM, "framework": options}, ExperimentConfig)
+    experiment = parse_experiment({"platform": PLATFORM, "framework": options})
     return build_policy(experiment, norm_stats=synthetic_norm_stats(examples), camera_keys=list(examples[0]["images"]))
 
 
@@ -132,7 +132,7 @@ def test_ablation_configs_are_small_diffs_over_one_base():
     assert sorted(p.stem for p in ABLATIONS) == sorted(EXPECTED)
     variants = build_variants(str(BASE), [str(p) for p in ABLATIONS], None, [])
     for variant in variants:
-        framework = variant.experiment["framework"]
+        framework = variant.experiment.framework
         geometry, concat, fusion = EXPECTED[variant.name]
         assert framework["use_geometric_branch"] is geometry
         assert framework["action_model"]["use_concat_cross_context"] is concat

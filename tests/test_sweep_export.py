@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from vlablocks.commands.export import export_checkpoint
-from vlablocks.config import ExperimentConfig, validate
+from vlablocks.config import parse_experiment
 from vlablocks.framework.base import Framework, build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.training.sweep import SweepEval, evaluate_run, write_results
@@ -96,7 +96,7 @@ def test_results_keep_overrides_last_when_the_first_variant_failed(tmp_path):
 
 def test_export_merges_lora_into_a_plain_checkpoint(tmp_path):
     platform = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
-    experiment = validate(
+    experiment = parse_experiment(
         {
             "platform": platform,
             "framework": {
@@ -105,7 +105,6 @@ def test_export_merges_lora_into_a_plain_checkpoint(tmp_path):
                 "action_model": {"name": "l1_regression", "hidden_dim": 32},
             },
         },
-        ExperimentConfig,
     )
     from vlablocks.config import PlatformConfig
 

@@ -10,8 +10,9 @@ import pytest
 
 from deployment.client.protocol import ERROR_TYPES, ProtocolError
 from deployment.validation import validate_observation
+from vlablocks.build import build as build_component
 from vlablocks.cli import main as cli
-from vlablocks.config import PlatformConfig, load_config, to_dataclass
+from vlablocks.config import PlatformConfig, load_config
 from vlablocks.dataloader.sample import ERROR_CODES, SampleError, validate_sample
 from vlablocks.envs.toy import ToyTabletopEnv
 from vlablocks.registry import DATASETS
@@ -31,8 +32,7 @@ def toy_root(tmp_path_factory) -> Path:
 
 def build(root: Path, config: str = "configs/datasets/toy_two_views.yaml", *overrides: str):
     cfg = load_config(REPO / config, [f"dataset.root={root}", *overrides])
-    platform = to_dataclass(PlatformConfig, cfg["platform"])
-    return DATASETS.build(cfg["dataset"], platform=platform, seed=cfg["seed"]), platform
+    return build_component(DATASETS, cfg.dataset, platform=cfg.platform, seed=cfg.seed), cfg.platform
 
 
 def check(sample: dict, dataset, platform: PlatformConfig) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vlablocks.build import build
 from vlablocks.config import PlatformConfig, load_yaml, to_dataclass
 from vlablocks.dataloader.sample import validate_sample
 from vlablocks.envs.toy import ToyTabletopEnv
@@ -28,7 +29,7 @@ def run_expert(env: ToyTabletopEnv, seed: int, instruction_override: np.ndarray 
 
 
 def test_registered_and_built_from_options():
-    env = EVAL_ENVS.build({"name": "toy", "cameras": ["top", "wrist"], "num_objects": 2})
+    env = build(EVAL_ENVS, {"name": "toy", "cameras": ["top", "wrist"], "num_objects": 2})
     assert isinstance(env, ToyTabletopEnv)
     obs = env.reset(seed=0)
     assert list(obs["images"]) == ["top", "wrist"] and len(env.layout.colours) == 2

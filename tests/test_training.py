@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.config import ExperimentConfig, PlatformConfig, validate
+from vlablocks.config import ExperimentConfig, PlatformConfig, parse_experiment
 from vlablocks.framework.base import Framework
 from vlablocks.framework.synthetic import synthetic_examples
 from vlablocks.training.checkpoint import checkpoint_dirs, latest_checkpoint
@@ -28,7 +28,7 @@ FRAMEWORK = {
 }
 
 
-def experiment(run_dir: Path, **trainer) -> dict:
+def experiment(run_dir: Path, **trainer) -> ExperimentConfig:
     trainer = {
         "max_steps": 4,
         "batch_size": 2,
@@ -37,9 +37,8 @@ def experiment(run_dir: Path, **trainer) -> dict:
         "max_grad_norm": None,
         **trainer,
     }
-    return validate(
+    return parse_experiment(
         {"run_dir": str(run_dir), "seed": 3, "platform": PLATFORM, "framework": FRAMEWORK, "trainer": trainer},
-        ExperimentConfig,
     )
 
 
@@ -169,9 +168,9 @@ def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_p
     vlm_key = "vlm.model.lm_head.weight"
     assert not torch.equal(target.state_dict()[vlm_key], source.state_dict()[vlm_key])  # left alone
 
-    wider = experiment(tmp_path / "c")
+    wider = experiment(tmp_path / "c").to_dict()
     wider["framework"]["action_model"]["hidden_dim"] = 48
-    mismatched = build_policy(wider, synthetic_norm_stats(data))
+    mismatched = build_policy(parse_experiment(wider), synthetic_norm_stats(data))
     with pytest.raises(ValueError, match=r"shape mismatch .*action_model\.mlp\..*checkpoint \(32.*vs model \(48"):
         load_pretrained_modules(mismatched, str(tmp_path / "source"), [r"^action_model\."])
     with pytest.raises(ValueError, match="matches no key"):

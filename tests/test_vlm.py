@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from vlm_helpers import encode
 
+from vlablocks.build import build as build_component
 from vlablocks.cli import main as cli_main
 from vlablocks.registry import VLMS
 from vlablocks.vlm import VLMBackbone
@@ -24,7 +25,7 @@ ACTION_TOKENS = [f"<|act_{i}|>" for i in range(4)]
 
 def build(name: str, seed: int = 0, **options) -> VLMBackbone:
     torch.manual_seed(seed)
-    return VLMS.build({"name": name, **options})
+    return build_component(VLMS, {"name": name, **options})
 
 
 def random_views(rng: np.random.Generator, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -165,7 +166,7 @@ def test_save_pretrained_and_rebuild_from_base_vlm(name, tmp_path):
     vlm = build(name, seed=3).eval()
     vlm.add_special_tokens(ACTION_TOKENS)
     vlm.save_pretrained(tmp_path)
-    reloaded = VLMS.build({"name": name, "base_vlm": str(tmp_path)}).eval()
+    reloaded = build_component(VLMS, {"name": name, "base_vlm": str(tmp_path)}).eval()
     assert reloaded.token_id("<|act_3|>") == vlm.token_id("<|act_3|>")
     examples = mixed_batch(seed=5)
     with torch.no_grad():

@@ -10,7 +10,7 @@ import json
 
 import torch
 
-from vlablocks.config import ExperimentConfig, PlatformConfig, validate
+from vlablocks.config import PlatformConfig, parse_experiment
 from vlablocks.framework.synthetic import synthetic_examples
 from vlablocks.training.train import train
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    experiment = validate(
+    experiment = parse_experiment(
         {
             "run_dir": args.run_dir,
             "seed": 5,
@@ -42,7 +42,6 @@ def main() -> None:
                 "max_grad_norm": 1.0,
             },
         },
-        ExperimentConfig,
     )
     # No padded chunk steps: a masked mean per rank then equals the global masked mean.
     data = synthetic_examples(PlatformConfig(**PLATFORM), 32, image_size=56, seed=11)

@@ -6,6 +6,10 @@ The merged result is checked against typed dataclasses: the experiment schema be
 component section (`framework`, `framework.action_model`, `dataset`, ...) the `Config` dataclass of the
 component its `name` selects. Unknown keys and wrongly typed values are errors naming the key, with
 the closest valid key or the expected type. Missing keys take the dataclass defaults.
+
+The experiment is parsed once, into one frozen typed object (`ExperimentConfig`: `platform` and
+`trainer` typed, component sections as validated dicts that `vlablocks.build.build` turns into each
+component's own `Config`); everything downstream takes that object.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vlablocks.registry import closest
+from vlablocks.registry import kind as registry_kind
 from vlablocks.training.config import TrainerConfig
 
 BASE_KEY = "_base_"
@@ -105,11 +110,15 @@ def resolve(data: dict) -> dict:
         raise ConfigError(f"cannot resolve interpolation: {exc}".splitlines()[0]) from exc
 
 
-def load_config(config_yaml: str | Path | None, overrides: list[str] | None = None, schema: type | None = None) -> dict:
-    """YAML (+ bases) + overrides -> validated plain dict with every default filled in."""
+def load_config(config_yaml: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """YAML (+ bases) + overrides -> the validated experiment, every default filled in."""
     data = load_yaml(config_yaml) if config_yaml else {}
-    data = merge_overrides(data, overrides or [])
-    return validate(resolve(data), schema or ExperimentConfig)
+    return parse_experiment(resolve(merge_overrides(data, overrides or [])))
+
+
+def parse_experiment(data: dict) -> ExperimentConfig:
+    """A plain experiment mapping -> the validated, frozen `ExperimentConfig` (the one place it is parsed)."""
+    return to_dataclass(ExperimentConfig, data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,8 +164,6 @@ def _matches(value: Any, annotation: Any) -> bool:
 
 
 def _component_class(kind: str, options: dict, path: str) -> type | None:
-    from vlablocks.registry import kind as registry_kind
-
     if "name" not in options:
         raise ConfigError(f"{path} needs a 'name' naming a registered {kind[:-1]}")
     try:
@@ -246,9 +253,15 @@ class PlatformConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+    """The whole experiment: built by `load_config` / `parse_experiment`, written back with `to_dict()`."""
+
     run_dir: str = "runs/default"
     seed: int = 42
     platform: PlatformConfig = dataclasses.field(default_factory=PlatformConfig)
     framework: dict | None = registry_field("frameworks")
     dataset: dict | None = registry_field("datasets")
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict:
+        """The plain mapping (what `config.yaml` holds); `parse_experiment(x.to_dict()) == x`."""
+        return dataclasses.asdict(self)

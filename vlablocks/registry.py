@@ -133,20 +133,6 @@ class Registry:
         self.discover()
         return name in self._entries
 
-    def build(self, options: Any, *args: Any, **kwargs: Any) -> Any:
-        """Builds a component from its options: a mapping with `name`, or its `Config` instance.
-
-        The component receives its typed `Config` dataclass as first argument, then `args`/`kwargs`.
-        """
-        from vlablocks.config import to_dataclass  # local: config imports this module
-
-        name = options["name"] if isinstance(options, dict) else options.name
-        entry = self.entry(name)
-        config_class = entry.config_class
-        if config_class is not None and isinstance(options, dict):
-            options = to_dataclass(config_class, options, path=self.kind)
-        return entry.obj(options, *args, **kwargs)
-
 
 FRAMEWORKS = Registry("framework", "vlablocks.framework")
 VLMS = Registry("vlm", "vlablocks.vlm")

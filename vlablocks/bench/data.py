@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from vlablocks.bench.result import Goal, Row, Side
 from vlablocks.bench.settings import BenchSettings, require_checkout
-from vlablocks.config import PlatformConfig, load_config, to_dataclass
+from vlablocks.build import build
+from vlablocks.config import PlatformConfig, load_config
 from vlablocks.dataloader.loader import build_dataloader
 from vlablocks.registry import DATASETS
 
@@ -41,8 +42,7 @@ def samples_per_second(loader: DataLoader, samples: int) -> float:
 
 def build_ours(root: Path, config_yaml: str) -> tuple[Any, PlatformConfig]:
     config = load_config(config_yaml, [f"dataset.root={root}"])
-    platform = to_dataclass(PlatformConfig, config["platform"])
-    return DATASETS.build(config["dataset"], platform=platform, seed=SEED), platform
+    return build(DATASETS, config.dataset, platform=config.platform, seed=SEED), config.platform
 
 
 def build_loaders(

@@ -14,7 +14,7 @@ from dataclasses import asdict
 import torch
 
 from vlablocks.bench.settings import BenchSettings, bench_platform
-from vlablocks.config import ExperimentConfig, validate
+from vlablocks.config import ExperimentConfig, parse_experiment
 from vlablocks.framework.base import Framework, build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
@@ -28,7 +28,9 @@ def vlm_options(settings: BenchSettings, image_size: int | None = None) -> dict:
     return {"name": "qwen2_5_vl", "arch": settings.arch, "image_size": size, "dtype": dtype}
 
 
-def bench_experiment(framework: dict, settings: BenchSettings, image_size: int | None = None, **sections) -> dict:
+def bench_experiment(
+    framework: dict, settings: BenchSettings, image_size: int | None = None, **sections
+) -> ExperimentConfig:
     """A validated experiment: LIBERO platform, `framework` with the benchmark's VLM (views of `image_size`
     pixels, default the settings'), extra sections."""
     data = {
@@ -37,7 +39,7 @@ def bench_experiment(framework: dict, settings: BenchSettings, image_size: int |
         "framework": {**framework, "vlm": vlm_options(settings, image_size)},
         **sections,
     }
-    return validate(data, ExperimentConfig)
+    return parse_experiment(data)
 
 
 def bench_examples(settings: BenchSettings, count: int, seed: int) -> list[dict]:
@@ -45,7 +47,7 @@ def bench_examples(settings: BenchSettings, count: int, seed: int) -> list[dict]
     return synthetic_examples(bench_platform(), count, num_views=1, image_size=settings.image_size, seed=seed)
 
 
-def build_on_device(experiment: dict, norm_stats: dict, device: str) -> Framework:
+def build_on_device(experiment: ExperimentConfig, norm_stats: dict, device: str) -> Framework:
     """The framework (with its processor) built directly on `device` (random init on a GPU takes seconds, not minutes on CPU)."""
     torch.manual_seed(SEED)
     with torch.device(device):

@@ -18,10 +18,11 @@ from vlablocks.bench.models import SEED, bench_experiment, free_memory
 from vlablocks.bench.result import Goal, Row, Side
 from vlablocks.bench.settings import BenchSettings, bench_platform
 from vlablocks.bench.training import run_train, step_ms
+from vlablocks.config import ExperimentConfig
 from vlablocks.framework.synthetic import synthetic_examples
 
 
-def processing_experiment(settings: BenchSettings, run_dir: Path, workers: int) -> dict:
+def processing_experiment(settings: BenchSettings, run_dir: Path, workers: int) -> ExperimentConfig:
     framework = {"name": "QwenOFT", "action_model": {"name": "l1_regression", "hidden_dim": 256, "num_blocks": 2}}
     trainer = {
         "max_steps": settings.train_warmup_steps + settings.train_steps,

@@ -29,6 +29,7 @@ import torch
 from vlablocks.bench.models import SEED, bench_examples, bench_experiment, free_memory
 from vlablocks.bench.result import Goal, Row, Side
 from vlablocks.bench.settings import BenchSettings
+from vlablocks.config import ExperimentConfig
 from vlablocks.framework.base import build_policy
 from vlablocks.framework.synthetic import synthetic_norm_stats
 from vlablocks.training.batches import micro_batches
@@ -39,7 +40,7 @@ LEARNING_RATE = 1e-4
 BETAS = (0.9, 0.95)
 
 
-def training_experiment(settings: BenchSettings, run_dir: Path) -> dict:
+def training_experiment(settings: BenchSettings, run_dir: Path) -> ExperimentConfig:
     framework = {"name": "QwenOFT", "action_model": {"name": "l1_regression", "hidden_dim": 256, "num_blocks": 2}}
     trainer = {
         "max_steps": settings.train_warmup_steps + settings.train_steps,
@@ -71,11 +72,11 @@ def on_device(device: str) -> Iterator[None]:
             os.environ["ACCELERATE_USE_CPU"] = previous
 
 
-def run_train(experiment: dict, dataset: list[dict], device: str) -> tuple[list[dict], list[float]]:
+def run_train(experiment: ExperimentConfig, dataset: list[dict], device: str) -> tuple[list[dict], list[float]]:
     """Runs `train()` -> (its metrics.jsonl records, losses). Its console output is swallowed."""
     with on_device(device), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         result = train(experiment, dataset=dataset)
-    records = [json.loads(line) for line in (Path(experiment["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (Path(experiment.run_dir) / "metrics.jsonl").read_text().splitlines()]
     return records, result["losses"]
 
 
@@ -84,19 +85,19 @@ def step_ms(records: list[dict], batch_size: int) -> list[float]:
     return [1e3 * batch_size / record["samples_per_s"] for record in records]
 
 
-def vlablocks_loop(experiment: dict, examples: list[dict], device: str) -> tuple[list[float], list[float]]:
+def vlablocks_loop(experiment: ExperimentConfig, examples: list[dict], device: str) -> tuple[list[float], list[float]]:
     """Runs `train()` -> (ms per step from metrics.jsonl, losses)."""
     records, losses = run_train(experiment, examples, device)
-    return step_ms(records, experiment["trainer"]["batch_size"]), losses
+    return step_ms(records, experiment.trainer.batch_size), losses
 
 
-def bare_loop(experiment: dict, examples: list[dict], device: str) -> tuple[list[float], list[float]]:
+def bare_loop(experiment: ExperimentConfig, examples: list[dict], device: str) -> tuple[list[float], list[float]]:
     """Forward, backward, AdamW step on the same model and batches -> (ms per step, losses)."""
-    trainer = experiment["trainer"]
-    seed_everything(experiment["seed"])  # as train() does before building, so the weights are the same
+    trainer = experiment.trainer
+    seed_everything(experiment.seed)  # as train() does before building, so the weights are the same
     model = build_policy(experiment, synthetic_norm_stats(examples)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=trainer["learning_rate"], betas=BETAS, weight_decay=0.0)
-    batches = list(islice(micro_batches(examples, trainer["batch_size"], experiment["seed"]), trainer["max_steps"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=trainer.learning_rate, betas=BETAS, weight_decay=0.0)
+    batches = list(islice(micro_batches(examples, trainer.batch_size, experiment.seed), trainer.max_steps))
     # train() runs the processor in this process too (trainer.num_workers 0): the bare loop does the same.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")  # train()'s bf16 on CUDA
     model.train()

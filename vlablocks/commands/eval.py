@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlablocks.build import build
+
 NAME = "eval"
 HELP = "closed-loop evaluation on a registered env: success rate with a 95% CI, summary JSON and GIFs"
 
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.registry import EVAL_ENVS
 
     options = merge_overrides({"name": args.env}, overrides)  # env options as --key=value overrides
-    env = EVAL_ENVS.build(options)
+    env = build(EVAL_ENVS, options)
     policy, metadata = build_policy(args, env)
     summary = evaluate(
         env,

@@ -15,5 +15,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    print(to_yaml(load_config(args.config_yaml, overrides)), end="")
+    print(to_yaml(load_config(args.config_yaml, overrides).to_dict()), end="")
     return 0

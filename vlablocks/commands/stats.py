@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlablocks.build import build
+
 NAME = "stats"
 HELP = "compute per-dataset action/state stats (min, max, mean, std, q01, q99) in bounded memory -> norm_stats.json"
 
@@ -16,18 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from vlablocks.config import ConfigError, PlatformConfig, load_config, to_dataclass
+    from vlablocks.config import ConfigError, load_config
     from vlablocks.dataloader.normalization import Normalizer
     from vlablocks.dataloader.stats import compute_norm_stats
     from vlablocks.registry import DATASETS
 
     config = load_config(args.config_yaml, overrides)
-    if config["dataset"] is None:
+    if config.dataset is None:
         raise ConfigError(f"{args.config_yaml} has no dataset: section to compute stats over")
-    platform = to_dataclass(PlatformConfig, config["platform"], "platform")
-    dataset = DATASETS.build(config["dataset"], platform=platform, seed=config["seed"])
+    dataset = build(DATASETS, config.dataset, platform=config.platform, seed=config.seed)
     normalizer = Normalizer(compute_norm_stats(dataset.leaves(), batch_size=args.batch_size))
-    out = Path(args.out) if args.out else Path(config["run_dir"]) / "norm_stats.json"
+    out = Path(args.out) if args.out else Path(config.run_dir) / "norm_stats.json"
     normalizer.save(out)
     for name, entry in normalizer.stats.items():
         keys = ", ".join(

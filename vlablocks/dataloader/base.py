@@ -1,6 +1,6 @@
 """The base class of registered datasets.
 
-A dataset is built as `DATASETS.build(options, platform=PlatformConfig, seed=int)` and returns
+A dataset is built as `build(DATASETS, options, platform=PlatformConfig, seed=int)` (vlablocks/build.py) and returns
 `Sample` dicts (see sample.py). Randomness inside a sample (prompt augmentation, mixture draws) is keyed
 on (seed, epoch, index), so it does not depend on worker count or order. `ds[i]` uses the epoch set by
 `set_epoch`; `ds[(epoch, i)]` names it explicitly, which is what samplers should yield: a worker's copy

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlablocks.build import build
 from vlablocks.config import ConfigError, PlatformConfig
 from vlablocks.dataloader.base import RawDataset
 from vlablocks.dataloader.sample import Sample
@@ -47,7 +48,7 @@ class MixtureDataset(RawDataset):
         self.components: list[RawDataset] = []
         for i, options in enumerate(config.datasets):
             try:
-                self.components.append(DATASETS.build(dict(options), platform=platform, seed=seed))
+                self.components.append(build(DATASETS, dict(options), platform=platform, seed=seed))
             except ConfigError as exc:
                 raise ConfigError(f"dataset.datasets[{i}]: {exc}") from exc
         names = [leaf.name for leaf in self.leaves()]

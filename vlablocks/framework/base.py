@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlablocks.atomic import atomic_directory
-from vlablocks.config import ExperimentConfig, PlatformConfig, load_yaml, to_dataclass, to_yaml, validate
+from vlablocks.build import build
+from vlablocks.config import ExperimentConfig, PlatformConfig, load_yaml, parse_experiment, to_yaml
 from vlablocks.processor.batch import Batch
 from vlablocks.processor.pipeline import PROCESSOR_DIR, Processor, build_processor
 from vlablocks.registry import ACTION_MODELS, FRAMEWORKS
@@ -47,7 +48,8 @@ class Framework(nn.Module):
 
     def build_action_model(self, options: dict, cond_dim: int) -> nn.Module:
         """The registered action head named in `options`, sized by the platform."""
-        return ACTION_MODELS.build(
+        return build(
+            ACTION_MODELS,
             options,
             action_horizon=self.platform.action_horizon,
             action_dim=self.platform.action_dim,
@@ -122,7 +124,7 @@ class Framework(nn.Module):
         for required in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / required).is_file():
                 raise FileNotFoundError(f"{directory} is not a vlablocks checkpoint: {required} is missing")
-        experiment = validate(load_yaml(directory / CONFIG_FILE), ExperimentConfig)
+        experiment = parse_experiment(load_yaml(directory / CONFIG_FILE))
         framework = build_framework(experiment)
         framework.load_weights(directory)
         if (directory / PROCESSOR_DIR).is_dir():
@@ -148,15 +150,14 @@ class Framework(nn.Module):
             )
 
 
-def build_framework(experiment: dict) -> Framework:
-    """The model selected by `experiment["framework"]` (a validated experiment dict), without a processor."""
-    if not experiment.get("framework"):
+def build_framework(experiment: ExperimentConfig) -> Framework:
+    """The model selected by `experiment.framework`, without a processor."""
+    if not experiment.framework:
         raise ValueError("the config has no `framework:` section; name one, e.g. framework.name: QwenOFT")
-    platform = to_dataclass(PlatformConfig, experiment.get("platform") or {}, "platform")
-    return FRAMEWORKS.build(experiment["framework"], platform=platform)
+    return build(FRAMEWORKS, experiment.framework, platform=experiment.platform)
 
 
-def build_policy(experiment: dict, norm_stats: dict, camera_keys: list[str] | None = None) -> Framework:
+def build_policy(experiment: ExperimentConfig, norm_stats: dict, camera_keys: list[str] | None = None) -> Framework:
     """The model plus its processor (built from the same config, the normalization stats and, when given, the
     training dataset's camera keys)."""
     framework = build_framework(experiment)

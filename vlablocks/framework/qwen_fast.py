@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
 from vlablocks.processor.batch import Batch
@@ -40,7 +41,7 @@ class QwenFAST(Framework):
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
-        self.vlm = VLMS.build(config.vlm)
+        self.vlm = build(VLMS, config.vlm)
         # One VLM token per possible FAST id, so the embedding size never depends on the fitted vocabulary.
         fast = config.fast
         self.fast_token_ids = self.vlm.add_special_tokens([f"{fast.token_prefix}{i}|>" for i in range(fast.vocab_size)])

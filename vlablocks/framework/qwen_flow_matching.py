@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from vlablocks.action_model.base import Conditioning
+from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
 from vlablocks.processor.batch import Batch
@@ -45,7 +46,7 @@ class QwenFlowMatching(Framework):
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
-        self.vlm = VLMS.build(config.vlm)
+        self.vlm = build(VLMS, config.vlm)
         self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from vlablocks.action_model.base import Conditioning
+from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
 from vlablocks.framework.qwen_flow_matching import vlm_conditioning
@@ -49,14 +50,14 @@ class QwenLayerwiseFM3D(Framework):
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
-        self.vlm = VLMS.build(config.vlm)
+        self.vlm = build(VLMS, config.vlm)
         self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
         self.geometric_encoder = None
         self.fusion = None
         if config.use_geometric_branch:
-            self.geometric_encoder = GEOMETRIC_ENCODERS.build(config.geometric_encoder)
-            self.fusion = FUSIONS.build(
-                config.fusion, vision_dim=self.vlm.hidden_size, geometric_dim=self.geometric_encoder.output_dim
+            self.geometric_encoder = build(GEOMETRIC_ENCODERS, config.geometric_encoder)
+            self.fusion = build(
+                FUSIONS, config.fusion, vision_dim=self.vlm.hidden_size, geometric_dim=self.geometric_encoder.output_dim
             )
 
     def processor_options(self) -> dict:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vlablocks.action_model.base import Conditioning
+from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
 from vlablocks.framework.film import InstructionFiLM
@@ -40,7 +41,7 @@ class QwenOFT(Framework):
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
-        self.vlm = VLMS.build(config.vlm)
+        self.vlm = build(VLMS, config.vlm)
         hidden = self.vlm.hidden_size
         self.action_model = self.build_action_model(config.action_model, cond_dim=hidden)
         num_queries = getattr(self.action_model, "num_query_tokens", self.platform.action_horizon)

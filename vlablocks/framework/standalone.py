@@ -14,30 +14,22 @@ import time
 import numpy as np
 import torch
 
-from vlablocks.config import (
-    ExperimentConfig,
-    PlatformConfig,
-    load_config,
-    merge_overrides,
-    resolve,
-    to_dataclass,
-    validate,
-)
+from vlablocks.config import ExperimentConfig, load_config, merge_overrides, parse_experiment, resolve
 from vlablocks.framework.base import build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
 
-def smoke_experiment(name: str, config_yaml: str | None, overrides: list[str]) -> dict:
+def smoke_experiment(name: str, config_yaml: str | None, overrides: list[str]) -> ExperimentConfig:
     """The given config, or a tiny default for framework `name`, with overrides applied and validated."""
     if config_yaml:
         return load_config(config_yaml, overrides)
-    return validate(resolve(merge_overrides({"framework": {"name": name}}, overrides)), ExperimentConfig)
+    return parse_experiment(resolve(merge_overrides({"framework": {"name": name}}, overrides)))
 
 
-def smoke_test(experiment: dict, batch_size: int = 2, num_views: int = 1, seed: int = 0) -> dict:
+def smoke_test(experiment: ExperimentConfig, batch_size: int = 2, num_views: int = 1, seed: int = 0) -> dict:
     """forward + backward + predict_action on a synthetic batch; raises AssertionError on a broken contract."""
     torch.manual_seed(seed)
-    platform = to_dataclass(PlatformConfig, experiment["platform"], "platform")
+    platform = experiment.platform
     examples = synthetic_examples(platform, batch_size, num_views, seed=seed)
     cameras = list(examples[0]["images"])  # the smoke batch's cameras, whatever the config's dataset has
     framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=cameras)
@@ -71,7 +63,7 @@ def run_standalone(name: str, argv: list[str] | None = None) -> int:
     result = smoke_test(experiment, args.batch_size, args.views)
     applied = f" overrides: {' '.join(overrides)}" if overrides else ""
     print(
-        f"{experiment['framework']['name']}: params {result['params']:,} loss {result['loss']:.4f} "
+        f"{experiment.framework['name']}: params {result['params']:,} loss {result['loss']:.4f} "
         f"actions {tuple(result['actions'])} time {result['seconds']:.2f}s{applied}"
     )
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlablocks.config import ExperimentConfig
 from vlablocks.dataloader.normalization import Normalizer
 from vlablocks.processor.batch import Batch
 from vlablocks.processor.fast_tokenizer import FASTTokenizer
@@ -239,7 +240,7 @@ def _check_fast(fast: FASTTokenizer, config: ProcessorConfig) -> None:
 
 
 def build_processor(
-    experiment: dict, framework: Any, norm_stats: dict, camera_keys: Sequence[str] | None = None
+    experiment: ExperimentConfig, framework: Any, norm_stats: dict, camera_keys: Sequence[str] | None = None
 ) -> Processor:
     """The processor of `framework` for this experiment.
 
@@ -247,12 +248,11 @@ def build_processor(
     (`observation.images.top` -> `top`), else ["image"]; dimensions from `platform`; the model-specific
     fields from `framework.processor_options()`.
     """
-    from vlablocks.config import PlatformConfig, to_dataclass
     from vlablocks.dataloader.sample import camera_name
 
-    platform = to_dataclass(PlatformConfig, experiment.get("platform") or {}, "platform")
+    platform = experiment.platform
     if camera_keys is None:
-        configured = (experiment.get("dataset") or {}).get("camera_keys") or ["image"]
+        configured = (experiment.dataset or {}).get("camera_keys") or ["image"]
         camera_keys = [camera_name(key) for key in configured]
     camera_keys = tuple(camera_keys)
     names = sorted(norm_stats)

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from vlablocks.config import PlatformConfig, to_dataclass
+from vlablocks.build import build
+from vlablocks.config import ExperimentConfig
 from vlablocks.registry import DATASETS
 
 
@@ -43,11 +44,10 @@ def make_accelerator(trainer):
     return accelerator
 
 
-def build_train_dataset(experiment: dict):
-    if not experiment.get("dataset"):
+def build_train_dataset(experiment: ExperimentConfig):
+    if not experiment.dataset:
         raise ValueError("the config has no `dataset:` section; name one, e.g. dataset.name: lerobot")
-    platform = to_dataclass(PlatformConfig, experiment["platform"], "platform")
-    return DATASETS.build(experiment["dataset"], platform=platform, seed=experiment["seed"])
+    return build(DATASETS, experiment.dataset, platform=experiment.platform, seed=experiment.seed)
 
 
 def dataset_cameras(dataset) -> list[str] | None:
@@ -60,11 +60,11 @@ def dataset_cameras(dataset) -> list[str] | None:
     return None
 
 
-def resolve_norm_stats(experiment: dict, dataset, run_dir: Path) -> dict:
+def resolve_norm_stats(experiment: ExperimentConfig, dataset, run_dir: Path) -> dict:
     """The stats file named by `dataset.norm_stats`, else the run's own, else computed and saved there."""
     from vlablocks.dataloader.normalization import compute_norm_stats
 
-    named = (experiment.get("dataset") or {}).get("norm_stats")
+    named = (experiment.dataset or {}).get("norm_stats")
     path = Path(named) if named else run_dir / "norm_stats.json"
     if path.is_file():
         return json.loads(path.read_text())

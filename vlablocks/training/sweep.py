@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from vlablocks.config import ExperimentConfig, load_yaml, merge_overrides, resolve, to_yaml, validate
+from vlablocks.config import ExperimentConfig, load_yaml, merge_overrides, parse_experiment, resolve, to_yaml
 from vlablocks.training.checkpoint import latest_checkpoint
 
 EVAL_DIR = "eval"
@@ -33,7 +33,7 @@ WRONG_INSTRUCTION_EVAL_DIR = "eval_wrong_instruction"
 @dataclass(frozen=True)
 class Variant:
     name: str
-    experiment: dict
+    experiment: ExperimentConfig
     overrides: list[str] = field(default_factory=list)
 
 
@@ -66,7 +66,7 @@ def build_variants(
         merged = OmegaConf.to_container(OmegaConf.merge(base_data, data), resolve=False)
         name = "_".join([stem] + [_slug(o) for o in grid_overrides])
         all_overrides = grid_overrides + list(overrides)
-        experiment = validate(_apply(merged, all_overrides), ExperimentConfig)
+        experiment = parse_experiment(_apply(merged, all_overrides))
         variants.append(Variant(name=name, experiment=experiment, overrides=all_overrides))
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
@@ -106,9 +106,7 @@ def run_sweep(
             config_path = _write_variant(variant, out_dir)
             print(launch_command(config_path))
             if evaluation is not None:
-                checkpoint = (
-                    out_dir / variant.name / "checkpoints" / f"step_{variant.experiment['trainer']['max_steps']}"
-                )
+                checkpoint = out_dir / variant.name / "checkpoints" / f"step_{variant.experiment.trainer.max_steps}"
                 print(shlex.join(eval_command(evaluation, checkpoint, out_dir / variant.name / EVAL_DIR)))
         return []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -121,7 +119,7 @@ def _write_variant(variant: Variant, out_dir: Path) -> Path:
     run_dir = out_dir / variant.name
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "variant.yaml"
-    config_path.write_text(to_yaml({**variant.experiment, "run_dir": str(run_dir)}))
+    config_path.write_text(to_yaml({**variant.experiment.to_dict(), "run_dir": str(run_dir)}))
     return config_path
 
 

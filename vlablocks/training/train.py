@@ -13,7 +13,7 @@ import math
 import time
 from pathlib import Path
 
-from vlablocks.config import load_config, to_dataclass, to_yaml
+from vlablocks.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.framework.base import build_policy
 from vlablocks.training.batches import micro_batches
 from vlablocks.training.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
@@ -32,21 +32,21 @@ from vlablocks.training.optim import build_optimizer, freeze_modules, parameter_
 from vlablocks.training.run_logger import RunLogger
 
 
-def train(experiment: dict, dataset=None) -> dict:
-    """Runs training from a validated experiment dict; returns {"losses", "checkpoint", "run_dir"}.
+def train(experiment: ExperimentConfig, dataset=None) -> dict:
+    """Runs training from a validated experiment; returns {"losses", "checkpoint", "run_dir"}.
 
     `dataset` (any map-style dataset of raw sample dicts) replaces the config's `dataset:` section.
     Data flow: dataset (raw dicts) -> processor (collate, in the DataLoader workers) -> Batch -> model.
     """
-    trainer: TrainerConfig = to_dataclass(TrainerConfig, experiment["trainer"], "trainer")
-    run_dir = Path(experiment["run_dir"])
+    trainer: TrainerConfig = experiment.trainer
+    run_dir = Path(experiment.run_dir)
     accelerator = make_accelerator(trainer)
     set_threads(trainer.torch_threads)
-    seed_everything(experiment["seed"])
+    seed_everything(experiment.seed)
     main = accelerator.is_main_process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(experiment))
+        (run_dir / "config.yaml").write_text(to_yaml(experiment.to_dict()))
 
     dataset = dataset if dataset is not None else build_train_dataset(experiment)
     norm_stats = resolve_norm_stats(experiment, dataset, run_dir)
@@ -74,7 +74,7 @@ def train(experiment: dict, dataset=None) -> dict:
     batches = micro_batches(
         dataset,
         trainer.batch_size,
-        experiment["seed"],
+        experiment.seed,
         accelerator.process_index,
         accelerator.num_processes,
         start_micro_step=start_step * accum,

@@ -120,7 +120,7 @@ def test_collate_in_worker_processes_equals_in_process(which, request):
     for index, batch in enumerate(batches):
         expected = framework.processor(data[2 * index : 2 * index + 2])
         assert_same(batch, expected)
-    expected_tensors = {"state", "actions", "action_is_pad", "vlm.input_ids", "vlm.pixel_values"}
+    expected_tensors = {"state", "actions", "action_is_pad", "vlm.input_ids", "vlm.pixel_patches"}
     if which == "spatial":
         expected_tensors |= {"geometry.pixels", "geometry.view_mask", "geometry.points"}
     assert expected_tensors <= set_tensors(batches[0])

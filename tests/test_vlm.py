@@ -12,9 +12,10 @@ from vlm_helpers import encode
 
 from vlablocks.build import build as build_component
 from vlablocks.cli import main as cli_main
+from vlablocks.processor.steps import VLMTokenize
 from vlablocks.registry import VLMS
 from vlablocks.vlm import VLMBackbone
-from vlablocks.vlm.inputs import to_pil_views
+from vlablocks.vlm.inputs import resize_views, to_pil_views
 from vlablocks.vlm.runtime import resolve_attn_implementation, resolve_dtype
 from vlablocks.vlm.tokenizer import QWEN_SPECIAL_TOKENS, tiny_tokenizer
 from vlablocks.vlm.vision import sincos_2d
@@ -265,8 +266,9 @@ def test_stacked_uint8_views_and_tensors_are_accepted(qwen25):
     as_tensor = encode(qwen25, [{"views": torch.from_numpy(stacked), "prompt": "go"}])
     assert as_list.views_per_sample.tolist() == as_array.views_per_sample.tolist() == [2]
     assert as_tensor.views_per_sample.tolist() == [2]
-    assert torch.equal(as_list.pixel_values, as_array.pixel_values)
-    assert torch.equal(as_list.pixel_values, as_tensor.pixel_values)
+    assert torch.equal(as_list.pixel_patches, as_array.pixel_patches)
+    assert torch.equal(as_list.pixel_patches, as_tensor.pixel_patches)
+    assert as_list.pixel_patches.dtype == torch.uint8
     assert as_list.mm_token_type_ids is not None and as_list.input_ids.shape == as_list.mm_token_type_ids.shape
     assert as_list.labels is None  # no answers, no labels
 
@@ -295,7 +297,7 @@ def test_vision_layout_follows_the_processor_patch_order(name):
     mean = vlm.processor.image_processor.image_mean[0]
     std = vlm.processor.image_processor.image_std[0]
     patch_pixels = vlm.patch_size**2 * 2  # channel 0, both temporal copies
-    channel0 = batch.pixel_values[:, :patch_pixels].reshape(-1, vlm.merge_size**2 * patch_pixels)
+    channel0 = vlm.pixel_values(batch.pixel_patches)[:, :patch_pixels].reshape(-1, vlm.merge_size**2 * patch_pixels)
     grey = ((channel0.mean(1) * std + mean) * 255).round()
     block_index = ((grey - 10) / 20).round().long()
     assert torch.equal(block_index, info.grid_rc[:, 0] * cols + info.grid_rc[:, 1])
@@ -493,3 +495,28 @@ def test_list_vlms_shows_both_families(capsys):
     listing = capsys.readouterr().out
     assert "qwen2_5_vl" in listing and "Qwen2.5-VL" in listing
     assert "qwen3_vl" in listing and "Qwen3-VL" in listing
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tokenize_and_pixels_equal_the_transformers_processor(name):
+    """The processor's own tokenize step + the VLM's uint8 -> float pixels give exactly what transformers'
+    Qwen-VL processor gives for the same prompts and (resized) views: ids, masks, grids and pixel values."""
+    vlm = build(name, image_size=[64, 128] if name == "qwen3_vl" else 112)
+    rng = np.random.default_rng(0)
+    examples = [
+        {"views": random_views(rng, [(100, 90), (60, 70)]), "prompt": "pick the red block"},
+        {"views": random_views(rng, [(50, 50)]), "prompt": "open the drawer"},
+    ]
+    step = VLMTokenize(vlm.processor, vlm.view_size, vlm.patch_size)
+    ours = step(examples)
+    texts = [step.prompt(len(e["views"]), e["prompt"], i) for i, e in enumerate(examples)]
+    views = [
+        v for e in examples for v in resize_views(to_pil_views(e["views"], "views"), vlm.view_size, vlm.patch_size)
+    ]
+    reference = vlm.processor(
+        text=texts, images=views, padding=True, padding_side="left", return_tensors="pt", do_resize=False
+    )
+    for key in ("input_ids", "attention_mask", "image_grid_thw", "mm_token_type_ids"):
+        assert torch.equal(getattr(ours, key), reference[key]), key
+    assert ours.pixel_patches.dtype == torch.uint8
+    assert torch.equal(vlm.pixel_values(ours.pixel_patches), reference["pixel_values"])

@@ -26,7 +26,7 @@ class VLMInputs:
 
     input_ids:         [B, L] long
     attention_mask:    [B, L] long, 1 at real tokens
-    pixel_values:      [P, C * t * p * p] float, every view's patches, views in sample order
+    pixel_patches:     [P, C, p, p] uint8, every view's patches, views in sample order (the VLM normalizes them)
     image_grid_thw:    [V, 3] long, (t, h, w) patch grid of each view
     views_per_sample:  [B] long, V = its sum
     mm_token_type_ids: [B, L] long or None (1 at image tokens; newer transformers processors emit it)
@@ -35,7 +35,7 @@ class VLMInputs:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    pixel_values: torch.Tensor
+    pixel_patches: torch.Tensor
     image_grid_thw: torch.Tensor
     views_per_sample: torch.Tensor
     mm_token_type_ids: torch.Tensor | None = None

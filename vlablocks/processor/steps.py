@@ -107,15 +107,24 @@ class FASTAnswer:
 
 
 class VLMTokenize:
-    """Views + prompt (+ a fixed `suffix`, + a per-sample `answer`) -> VLMInputs, via the VLM's own processor.
+    """Views + prompt (+ a fixed `suffix`, + a per-sample `answer`) -> VLMInputs for the VLM's own processor config.
 
     The prompt is the Qwen-VL chat layout: one user turn with the views then the instruction, the assistant
-    start, then `suffix` (e.g. action-query tokens) and the answer. With answers, `labels` hold the answer's
-    token ids (the end of each left-padded row) and -100 elsewhere.
+    start, then `suffix` (e.g. action-query tokens) and the answer; each view's image token is expanded to
+    its merged-patch count, and the text is tokenized with the VLM's tokenizer (left padding). Views are
+    resized and cut into patches here but stay uint8 (`pixel_patches`, 8x smaller than the float pixels,
+    which matters for the hand-over from the DataLoader workers and the copy to the accelerator): the VLM
+    rescales, normalizes and repeats them over the temporal patch itself (`VLMBackbone.pixel_values`),
+    with the same arithmetic as transformers' Qwen2-VL image processor. With answers, `labels` hold the
+    answer's token ids (the end of each left-padded row) and -100 elsewhere.
     """
 
     def __init__(self, hf_processor: Any, view_size: tuple[int, int], patch_size: int, suffix: str = "") -> None:
         self.hf_processor = hf_processor
+        self.tokenizer = hf_processor.tokenizer
+        self.image_token = hf_processor.image_token
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        self.merge_size = hf_processor.image_processor.merge_size
         self.view_size = tuple(view_size)
         self.patch_size = patch_size
         self.suffix = suffix
@@ -127,21 +136,31 @@ class VLMTokenize:
         return self.hf_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def __call__(self, samples: list[dict]) -> VLMInputs:
-        texts, images = [], []
+        texts, patches, grids = [], [], []
         for index, sample in enumerate(samples):
             views = vlm_inputs.to_pil_views(sample["views"], f"sample[{index}]['images']")
-            texts.append(self.prompt(len(views), sample.get("prompt"), index) + self.suffix + sample.get("answer", ""))
-            images.extend(vlm_inputs.resize_views(views, self.view_size, self.patch_size))
-        out = self.hf_processor(
-            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt", do_resize=False
-        )
+            text = self.prompt(len(views), sample.get("prompt"), index) + self.suffix + sample.get("answer", "")
+            parts = text.split(self.image_token)
+            if len(parts) != len(views) + 1:
+                raise ValueError(
+                    f"sample[{index}]: the prompt holds {len(parts) - 1} image tokens for {len(views)} views"
+                )
+            expanded = parts[0]
+            for view, part in zip(vlm_inputs.resize_views(views, self.view_size, self.patch_size), parts[1:]):
+                view_patches, grid = patchify(np.asarray(view), self.patch_size, self.merge_size)
+                patches.append(view_patches)
+                grids.append(grid)
+                expanded += self.image_token * (grid[1] * grid[2] // self.merge_size**2) + part
+            texts.append(expanded)
+        tokens = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+        input_ids = tokens["input_ids"]
         inputs = VLMInputs(
-            input_ids=out["input_ids"],
-            attention_mask=out["attention_mask"],
-            pixel_values=out["pixel_values"],
-            image_grid_thw=out["image_grid_thw"],
+            input_ids=input_ids,
+            attention_mask=tokens["attention_mask"],
+            pixel_patches=torch.from_numpy(np.concatenate(patches)),
+            image_grid_thw=torch.tensor(grids, dtype=torch.long),
             views_per_sample=torch.tensor([len(s["views"]) for s in samples], dtype=torch.long),
-            mm_token_type_ids=out.get("mm_token_type_ids"),
+            mm_token_type_ids=(input_ids == self.image_token_id).long(),
         )
         if any("answer" in s for s in samples):
             inputs.labels = self.answer_labels(inputs.input_ids, [s.get("answer", "") for s in samples])
@@ -154,12 +173,25 @@ class VLMTokenize:
         special token (FAST answers do: nothing merges across that boundary).
         """
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        tokenizer = self.hf_processor.tokenizer
         for row, answer in enumerate(answers):
-            length = len(tokenizer(answer, add_special_tokens=False)["input_ids"]) if answer else 0
+            length = len(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) if answer else 0
             if length:
                 labels[row, -length:] = input_ids[row, -length:]
         return labels
+
+
+def patchify(image: np.ndarray, patch_size: int, merge_size: int) -> tuple[np.ndarray, list[int]]:
+    """image: uint8 [H, W, 3] (H, W multiples of patch x merge) -> (patches uint8 [gh * gw, 3, p, p], [1, gh, gw]).
+
+    Patches are ordered as transformers' Qwen2-VL image processor orders them: merge windows row-major,
+    and the merge_size x merge_size patches of each window row-major inside it.
+    """
+    height, width, channels = image.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    m, p = merge_size, patch_size
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    blocks = chw.reshape(channels, grid_h // m, m, p, grid_w // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
+    return np.ascontiguousarray(blocks.reshape(grid_h * grid_w, channels, p, p)), [1, grid_h, grid_w]
 
 
 class GeometryPreprocess:

@@ -238,6 +238,23 @@ class VLMBackbone(nn.Module):
     # ------------------------------------------------------------------------------------------
     # Vision features.
 
+    def pixel_values(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches: uint8 [P, C, p, p] (the processor's) -> the vision tower's input [P, C * t * p * p] float32.
+
+        The arithmetic of transformers' Qwen2-VL image processor, on this device: x' = (x - 255 * mean) /
+        (255 * std) per channel (rescale 1/255 fused into the normalization), each patch repeated over the
+        t = temporal_patch_size frames of a still image.
+        """
+        image_processor = self.processor.image_processor
+        if not (image_processor.do_rescale and image_processor.do_normalize):
+            raise ValueError(f"{self.model_type}: the image processor must rescale and normalize (as Qwen-VL's do)")
+        scale = 1.0 / image_processor.rescale_factor
+        mean = torch.tensor(image_processor.image_mean, device=patches.device) * scale
+        std = torch.tensor(image_processor.image_std, device=patches.device) * scale
+        normalized = patches.to(torch.float32).sub_(mean[:, None, None]).div_(std[:, None, None])
+        frames = image_processor.temporal_patch_size
+        return normalized.unsqueeze(2).expand(-1, -1, frames, -1, -1).reshape(patches.shape[0], -1)
+
     def encode_images(
         self, inputs: VLMInputs, vision_hook: VisionHook | None = None
     ) -> tuple[Any, VisionTokens | VisionHookInfo]:
@@ -249,7 +266,8 @@ class VLMBackbone(nn.Module):
         vision_mask = inputs.input_ids == self.image_token_id
         per_sample = inputs.views_per_sample.tolist()
         layout = vision_tokens(inputs.image_grid_thw, per_sample, self.merge_size, vision_mask)
-        features = base.get_image_features(inputs.pixel_values, inputs.image_grid_thw, return_dict=True)
+        pixel_values = self.pixel_values(inputs.pixel_patches)
+        features = base.get_image_features(pixel_values, inputs.image_grid_thw, return_dict=True)
         embeds = torch.cat(features.pooler_output, dim=0)
         if self.config.vision_position_encoding == "sincos2d":
             embeds = embeds + sincos_2d(layout.grid_rc, embeds.shape[-1]).to(embeds.dtype)

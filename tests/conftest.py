@@ -21,3 +21,11 @@ def toy_dataset(tmp_path_factory):
     from vlablocks.envs.toy_dataset import write_toy_dataset
 
     return write_toy_dataset(tmp_path_factory.mktemp("toy") / "toy", episodes=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def qwen25():
+    """A tiny random-init Qwen2.5-VL backbone (tests/vlm_helpers.py `build`), shared by a module's tests."""
+    from vlm_helpers import build
+
+    return build("qwen2_5_vl")

@@ -1,8 +1,7 @@
 """Action heads: one contract suite over every registered continuous head, plus per-head behaviour.
 
-A new head file is covered by the contract tests automatically (they iterate the registry). Options
-named in TINY are shrunk when the head's Config has them; heads needing a fixed number of context
-tokens expose `num_query_tokens`.
+A new head file is covered by the contract tests automatically (they iterate the registry); the tiny
+builds and inputs are in tests/head_helpers.py, the position-encoding tests in test_head_position_encoding.py.
 """
 
 from __future__ import annotations
@@ -13,82 +12,29 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from head_helpers import (
+    CONTINUOUS_HEADS,
+    OVERFIT_OPTIONS,
+    OVERFIT_OPTIONS_PER_HEAD,
+    OVERFIT_STEPS,
+    SIZES,
+    B,
+    D,
+    H,
+    T,
+    build,
+    make_batch,
+    make_conditioning,
+    seeded_loss,
+    wake,
+)
 
-from vlablocks.action_model.base import ActionHead, Conditioning
-from vlablocks.action_model.context import sincos_2d
+from vlablocks.action_model.base import Conditioning
 from vlablocks.action_model.flow_matching import euler_integrate, sample_beta
 from vlablocks.action_model.masking import hold_last_valid
 from vlablocks.build import build as build_component
 from vlablocks.config import ConfigError
 from vlablocks.registry import ACTION_MODELS
-
-B, T, D, S, H, L, VLM_LAYERS = 4, 4, 3, 5, 16, 6, 3
-TINY = {
-    "hidden_dim": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "num_blocks": 2,
-    "num_pool_queries": 2,
-    "num_inference_steps": 4,
-    "num_train_timesteps": 20,
-    "repeated_diffusion_steps": 2,
-}
-# The overfit test uses a little more width and more noise draws per sample (less gradient noise).
-OVERFIT_OPTIONS = {"hidden_dim": 64, "repeated_diffusion_steps": 4}
-OVERFIT_OPTIONS_PER_HEAD = {"diffusion": {"repeated_diffusion_steps": 8}}
-OVERFIT_STEPS = 300
-
-CONTINUOUS_HEADS = [
-    entry.name for entry in ACTION_MODELS.entries() if isinstance(entry.obj, type) and issubclass(entry.obj, ActionHead)
-]
-
-
-def build(name: str, seed: int = 0, **overrides) -> ActionHead:
-    fields = {f.name for f in dataclasses.fields(ACTION_MODELS.entry(name).config_class)}
-    options = {"name": name, **{k: v for k, v in TINY.items() if k in fields}, **overrides}
-    torch.manual_seed(seed)
-    return build_component(ACTION_MODELS, options, action_horizon=T, action_dim=D, state_dim=S, cond_dim=H)
-
-
-def make_conditioning(head: ActionHead, seed: int = 1) -> Conditioning:
-    """Context of L tokens (the last one of sample 0 padded, the first 4 vision tokens), all VLM layers."""
-    g = torch.Generator().manual_seed(seed)
-    length = getattr(head, "num_query_tokens", L)
-    layers = [torch.randn(B, length, H, generator=g) for _ in range(VLM_LAYERS + 1)]
-    mask = torch.ones(B, length, dtype=torch.bool)
-    if length > 1:
-        mask[0, -1] = False
-    vision_mask = torch.zeros(B, length, dtype=torch.bool)
-    vision_mask[:, : min(4, length)] = True
-    positions = torch.rand(B, length, 2, generator=g) * vision_mask.unsqueeze(-1)
-    return Conditioning(layers[-1], mask, layers, vision_mask, positions)
-
-
-def wake(head: ActionHead, seed: int = 5) -> ActionHead:
-    """Gives zero-initialized parameters (adaLN-Zero gates, FiLM) random values: a fresh DiT block is
-    the identity, so context-dependence tests need a head whose blocks already do something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in head.parameters():
-            if not parameter.any():
-                parameter.copy_(torch.randn(parameter.shape, generator=g) * 0.3)
-    return head
-
-
-def make_batch(seed: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """actions [B, T, D] in [-1, 1], action_is_pad [B, T] (samples 1 and 2 end padded), state [B, S]."""
-    g = torch.Generator().manual_seed(seed)
-    actions = torch.rand(B, T, D, generator=g) * 2 - 1
-    is_pad = torch.zeros(B, T, dtype=torch.bool)
-    is_pad[1, -2:] = True
-    is_pad[2, -1] = True
-    return actions, is_pad, torch.randn(B, S, generator=g)
-
-
-def seeded_loss(head, conditioning, actions, is_pad, state, seed: int = 7, draws: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    losses = [head.compute_loss(conditioning, actions, is_pad, state, generator=g)["loss"] for _ in range(draws)]
-    return torch.stack(losses).mean()
 
 
 def test_every_action_model_declares_its_typed_config():
@@ -103,14 +49,7 @@ def test_every_action_model_declares_its_typed_config():
 
 def test_misspelled_option_names_the_closest_key():
     with pytest.raises(ConfigError, match="did you mean action_model.hidden_dim"):
-        build_component(
-            ACTION_MODELS,
-            {"name": "flow_matching", "hiden_dim": 8},
-            action_horizon=T,
-            action_dim=D,
-            state_dim=S,
-            cond_dim=H,
-        )
+        build_component(ACTION_MODELS, {"name": "flow_matching", "hiden_dim": 8}, **SIZES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,47 +264,6 @@ def test_layerwise_needs_enough_layers():
 
 # ---------------------------------------------------------------------------------------------
 # 2-D position encoding of the vision tokens in the context.
-
-POSITION_HEADS = [
-    name
-    for name in CONTINUOUS_HEADS
-    if "context_position_encoding" in {f.name for f in dataclasses.fields(ACTION_MODELS.entry(name).config_class)}
-]
-
-
-def test_sincos_2d_distinguishes_rows_and_columns():
-    grid = torch.tensor([[r / 7, c / 7] for r in range(8) for c in range(8)])
-    codes = sincos_2d(grid, 32)
-    assert codes.shape == (64, 32) and codes.abs().max() <= 1.0
-    distances = torch.cdist(codes, codes) + torch.eye(64) * 1e3
-    assert distances.min() > 0.1  # every patch of an 8 x 8 grid gets its own code
-    transposed = sincos_2d(grid.flip(-1), 32)
-    assert not torch.allclose(codes, transposed)  # (r, c) and (c, r) differ
-
-
-@pytest.mark.parametrize("name", POSITION_HEADS)
-def test_position_encoding_makes_vision_token_positions_matter(name):
-    _, _, state = make_batch()
-    for encoding, should_change in (("sincos2d", True), ("none", False)):
-        head = wake(build(name, context_position_encoding=encoding))
-        conditioning = make_conditioning(head)
-        reference = head.predict(conditioning, state, generator=torch.Generator().manual_seed(0))
-        moved = conditioning.vision_positions.flip(1) * conditioning.vision_mask.unsqueeze(-1)
-        shuffled = dataclasses.replace(conditioning, vision_positions=moved)
-        changed = not torch.allclose(
-            head.predict(shuffled, state, generator=torch.Generator().manual_seed(0)), reference
-        )
-        assert changed == should_change, (name, encoding)
-
-
-@pytest.mark.parametrize("name", POSITION_HEADS)
-def test_position_encoding_without_vision_positions_is_a_clear_error(name):
-    head = build(name, context_position_encoding="sincos2d")
-    conditioning = dataclasses.replace(make_conditioning(head), vision_positions=None)
-    _, _, state = make_batch()
-    with pytest.raises(ValueError, match="needs conditioning.vision_mask and conditioning.vision_positions"):
-        head.predict(conditioning, state)
-
 
 # ---------------------------------------------------------------------------------------------
 # L1 regression and diffusion specifics.

@@ -1,9 +1,27 @@
-"""Shared test helper: raw view/prompt dicts -> the VLM's inputs, through the processor's tokenize step."""
+"""Shared VLM test helpers: tiny backbones, random views, and raw view/prompt dicts -> the VLM's inputs."""
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
+from vlablocks.build import build as build_component
 from vlablocks.processor.batch import VLMInputs
 from vlablocks.processor.steps import VLMTokenize
+from vlablocks.registry import VLMS
+from vlablocks.vlm import VLMBackbone
+
+FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
+
+
+def build(name: str, seed: int = 0, **options) -> VLMBackbone:
+    """A tiny random-init backbone of family `name` (seeded), with `options` for its `framework.vlm` section."""
+    torch.manual_seed(seed)
+    return build_component(VLMS, {"name": name, **options})
+
+
+def random_views(rng: np.random.Generator, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
 
 
 def encode(vlm, examples: list[dict], suffix: str = "") -> VLMInputs:

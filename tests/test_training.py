@@ -175,3 +175,18 @@ def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_p
         load_pretrained_modules(mismatched, str(tmp_path / "source"), [r"^action_model\."])
     with pytest.raises(ValueError, match="matches no key"):
         load_pretrained_modules(target, str(tmp_path / "source"), [r"^nonexistent"])
+
+
+def test_worker_sharing_is_set_only_when_workers_hand_batches_over():
+    from vlablocks.training.components import set_worker_sharing
+    from vlablocks.training.config import TrainerConfig
+
+    before = torch.multiprocessing.get_sharing_strategy()
+    try:
+        torch.multiprocessing.set_sharing_strategy("file_descriptor")
+        set_worker_sharing(TrainerConfig(num_workers=0, worker_sharing="file_system"))
+        assert torch.multiprocessing.get_sharing_strategy() == "file_descriptor"
+        set_worker_sharing(TrainerConfig(num_workers=2, worker_sharing="file_system"))
+        assert torch.multiprocessing.get_sharing_strategy() == "file_system"
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)

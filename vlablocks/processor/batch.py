@@ -29,7 +29,6 @@ class VLMInputs:
     pixel_patches:     [P, C, p, p] uint8, every view's patches, views in sample order (the VLM normalizes them)
     image_grid_thw:    [V, 3] long, (t, h, w) patch grid of each view
     views_per_sample:  [B] long, V = its sum
-    mm_token_type_ids: [B, L] long or None (1 at image tokens; newer transformers processors emit it)
     labels:            [B, L] long or None: the answer's token ids where a loss is taken, -100 elsewhere
     """
 
@@ -38,7 +37,6 @@ class VLMInputs:
     pixel_patches: torch.Tensor
     image_grid_thw: torch.Tensor
     views_per_sample: torch.Tensor
-    mm_token_type_ids: torch.Tensor | None = None
     labels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> VLMInputs:
@@ -48,11 +46,11 @@ class VLMInputs:
 
     def model_kwargs(self) -> dict[str, torch.Tensor]:
         """What the transformers model takes besides the (separately encoded) pixels."""
-        kwargs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        kwargs["image_grid_thw"] = self.image_grid_thw
-        if self.mm_token_type_ids is not None:
-            kwargs["mm_token_type_ids"] = self.mm_token_type_ids
-        return kwargs
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "image_grid_thw": self.image_grid_thw,
+        }
 
 
 @dataclass

@@ -123,7 +123,6 @@ class VLMTokenize:
         self.hf_processor = hf_processor
         self.tokenizer = hf_processor.tokenizer
         self.image_token = hf_processor.image_token
-        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.merge_size = hf_processor.image_processor.merge_size
         self.view_size = tuple(view_size)
         self.patch_size = patch_size
@@ -160,7 +159,6 @@ class VLMTokenize:
             pixel_patches=torch.from_numpy(np.concatenate(patches)),
             image_grid_thw=torch.tensor(grids, dtype=torch.long),
             views_per_sample=torch.tensor([len(s["views"]) for s in samples], dtype=torch.long),
-            mm_token_type_ids=(input_ids == self.image_token_id).long(),
         )
         if any("answer" in s for s in samples):
             inputs.labels = self.answer_labels(inputs.input_ids, [s.get("answer", "") for s in samples])

@@ -23,6 +23,12 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def set_worker_sharing(trainer) -> None:
+    """The shared-memory strategy DataLoader workers hand batches over with (`trainer.worker_sharing`)."""
+    if trainer.num_workers > 0:
+        torch.multiprocessing.set_sharing_strategy(trainer.worker_sharing)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

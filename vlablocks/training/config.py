@@ -22,6 +22,10 @@ class TrainerConfig:
     # Regular expressions searched (re.search) in parameter names; a pattern matching nothing is an error.
     freeze_modules: list[str] = field(default_factory=list)
     num_workers: int = 0
+    # How DataLoader workers hand processed batches over: "file_system" (a shared-memory name per tensor; torch's
+    # shm manager frees the segments of killed processes) or "file_descriptor" (torch's Linux default: one file
+    # descriptor passed over a socket per tensor, several times slower per batch; docs/benchmarks.md row 2).
+    worker_sharing: Literal["file_system", "file_descriptor"] = "file_system"
     # Intra-op threads per process (None: torch's default). Tiny CPU models run fastest with 1: thread
     # hand-offs cost more than the matmuls they split.
     torch_threads: int | None = None

@@ -25,6 +25,7 @@ from vlablocks.training.components import (
     resolve_norm_stats,
     seed_everything,
     set_threads,
+    set_worker_sharing,
 )
 from vlablocks.training.config import TrainerConfig
 from vlablocks.training.distributed import end_distributed
@@ -42,6 +43,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     run_dir = Path(experiment.run_dir)
     accelerator = make_accelerator(trainer)
     set_threads(trainer.torch_threads)
+    set_worker_sharing(trainer)
     seed_everything(experiment.seed)
     main = accelerator.is_main_process
     if main:
@@ -88,16 +90,17 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
         step_loss, data_wait = 0.0, 0.0
         for _ in range(accum):
             with accelerator.accumulate(model):
-                fetch_start = time.perf_counter()  # waiting for the processor (0 when the workers keep ahead)
-                batch = next(batches).to(accelerator.device)
+                fetch_start = time.perf_counter()  # waiting for the processor (the hand-over, with workers)
+                batch = next(batches)
                 data_wait += time.perf_counter() - fetch_start
-                outputs = model(batch)
+                outputs = model(batch.to(accelerator.device))
                 accelerator.backward(outputs["loss"])
                 step_loss += accelerator.reduce(outputs["loss"].detach(), "mean").item() / accum
                 if accelerator.sync_gradients and trainer.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), trainer.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                del batch, outputs  # freed here, not while the next batch is awaited
         lr = scheduler.get_last_lr()[0]  # the rate this step used
         scheduler.step()
         if not math.isfinite(step_loss):

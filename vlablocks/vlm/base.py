@@ -295,7 +295,7 @@ class VLMBackbone(nn.Module):
         """inputs: the processor's VLMInputs (on this device) -> hidden states of every layer (see VLMOutput)."""
         features, layout = self.encode_images(inputs, vision_hook)
         out = self.model.model(
-            **inputs.model_kwargs(),
+            **self.model_kwargs(inputs),
             mm_encoder_outputs={"image": features},
             output_hidden_states=True,
             use_cache=False,
@@ -311,6 +311,15 @@ class VLMBackbone(nn.Module):
             vision_positions=layout.scatter(layout.positions),
             view_index=layout.scatter(layout.view_index, fill=-1),
         )
+
+    def model_kwargs(self, inputs: VLMInputs) -> dict[str, torch.Tensor]:
+        """The transformers model's text-side inputs; `mm_token_type_ids` (1 at image tokens, what transformers'
+        processor emits) is derived here rather than shipped in every batch."""
+        return {**inputs.model_kwargs(), "mm_token_type_ids": self.token_types(inputs.input_ids)}
+
+    def token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids: [B, L] -> [B, L] long, 1 at image tokens, 0 elsewhere."""
+        return (input_ids == self.image_token_id).long()
 
     def token_positions(self, input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
         """input_ids: [B, L] -> [B, n] positions of `token_id`, which must occur n > 0 times in every row."""
@@ -345,7 +354,7 @@ class VLMBackbone(nn.Module):
             raise ValueError(f"allowed ids must lie in [0, {vocab_size}), got {allowed[0]}..{allowed[-1]}")
         features, _ = self.encode_images(inputs, vision_hook)
         output = self.model.generate(
-            **inputs.model_kwargs(),
+            **self.model_kwargs(inputs),
             mm_encoder_outputs={"image": features},
             logits_processor=LogitsProcessorList([AllowedTokens(allowed, vocab_size, self.device)]),
             max_new_tokens=max_new_tokens,

@@ -103,8 +103,8 @@ class Qwen3VL(VLMBackbone):
 
     See `VLMBackbone` for inputs, outputs, `vision_hook` and `vision_position_encoding` ("sincos2d"
     adds a fixed 2-D sin-cos code of each merged vision token's (row, col) to its embedding).
-    Views are resized to multiples of 32 pixels (patch 16 x merge 2). Inputs carry
-    `mm_token_type_ids`, which transformers 5 needs next to input_ids when images are passed.
+    Views are resized to multiples of 32 pixels (patch 16 x merge 2). The model gets `mm_token_type_ids`
+    (`VLMBackbone.model_kwargs`), which transformers 5 needs next to input_ids when images are passed.
     """
 
     Config = Qwen3VLBackboneConfig

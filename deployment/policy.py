@@ -36,6 +36,10 @@ class FrameworkPolicy:
         self.framework = framework
         self.metadata = framework.processor.metadata
 
+    def check_prompt(self, prompt: str, max_tokens: int) -> None:
+        """ValueError naming the problem when the instruction is empty, too long or holds control tokens."""
+        self.framework.processor.check_prompt(prompt, max_tokens)
+
     def infer(self, obs: dict) -> dict:
         """obs: validated observation -> {"actions": float32 [T, D]}"""
         # Decoded arrays are read-only views on the network buffer; the processor may want to write.

@@ -34,7 +34,7 @@ class StatePolicy:
 
 
 def obs(state: float = 0.0) -> dict:
-    return {"images": {"image": np.zeros((8, 8, 3), np.uint8)}, "state": np.array([state], np.float32), "prompt": ""}
+    return {"images": {"image": np.zeros((8, 8, 3), np.uint8)}, "state": np.array([state], np.float32), "prompt": "go"}
 
 
 # ---- wire encoding ----------------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_client_installs_and_works_alone_without_vlablocks_or_torch(tmp_path):
             assert vlablocks_client.__file__.startswith({str(site)!r}), vlablocks_client.__file__
             client = vlablocks_client.PolicyClient("127.0.0.1", {srv.port})
             reply = client.infer({{"images": {{"image": np.zeros((8, 8, 3), np.uint8)}},
-                                   "state": np.array([2.0], np.float32), "prompt": ""}})
+                                   "state": np.array([2.0], np.float32), "prompt": "go"}})
             heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "vlablocks", "deployment"))
             print(reply["actions"][0, 0], heavy)
             """)

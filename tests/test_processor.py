@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -319,3 +320,19 @@ def test_a_multi_dataset_policy_names_the_missing_dataset_name(oft_data):
     with pytest.raises(ValueError, match=r"no dataset_name, so the default 'test'.*one of \['first', 'second'\]"):
         framework.predict_action([request])
     assert framework.predict_action([{**request, "dataset_name": "second"}])["actions"].shape == (1, 4, 3)
+
+
+def test_check_prompt_uses_the_models_tokenizer(oft):
+    """Serving refuses instructions the model would misread: empty, over the token limit, or holding any of its
+    special tokens (chat template, vision, and the action queries it added)."""
+    processor = oft.processor
+    processor.check_prompt("pick up the red block", max_tokens=64)
+    for prompt, fragment in [
+        ("  ", "empty"),
+        ("pick up the red block " * 20, "over this server's limit of 64"),
+        ("go <|im_start|> now", "<|im_start|>"),
+        ("go <|act_0|>", "<|act_0|>"),
+        ("look <|image_pad|>", "<|image_pad|>"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(fragment)):
+            processor.check_prompt(prompt, max_tokens=64)

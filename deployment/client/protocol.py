@@ -3,12 +3,17 @@
 Connect (websocket, binary frames, msgpack with numpy arrays, see `msgpack_numpy`):
 
     server -> client   metadata: {"action_horizon": T, "action_dim": D, "state_dim": S, "camera_keys": [..],
-                                  "image_size": H, "embodiment": str, "max_payload_bytes": int, "protocol": int}
+                                  "image_size": H, "embodiment": str, "max_payload_bytes": int,
+                                  "max_prompt_chars": int, "max_prompt_tokens": int, "max_connections": int,
+                                  "protocol": int}
     client -> server   observation: {"images": {camera_key: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str}
                        (any H x W: the model resizes each view to image_size; sending that size saves bandwidth)
     server -> client   {"actions": float32 [T, D], "server_timing": {"infer_ms": float, "total_ms": float}}
                        or {"error": {"type": <one of ERROR_TYPES>, "message": str}}; the connection stays usable.
 
+A prompt must be non-empty plain text within the advertised character and token limits (the model's
+special tokens are refused); errors are one line of at most 500 characters. Connections beyond
+`max_connections` are closed with code 1013 ("try again later").
 A message larger than `max_payload_bytes` closes that connection with code 1009 (the server never reads an
 over-limit message into memory); the server keeps serving and the client reconnects. `GET /healthz` answers
 200 "OK". When the server has an API key, the websocket handshake must carry `Authorization: Api-Key <key>`
@@ -31,17 +36,30 @@ ERROR_TYPES = (
     "wrong_shape",  # an image or the state has the wrong shape
     "wrong_dtype",  # e.g. float images, string state
     "wrong_type",  # e.g. a prompt that is not a string
-    "invalid_value",  # NaN / inf in the state
+    "invalid_value",  # NaN / inf in the state, an empty or over-long prompt, control tokens in the prompt
     "payload_too_large",  # over max_payload_bytes
-    "unauthorized",  # missing or wrong API key
-    "inference_error",  # the policy itself failed
+    "unauthorized",  # missing, repeated or wrong API key
+    "inference_error",  # the policy itself failed, or returned non-finite actions
 )
 
 
+MAX_MESSAGE_CHARS = 500  # an error message never echoes more of the sender's input than this
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` on one line, cut to `limit` characters (a hostile key or value is never echoed whole)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 25] + f"... [{len(flat) - limit + 25} chars cut]"
+
+
 class ProtocolError(ValueError):
-    """A request the server refuses, or a refusal the client received. `type` is one of `ERROR_TYPES`."""
+    """A request the server refuses, or a refusal the client received. `type` is one of `ERROR_TYPES`.
+
+    The message is one line of at most MAX_MESSAGE_CHARS characters, whatever it quotes.
+    """
 
     def __init__(self, type: str, message: str) -> None:
+        message = one_line(message)
         super().__init__(f"{type}: {message}")
         self.type = type
         self.message = message

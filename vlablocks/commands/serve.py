@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 NAME = "serve"
 HELP = "serve a checkpoint to robots/simulators (websocket + msgpack, openpi protocol; GET /healthz)"
@@ -16,10 +17,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key",
         default=os.environ.get("VLABLOCKS_API_KEY"),
-        help="require 'Authorization: Api-Key <key>' on connect (default: $VLABLOCKS_API_KEY; unset = no key)",
+        help="require 'Authorization: Api-Key <key>' on connect (default: $VLABLOCKS_API_KEY; unset = no key); "
+        "visible in `ps`: prefer the variable or --api-key-file",
     )
+    parser.add_argument("--api-key-file", help="read the API key from this file's first line (takes precedence)")
     parser.add_argument("--max-payload-mb", type=float, default=16.0, help="largest observation message accepted")
+    parser.add_argument("--max-prompt-tokens", type=int, default=256, help="longest instruction accepted, in tokens")
+    parser.add_argument("--max-connections", type=int, default=32, help="open connections beyond this are refused")
     parser.add_argument("--device", default="auto", help="torch device for the model: auto, cpu, cuda, cuda:1, ...")
+
+
+def read_api_key(given: str | None, path: str | None) -> str | None:
+    """The key from --api-key-file (its first line; it takes precedence), else --api-key / $VLABLOCKS_API_KEY."""
+    if path is None:
+        return given or None
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--api-key-file {path}: no such file")
+    key = (file.read_text().splitlines() or [""])[0].strip()
+    if not key:
+        raise ValueError(f"--api-key-file {path}: the file's first line is empty")
+    return key
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -32,10 +50,17 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from deployment.policy import load_policy
     from deployment.server import PolicyServer
 
+    api_key = read_api_key(args.api_key, args.api_key_file)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     policy = load_policy(args.ckpt, device=device)
     server = PolicyServer(
-        policy, host=args.host, port=args.port, api_key=args.api_key, max_payload_mb=args.max_payload_mb
+        policy,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_payload_mb=args.max_payload_mb,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_connections=args.max_connections,
     )
 
     async def main() -> None:

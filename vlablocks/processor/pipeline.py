@@ -146,6 +146,26 @@ class Processor:
             raise ValueError(f"sample[{missing}] has no 'state'; this policy takes a float32 [{self.config.state_dim}]")
         return _stack([s["state"] for s in samples])
 
+    def check_prompt(self, prompt: str, max_tokens: int) -> None:
+        """A request's instruction must be non-empty, at most `max_tokens` tokens, and free of the model's
+        special tokens (chat, vision, action-query and FAST tokens): ValueError naming which, else None."""
+        if not prompt.strip():
+            raise ValueError("'prompt' is empty; send the instruction as plain text")
+        tokenizer = self.hf_processor.tokenizer
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_tokens:
+            raise ValueError(f"'prompt' is {len(ids)} tokens, over this server's limit of {max_tokens}")
+        special = self._special_token_ids()
+        found = [tokenizer.convert_ids_to_tokens(i) for i in ids if i in special]
+        if found:
+            raise ValueError(f"'prompt' holds the model's control token(s) {sorted(set(found))[:5]}; send plain text")
+
+    def _special_token_ids(self) -> frozenset[int]:
+        if not hasattr(self, "_special_ids"):
+            tokenizer = self.hf_processor.tokenizer
+            self._special_ids = frozenset([*tokenizer.get_added_vocab().values(), *tokenizer.all_special_ids])
+        return self._special_ids
+
     # ---- output steps ------------------------------------------------------------------------------
     def postprocess(self, output: dict, batch: Batch) -> dict[str, Any]:
         """Model output -> {"actions": robot units [B, T, D], "normalized_actions": [B, T, D]} (numpy float32)."""

@@ -96,13 +96,14 @@ def test_save_load_gives_identical_predictions(name, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in FRAMEWORKS.names() if n != "QwenFAST"])
 def test_a_checkpoint_written_before_processors_still_loads(name, tmp_path):
-    """The old layout: norm_stats.json beside the weights and the full experiment config, no processor/."""
+    """The old layout: norm_stats.json beside the weights, no processor/ and no manifest."""
     examples = scaled_examples(2)
     framework = built(name, examples)
     before = framework.predict_action(examples, seed=3)
     framework.save_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "processor" / "norm_stats.json").rename(tmp_path / "ckpt" / "norm_stats.json")
     shutil.rmtree(tmp_path / "ckpt" / "processor")
+    (tmp_path / "ckpt" / "manifest.json").unlink()
     after = Framework.from_pretrained(tmp_path / "ckpt").predict_action(examples, seed=3)
     np.testing.assert_array_equal(before["actions"], after["actions"])
 

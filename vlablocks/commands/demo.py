@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         write_toy_dataset(data, args.episodes, seed=0, overwrite=True)
         print(f"[demo] wrote {args.episodes} toy episodes to {data} in {time.perf_counter() - start:.0f} s")
     experiment = load_config(args.config_yaml, [f"dataset.root={data}", f"run_dir={out / 'train'}", *overrides])
+    shutil.rmtree(out / "train", ignore_errors=True)  # the demo's own run: each demo trains afresh
     start = time.perf_counter()
     result = train(experiment)
     print(f"[demo] trained in {time.perf_counter() - start:.0f} s; final loss {result['losses'][-1]:.4f}")

@@ -3,7 +3,8 @@
 A framework is the model only: it takes the typed `Batch` its processor makes (vlablocks/processor/) and
 knows nothing of datasets or normalization. A checkpoint directory holds `model.safetensors` (all
 weights), `config.yaml` (the `platform:` and `framework:` sections it was built from) and `processor/`
-(the processor that feeds it, with the normalization stats; see vlablocks/processor/pipeline.py).
+(the processor that feeds it, with the normalization stats; see vlablocks/processor/pipeline.py), and
+`manifest.json` (size and SHA-256 of each file, checked on load: vlablocks/manifest.py).
 Nothing on the load path uses pickle.
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 from vlablocks.atomic import atomic_directory
 from vlablocks.build import build
 from vlablocks.config import ExperimentConfig, PlatformConfig, load_yaml, parse_experiment, to_yaml
+from vlablocks.manifest import read_json, verify_manifest, write_manifest
 from vlablocks.processor.batch import Batch
 from vlablocks.processor.pipeline import PROCESSOR_DIR, Processor, build_processor
 from vlablocks.registry import ACTION_MODELS, FRAMEWORKS
@@ -115,6 +117,7 @@ class Framework(nn.Module):
         """Writes the checkpoint atomically: a kill mid-save leaves any previous one intact."""
         with atomic_directory(directory) as tmp:
             self.write_files(tmp)
+            write_manifest(tmp)
         return Path(directory)
 
     @staticmethod
@@ -124,6 +127,7 @@ class Framework(nn.Module):
         for required in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / required).is_file():
                 raise FileNotFoundError(f"{directory} is not a vlablocks checkpoint: {required} is missing")
+        verify_manifest(directory)  # a truncated config or corrupt weights are refused, the file named
         experiment = parse_experiment(load_yaml(directory / CONFIG_FILE))
         framework = build_framework(experiment)
         framework.load_weights(directory)
@@ -131,9 +135,7 @@ class Framework(nn.Module):
             framework.processor = Processor.from_pretrained(directory / PROCESSOR_DIR)
         elif (directory / LEGACY_NORM_STATS_FILE).is_file():
             # Written before processors: rebuild the processor from the full experiment config it kept.
-            import json
-
-            norm_stats = json.loads((directory / LEGACY_NORM_STATS_FILE).read_text())
+            norm_stats = read_json(directory / LEGACY_NORM_STATS_FILE)
             framework.processor = build_processor(experiment, framework, norm_stats)
         else:
             raise FileNotFoundError(f"{directory} has no processor/: re-save it from a run that has norm stats")

@@ -26,6 +26,7 @@ import torch
 
 from vlablocks.config import ExperimentConfig
 from vlablocks.dataloader.normalization import Normalizer
+from vlablocks.manifest import read_json
 from vlablocks.processor.batch import Batch
 from vlablocks.processor.fast_tokenizer import FASTTokenizer
 from vlablocks.processor.steps import FASTAnswer, GeometryPreprocess, Normalize, SelectCameras, Unnormalize, VLMTokenize
@@ -231,14 +232,14 @@ class Processor:
         for required in (CONFIG_FILE, NORM_STATS_FILE, HF_PROCESSOR_DIR):
             if not (directory / required).exists():
                 raise FileNotFoundError(f"{directory} is not a vlablocks processor: {required} is missing")
-        data = json.loads((directory / CONFIG_FILE).read_text())
+        data = read_json(directory / CONFIG_FILE)
         if data.get("format") != FORMAT_VERSION:
             raise ValueError(f"{directory / CONFIG_FILE}: format {data.get('format')!r}, expected {FORMAT_VERSION}")
         config = ProcessorConfig.from_dict(data)
         hf_processor = AutoProcessor.from_pretrained(str(directory / HF_PROCESSOR_DIR), local_files_only=True)
         hf_processor.tokenizer.padding_side = "left"
         fast = FASTTokenizer.load(directory / FAST_DIR) if (directory / FAST_DIR).is_dir() else None
-        return cls(config, hf_processor, json.loads((directory / NORM_STATS_FILE).read_text()), fast)
+        return cls(config, hf_processor, read_json(directory / NORM_STATS_FILE), fast)
 
 
 def _stack(arrays: list) -> torch.Tensor:

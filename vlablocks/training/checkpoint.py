@@ -2,6 +2,7 @@
 
 Layout of one checkpoint:
     model.safetensors, config.yaml, processor/ ...   (Framework.write_files: servable as is)
+    manifest.json                   size and SHA-256 of every file, written last (vlablocks/manifest.py)
     trainer_state/optimizer.pt      optimizer state (tensors and numbers only; loaded with weights_only=True);
                                     absent under DeepSpeed ZeRO, whose optimizer state is sharded across ranks
     trainer_state/state.json        step, losses so far, scheduler state, Python and NumPy RNG states
@@ -23,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlablocks.atomic import atomic_directory
+from vlablocks.manifest import CorruptCheckpointError, read_json, verify_manifest, write_manifest
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_DIR = "trainer_state"
@@ -38,8 +40,16 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
+    """The newest checkpoint that matches its manifest (or predates manifests); corrupt ones are skipped with a
+    warning naming the file, so a resume never starts from, or reports as last good, a damaged checkpoint."""
+    for directory in reversed(checkpoint_dirs(run_dir)):
+        try:
+            verify_manifest(directory)
+        except CorruptCheckpointError as exc:
+            warnings.warn(f"skipping corrupt checkpoint {directory.name}: {exc}", stacklevel=2)
+            continue
+        return directory
+    return None
 
 
 def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -89,6 +99,7 @@ def save_training_checkpoint(
         record = {"step": step, "scheduler": scheduler.state_dict(), "rng": portable, **trainer_state}
         (state_dir / "state.json").write_text(json.dumps(record))
         save_file(tensors, str(state_dir / "rng.safetensors"))
+        write_manifest(tmp)  # last: a checkpoint without a matching manifest is never resumed from
     for old in checkpoint_dirs(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -107,7 +118,7 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
             "AdamW moments restart from zero; weights, schedule, RNG and data position are restored",
             stacklevel=2,
         )
-    record = json.loads((state_dir / "state.json").read_text())
+    record = read_json(state_dir / "state.json")
     scheduler.load_state_dict(record.pop("scheduler"))
     _set_rng_state(record.pop("rng"), load_file(str(state_dir / "rng.safetensors")))
     return record

@@ -30,6 +30,7 @@ from vlablocks.training.components import (
 from vlablocks.training.config import TrainerConfig
 from vlablocks.training.distributed import end_distributed
 from vlablocks.training.optim import build_optimizer, freeze_modules, parameter_summary
+from vlablocks.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
 from vlablocks.training.run_logger import RunLogger
 
 
@@ -46,8 +47,11 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     set_worker_sharing(trainer)
     seed_everything(experiment.seed)
     main = accelerator.is_main_process
+    check_run_dir(run_dir, experiment)  # every rank, before anything is written: no run is clobbered silently
+    accelerator.wait_for_everyone()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
         (run_dir / "config.yaml").write_text(to_yaml(experiment.to_dict()))
 
     dataset = dataset if dataset is not None else build_train_dataset(experiment)
@@ -68,6 +72,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
         record = load_training_state(resume_from, optimizer, scheduler)
         start_step, losses = record["step"], record["losses"]
         if main:
+            truncate_metrics(run_dir, start_step)
             print(f"resumed from {resume_from} at step {start_step}")
 
     # The scheduler is stepped by hand once per optimizer step: accelerate would step it per process.

@@ -152,7 +152,8 @@ class PolicyServer:
             except ValueError as exc:
                 raise ProtocolError("invalid_value", str(exc)) from None
 
-    async def _answer(self, message: bytes | str) -> bytes:
+    async def _answer(self, message: bytes | str) -> bytes | str:
+        """A binary msgpack reply, or an error as a text frame (see deployment/client/protocol.py)."""
         received = time.perf_counter()
         try:
             if isinstance(message, str):
@@ -167,7 +168,7 @@ class PolicyServer:
                 raise ProtocolError("inference_error", f"{type(exc).__name__}: {exc}") from None
             actions = self._check_actions(result)
         except ProtocolError as exc:
-            return msgpack_numpy.packb(exc.to_reply())
+            return exc.to_text()
         timing = {"infer_ms": infer_ms, "total_ms": (time.perf_counter() - received) * 1e3}
         return msgpack_numpy.packb({"actions": actions, "server_timing": timing})
 

@@ -66,8 +66,13 @@ def connect_raw(port: int) -> websockets.sync.client.ClientConnection:
 
 
 def ask(ws, payload: bytes | str) -> dict:
+    """One request on a raw connection -> the reply; an error (a text frame) as {"error": {"type", "message"}}."""
     ws.send(payload)
-    return msgpack_numpy.unpackb(ws.recv(timeout=10))
+    reply = ws.recv(timeout=10)
+    if isinstance(reply, str):
+        error = ProtocolError.from_text(reply)
+        return {"error": {"type": error.type, "message": error.message}}
+    return msgpack_numpy.unpackb(reply)
 
 
 def test_round_trip_returns_the_policys_actions_and_timing(server):

@@ -12,7 +12,7 @@ import websockets.exceptions
 import websockets.sync.client
 from test_server import CAMERAS, ChecksumPolicy, ask, connect_raw, make_obs
 
-from deployment.client import msgpack_numpy
+from deployment.client import PolicyClient, ProtocolError, msgpack_numpy
 from deployment.client.protocol import MAX_MESSAGE_CHARS
 from deployment.server import BUSY, exposure_warning, running_server
 from vlablocks.commands.serve import read_api_key
@@ -143,3 +143,20 @@ def test_the_api_key_can_come_from_a_file(tmp_path):
         read_api_key(None, str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_api_key(None, str(tmp_path / "missing"))
+
+
+def test_errors_are_text_frames_that_an_openpi_client_raises():
+    """openpi's client raises on any text frame ("Error in inference server"); binary replies are results."""
+    with running_server(ChecksumPolicy()) as srv:
+        ws = connect_raw(srv.port)
+        ws.send(msgpack_numpy.packb({**make_obs(), "images": {}}))
+        reply = ws.recv(timeout=10)
+        assert isinstance(reply, str) and reply.startswith("wrong_views: ") and "\n" not in reply
+        ws.send(msgpack_numpy.packb(make_obs()))
+        assert isinstance(ws.recv(timeout=10), bytes)  # the connection stays usable
+        ws.close()
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            with pytest.raises(ProtocolError) as info:
+                client.infer({**make_obs(), "prompt": ""})
+            assert info.value.type == "invalid_value"
+            assert client.infer(make_obs())["actions"].shape == (5, 3)

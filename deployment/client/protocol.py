@@ -8,8 +8,10 @@ Connect (websocket, binary frames, msgpack with numpy arrays, see `msgpack_numpy
                                   "protocol": int}
     client -> server   observation: {"images": {camera_key: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str}
                        (any H x W: the model resizes each view to image_size; sending that size saves bandwidth)
-    server -> client   {"actions": float32 [T, D], "server_timing": {"infer_ms": float, "total_ms": float}}
-                       or {"error": {"type": <one of ERROR_TYPES>, "message": str}}; the connection stays usable.
+    server -> client   {"actions": float32 [T, D], "server_timing": {"infer_ms": float, "total_ms": float}} (binary)
+                       or an error as a TEXT frame "<one of ERROR_TYPES>: <message>", which an unmodified
+                       openpi client raises as an exception and `PolicyClient` as `ProtocolError`; the
+                       connection stays usable.
 
 A prompt must be non-empty plain text within the advertised character and token limits (the model's
 special tokens are refused); errors are one line of at most 500 characters. Connections beyond
@@ -64,8 +66,17 @@ class ProtocolError(ValueError):
         self.type = type
         self.message = message
 
-    def to_reply(self) -> dict:
-        return {"error": {"type": self.type, "message": self.message}}
+    def to_text(self) -> str:
+        """The error reply: a TEXT frame "<type>: <message>" (openpi's client raises on any text frame)."""
+        return f"{self.type}: {self.message}"
+
+    @classmethod
+    def from_text(cls, text: str) -> ProtocolError:
+        """A text-frame reply -> the error it carries (an unknown type is kept as a malformed reply)."""
+        kind, _, message = text.partition(": ")
+        if kind in ERROR_TYPES and message:
+            return cls(kind, message)
+        return cls("malformed_message", f"server sent text instead of msgpack: {text}")
 
 
 def api_key_header(api_key: str) -> dict[str, str]:

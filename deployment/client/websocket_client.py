@@ -104,7 +104,7 @@ class PolicyClient:
                 self._ws.send(data)
                 reply = self._ws.recv(timeout=self.request_timeout)
                 if isinstance(reply, str):
-                    raise ProtocolError("malformed_message", f"server sent text instead of msgpack: {reply[:200]}")
+                    raise ProtocolError.from_text(reply)  # the server's error reply
                 return reply
             except websockets.exceptions.ConnectionClosed as exc:
                 self._ws = None
@@ -127,10 +127,7 @@ class PolicyClient:
         """obs: {"images": {cam: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str} -> {"actions": [T, D], ...}"""
         data = self._packer.pack(obs)
         self._check_size(data)
-        reply = msgpack_numpy.unpackb(self._round_trip(data))
-        if "error" in reply:
-            raise ProtocolError(reply["error"].get("type", "unknown"), reply["error"].get("message", ""))
-        return reply
+        return msgpack_numpy.unpackb(self._round_trip(data))
 
     def reset(self) -> None:
         """Start of an episode; the server keeps no per-episode state, so nothing to do."""

@@ -48,12 +48,12 @@ class FrameworkPolicy:
         return {"actions": actions[0]}
 
 
-def load_policy(checkpoint_dir: str | os.PathLike, device: str = "cpu") -> FrameworkPolicy:
-    """A checkpoint written by `save_pretrained` -> a servable policy on `device`."""
+def load_policy(checkpoint_dir: str | os.PathLike, device: str = "cpu", weights: str = "model") -> FrameworkPolicy:
+    """A checkpoint written by `save_pretrained` -> a servable policy on `device` (weights "ema": the average)."""
     import torch
 
     from vlablocks.framework.base import Framework
 
-    framework = Framework.from_pretrained(checkpoint_dir)
+    framework = Framework.from_pretrained(checkpoint_dir, weights=weights)
     framework.to(torch.device(device))
     return FrameworkPolicy(framework)

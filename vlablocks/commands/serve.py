@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=256, help="longest instruction accepted, in tokens")
     parser.add_argument("--max-connections", type=int, default=32, help="open connections beyond this are refused")
     parser.add_argument("--device", default="auto", help="torch device for the model: auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--weights", choices=["model", "ema"], default="model", help="ema: the moving average (trainer.ema_decay)"
+    )
 
 
 def read_api_key(given: str | None, path: str | None) -> str | None:
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     api_key = read_api_key(args.api_key, args.api_key_file)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    policy = load_policy(args.ckpt, device=device)
+    policy = load_policy(args.ckpt, device=device, weights=args.weights)
     server = PolicyServer(
         policy,
         host=args.host,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from vlablocks.manifest import read_json, verify_manifest, write_manifest
 from vlablocks.processor.batch import Batch
 from vlablocks.processor.pipeline import PROCESSOR_DIR, Processor, build_processor
 from vlablocks.registry import ACTION_MODELS, FRAMEWORKS
+from vlablocks.training.ema import load_ema_weights
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -121,8 +122,11 @@ class Framework(nn.Module):
         return Path(directory)
 
     @staticmethod
-    def from_pretrained(directory: str | os.PathLike) -> Framework:
-        """Rebuilds the registered framework named in `config.yaml`, loads its weights and its processor."""
+    def from_pretrained(directory: str | os.PathLike, weights: Literal["model", "ema"] = "model") -> Framework:
+        """Rebuilds the registered framework named in `config.yaml`, loads its weights and its processor.
+
+        weights: "ema" loads the moving average of the weights a run kept with `trainer.ema_decay`.
+        """
         directory = Path(directory)
         for required in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / required).is_file():
@@ -131,6 +135,10 @@ class Framework(nn.Module):
         experiment = parse_experiment(load_yaml(directory / CONFIG_FILE))
         framework = build_framework(experiment)
         framework.load_weights(directory)
+        if weights == "ema":
+            load_ema_weights(framework, directory)
+        elif weights != "model":
+            raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
         if (directory / PROCESSOR_DIR).is_dir():
             framework.processor = Processor.from_pretrained(directory / PROCESSOR_DIR)
         elif (directory / LEGACY_NORM_STATS_FILE).is_file():

@@ -7,6 +7,7 @@ Layout of one checkpoint:
                                     absent under DeepSpeed ZeRO, whose optimizer state is sharded across ranks
     trainer_state/state.json        step, losses so far, scheduler state, Python and NumPy RNG states
     trainer_state/rng.safetensors   torch CPU (and CUDA) RNG states
+    ema.safetensors                 the weights' moving average, with trainer.ema_decay (training/ema.py)
 Each checkpoint is written to a temporary directory and renamed, so a kill never leaves a half one.
 """
 
@@ -86,6 +87,7 @@ def save_training_checkpoint(
     trainer_state: dict,
     keep_last: int,
     state_dict: dict[str, torch.Tensor] | None = None,
+    ema=None,
 ) -> Path:
     """Writes `step_<step>` atomically, then prunes all but the newest `keep_last` checkpoints."""
     target = Path(run_dir) / "checkpoints" / f"step_{step}"
@@ -99,6 +101,8 @@ def save_training_checkpoint(
         record = {"step": step, "scheduler": scheduler.state_dict(), "rng": portable, **trainer_state}
         (state_dir / "state.json").write_text(json.dumps(record))
         save_file(tensors, str(state_dir / "rng.safetensors"))
+        if ema is not None:
+            ema.save(tmp)
         write_manifest(tmp)  # last: a checkpoint without a matching manifest is never resumed from
     for old in checkpoint_dirs(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

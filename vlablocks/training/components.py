@@ -29,6 +29,18 @@ def set_worker_sharing(trainer) -> None:
         torch.multiprocessing.set_sharing_strategy(trainer.worker_sharing)
 
 
+def make_ema(framework: torch.nn.Module, trainer, accelerator):
+    """The weights' moving average when `trainer.ema_decay` is set (vlablocks/training/ema.py), else None."""
+    if trainer.ema_decay is None:
+        return None
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        raise ValueError("trainer.ema_decay is not supported under ZeRO-3 (weights are sharded); use ZeRO-2 or DDP")
+    from vlablocks.training.ema import EMA
+
+    return EMA(framework, trainer.ema_decay)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -37,3 +37,6 @@ class TrainerConfig:
     reload_modules: list[str] = field(default_factory=list)
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     wandb_project: str | None = None
+    # Exponential moving average of the trainable weights (e.g. 0.999), saved as ema.safetensors in every
+    # checkpoint and served with `--weights ema`; None: off. Equations in vlablocks/training/ema.py.
+    ema_decay: float | None = None

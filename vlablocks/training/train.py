@@ -22,6 +22,7 @@ from vlablocks.training.components import (
     dataset_cameras,
     load_pretrained_modules,
     make_accelerator,
+    make_ema,
     resolve_norm_stats,
     seed_everything,
     set_threads,
@@ -77,6 +78,9 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
 
     # The scheduler is stepped by hand once per optimizer step: accelerate would step it per process.
     model, optimizer = accelerator.prepare(framework, optimizer)
+    ema = make_ema(framework, trainer, accelerator)  # after prepare: on the weights' device
+    if ema is not None and resume_from is not None:
+        ema.load(resume_from)
     accum = trainer.gradient_accumulation_steps
     batches = micro_batches(
         dataset,
@@ -105,6 +109,8 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
                     accelerator.clip_grad_norm_(model.parameters(), trainer.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if ema is not None and accelerator.sync_gradients:
+                    ema.update(framework)
                 del batch, outputs  # freed here, not while the next batch is awaited
         lr = scheduler.get_last_lr()[0]  # the rate this step used
         scheduler.step()
@@ -118,14 +124,14 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
         samples = trainer.batch_size * accum * accelerator.num_processes
         logger.log(step, {"loss": step_loss, "lr": lr, "data_ms": 1e3 * data_wait}, samples)
         if step % trainer.save_every == 0 or step == trainer.max_steps:
-            last_checkpoint = _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer)
+            last_checkpoint = _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer, ema)
     logger.close(losses)
     del model, optimizer
     end_distributed(accelerator)
     return {"losses": losses, "checkpoint": last_checkpoint, "run_dir": run_dir}
 
 
-def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer) -> Path:
+def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer, ema) -> Path:
     state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; collective on every rank
     path = Path(run_dir) / "checkpoints" / f"step_{step}"
     if accelerator.is_main_process:
@@ -134,7 +140,7 @@ def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, train
         sharded = accelerator.state.deepspeed_plugin is not None
         optimizer_state = None if sharded else optimizer.optimizer
         save_training_checkpoint(
-            run_dir, step, framework, optimizer_state, scheduler, {"losses": losses}, trainer.keep_last, state_dict
+            run_dir, step, framework, optimizer_state, scheduler, {"losses": losses}, trainer.keep_last, state_dict, ema
         )
     accelerator.wait_for_everyone()
     return path

@@ -40,3 +40,10 @@ class TrainerConfig:
     # Exponential moving average of the trainable weights (e.g. 0.999), saved as ema.safetensors in every
     # checkpoint and served with `--weights ema`; None: off. Equations in vlablocks/training/ema.py.
     ema_decay: float | None = None
+    # Closed-loop evaluation during training: every `eval_every` steps (0: never) the main process runs
+    # `eval_episodes` seeded episodes (seeds eval_seed, eval_seed + 1, ...) of `eval_env` (an EVAL_ENVS
+    # section, e.g. {name: toy}) with the current weights and logs `eval_success` (runs/<run>/eval/step_N/).
+    eval_every: int = 0
+    eval_env: dict | None = None
+    eval_episodes: int = 10
+    eval_seed: int = 10_000

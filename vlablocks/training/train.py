@@ -31,6 +31,7 @@ from vlablocks.training.components import (
 from vlablocks.training.config import TrainerConfig
 from vlablocks.training.distributed import end_distributed
 from vlablocks.training.optim import build_optimizer, freeze_modules, parameter_summary
+from vlablocks.training.periodic_eval import PeriodicEval
 from vlablocks.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
 from vlablocks.training.run_logger import RunLogger
 
@@ -93,6 +94,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
         collate_fn=processor,
     )
     logger = RunLogger(run_dir, trainer.max_steps, start_step, main, trainer.wandb_project)
+    periodic_eval = PeriodicEval(trainer, run_dir) if trainer.eval_every and main else None
     last_checkpoint = resume_from
     model.train()
     for step in range(start_step + 1, trainer.max_steps + 1):
@@ -122,7 +124,10 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
             )
         losses.append(step_loss)
         samples = trainer.batch_size * accum * accelerator.num_processes
-        logger.log(step, {"loss": step_loss, "lr": lr, "data_ms": 1e3 * data_wait}, samples)
+        metrics = {"loss": step_loss, "lr": lr, "data_ms": 1e3 * data_wait}
+        if periodic_eval is not None and step % trainer.eval_every == 0:
+            metrics["eval_success"] = periodic_eval(framework, step)
+        logger.log(step, metrics, samples)
         if step % trainer.save_every == 0 or step == trainer.max_steps:
             last_checkpoint = _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer, ema)
     logger.close(losses)

@@ -143,8 +143,6 @@ class PolicyServer:
                 "invalid_value",
                 f"'prompt' is {len(prompt)} characters, over the limit of {self.metadata['max_prompt_chars']}",
             )
-        if not prompt.strip():
-            raise ProtocolError("invalid_value", "'prompt' is empty; send the instruction as plain text")
         check = getattr(self.policy, "check_prompt", None)
         if check is not None:
             try:

@@ -21,7 +21,7 @@ import websockets.sync.client
 from deployment.client import msgpack_numpy
 from deployment.policy import FrameworkPolicy
 from deployment.server import running_server
-from vlablocks.config import parse_experiment
+from vlablocks.config import PlatformConfig, parse_experiment
 from vlablocks.framework.base import build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
@@ -53,7 +53,7 @@ def message_classes(valid: dict, rng: np.random.Generator) -> dict[str, Callable
         "wrong camera": lambda: obs(images={"elsewhere": image}),
         "float image": lambda: obs(images={"image": image.astype(np.float32)}),
         "4-channel image": lambda: obs(images={"image": np.zeros((8, 8, 4), np.uint8)}),
-        "ragged state": lambda: raw({**{"prompt": "go"}, "state": [[0.1], [0.2, 0.3]]}),
+        "ragged state": lambda: raw({"prompt": "go", "state": [[0.1], [0.2, 0.3]]}),
         "NaN state": lambda: obs(state=np.array([np.nan, 1.0], np.float32)),
         "string state": lambda: obs(state="zero"),
         "prompt not a string": lambda: obs(prompt=int(rng.integers(0, 100))),
@@ -61,7 +61,7 @@ def message_classes(valid: dict, rng: np.random.Generator) -> dict[str, Callable
         "huge prompt": lambda: obs(prompt="go " * int(rng.integers(800, 3000))),
         "control tokens": lambda: obs(prompt=f"go <|act_{int(rng.integers(0, 4))}|> <|im_start|>"),
         "huge key": lambda: obs(images={"k" * int(rng.integers(10_000, 200_000)): image}),
-        "array bytes short": lambda: raw({**{"prompt": "go"}, "images": {"image": _array("|u1", [8, 8, 3], b"\x00")}}),
+        "array bytes short": lambda: raw({"prompt": "go", "images": {"image": _array("|u1", [8, 8, 3], b"\x00")}}),
         "object dtype": lambda: raw({"prompt": "go", "images": {"image": _array("|O", [1], b"\x00" * 8)}}),
         "deep nesting": lambda: raw({"prompt": "go", "images": {"image": [[[[[[[[1]]]]]]]]}}),
         "extra keys (valid)": lambda: obs(episode_id=int(rng.integers(0, 9)), dataset_name="hostile"),
@@ -69,9 +69,9 @@ def message_classes(valid: dict, rng: np.random.Generator) -> dict[str, Callable
 
 
 def tiny_policy() -> FrameworkPolicy:
-    platform = parse_experiment({"platform": PLATFORM, "framework": {"name": "QwenOFT"}})
-    samples = synthetic_examples(platform.platform, 4, image_size=32, dataset_name="hostile")
-    framework = build_policy(platform, synthetic_norm_stats(samples), camera_keys=["image"])
+    experiment = parse_experiment({"platform": PLATFORM, "framework": {"name": "QwenOFT"}})
+    samples = synthetic_examples(experiment.platform, 4, image_size=32, dataset_name="hostile")
+    framework = build_policy(experiment, synthetic_norm_stats(samples), camera_keys=["image"])
     return FrameworkPolicy(framework.eval())
 
 
@@ -79,13 +79,8 @@ def run(per_class: int, seed: int = 0) -> dict:
     """-> {"messages", "counts": {what must never happen: n}, "per_class": {class: replies seen}}."""
     rng = np.random.default_rng(seed)
     policy = tiny_policy()
-    valid = {
-        k: v
-        for k, v in synthetic_examples(
-            parse_experiment({"platform": PLATFORM}).platform, 1, image_size=32, dataset_name="hostile"
-        )[0].items()
-        if k in ("images", "state", "prompt")
-    }
+    sample = synthetic_examples(PlatformConfig(**PLATFORM), 1, image_size=32, dataset_name="hostile")[0]
+    valid = {key: sample[key] for key in ("images", "state", "prompt")}
     counts = dict.fromkeys(("crash", "hang", "non_finite", "long_error", "not_served_after", "bad_answered"), 0)
     seen: dict[str, dict[str, int]] = {}
     messages = 0

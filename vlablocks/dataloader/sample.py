@@ -144,6 +144,8 @@ def validate_sample(
         )
     if not isinstance(sample["prompt"], str):
         raise SampleError("wrong_type", f"'prompt' must be a string, got {type(sample['prompt']).__name__}")
+    if not sample["prompt"].strip():
+        raise SampleError("invalid_value", "'prompt' is empty; send the instruction as plain text")
     images = _check_views(sample, "images", camera_keys)
     for key, image in images.items():
         _check_array(f"images[{key!r}]", image, np.uint8, ("H", "W", 3), " (HWC, RGB, 0-255, not 0-1 floats)")

@@ -10,6 +10,7 @@ Nothing on the load path uses pickle.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -176,8 +177,6 @@ def build_policy(experiment: ExperimentConfig, norm_stats: dict, camera_keys: li
 
 
 def _as_dict(config: Any) -> Any:
-    import dataclasses
-
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
 
 

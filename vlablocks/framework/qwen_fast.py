@@ -25,7 +25,7 @@ from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
 from vlablocks.processor.batch import Batch
 from vlablocks.processor.pipeline import FASTOptions
-from vlablocks.processor.steps import IGNORE_INDEX
+from vlablocks.processor.steps import IGNORE_INDEX, fast_token
 from vlablocks.registry import FRAMEWORKS, VLMS
 
 
@@ -44,7 +44,9 @@ class QwenFAST(Framework):
         self.vlm = build(VLMS, config.vlm)
         # One VLM token per possible FAST id, so the embedding size never depends on the fitted vocabulary.
         fast = config.fast
-        self.fast_token_ids = self.vlm.add_special_tokens([f"{fast.token_prefix}{i}|>" for i in range(fast.vocab_size)])
+        self.fast_token_ids = self.vlm.add_special_tokens(
+            [fast_token(fast.token_prefix, i) for i in range(fast.vocab_size)]
+        )
         self.stop_token_id = self.vlm.token_id(fast.stop_token)
         self._fast_id_of = {vlm_id: i for i, vlm_id in enumerate(self.fast_token_ids)}
 

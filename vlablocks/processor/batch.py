@@ -13,10 +13,13 @@ import torch
 
 
 def _move(value, device: torch.device):
+    """A tensor, or a dataclass of them (recursively), on `device`; anything else as it is."""
     if torch.is_tensor(value):
         return value.to(device, non_blocking=True)
     if dataclasses.is_dataclass(value):
-        return value.to(device)
+        return dataclasses.replace(
+            value, **{f.name: _move(getattr(value, f.name), device) for f in dataclasses.fields(value)}
+        )
     return value
 
 
@@ -40,9 +43,7 @@ class VLMInputs:
     labels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> VLMInputs:
-        return VLMInputs(
-            **{f.name: _move(getattr(self, f.name), torch.device(device)) for f in dataclasses.fields(self)}
-        )
+        return _move(self, torch.device(device))
 
     def model_kwargs(self) -> dict[str, torch.Tensor]:
         """What the transformers model takes besides the (separately encoded) pixels."""
@@ -67,8 +68,7 @@ class GeometryInputs:
     points: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> GeometryInputs:
-        device = torch.device(device)
-        return GeometryInputs(self.pixels.to(device), self.view_mask.to(device), _move(self.points, device))
+        return _move(self, torch.device(device))
 
 
 @dataclass
@@ -93,10 +93,7 @@ class Batch:
     action_vocab: int | None = None
 
     def to(self, device: torch.device | str) -> Batch:
-        device = torch.device(device)
-        return dataclasses.replace(
-            self, **{f.name: _move(getattr(self, f.name), device) for f in dataclasses.fields(self)}
-        )
+        return _move(self, torch.device(device))
 
     def __len__(self) -> int:
         return int(self.vlm.input_ids.shape[0])

@@ -142,33 +142,21 @@ class FASTTokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> FASTTokenizer:
-        """Reads a tokenizer written by `save` (JSON only)."""
-        state = cls._read_state(Path(directory))
-        config = cls.Config(scale=float(state["scale"]), vocab_size=int(state["vocab_size"]))
-        tokenizer = cls(config, action_horizon=int(state["action_horizon"]), action_dim=int(state["action_dim"]))
-        tokenizer._read(Path(directory))
-        return tokenizer
+        """Reads a tokenizer written by `save` (JSON only), with the chunk shape and scale it was fitted for.
 
-    @staticmethod
-    def _read_state(directory: Path) -> dict:
-        path = directory / FILE_NAME
+        Whether that shape fits a policy is the processor's check (`fast.path`, vlablocks/processor/pipeline.py).
+        """
+        path = Path(directory) / FILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no FAST tokenizer at {path}; fit one and call save({str(directory)!r}) first")
         state = json.loads(path.read_text(encoding="utf-8"))
         if state.get("format") != FORMAT:
             raise ValueError(f"{path}: expected format {FORMAT!r}, got {state.get('format')!r}")
-        return state
-
-    def _read(self, directory: Path) -> None:
-        state = self._read_state(directory)
-        saved = (state["action_horizon"], state["action_dim"], float(state["scale"]))
-        if saved != (self.action_horizon, self.action_dim, self.config.scale):
-            raise ValueError(
-                f"FAST tokenizer at {directory} was fitted for (action_horizon, action_dim, scale) = {saved}, "
-                f"but this model uses {(self.action_horizon, self.action_dim, self.config.scale)}; refit it"
-            )
-        self._min_value, self._max_value = int(state["min_value"]), int(state["max_value"])
-        self._bpe = Tokenizer.from_str(json.dumps(state["bpe"]))
+        config = cls.Config(scale=float(state["scale"]), vocab_size=int(state["vocab_size"]))
+        tokenizer = cls(config, action_horizon=int(state["action_horizon"]), action_dim=int(state["action_dim"]))
+        tokenizer._min_value, tokenizer._max_value = int(state["min_value"]), int(state["max_value"])
+        tokenizer._bpe = Tokenizer.from_str(json.dumps(state["bpe"]))
+        return tokenizer
 
     # ------------------------------------------------------------------------------------------
     # Encoding and decoding.
@@ -210,7 +198,7 @@ class FASTTokenizer:
 
     def _require_bpe(self) -> Tokenizer:
         if self._bpe is None:
-            raise RuntimeError("FAST tokenizer is not fitted; call fit(chunks) or load a saved one (config path)")
+            raise RuntimeError("FAST tokenizer is not fitted; call fit(chunks) or FASTTokenizer.load(directory)")
         return self._bpe
 
     def _to_string(self, quantized: np.ndarray) -> str:

@@ -97,15 +97,17 @@ class Processor:
         self.unnormalize = Unnormalize(self.normalizer)
         self.tokenize = VLMTokenize(hf_processor, config.view_size, config.patch_size, config.prompt_suffix)
         self.geometry = GeometryPreprocess(**config.geometry) if config.geometry else None
+        tokenizer = hf_processor.tokenizer  # its added tokens (chat, vision, action queries, FAST) are final here
+        self.special_token_ids = frozenset([*tokenizer.get_added_vocab().values(), *tokenizer.all_special_ids])
         self.fast_answer = None
         if config.fast is not None:
-            if fast is None:
-                options = config.fast
+            options = config.fast
+            if fast is None and options.path:
+                fast = FASTTokenizer.load(options.path)
+                _check_fast(fast, config)
+            elif fast is None:  # fitted by `fit(dataset)`
                 settings = FASTTokenizer.Config(options.scale, options.vocab_size)
                 fast = FASTTokenizer(settings, action_horizon=config.action_horizon, action_dim=config.action_dim)
-                if options.path:
-                    fast = FASTTokenizer.load(options.path)
-                    _check_fast(fast, config)
             self.fast_answer = FASTAnswer(fast, config.fast.token_prefix, config.fast.stop_token)
 
     # ---- input steps -------------------------------------------------------------------------------
@@ -117,6 +119,8 @@ class Processor:
         """
         if not isinstance(samples, (list, tuple)) or not samples:
             raise ValueError(f"the processor takes a non-empty list of sample dicts, got {type(samples).__name__}")
+        if self.fast_answer is not None and not self.fast_answer.fast.fitted:
+            raise ValueError("the FAST tokenizer is not fitted: call processor.fit(dataset) or set fast.path")
         prepared = []
         for index, sample in enumerate(samples):
             if not isinstance(sample, dict):
@@ -125,7 +129,6 @@ class Processor:
                 sample = {k: v for k, v in sample.items() if k not in ("action", "action_is_pad")}
             sample = self.normalize(self.select_cameras(sample, index), index)
             if self.fast_answer is not None:
-                self._require_fitted()
                 sample = self.fast_answer(sample, index)
             prepared.append(sample)
         with_actions = all(s.get("action") is not None for s in prepared)
@@ -156,16 +159,9 @@ class Processor:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if len(ids) > max_tokens:
             raise ValueError(f"'prompt' is {len(ids)} tokens, over this server's limit of {max_tokens}")
-        special = self._special_token_ids()
-        found = [tokenizer.convert_ids_to_tokens(i) for i in ids if i in special]
+        found = [tokenizer.convert_ids_to_tokens(i) for i in ids if i in self.special_token_ids]
         if found:
             raise ValueError(f"'prompt' holds the model's control token(s) {sorted(set(found))[:5]}; send plain text")
-
-    def _special_token_ids(self) -> frozenset[int]:
-        if not hasattr(self, "_special_ids"):
-            tokenizer = self.hf_processor.tokenizer
-            self._special_ids = frozenset([*tokenizer.get_added_vocab().values(), *tokenizer.all_special_ids])
-        return self._special_ids
 
     # ---- output steps ------------------------------------------------------------------------------
     def postprocess(self, output: dict, batch: Batch) -> dict[str, Any]:
@@ -193,10 +189,6 @@ class Processor:
         indices = rng.choice(len(dataset), size=count, replace=False)
         chunks = [self.normalize(dataset[int(i)], int(i))["action"] for i in indices]
         self.fast_answer.fast.fit(np.stack(chunks).astype(np.float64))
-
-    def _require_fitted(self) -> None:
-        if not self.fast_answer.fast.fitted:
-            raise ValueError("the FAST tokenizer is not fitted: call processor.fit(dataset) or set fast.path")
 
     # ---- metadata and persistence ------------------------------------------------------------------
     @property

@@ -80,6 +80,11 @@ class Unnormalize:
         return np.stack([self.normalizer.unnormalize(a, "action", n) for a, n in zip(actions, dataset_names)])
 
 
+def fast_token(token_prefix: str, fast_id: int) -> str:
+    """The VLM token that stands for FAST id `fast_id` (the model adds one per possible id)."""
+    return f"{token_prefix}{fast_id}|>"
+
+
 class FASTAnswer:
     """Normalized `action` [T, D] -> `answer`: its FAST tokens as VLM token strings, then the stop token.
 
@@ -92,7 +97,7 @@ class FASTAnswer:
         self.stop_token = stop_token
 
     def token(self, fast_id: int) -> str:
-        return f"{self.token_prefix}{fast_id}|>"
+        return fast_token(self.token_prefix, fast_id)
 
     def __call__(self, sample: dict, index: int) -> dict:
         if sample.get("action") is None:

@@ -11,6 +11,8 @@ Nothing on the load path uses pickle.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -153,12 +155,28 @@ class Framework(nn.Module):
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Loads `model.safetensors` from a checkpoint directory; every key must match."""
         state = load_file(str(Path(directory) / WEIGHTS_FILE))
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        with _whole_parameters(self):
+            missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if k not in _tied_keys(self)]
         if missing or unexpected:
             raise ValueError(
                 f"checkpoint {directory} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
+
+
+@contextmanager
+def _whole_parameters(module: nn.Module) -> Iterator[None]:
+    """Under DeepSpeed ZeRO-3 a model built inside an active ZeRO-3 config holds only its rank's slice of each
+    parameter (local shape [0]); inside this block they are whole, and what rank 0 wrote is partitioned again
+    on exit (a collective: every rank enters). A no-op for ordinary parameters."""
+    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+        yield
 
 
 def build_framework(experiment: ExperimentConfig) -> Framework:

@@ -3,8 +3,9 @@
 Layout of one checkpoint:
     model.safetensors, config.yaml, processor/ ...   (Framework.write_files: servable as is)
     manifest.json                   size and SHA-256 of every file, written last (vlablocks/manifest.py)
-    trainer_state/optimizer.pt      optimizer state (tensors and numbers only; loaded with weights_only=True);
-                                    absent under DeepSpeed ZeRO, whose optimizer state is sharded across ranks
+    trainer_state/optimizer.pt      optimizer state (tensors and numbers only; loaded with weights_only=True)
+    trainer_state/zero_rank_<r>.*   instead, under DeepSpeed ZeRO: each rank's optimizer partition, pickle-free
+                                    (training/zero_state.py)
     trainer_state/state.json        step, losses so far, scheduler state, Python and NumPy RNG states
     trainer_state/rng.safetensors   torch CPU (and CUDA) RNG states
     ema.safetensors                 the weights' moving average, with trainer.ema_decay (training/ema.py)
@@ -88,8 +89,12 @@ def save_training_checkpoint(
     keep_last: int,
     state_dict: dict[str, torch.Tensor] | None = None,
     ema=None,
+    shard_dir: Path | None = None,
 ) -> Path:
-    """Writes `step_<step>` atomically, then prunes all but the newest `keep_last` checkpoints."""
+    """Writes `step_<step>` atomically, then prunes all but the newest `keep_last` checkpoints.
+
+    shard_dir: a folder of files every rank wrote (ZeRO optimizer partitions), moved into trainer_state/.
+    """
     target = Path(run_dir) / "checkpoints" / f"step_{step}"
     with atomic_directory(target) as tmp:
         framework.write_files(tmp, state_dict)
@@ -97,6 +102,10 @@ def save_training_checkpoint(
         state_dir.mkdir()
         if optimizer is not None:
             torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
+        if shard_dir is not None:
+            for shard in sorted(shard_dir.iterdir()):
+                shard.replace(state_dir / shard.name)
+            shard_dir.rmdir()
         portable, tensors = _rng_state()
         record = {"step": step, "scheduler": scheduler.state_dict(), "rng": portable, **trainer_state}
         (state_dir / "state.json").write_text(json.dumps(record))
@@ -109,17 +118,20 @@ def save_training_checkpoint(
     return target
 
 
-def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler) -> dict:
-    """Restores optimizer, scheduler and RNG states; returns the saved trainer record (step, losses, ...)."""
+def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer | None, scheduler) -> dict:
+    """Restores optimizer, scheduler and RNG states; returns the saved trainer record (step, losses, ...).
+
+    optimizer None: the caller restores it (ZeRO partitions, after accelerator.prepare: `load_zero_shard`).
+    """
     state_dir = checkpoint / STATE_DIR
     if not (state_dir / "state.json").is_file():
         raise FileNotFoundError(f"{checkpoint} has no {STATE_DIR}/state.json: it is not a resumable checkpoint")
-    if (state_dir / "optimizer.pt").is_file():
+    if optimizer is not None and (state_dir / "optimizer.pt").is_file():
         optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu"))
-    else:
+    elif optimizer is not None:
         warnings.warn(
-            f"{checkpoint} holds no optimizer state (saved under DeepSpeed ZeRO, which shards it): "
-            "AdamW moments restart from zero; weights, schedule, RNG and data position are restored",
+            f"{checkpoint} holds no whole optimizer state (saved under DeepSpeed ZeRO, as per-rank partitions): "
+            "AdamW moments restart from zero; resume under the same ZeRO launcher config to restore them",
             stacklevel=2,
         )
     record = read_json(state_dir / "state.json")

@@ -16,7 +16,12 @@ from pathlib import Path
 from vlablocks.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.framework.base import build_policy
 from vlablocks.training.batches import micro_batches
-from vlablocks.training.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
+from vlablocks.training.checkpoint import (
+    STATE_DIR,
+    latest_checkpoint,
+    load_training_state,
+    save_training_checkpoint,
+)
 from vlablocks.training.components import (
     build_train_dataset,
     dataset_cameras,
@@ -34,6 +39,7 @@ from vlablocks.training.optim import build_optimizer, freeze_modules, parameter_
 from vlablocks.training.periodic_eval import PeriodicEval
 from vlablocks.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
 from vlablocks.training.run_logger import RunLogger
+from vlablocks.training.zero_state import load_zero_shard, save_zero_shard
 
 
 def train(experiment: ExperimentConfig, dataset=None) -> dict:
@@ -68,10 +74,11 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     optimizer, scheduler = build_optimizer(framework, trainer)
 
     start_step, losses = 0, []
+    sharded = accelerator.state.deepspeed_plugin is not None  # ZeRO: each rank holds part of the optimizer
     resume_from = latest_checkpoint(run_dir) if trainer.resume else None
     if resume_from is not None:
         framework.load_weights(resume_from)
-        record = load_training_state(resume_from, optimizer, scheduler)
+        record = load_training_state(resume_from, None if sharded else optimizer, scheduler)
         start_step, losses = record["step"], record["losses"]
         if main:
             truncate_metrics(run_dir, start_step)
@@ -79,6 +86,8 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
 
     # The scheduler is stepped by hand once per optimizer step: accelerate would step it per process.
     model, optimizer = accelerator.prepare(framework, optimizer)
+    if resume_from is not None and sharded:
+        load_zero_shard(resume_from / STATE_DIR, optimizer, accelerator.process_index, accelerator.num_processes)
     ema = make_ema(framework, trainer, accelerator)  # after prepare: on the weights' device
     if ema is not None and resume_from is not None:
         ema.load(resume_from)
@@ -139,13 +148,17 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
 def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer, ema) -> Path:
     state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; collective on every rank
     path = Path(run_dir) / "checkpoints" / f"step_{step}"
+    shard_dir = None
+    if accelerator.state.deepspeed_plugin is not None:  # every rank writes its optimizer partition
+        shard_dir = Path(run_dir) / "checkpoints" / f".step_{step}.tmp-zero"
+        save_zero_shard(shard_dir, optimizer, accelerator.process_index, accelerator.num_processes)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         framework = accelerator.unwrap_model(model)
-        # ZeRO shards the optimizer state across ranks: rank 0's shard alone would restore a wrong state.
-        sharded = accelerator.state.deepspeed_plugin is not None
-        optimizer_state = None if sharded else optimizer.optimizer
+        optimizer_state = None if shard_dir else optimizer.optimizer
+        record = {"losses": losses}
         save_training_checkpoint(
-            run_dir, step, framework, optimizer_state, scheduler, {"losses": losses}, trainer.keep_last, state_dict, ema
+            run_dir, step, framework, optimizer_state, scheduler, record, trainer.keep_last, state_dict, ema, shard_dir
         )
     accelerator.wait_for_everyone()
     return path

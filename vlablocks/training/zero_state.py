@@ -55,7 +55,7 @@ def decode(tree, tensors: dict[str, torch.Tensor]):
     """Inverse of `encode`."""
     if not isinstance(tree, dict):
         return tree
-    (kind, content), = tree.items()
+    ((kind, content),) = tree.items()
     if kind == "tensor":
         return tensors[content]
     if kind == "dict":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ from vlablocks.commands.export import export_checkpoint
 from vlablocks.config import parse_experiment
 from vlablocks.framework.base import Framework, build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.training.sweep import SweepEval, evaluate_run, write_results
+from vlablocks.training.sweep import SweepEval, evaluate_run
+from vlablocks.training.sweep_report import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +58,41 @@ def test_two_variant_sweep_trains_evaluates_and_tabulates(tmp_path, toy_dataset)
     printed = subprocess.run(command + ["--print-commands"], capture_output=True, text=True, timeout=300)
     assert printed.stdout.count("accelerate launch --config_file configs/accelerate/zero2.yaml") == 2
     assert printed.stdout.count("vlablocks.cli eval --env toy") == 2
+
+
+def test_seeds_axis_runs_each_variant_per_seed_and_reports_mean_and_spread(tmp_path, toy_dataset):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        f"_base_: {REPO}/configs/frameworks/qwen_oft.yaml\n"
+        f"dataset: {{root: {toy_dataset}}}\n"
+        "framework: {action_model: {hidden_dim: 32, num_blocks: 1}}\n"
+        "trainer: {max_steps: 2, batch_size: 2, save_every: 2}\n"
+    )
+    (tmp_path / "oft.yaml").write_text("framework: {use_film: false}\n")
+    out, report = tmp_path / "sweep", tmp_path / "report.md"
+    command = [sys.executable, "-m", "vlablocks.cli", "sweep", "--base", str(base), "--out", str(out), "--jobs", "2"]
+    command += ["--variants", str(tmp_path / "oft.yaml"), "--seeds", "3", "4", "--report", str(report)]
+    command += ["--eval-env", "toy", "--eval-episodes", "4", "--eval-option", "max_steps=3", "--eval-wrong-instruction"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["variant"], r["group"], r["seed"]) for r in rows] == [
+        ("oft_seed3", "oft", "3"),
+        ("oft_seed4", "oft", "4"),
+    ]
+    for row in rows:  # each run trained with its own seed
+        assert re.search(rf"^seed: {row['seed']}$", (out / row["variant"] / "config.yaml").read_text(), re.M)
+    (summary,) = list(csv.DictReader(open(out / "over_seeds.csv")))
+    success = np.array([float(r["success_rate"]) for r in rows])
+    wrong = np.array([float(r["wrong_instruction_success_rate"]) for r in rows])
+    assert summary["variant"] == "oft" and summary["seeds"] == "3 4" and summary["failed"] == "0"
+    assert float(summary["success_rate_mean"]) == round(success.mean(), 4)
+    assert float(summary["success_rate_std"]) == round(success.std(ddof=1), 4)
+    assert float(summary["wrong_instruction_success_rate_mean"]) == round(wrong.mean(), 4)
+    assert "Over training seeds" in (out / "results.md").read_text()
+    first_line, _, table = report.read_text().partition("\n\n")
+    assert first_line.startswith("Regenerate: `vlablocks sweep --base ") and "--seeds 3 4" in first_line
+    assert table == (out / "results.md").read_text()
 
 
 def test_sweep_rejects_an_unknown_eval_env_before_training(tmp_path):

@@ -1,8 +1,10 @@
-"""`vlablocks sweep --base F --variants V1.yaml V2.yaml [--grid sweep.yaml] --out DIR [--eval-env toy] [overrides]`."""
+"""`vlablocks sweep --base F --variants V1.yaml V2.yaml [--grid sweep.yaml] [--seeds 0 1 2] --out DIR [--eval-env toy]
+[--report docs/F.md] [overrides]`."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 NAME = "sweep"
@@ -16,6 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/sweep", help="output directory (one sub-directory per variant)")
     parser.add_argument("--print-commands", action="store_true", help="print accelerate launch commands, run nothing")
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time (one process each)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="training seeds: every variant runs once per seed (mean and spread reported)",
+    )
+    parser.add_argument(
+        "--report", help="also write this markdown file: the command that regenerates it, then the results tables"
+    )
     evaluation = parser.add_argument_group("closed-loop evaluation of each variant's final checkpoint")
     evaluation.add_argument("--eval-env", help="registered eval env (vlablocks list eval_envs); omit to skip eval")
     evaluation.add_argument("--eval-episodes", type=int, default=50)
@@ -53,9 +64,41 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         )
     elif args.eval_option or args.eval_wrong_instruction:
         raise ValueError("--eval-option / --eval-wrong-instruction need --eval-env NAME")
-    variants = build_variants(base, args.variants, grid, overrides)
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds must be distinct, got {args.seeds}")
+    variants = build_variants(base, args.variants, grid, overrides, args.seeds)
     rows = run_sweep(variants, Path(args.out), args.print_commands, evaluation, args.jobs)
     if rows:
-        print((Path(args.out) / "results.md").read_text(), end="")
+        results = (Path(args.out) / "results.md").read_text()
+        if args.report:
+            Path(args.report).write_text(f"Regenerate: `{regenerate_command(args, overrides)}`\n\n{results}")
+        print(results, end="")
         print(f"results: {Path(args.out) / 'results.csv'}, plot: {Path(args.out) / 'comparison.png'}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def regenerate_command(args: argparse.Namespace, overrides: list[str]) -> str:
+    """The `vlablocks sweep` command line these arguments came from (written at the top of a report)."""
+    parts = ["vlablocks", "sweep"]
+    for flag, value in (("--base", args.base), ("--grid", args.grid), ("--out", args.out), ("--report", args.report)):
+        if value:
+            parts += [flag, str(value)]
+    for flag, values in (("--variants", args.variants), ("--seeds", args.seeds)):
+        if values:
+            parts += [flag, *map(str, values)]
+    if args.jobs != 1:
+        parts += ["--jobs", str(args.jobs)]
+    if args.eval_env:
+        parts += [
+            "--eval-env",
+            args.eval_env,
+            "--eval-episodes",
+            str(args.eval_episodes),
+            "--eval-seed",
+            str(args.eval_seed),
+        ]
+        for option in args.eval_option:
+            parts += ["--eval-option", option]
+        if args.eval_wrong_instruction:
+            parts.append("--eval-wrong-instruction")
+    return shlex.join(parts + list(overrides))

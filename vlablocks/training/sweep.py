@@ -5,26 +5,27 @@ dotlist overrides (every combination). Each variant trains in its own subprocess
 `<out>/<variant>/`, so a crash in one does not take the others down; with a `SweepEval`, the variant's
 final checkpoint is then evaluated closed-loop by `vlablocks eval` (and optionally under the
 wrong-instruction control) into `<out>/<variant>/eval*/summary.json`. The sweep writes `results.csv`,
-`results.md` and `comparison.png`.
+`results.md` and `comparison.png` (vlablocks/training/sweep_report.py). With `seeds`, every variant runs
+once per training seed (`<variant>_seed<S>`), and the report adds the mean and spread over seeds.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import shlex
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 
 from vlablocks.config import ExperimentConfig, load_yaml, merge_overrides, parse_experiment, resolve, to_yaml
 from vlablocks.training.checkpoint import latest_checkpoint
+from vlablocks.training.sweep_report import write_results
 
 EVAL_DIR = "eval"
 WRONG_INSTRUCTION_EVAL_DIR = "eval_wrong_instruction"
@@ -32,9 +33,11 @@ WRONG_INSTRUCTION_EVAL_DIR = "eval_wrong_instruction"
 
 @dataclass(frozen=True)
 class Variant:
-    name: str
+    name: str  # the run's directory name: `group`, or `<group>_seed<S>` when the sweep has seeds
     experiment: ExperimentConfig
     overrides: list[str] = field(default_factory=list)
+    group: str = ""  # the variant the seeds are averaged over
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,14 @@ def _slug(text: str) -> str:
 
 
 def build_variants(
-    base: str | None, variant_files: list[str], grid: dict[str, list] | None, overrides: list[str]
+    base: str | None,
+    variant_files: list[str],
+    grid: dict[str, list] | None,
+    overrides: list[str],
+    seeds: list[int] | None = None,
 ) -> list[Variant]:
-    """Variant files merged over `base`, crossed with the grid; shared `overrides` apply to all."""
+    """Variant files merged over `base`, crossed with the grid, then with the training `seeds` (each sets the
+    experiment's `seed`); shared `overrides` apply to all."""
     base_data = load_yaml(base) if base else {}
     sources = [(Path(f).stem, load_yaml(f)) for f in variant_files] or [("base", {})]
     grid_items = sorted((grid or {}).items())
@@ -65,9 +73,11 @@ def build_variants(
         grid_overrides = [f"{key}={value}" for (key, _), value in zip(grid_items, combo)]
         merged = OmegaConf.to_container(OmegaConf.merge(base_data, data), resolve=False)
         name = "_".join([stem] + [_slug(o) for o in grid_overrides])
-        all_overrides = grid_overrides + list(overrides)
-        experiment = parse_experiment(_apply(merged, all_overrides))
-        variants.append(Variant(name=name, experiment=experiment, overrides=all_overrides))
+        for seed in seeds or [None]:
+            all_overrides = grid_overrides + list(overrides) + ([] if seed is None else [f"seed={seed}"])
+            experiment = parse_experiment(_apply(merged, all_overrides))
+            run_name = name if seed is None else f"{name}_seed{seed}"
+            variants.append(Variant(run_name, experiment, all_overrides, group=name, seed=seed))
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"sweep variants have duplicate names: {names}; give the variant files distinct names")
@@ -128,12 +138,14 @@ def _run_variant(variant: Variant, out_dir: Path, evaluation: SweepEval | None) 
     run_dir = config_path.parent
     command = [sys.executable, "-m", "vlablocks.cli", "train", "--config_yaml", str(config_path)]
     print(f"[sweep] {variant.name}: {' '.join(command)}", flush=True)
+    started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
+    train_minutes = (time.perf_counter() - started) / 60
     (run_dir / "train.log").write_text(result.stdout + result.stderr)
     status = _status(result)
     if status == "ok" and evaluation is not None:
         status = evaluate_run(evaluation, run_dir)
-    return _result_row(variant, run_dir, status)
+    return {**_result_row(variant, run_dir, status), "train_minutes": round(train_minutes, 2)}
 
 
 def _status(result: subprocess.CompletedProcess) -> str:
@@ -168,6 +180,7 @@ def _result_row(variant: Variant, run_dir: Path, status: str) -> dict:
     tail = losses[-max(1, len(losses) // 10) :] if losses else []
     row = {
         "variant": variant.name,
+        **({} if variant.seed is None else {"group": variant.group, "seed": variant.seed}),
         "status": status,
         "steps": len(losses),
         "first_loss": round(losses[0], 5) if losses else None,
@@ -185,47 +198,6 @@ def _result_row(variant: Variant, run_dir: Path, status: str) -> dict:
         row["wrong_instruction_success_rate"] = round(json.loads(wrong_file.read_text())["success_rate"], 4)
     row["overrides"] = " ".join(variant.overrides)
     return row
-
-
-def write_results(rows: list[dict], out_dir: Path) -> None:
-    # A failed variant has no eval columns; sorting keeps `overrides` last whichever row comes first.
-    columns = sorted(dict.fromkeys(key for row in rows for key in row), key=lambda column: column == "overrides")
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |" for row in rows]
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(rows, out_dir)
-
-
-def _plot(rows: list[dict], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for row in rows:
-        metrics_file = out_dir / row["variant"] / "metrics.jsonl"
-        if metrics_file.is_file():
-            records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-            steps, losses = np.array([r["step"] for r in records]), np.array([r["loss"] for r in records])
-            # Per-step losses are noisy enough to hide the curves' differences: raw faint, running mean bold.
-            (raw,) = ax.plot(steps, losses, linewidth=0.5, alpha=0.2)
-            window = max(1, len(losses) // 50)
-            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-            ax.plot(steps[window - 1 :], smooth, color=raw.get_color(), label=row["variant"], linewidth=1.5)
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "comparison.png", dpi=100)
-    plt.close(fig)
 
 
 def load_grid(path: str) -> tuple[str | None, dict[str, list]]:

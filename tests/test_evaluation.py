@@ -12,6 +12,7 @@ import pytest
 from vlablocks.dataloader.sample import SampleError
 from vlablocks.envs.toy import ToyTabletopEnv
 from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds, evaluate, wilson_interval
+from vlablocks.evaluation.video import BAND, FAILURE_RGB, SUCCESS_RGB, annotate, outcome_text
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,38 @@ def test_scripted_expert_solves_the_toy_env(tmp_path):
     assert len(summary["videos"]) == 2 and all(
         (tmp_path / p.split("/")[-1]).stat().st_size > 500 for p in summary["videos"]
     )
+
+
+def band_colour(gif_path, frame: int) -> np.ndarray:
+    """The mean colour of the right end of the bottom band of one GIF frame (text is drawn on the left)."""
+    from PIL import Image
+
+    image = Image.open(gif_path)
+    image.seek(frame)
+    pixels = np.asarray(image.convert("RGB"))
+    return pixels[-BAND + 4 : -4, -30:].reshape(-1, 3).mean(0)
+
+
+def test_videos_show_every_step_the_instruction_and_the_outcome(tmp_path):
+    from PIL import Image
+
+    env = ToyTabletopEnv()
+    expert = evaluate(env, ExpertPolicy(env), 1, seed=5, out_dir=tmp_path / "expert", open_loop_horizon=1, videos=1)
+    steps = expert["per_episode"][0]["steps"]
+    gif = expert["videos"][0]
+    assert Image.open(gif).n_frames == steps + 1  # before the first step and after each
+    np.testing.assert_allclose(band_colour(gif, steps), SUCCESS_RGB, atol=1)
+    assert band_colour(gif, 0).min() > 250  # no outcome before the end
+    random = RandomPolicy(np.full(2, -0.01), np.full(2, 0.01), horizon=1, seed=0)
+    failed = evaluate(env, random, 1, seed=5, out_dir=tmp_path / "random", open_loop_horizon=1, videos=1)
+    np.testing.assert_allclose(
+        band_colour(failed["videos"][0], -1 + Image.open(failed["videos"][0]).n_frames), FAILURE_RGB, atol=1
+    )
+    assert outcome_text(False, {"reached": "blue"}) == "FAILURE: reached the blue block"
+    assert outcome_text(True, {"reached": "red"}) == "SUCCESS: reached the red block"
+    assert outcome_text(False, {"reached": None}) == "FAILURE: reached no block"
+    caption = annotate(np.zeros((8, 8, 3), np.uint8), "go to the red block | step 0/3", None, True, 64)
+    assert caption[:BAND].min() < 100  # the caption's text is drawn in the top band
 
 
 def test_random_policy_rarely_succeeds(tmp_path):

@@ -71,6 +71,24 @@ def test_language_is_necessary_reaching_another_block_fails():
         assert env.layout.colours[env.layout.target] not in env.wrong_instruction()
 
 
+def test_info_names_the_block_the_puck_reached():
+    env = ToyTabletopEnv()
+    env.reset(seed=3)
+    layout = env.layout
+    wrong = (layout.target + 1) % len(layout.colours)
+    env.agent = layout.positions[wrong].copy()
+    _, _, done, info = env.step(np.zeros(2))
+    assert info["reached"] == layout.colours[wrong] and not info["success"] and not done
+    env.agent = layout.positions[layout.target].copy()
+    assert env.step(np.zeros(2))[3]["reached"] == layout.colours[layout.target]
+    far = max(
+        ((x, y) for x in np.linspace(0, 1, 11) for y in np.linspace(0, 1, 11)),
+        key=lambda p: np.linalg.norm(layout.positions - np.array(p), axis=1).min(),
+    )
+    env.agent = np.array(far)
+    assert env.step(np.zeros(2))[3]["reached"] is None
+
+
 def test_image_shows_each_block_colour_at_its_projected_centre_and_the_puck():
     env = ToyTabletopEnv(ToyTabletopEnv.Config(cameras=["top"]))
     obs = env.reset(seed=5)

@@ -95,6 +95,7 @@ class ToyTabletopEnv:
             "success": bool(success),
             "distance": self.distance(),
             "target": self.layout.colours[self.layout.target],
+            "reached": self.reached(),
         }
         return self.observation(), float(success), bool(done), info
 
@@ -116,6 +117,12 @@ class ToyTabletopEnv:
     def cap(self, move: np.ndarray) -> np.ndarray:
         norm = float(np.linalg.norm(move))
         return move if norm <= self.config.max_move else move * (self.config.max_move / norm)
+
+    def reached(self) -> str | None:
+        """The colour of the block the puck is on (within success_radius of its centre), else None."""
+        distances = np.linalg.norm(self.layout.positions - self.agent, axis=1)
+        nearest = int(distances.argmin())
+        return self.layout.colours[nearest] if distances[nearest] <= self.config.success_radius else None
 
     def distance(self) -> float:
         return float(np.linalg.norm(self.agent - self.layout.target_position))

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from deployment.client.action_chunk_broker import ActionChunkBroker
 from vlablocks.dataloader.sample import validate_sample
+from vlablocks.evaluation.video import save_episode_gif
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -89,17 +90,17 @@ def first_view(obs: dict) -> np.ndarray:
 
 
 def run_episode(env, broker: ActionChunkBroker, seed: int, record: bool, wrong_instruction: bool):
-    """One episode -> (EpisodeResult, frames of the first view if `record`)."""
+    """One episode -> (EpisodeResult, frames of the first view after every step if `record`, the last info,
+    the instruction the policy was given)."""
     obs = env.reset(seed=seed)
     broker.reset()
     check_request(obs, broker.policy)
-    if wrong_instruction:
-        env_instruction = env.wrong_instruction()
+    given = env.wrong_instruction() if wrong_instruction else obs["prompt"]
     frames = [first_view(obs)] if record else []
     infer_ms, done, info, steps = [], False, {"success": False}, 0
     while not done:
         if wrong_instruction:
-            obs = {**obs, "prompt": env_instruction}
+            obs = {**obs, "prompt": given}
         start = time.perf_counter()
         reply = broker.infer(obs)
         infer_ms.append((time.perf_counter() - start) * 1e3)
@@ -108,18 +109,7 @@ def run_episode(env, broker: ActionChunkBroker, seed: int, record: bool, wrong_i
         if record:
             frames.append(first_view(obs))
     result = EpisodeResult(seed, bool(info["success"]), steps, obs["prompt"], float(np.median(infer_ms)))
-    return result, frames
-
-
-def save_gif(frames: list[np.ndarray], path: Path, fps: int = 8, long_side: int = 224) -> None:
-    """Frames [H, W, 3] uint8 -> an animated GIF whose longer side is `long_side` pixels."""
-    from PIL import Image
-
-    height, width = frames[0].shape[:2]
-    scale = long_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    images = [Image.fromarray(f).resize(size, Image.NEAREST if scale >= 1 else Image.BILINEAR) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return result, frames, info, given
 
 
 def evaluate(
@@ -138,11 +128,11 @@ def evaluate(
     broker = ActionChunkBroker(policy, open_loop_horizon)
     results, video_paths = [], []
     for i in tqdm(range(episodes), desc="eval", disable=not progress, dynamic_ncols=True):
-        result, frames = run_episode(env, broker, seed + i, i < videos, wrong_instruction)
+        result, frames, info, given = run_episode(env, broker, seed + i, i < videos, wrong_instruction)
         results.append(result)
         if frames:
             path = out_dir / f"episode_{i:03d}_{'success' if result.success else 'failure'}.gif"
-            save_gif(frames, path)
+            save_episode_gif(frames, path, given, result.success, info)
             video_paths.append(str(path))
     successes = sum(r.success for r in results)
     low, high = wilson_interval(successes, episodes)

@@ -35,3 +35,28 @@ def test_top_level_help_lists_every_command(capsys):
 def test_each_command_help_exits_0(command, capsys):
     out = run_help([command, "--help"], capsys)
     assert out.startswith(f"usage: vlablocks {command}")
+
+
+def runnable_modules() -> list[str]:
+    """Package modules run as `python -m MODULE` (they define `main(argv)`), found from the sources."""
+    import importlib.util
+    import pkgutil
+
+    import vlablocks
+
+    found = []
+    for info in pkgutil.walk_packages(vlablocks.__path__, "vlablocks."):
+        origin = importlib.util.find_spec(info.name).origin
+        if origin and origin.endswith(".py") and "def main(argv" in open(origin).read():
+            found.append(info.name)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("module", runnable_modules())
+def test_each_runnable_module_help_exits_0(module, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(["--help"])
+    assert exit_info.value.code == 0, module
+    assert capsys.readouterr().out.startswith("usage:")

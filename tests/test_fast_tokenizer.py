@@ -111,3 +111,17 @@ def test_clear_errors_for_unfitted_use_and_bad_shapes(tokenizer):
         FASTTokenizer(FASTTokenizer.Config(scale=1000.0, vocab_size=64), action_horizon=T, action_dim=D).fit(
             smooth_chunks(50, seed=0)
         )
+
+
+def test_without_merges_every_coefficient_is_one_token_of_the_alphabet(tmp_path):
+    chunks = smooth_chunks(300, seed=2)
+    config = FASTTokenizer.Config(scale=5.0, vocab_size=1024, bpe_merges=False)
+    plain = FASTTokenizer(config, action_horizon=T, action_dim=D).fit(chunks)
+    quantized = plain.quantize(chunks)
+    assert plain.vocab_size == quantized.max() - quantized.min() + 1  # the alphabet, no merged tokens
+    ids = plain.encode_batch(chunks[:20])
+    assert all(len(row) == T * D for row in ids)
+    # frequency-major: the first D ids are the lowest (DC) coefficient of each dimension, offset by the minimum
+    np.testing.assert_array_equal([row[:D] for row in ids], quantized[:20, 0, :] - quantized.min())
+    plain.save(tmp_path)
+    assert FASTTokenizer.load(tmp_path).encode_batch(chunks[:20]) == ids

@@ -104,9 +104,12 @@ class DiTBlock(nn.Module):
 
     Shifts, scales and gates come from the time embedding; gates start at zero so a fresh block is
     the identity (DiT's adaLN-Zero), which keeps deep stacks stable from the first step.
+    `cross_gate_init` starts the cross-attention gate elsewhere: at 1 the block reads its context from
+    the first step, so the loss's gradient reaches the context (and the VLM behind it) from the start
+    instead of only as fast as a zero gate grows (docs/toy_results.md: why flow matching ignored language).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cross_gate_init: float = 0.0) -> None:
         super().__init__()
         self.norm_self = nn.LayerNorm(dim, elementwise_affine=False)
         self.self_attn = Attention(dim, num_heads)
@@ -118,6 +121,8 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Linear(dim, 9 * dim)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
+        with torch.no_grad():
+            self.modulation.bias[5 * dim : 6 * dim] = cross_gate_init  # chunk 5 of 9: the cross-attention gate
 
     def context(self, tokens: torch.Tensor, mask: torch.Tensor) -> BlockContext:
         """tokens: [B, L, dim], mask: [B, L] bool -> this block's cross-attention keys/values."""

@@ -91,6 +91,7 @@ class FlowMatchingHead(ActionHead):
         time_beta_beta: float = 1.0
         time_max: float = 0.999
         context_position_encoding: ContextPositionEncoding = "none"  # or "sincos2d" at vision tokens
+        cross_attention_gate_init: float = 0.0  # 0: adaLN-Zero; 1: every block reads the VLM from step one
 
     concat_cross_context = False  # see LayerwiseFlowMatchingHead
 
@@ -112,7 +113,8 @@ class FlowMatchingHead(ActionHead):
         num_tokens = action_horizon + (1 if self.state_encoder is not None else 0)
         self.position = nn.Parameter(torch.randn(1, num_tokens, hidden) * 0.02)
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden, config.num_heads, config.mlp_ratio) for _ in range(config.num_layers)
+            DiTBlock(hidden, config.num_heads, config.mlp_ratio, config.cross_attention_gate_init)
+            for _ in range(config.num_layers)
         )
         self.output = DiTOutput(hidden, action_dim)
 

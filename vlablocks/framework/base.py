@@ -11,9 +11,9 @@ Nothing on the load path uses pickle.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-import os
 from pathlib import Path
 from typing import Any, Literal
 

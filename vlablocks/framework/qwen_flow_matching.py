@@ -1,8 +1,11 @@
 """QwenFlowMatching: a flow-matching DiT action expert conditioned on Qwen-VL features (GR00T / pi0 style).
 
-    prompt = chat(views..., instruction)
+    prompt = chat(views..., instruction) [+ readout tokens]
     VLM  -> hidden states of every layer [B, L, H] (+ mask, vision-token positions)
     head -> flow_matching (cross-attends to the last layer) or layerwise_flow_matching (one layer per block)
+
+`readout_loss_weight` > 0 adds T readout tokens and their L1 action regression as an auxiliary loss that
+grounds the instruction in the VLM; `insulate_vlm` stops the head's gradient at the VLM (framework/readout.py).
 
 At inference the VLM prefix is encoded once; the head's Euler integration reuses that conditioning for
 all of its steps (nothing is recomputed per step).
@@ -19,16 +22,21 @@ from vlablocks.action_model.base import Conditioning
 from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
+from vlablocks.framework.readout import ReadoutRegression
 from vlablocks.processor.batch import Batch
 from vlablocks.registry import FRAMEWORKS, VLMS
 
 
-def vlm_conditioning(out) -> Conditioning:
-    """VLMOutput -> the head's Conditioning (all layers, padding mask, vision-token positions)."""
+def vlm_conditioning(out, insulate: bool = False) -> Conditioning:
+    """VLMOutput -> the head's Conditioning (all layers, padding mask, vision-token positions).
+
+    insulate: the hidden states are detached, so the head's loss does not train the VLM (knowledge insulation).
+    """
+    cut = (lambda x: x.detach()) if insulate else (lambda x: x)
     return Conditioning(
-        tokens=out.last_hidden_state,
+        tokens=cut(out.last_hidden_state),
         mask=out.attention_mask.bool(),
-        layers=list(out.hidden_states),
+        layers=[cut(layer) for layer in out.hidden_states],
         vision_mask=out.vision_mask,
         vision_positions=out.vision_positions,
     )
@@ -43,18 +51,44 @@ class QwenFlowMatching(Framework):
         name: str = "QwenFlowMatching"
         vlm: dict = registry_field("vlms", "qwen2_5_vl")
         action_model: dict = registry_field("action_models", "flow_matching")
+        readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 action regression (framework/readout.py)
+        insulate_vlm: bool = False  # the head's gradient stops at the VLM (needs readout_loss_weight > 0)
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
+        if config.readout_loss_weight < 0 or (config.insulate_vlm and config.readout_loss_weight == 0):
+            raise ValueError(
+                f"QwenFlowMatching: readout_loss_weight={config.readout_loss_weight}, insulate_vlm={config.insulate_vlm}: "
+                "the weight must be >= 0, and an insulated VLM needs readout_loss_weight > 0 to learn anything"
+            )
         self.vlm = build(VLMS, config.vlm)
         self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
+        self.readout = None
+        if config.readout_loss_weight > 0:
+            p = self.platform
+            self.readout = ReadoutRegression(self.vlm, p.action_horizon, p.action_dim, p.state_dim)
+
+    def processor_options(self) -> dict:
+        """The readout tokens (if any) close every prompt."""
+        suffix = self.readout.prompt_suffix if self.readout is not None else ""
+        return {**super().processor_options(), "prompt_suffix": suffix}
+
+    def encode(self, batch: Batch):
+        """-> (VLMOutput, the head's Conditioning)."""
+        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        return out, vlm_conditioning(out, insulate=self.config.insulate_vlm)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        conditioning = vlm_conditioning(self.vlm(batch.vlm))
-        return self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
+        out, conditioning = self.encode(batch)
+        losses = self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
+        if self.readout is None:
+            return losses
+        readout = self.readout.loss(out, batch.actions, batch.action_is_pad, batch.state)
+        total = losses["loss"] + self.config.readout_loss_weight * readout
+        return {"loss": total, "flow_loss": losses["loss"].detach(), "readout_loss": readout.detach()}
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        conditioning = vlm_conditioning(self.vlm(batch.vlm))  # once, reused by every integration step
+        _, conditioning = self.encode(batch)  # once, reused by every integration step
         return {"actions": self.action_model.predict(conditioning, batch.state, generator=generator)}
 
 

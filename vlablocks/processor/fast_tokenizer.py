@@ -72,6 +72,7 @@ class FASTTokenizer:
     class Config:
         scale: float = 20.0  # DCT coefficients are multiplied by this before rounding (pi0-FAST: 10; see docs)
         vocab_size: int = 1024  # BPE vocabulary upper bound (alphabet + merges)
+        bpe_merges: bool = True  # false: one token per quantized coefficient (the alphabet only, T x D tokens)
 
     def __init__(self, config: Config | None = None, *, action_horizon: int, action_dim: int) -> None:
         self.config = config or self.Config()
@@ -114,8 +115,9 @@ class FASTTokenizer:
             )
         alphabet = [chr(CHAR_OFFSET + i) for i in range(alphabet_size)]
         bpe = Tokenizer(models.BPE())
+        vocab_size = self.config.vocab_size if self.config.bpe_merges else alphabet_size
         trainer = trainers.BpeTrainer(
-            vocab_size=self.config.vocab_size, initial_alphabet=alphabet, special_tokens=[], show_progress=False
+            vocab_size=vocab_size, initial_alphabet=alphabet, special_tokens=[], show_progress=False
         )
         bpe.train_from_iterator((self._to_string(q) for q in quantized), trainer=trainer, length=len(quantized))
         self._bpe = bpe
@@ -130,6 +132,7 @@ class FASTTokenizer:
             "format": FORMAT,
             "scale": self.config.scale,
             "vocab_size": self.config.vocab_size,
+            "bpe_merges": self.config.bpe_merges,
             "action_horizon": self.action_horizon,
             "action_dim": self.action_dim,
             "min_value": self._min_value,
@@ -152,7 +155,7 @@ class FASTTokenizer:
         state = json.loads(path.read_text(encoding="utf-8"))
         if state.get("format") != FORMAT:
             raise ValueError(f"{path}: expected format {FORMAT!r}, got {state.get('format')!r}")
-        config = cls.Config(scale=float(state["scale"]), vocab_size=int(state["vocab_size"]))
+        config = cls.Config(float(state["scale"]), int(state["vocab_size"]), bool(state.get("bpe_merges", True)))
         tokenizer = cls(config, action_horizon=int(state["action_horizon"]), action_dim=int(state["action_dim"]))
         tokenizer._min_value, tokenizer._max_value = int(state["min_value"]), int(state["max_value"])
         tokenizer._bpe = Tokenizer.from_str(json.dumps(state["bpe"]))

@@ -45,6 +45,7 @@ class FASTOptions:
 
     scale: float = 20.0  # DCT coefficients are multiplied by this before rounding (pi0-FAST: 10; see docs)
     vocab_size: int = 1024  # BPE vocabulary upper bound (alphabet + merges)
+    bpe_merges: bool = True  # false: one token per quantized DCT coefficient, T x D tokens per chunk
     path: str | None = None  # a directory written by FASTTokenizer.save: use that fitted tokenizer
     token_prefix: str = "<|fast_"  # FAST id i is the VLM token f"{token_prefix}{i}|>"
     stop_token: str = "<|im_end|>"  # ends the answer
@@ -106,7 +107,7 @@ class Processor:
                 fast = FASTTokenizer.load(options.path)
                 _check_fast(fast, config)
             elif fast is None:  # fitted by `fit(dataset)`
-                settings = FASTTokenizer.Config(options.scale, options.vocab_size)
+                settings = FASTTokenizer.Config(options.scale, options.vocab_size, options.bpe_merges)
                 fast = FASTTokenizer(settings, action_horizon=config.action_horizon, action_dim=config.action_dim)
             self.fast_answer = FASTAnswer(fast, config.fast.token_prefix, config.fast.stop_token)
 

@@ -40,7 +40,7 @@ def test_readout_loss_is_the_l1_of_the_readout_states_projection_added_to_the_fl
     hidden = out.last_hidden_state[:, -4:] + framework.readout.proprio(batch.state).unsqueeze(1)
     expected = masked_mean((framework.readout.proj(hidden) - batch.actions).abs(), batch.action_is_pad)
     torch.testing.assert_close(losses["readout_loss"], expected)
-    torch.testing.assert_close(losses["loss"], losses["flow_loss"] + 0.5 * expected)
+    torch.testing.assert_close(losses["loss"], losses["head_loss"] + 0.5 * expected)
 
 
 def test_insulated_vlm_learns_from_the_readout_loss_alone():

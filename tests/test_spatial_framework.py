@@ -80,7 +80,7 @@ def test_the_geometric_branch_changes_what_the_llm_reads():
     assert batch.geometry is not None and batch.geometry.points is not None  # the processor prepared the depth
     assert batch.geometry.pixels.shape[:2] == batch.geometry.view_mask.shape == (2, 2)
     with torch.no_grad():
-        fused = framework.encode_prefix(batch)
+        _, fused = framework.encode_prefix(batch)
         plain = framework.vlm(batch.vlm)
     vision = fused.vision_mask
     assert (fused.layers[0][vision] - plain.hidden_states[0][vision]).abs().max() > 1e-3

@@ -51,10 +51,12 @@ def rolled_prompts(samples: list[dict]) -> list[dict]:
 
 @torch.no_grad()
 def seeded_loss(framework: Framework, samples: list[dict], seed: int) -> float:
-    """The training loss of `samples` with the noise and time draws fixed by `seed`."""
+    """The action head's training loss on `samples` (without auxiliary terms such as the readout regression),
+    with the noise and time draws fixed by `seed`."""
     batch = framework.processor(samples)
     torch.manual_seed(seed)
-    return framework(batch)["loss"].item()
+    losses = framework(batch)
+    return losses.get("head_loss", losses["loss"]).item()
 
 
 def instruction_loss_ratio(framework: Framework, samples: list[dict], draws: int = 4) -> dict[str, float]:

@@ -9,6 +9,8 @@ The FAST tokenizer is part of the processor (vlablocks/processor/fast_tokenizer.
 training set's normalized chunks (`Processor.fit`) unless `fast.path` names a fitted one, and saved with
 every checkpoint. The model only owns one VLM token per possible FAST id. Chunk steps padded at episode
 ends are part of the DCT (the dataset repeats the boundary frame, i.e. "hold").
+`readout_loss_weight` > 0: readout tokens close the prompt before the answer, with an auxiliary L1
+regression of the chunk from their hidden states that grounds the instruction (vlablocks/framework/readout.py).
 Run this file to smoke-test it: `python vlablocks/framework/qwen_fast.py [--config_yaml F] [overrides]`.
 """
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
+from vlablocks.framework.readout import add_readout_loss, build_readout
 from vlablocks.processor.batch import Batch
 from vlablocks.processor.pipeline import FASTOptions
 from vlablocks.processor.steps import IGNORE_INDEX, fast_token
@@ -38,10 +41,12 @@ class QwenFAST(Framework):
         name: str = "QwenFAST"
         vlm: dict = registry_field("vlms", "qwen2_5_vl")
         fast: FASTOptions = dataclasses.field(default_factory=FASTOptions)
+        readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 action regression (framework/readout.py)
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
         self.vlm = build(VLMS, config.vlm)
+        self.readout = build_readout("QwenFAST", self.vlm, self.platform, config.readout_loss_weight, False)
         # One VLM token per possible FAST id, so the embedding size never depends on the fitted vocabulary.
         fast = config.fast
         self.fast_token_ids = self.vlm.add_special_tokens(
@@ -52,18 +57,20 @@ class QwenFAST(Framework):
 
     def processor_options(self) -> dict:
         """The processor tokenizes the answers (and decodes generated ids) with its FAST tokenizer."""
-        return {**super().processor_options(), "fast": self.config.fast}
+        suffix = self.readout.prompt_suffix if self.readout is not None else ""
+        return {**super().processor_options(), "fast": self.config.fast, "prompt_suffix": suffix}
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Cross-entropy on the answer tokens (FAST tokens + stop), averaged over those tokens."""
         labels = batch.vlm.labels
         if labels is None:
             raise ValueError("QwenFAST.forward needs answer labels: the batch must come from samples with actions")
-        out = self.vlm(batch.vlm)
+        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
         rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
         hidden = out.last_hidden_state[rows, cols - 1]  # the logits predicting each answer token
         logits = self.vlm.model.lm_head(hidden)
-        return {"loss": F.cross_entropy(logits.float(), labels[rows, cols])}
+        losses = {"loss": F.cross_entropy(logits.float(), labels[rows, cols])}
+        return add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, list[list[int]]]:
         """-> {"action_tokens": per sample the generated FAST ids}; the processor decodes them to actions."""

@@ -22,7 +22,7 @@ from vlablocks.action_model.base import Conditioning
 from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
-from vlablocks.framework.readout import ReadoutRegression
+from vlablocks.framework.readout import add_readout_loss, build_readout
 from vlablocks.processor.batch import Batch
 from vlablocks.registry import FRAMEWORKS, VLMS
 
@@ -56,17 +56,11 @@ class QwenFlowMatching(Framework):
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
-        if config.readout_loss_weight < 0 or (config.insulate_vlm and config.readout_loss_weight == 0):
-            raise ValueError(
-                f"QwenFlowMatching: readout_loss_weight={config.readout_loss_weight}, insulate_vlm={config.insulate_vlm}: "
-                "the weight must be >= 0, and an insulated VLM needs readout_loss_weight > 0 to learn anything"
-            )
         self.vlm = build(VLMS, config.vlm)
         self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
-        self.readout = None
-        if config.readout_loss_weight > 0:
-            p = self.platform
-            self.readout = ReadoutRegression(self.vlm, p.action_horizon, p.action_dim, p.state_dim)
+        self.readout = build_readout(
+            "QwenFlowMatching", self.vlm, self.platform, config.readout_loss_weight, config.insulate_vlm
+        )
 
     def processor_options(self) -> dict:
         """The readout tokens (if any) close every prompt."""
@@ -81,11 +75,7 @@ class QwenFlowMatching(Framework):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         out, conditioning = self.encode(batch)
         losses = self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
-        if self.readout is None:
-            return losses
-        readout = self.readout.loss(out, batch.actions, batch.action_is_pad, batch.state)
-        total = losses["loss"] + self.config.readout_loss_weight * readout
-        return {"loss": total, "flow_loss": losses["loss"].detach(), "readout_loss": readout.detach()}
+        return add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         _, conditioning = self.encode(batch)  # once, reused by every integration step

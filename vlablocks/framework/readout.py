@@ -1,10 +1,10 @@
 """Readout regression: an auxiliary, deterministic action loss that teaches the VLM to ground the instruction,
-for frameworks whose action head is stochastic (flow matching). docs/toy_results.md gives the evidence.
+for frameworks whose own loss does not (flow matching; FAST tokens). docs/toy_results.md gives the evidence.
 
     prompt = chat(views..., instruction) + <|readout_0|> ... <|readout_{T-1}|>
     VLM    -> hidden states h_t of the T readout tokens [B, T, H] (+ proprio: W_s state, as QwenOFT)
     loss   = mean over valid steps of |W h_t - a_t|_1                      (OpenVLA-OFT's L1 objective)
-    total  = flow-matching loss + readout_loss_weight * loss
+    total  = the head's loss (flow matching, FAST cross-entropy) + readout_loss_weight * loss
 
 Why: a flow-matching head's gradient reaches the VLM weak and noisy (a random noise and time per sample;
 and none at all at initialization under adaLN-Zero), so a VLM trained from scratch learns where the blocks
@@ -13,7 +13,8 @@ instruction, so the L1 loss makes the LLM fuse the instruction with the image in
 queries do; the flow head then reads them with the rest of the prompt. `insulate_vlm` (pi0.5's knowledge
 insulation) additionally stops the head's gradient at the VLM's outputs: the VLM learns from the readout
 loss alone and the head learns to use what it provides.
-At inference the readouts are part of the prompt (the head reads them); their regression is not used.
+At inference the readouts are part of the prompt (the head reads them, the FAST answer follows them);
+their regression is not used.
 """
 
 from __future__ import annotations
@@ -49,3 +50,27 @@ class ReadoutRegression(nn.Module):
             hidden = hidden + self.proprio(state.to(hidden.dtype)).unsqueeze(1)
         predicted = self.proj(hidden)
         return masked_mean((predicted - actions.to(predicted.dtype)).abs(), action_is_pad)
+
+
+def build_readout(owner: str, vlm, platform, weight: float, insulate: bool) -> ReadoutRegression | None:
+    """The readout regression a framework config asks for (None when `weight` is 0), after checking the options."""
+    if weight < 0 or (insulate and weight == 0):
+        raise ValueError(
+            f"{owner}: readout_loss_weight={weight}, insulate_vlm={insulate}: the weight must be >= 0, and an "
+            "insulated VLM needs readout_loss_weight > 0 to learn anything"
+        )
+    if weight == 0:
+        return None
+    return ReadoutRegression(vlm, platform.action_horizon, platform.action_dim, platform.state_dim)
+
+
+def add_readout_loss(losses: dict, readout: ReadoutRegression | None, weight: float, out, batch) -> dict:
+    """losses["loss"] (the head's) + weight * the readout loss; both parts kept, detached, for logging."""
+    if readout is None:
+        return losses
+    extra = readout.loss(out, batch.actions, batch.action_is_pad, batch.state)
+    return {
+        "loss": losses["loss"] + weight * extra,
+        "head_loss": losses["loss"].detach(),
+        "readout_loss": extra.detach(),
+    }

@@ -93,6 +93,11 @@ def test_seeds_axis_runs_each_variant_per_seed_and_reports_mean_and_spread(tmp_p
     first_line, _, table = report.read_text().partition("\n\n")
     assert first_line.startswith("Regenerate: `vlablocks sweep --base ") and "--seeds 3 4" in first_line
     assert table == (out / "results.md").read_text()
+    assert all(float(r["train_minutes"]) > 0 for r in rows)
+    # Run again: finished variants are read back, not retrained (a sweep can be extended or resumed).
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("not rerun") == 2
+    assert list(csv.DictReader(open(out / "results.csv"))) == rows
 
 
 def test_sweep_rejects_an_unknown_eval_env_before_training(tmp_path):

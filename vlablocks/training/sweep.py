@@ -16,7 +16,6 @@ import json
 import shlex
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,18 +133,35 @@ def _write_variant(variant: Variant, out_dir: Path) -> Path:
 
 
 def _run_variant(variant: Variant, out_dir: Path, evaluation: SweepEval | None) -> dict:
+    run_dir = out_dir / variant.name
+    if finished(variant, run_dir, evaluation):
+        print(f"[sweep] {variant.name}: finished before with this config, not rerun (delete {run_dir} to rerun)")
+        return _result_row(variant, run_dir, "ok")
     config_path = _write_variant(variant, out_dir)
-    run_dir = config_path.parent
     command = [sys.executable, "-m", "vlablocks.cli", "train", "--config_yaml", str(config_path)]
     print(f"[sweep] {variant.name}: {' '.join(command)}", flush=True)
-    started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
-    train_minutes = (time.perf_counter() - started) / 60
     (run_dir / "train.log").write_text(result.stdout + result.stderr)
     status = _status(result)
     if status == "ok" and evaluation is not None:
         status = evaluate_run(evaluation, run_dir)
-    return {**_result_row(variant, run_dir, status), "train_minutes": round(train_minutes, 2)}
+    return _result_row(variant, run_dir, status)
+
+
+def finished(variant: Variant, run_dir: Path, evaluation: SweepEval | None) -> bool:
+    """The variant ran here before with the same config: its final checkpoint verifies and the evaluations
+    the sweep asks for are written (so a sweep can be extended, or rerun after an interruption, cheaply)."""
+    config_path = run_dir / "variant.yaml"
+    expected = to_yaml({**variant.experiment.to_dict(), "run_dir": str(run_dir)})
+    if not config_path.is_file() or config_path.read_text() != expected:
+        return False
+    last = latest_checkpoint(run_dir)
+    if last is None or last.name != f"step_{variant.experiment.trainer.max_steps}":
+        return False
+    if evaluation is None:
+        return True
+    names = [EVAL_DIR] + ([WRONG_INSTRUCTION_EVAL_DIR] if evaluation.wrong_instruction else [])
+    return all((run_dir / name / "summary.json").is_file() for name in names)
 
 
 def _status(result: subprocess.CompletedProcess) -> str:
@@ -173,10 +189,14 @@ def evaluate_run(evaluation: SweepEval, run_dir: Path) -> str:
 
 
 def _result_row(variant: Variant, run_dir: Path, status: str) -> dict:
-    losses = []
+    records = []
     metrics_file = run_dir / "metrics.jsonl"
     if metrics_file.is_file():
-        losses = [json.loads(line)["loss"] for line in metrics_file.read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in records]
+    trainer = variant.experiment.trainer
+    samples = trainer.batch_size * trainer.gradient_accumulation_steps  # per step, one process
+    train_seconds = sum(samples / r["samples_per_s"] for r in records if r.get("samples_per_s"))
     tail = losses[-max(1, len(losses) // 10) :] if losses else []
     row = {
         "variant": variant.name,
@@ -185,6 +205,7 @@ def _result_row(variant: Variant, run_dir: Path, status: str) -> dict:
         "steps": len(losses),
         "first_loss": round(losses[0], 5) if losses else None,
         "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
+        "train_minutes": round(train_seconds / 60, 2) if records else None,  # the training loop's wall time
     }
     eval_file = run_dir / EVAL_DIR / "summary.json"
     if eval_file.is_file():

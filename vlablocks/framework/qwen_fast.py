@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlablocks.action_model.hl_gauss import hl_gauss_targets
 from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
@@ -42,11 +43,17 @@ class QwenFAST(Framework):
         vlm: dict = registry_field("vlms", "qwen2_5_vl")
         fast: FASTOptions = dataclasses.field(default_factory=FASTOptions)
         readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 action regression (framework/readout.py)
+        hl_gauss_sigma: float = 0.0  # > 0: HL-Gauss targets over the ordered FAST ids (needs fast.bpe_merges: false)
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
         self.vlm = build(VLMS, config.vlm)
         self.readout = build_readout("QwenFAST", self.vlm, self.platform, config.readout_loss_weight, False)
+        if config.hl_gauss_sigma < 0 or (config.hl_gauss_sigma > 0 and config.fast.bpe_merges):
+            raise ValueError(
+                f"QwenFAST: hl_gauss_sigma={config.hl_gauss_sigma} needs ordered FAST ids: set fast.bpe_merges: false "
+                "(merged BPE tokens have no order), or hl_gauss_sigma: 0"
+            )
         # One VLM token per possible FAST id, so the embedding size never depends on the fitted vocabulary.
         fast = config.fast
         self.fast_token_ids = self.vlm.add_special_tokens(
@@ -68,9 +75,27 @@ class QwenFAST(Framework):
         out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
         rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
         hidden = out.last_hidden_state[rows, cols - 1]  # the logits predicting each answer token
-        logits = self.vlm.model.lm_head(hidden)
-        losses = {"loss": F.cross_entropy(logits.float(), labels[rows, cols])}
+        logits = self.vlm.model.lm_head(hidden).float()
+        targets = labels[rows, cols]
+        if self.config.hl_gauss_sigma > 0:
+            loss = -(self.soft_targets(targets, batch.action_vocab) * logits.log_softmax(-1)).sum(-1).mean()
+        else:
+            loss = F.cross_entropy(logits, targets)
+        losses = {"loss": loss}
         return add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
+
+    def soft_targets(self, targets: torch.Tensor, action_vocab: int) -> torch.Tensor:
+        """targets: [N] VLM ids -> [N, vocab] distributions: HL-Gauss over the FAST ids (ordered quantized
+        coefficients), one-hot for the stop token."""
+        fast_ids = torch.tensor(self.fast_token_ids[:action_vocab], device=targets.device)
+        distributions = F.one_hot(targets, self.vlm.model.lm_head.out_features).float()
+        is_fast = torch.isin(targets, fast_ids)
+        if is_fast.any():
+            order = (targets[is_fast, None] == fast_ids[None, :]).float().argmax(-1)  # FAST id = ordered value
+            smooth = hl_gauss_targets(order.float(), action_vocab, self.config.hl_gauss_sigma)
+            distributions[is_fast] = 0.0
+            distributions[torch.nonzero(is_fast)[:, :1], fast_ids[None, :]] = smooth
+        return distributions
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, list[list[int]]]:
         """-> {"action_tokens": per sample the generated FAST ids}; the processor decodes them to actions."""

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if rows:
         results = (Path(args.out) / "results.md").read_text()
         if args.report:
-            Path(args.report).write_text(f"Regenerate: `{regenerate_command(args, overrides)}`\n\n{results}")
+            Path(args.report).write_text(report_text(args, overrides, results))
         print(results, end="")
         print(f"results: {Path(args.out) / 'results.csv'}, plot: {Path(args.out) / 'comparison.png'}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
@@ -102,3 +102,24 @@ def regenerate_command(args: argparse.Namespace, overrides: list[str]) -> str:
         if args.eval_wrong_instruction:
             parts.append("--eval-wrong-instruction")
     return shlex.join(parts + list(overrides))
+
+
+def report_text(args: argparse.Namespace, overrides: list[str], results: str) -> str:
+    """A report: the command that regenerates it, what the columns mean, then the results tables."""
+    lines = [f"Regenerate: `{regenerate_command(args, overrides)}`", ""]
+    lines.append(
+        "Each row of the first table is one training run; `final_loss` is the mean of the last tenth of the "
+        "training losses and `train_minutes` the training loop's wall time."
+    )
+    if args.eval_env:
+        lines[-1] += (
+            f" Success is closed-loop on {args.eval_episodes} `{args.eval_env}` episodes (seeds {args.eval_seed}-"
+            f"{args.eval_seed + args.eval_episodes - 1}), with `success_ci95` its 95% Wilson interval"
+            + (
+                "; `wrong_instruction_success_rate` is the control with another object named."
+                if args.eval_wrong_instruction
+                else "."
+            )
+        )
+    lines.append(f"Plot: `{Path(args.out) / 'comparison.png'}`.")
+    return "\n".join(lines) + "\n\n" + results

@@ -36,8 +36,13 @@ def over_seeds(rows: list[dict]) -> list[dict]:
     return table
 
 
+def _columns(rows: list[dict]) -> list[str]:
+    # A failed variant has no eval columns; sorting keeps `overrides` last whichever row comes first.
+    return sorted(dict.fromkeys(key for row in rows for key in row), key=lambda column: column == "overrides")
+
+
 def markdown_table(rows: list[dict]) -> list[str]:
-    columns = sorted(dict.fromkeys(key for row in rows for key in row), key=lambda column: column == "overrides")
+    columns = _columns(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return lines + [
         "| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |" for row in rows
@@ -45,8 +50,7 @@ def markdown_table(rows: list[dict]) -> list[str]:
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
-    # A failed variant has no eval columns; sorting keeps `overrides` last whichever row comes first.
-    columns = sorted(dict.fromkeys(key for row in rows for key in row), key=lambda column: column == "overrides")
+    columns = _columns(rows)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

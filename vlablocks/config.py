@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vlablocks.registry import closest
 from vlablocks.registry import kind as registry_kind
 from vlablocks.training.config import TrainerConfig
+from vlablocks.training.rl_config import RLConfig
 
 BASE_KEY = "_base_"
 
@@ -261,6 +262,7 @@ class ExperimentConfig:
     framework: dict | None = registry_field("frameworks")
     dataset: dict | None = registry_field("datasets")
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    rl: RLConfig = dataclasses.field(default_factory=RLConfig)  # `vlablocks rl` only
 
     def to_dict(self) -> dict:
         """The plain mapping (what `config.yaml` holds); `parse_experiment(x.to_dict()) == x`."""

@@ -37,14 +37,19 @@ class L1RegressionHead(ActionHead):
         )
         if config.tokens_per_step < 1 or config.num_blocks < 0:
             raise ValueError(
-                f"l1_regression: need tokens_per_step >= 1 and num_blocks >= 0, "
+                f"{config.name}: need tokens_per_step >= 1 and num_blocks >= 0, "
                 f"got {config.tokens_per_step}, {config.num_blocks}"
             )
         self.uses_state = config.use_state and state_dim > 0
         condition_dim = state_dim if self.uses_state else 0
         self.mlp = MLPResNet(
-            config.tokens_per_step * cond_dim, config.hidden_dim, action_dim, config.num_blocks, condition_dim
+            config.tokens_per_step * cond_dim, config.hidden_dim, self.output_dim, config.num_blocks, condition_dim
         )
+
+    @property
+    def output_dim(self) -> int:
+        """Outputs per chunk step: D here; a subclass reading more per step (e.g. D x K bin logits) says so."""
+        return self.action_dim
 
     @property
     def num_query_tokens(self) -> int:
@@ -52,12 +57,12 @@ class L1RegressionHead(ActionHead):
         return self.action_horizon * self.config.tokens_per_step
 
     def forward(self, conditioning: Conditioning, state: torch.Tensor | None = None) -> torch.Tensor:
-        """conditioning.tokens: [B, Q, H] -> actions [B, T, D]"""
+        """conditioning.tokens: [B, Q, H] -> actions [B, T, D] (`output_dim` values per step)"""
         tokens = conditioning.tokens
         expected = [self.num_query_tokens, self.cond_dim]
         if tokens.ndim != 3 or list(tokens.shape[1:]) != expected:
             raise ValueError(
-                f"l1_regression: conditioning.tokens must be the action-query hidden states [B, {expected[0]}, "
+                f"{self.config.name}: conditioning.tokens must be the action-query hidden states [B, {expected[0]}, "
                 f"{expected[1]}] (action_horizon x tokens_per_step queries), got {list(tokens.shape)}"
             )
         grouped = tokens.reshape(tokens.shape[0], self.action_horizon, -1).to(self.mlp.fc_in.weight.dtype)
@@ -65,7 +70,7 @@ class L1RegressionHead(ActionHead):
         if self.uses_state:
             if state is None or state.shape != (tokens.shape[0], self.state_dim):
                 got = None if state is None else list(state.shape)
-                raise ValueError(f"l1_regression: use_state needs state [B, {self.state_dim}], got {got}")
+                raise ValueError(f"{self.config.name}: use_state needs state [B, {self.state_dim}], got {got}")
             condition = state.to(grouped.dtype).unsqueeze(1)  # [B, 1, S]: the same state for every step
         return self.mlp(grouped, condition)
 

@@ -21,6 +21,7 @@ from vlablocks.bench.inference import inference_row
 from vlablocks.bench.memory import memory_row
 from vlablocks.bench.processing import processing_row
 from vlablocks.bench.result import Row, write_report
+from vlablocks.bench.rollout import rollout_row
 from vlablocks.bench.server import server_row
 from vlablocks.bench.settings import BenchSettings
 from vlablocks.bench.training import training_row
@@ -31,6 +32,7 @@ ROWS: dict[str, Callable[[BenchSettings], Row]] = {
     "data": data_row,
     "inference": inference_row,
     "flow_matching": flow_row,
+    "rollout": rollout_row,
     "server": server_row,
     "memory": memory_row,
 }

@@ -4,6 +4,9 @@
     training:  cross-entropy on the answer tokens only (the prompt is context, not target)
     inference: greedy decoding with the KV cache, constrained to the fitted FAST tokens and the stop token;
                the processor decodes the ids (inverse DCT) -> normalized actions [B, T, D] -> robot units
+    RL:        `sample_with_log_probs` samples at a temperature from that constrained distribution (softmax of
+               logits / T over the FAST tokens + stop) with the log-prob of every drawn token;
+               `choice_log_probs` recomputes them, and the entropy, differentiably in one teacher-forced pass
 
 The FAST tokenizer is part of the processor (vlablocks/processor/fast_tokenizer.py): fitted on the
 training set's normalized chunks (`Processor.fit`) unless `fast.path` names a fitted one, and saved with
@@ -31,6 +34,7 @@ from vlablocks.processor.batch import Batch
 from vlablocks.processor.pipeline import FASTOptions
 from vlablocks.processor.steps import IGNORE_INDEX, fast_token
 from vlablocks.registry import FRAMEWORKS, VLMS
+from vlablocks.vlm.runtime import allowed_ids, check_temperature, tempered_log_probs
 
 
 @FRAMEWORKS.register("QwenFAST")
@@ -99,15 +103,76 @@ class QwenFAST(Framework):
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, list[list[int]]]:
         """-> {"action_tokens": per sample the generated FAST ids}; the processor decodes them to actions."""
-        if not batch.action_vocab:
-            raise ValueError("QwenFAST: the batch has no action_vocab; the processor's FAST tokenizer is not fitted")
         generated = self.vlm.generate_constrained(
             batch.vlm,
-            allowed_token_ids=self.fast_token_ids[: batch.action_vocab],
+            allowed_token_ids=self._fast_ids(batch),
             stop_token_id=self.stop_token_id,
-            max_new_tokens=self.platform.action_horizon * self.platform.action_dim + 1,
+            max_new_tokens=self._max_new_tokens,
         )
         return {"action_tokens": [[self._fast_id_of[i] for i in row] for row in generated]}
+
+    # ---- a stochastic policy with exact log-probabilities (RL) -----------------------------------------------
+    def sample_with_log_probs(self, batch: Batch, temperature: float, generator: torch.Generator | None) -> dict:
+        """Samples the answer at `temperature` from the constrained distribution (FAST tokens + stop).
+
+        -> {"action_tokens": per sample its FAST ids (before the stop), "choices": [B, N] long VLM ids, the stop token
+            included, right-padded with the stop token, "log_probs": [B, N] float32 log pi(choice),
+            "mask": [B, N] bool, True up to and including the stop}, N = T * D + 1 (fixed, so records stack).
+        """
+        drawn = self.vlm.sample_constrained(
+            batch.vlm,
+            allowed_token_ids=self._fast_ids(batch),
+            stop_token_id=self.stop_token_id,
+            max_new_tokens=self._max_new_tokens,
+            temperature=temperature,
+            generator=generator,
+        )
+        tokens = drawn["tokens"]
+        rows = [row[: row.index(self.stop_token_id)] if self.stop_token_id in row else row for row in tokens.tolist()]
+        return {
+            "action_tokens": [[self._fast_id_of[i] for i in row] for row in rows],
+            "choices": tokens,
+            "log_probs": drawn["log_probs"],
+            "mask": drawn["mask"],
+        }
+
+    def choice_log_probs(self, batch: Batch, choices: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+        """choices: [B, N] VLM ids from `sample_with_log_probs` -> {"log_probs": [B, N], "entropy": [B, N]} under the
+        same constrained tempered distribution, teacher-forced in one differentiable forward pass over the (left-padded)
+        prompt followed by the choices. Positions after the first stop are padding: finite, meant to be masked."""
+        check_temperature(temperature)
+        vocab_size = self.vlm.model.get_output_embeddings().weight.shape[0]
+        allowed = torch.tensor(allowed_ids(self._fast_ids(batch), self.stop_token_id, vocab_size), device=self.device)
+        choices = choices.to(self.device)
+        is_stop = (choices == self.stop_token_id).long()
+        valid = is_stop.cumsum(1) - is_stop == 0  # [B, N]: no stop before
+        choices = torch.where(valid, choices, self.stop_token_id)  # padding -> an allowed id: finite log-probs
+        index = torch.searchsorted(allowed, choices).clamp(max=len(allowed) - 1)  # [B, N] column in `allowed`
+        if not bool((allowed[index] == choices).all()):
+            raise ValueError("QwenFAST.choice_log_probs: choices hold ids outside the FAST tokens + stop token")
+        prompt = batch.vlm
+        inputs = dataclasses.replace(
+            prompt,
+            input_ids=torch.cat([prompt.input_ids, choices], dim=1),
+            attention_mask=torch.cat([prompt.attention_mask, valid.to(prompt.attention_mask.dtype)], dim=1),
+            labels=None,
+        )  # the VLM's forward derives the rope positions (multimodal prompt, then text) from the attention mask
+        length = prompt.input_ids.shape[1]
+        hidden = self.vlm(inputs).last_hidden_state[:, length - 1 : -1]  # [B, N, H]: the states predicting choices
+        log_probs = tempered_log_probs(self.vlm.allowed_logits(hidden, allowed), temperature)  # [B, N, K]
+        chosen = log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return {"log_probs": chosen, "entropy": entropy}
+
+    def _fast_ids(self, batch: Batch) -> list[int]:
+        """The VLM ids of the FAST tokens the batch's fitted tokenizer may emit."""
+        if not batch.action_vocab:
+            raise ValueError("QwenFAST: the batch has no action_vocab; the processor's FAST tokenizer is not fitted")
+        return self.fast_token_ids[: batch.action_vocab]
+
+    @property
+    def _max_new_tokens(self) -> int:
+        return self.platform.action_horizon * self.platform.action_dim + 1
 
 
 if __name__ == "__main__":

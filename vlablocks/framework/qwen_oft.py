@@ -74,6 +74,34 @@ class QwenOFT(Framework):
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         return {"actions": self.action_model.predict(self.condition(batch), batch.state, generator=generator)}
 
+    # ---- a stochastic policy with exact log-probabilities (RL; needs the `binned` head) -------------------
+    def sample_with_log_probs(self, batch: Batch, temperature: float, generator: torch.Generator | None) -> dict:
+        """-> {"actions": normalized [B, T, D], "choices": bins [B, N], "log_probs": [B, N], "mask": [B, N]}, N = T*D"""
+        head = self._stochastic_head()
+        drawn = head.sample(self.condition(batch), batch.state, temperature, generator)
+        size = drawn["bins"].shape[0]
+        return {
+            "actions": drawn["actions"],
+            "choices": drawn["bins"].reshape(size, -1),
+            "log_probs": drawn["log_probs"].reshape(size, -1),
+            "mask": torch.ones(size, drawn["bins"][0].numel(), dtype=torch.bool, device=drawn["bins"].device),
+        }
+
+    def choice_log_probs(self, batch: Batch, choices: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+        """choices: [B, N] from `sample_with_log_probs` -> {"log_probs": [B, N], "entropy": [B, N]}, differentiable."""
+        head = self._stochastic_head()
+        bins = choices.reshape(choices.shape[0], head.action_horizon, head.action_dim)
+        log_probs, entropy = head.evaluate(self.condition(batch), batch.state, bins, temperature)
+        return {"log_probs": log_probs.reshape(choices.shape), "entropy": entropy.reshape(choices.shape)}
+
+    def _stochastic_head(self):
+        if not hasattr(self.action_model, "sample"):
+            raise ValueError(
+                f"QwenOFT with action_model {self.config.action_model.get('name')!r} is deterministic: RL needs "
+                "framework.action_model.name: binned"
+            )
+        return self.action_model
+
 
 if __name__ == "__main__":
     from vlablocks.framework.standalone import run_standalone

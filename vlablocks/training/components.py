@@ -47,9 +47,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator(trainer):
-    """An Accelerator that really accumulates gradients and uses bf16 only where it pays (CUDA)."""
-    from accelerate import Accelerator
+def make_accelerator(trainer, find_unused_parameters: bool = False):
+    """An Accelerator that really accumulates gradients and uses bf16 only where it pays (CUDA).
+
+    find_unused_parameters: DDP tolerates parameters a forward does not reach (e.g. the LM head when the loss is
+    taken on action-query states).
+    """
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     from vlablocks.training.distributed import configure_deepspeed, prepare_distributed_environment
 
@@ -57,7 +61,11 @@ def make_accelerator(trainer):
     mixed = trainer.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(gradient_accumulation_steps=trainer.gradient_accumulation_steps, mixed_precision=mixed)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=trainer.gradient_accumulation_steps,
+        mixed_precision=mixed,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )
     configure_deepspeed(accelerator, trainer)
     return accelerator
 

@@ -20,6 +20,10 @@ from vlablocks.training.checkpoint import checkpoint_dirs
 RESUME_SAFE_KEYS = (
     "run_dir",
     "trainer.max_steps",
+    "rl.iterations",
+    "rl.save_every",
+    "rl.keep_last",
+    "rl.eval_every",
     "trainer.save_every",
     "trainer.log_every",
     "trainer.keep_last",

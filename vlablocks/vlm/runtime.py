@@ -1,8 +1,10 @@
-"""Runtime choices and checks for building a VLM: dtype, attention kernel, checkpoint dir, decoding mask."""
+"""Runtime choices and checks for building a VLM (dtype, attention kernel, checkpoint dir) and constrained decoding
+(the allowed-token mask, the allowed ids, tempered log-probabilities)."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,6 +20,35 @@ class AllowedTokens(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         return scores + self.mask[: scores.shape[-1]].to(scores.dtype)
+
+
+def allowed_ids(allowed_token_ids: Sequence[int], stop_token_id: int, vocab_size: int) -> list[int]:
+    """The ids constrained decoding may emit: `allowed_token_ids` + `stop_token_id`, sorted, checked against the
+    vocabulary."""
+    if not allowed_token_ids:
+        raise ValueError("allowed_token_ids is empty; pass the ids decoding may emit")
+    allowed = sorted({*map(int, allowed_token_ids), int(stop_token_id)})
+    if allowed[0] < 0 or allowed[-1] >= vocab_size:
+        raise ValueError(f"allowed ids must lie in [0, {vocab_size}), got {allowed[0]}..{allowed[-1]}")
+    return allowed
+
+
+def check_temperature(temperature: float) -> None:
+    """ValueError unless `temperature` > 0 (sampling divides the logits by it)."""
+    if not temperature > 0:  # also refuses nan
+        raise ValueError(
+            f"sampling temperature must be > 0, got {temperature}; pass a positive temperature "
+            "(sample_actions decodes greedily)"
+        )
+
+
+def tempered_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits: [..., K] of the K allowed ids -> float32 log_softmax(logits / temperature) [..., K].
+
+    The constrained distribution: every id outside the K has probability 0 (logit -inf), so it is left out.
+    """
+    check_temperature(temperature)
+    return (logits.float() / temperature).log_softmax(-1)
 
 
 def resolve_dtype(name: str) -> torch.dtype:

@@ -35,6 +35,7 @@ from vlablocks.processor.pipeline import FASTOptions
 from vlablocks.processor.steps import IGNORE_INDEX, fast_token
 from vlablocks.registry import FRAMEWORKS, VLMS
 from vlablocks.vlm.runtime import allowed_ids, check_temperature, tempered_log_probs
+from vlablocks.vlm.sampling import allowed_logits, sample_constrained
 
 
 @FRAMEWORKS.register("QwenFAST")
@@ -119,7 +120,8 @@ class QwenFAST(Framework):
             included, right-padded with the stop token, "log_probs": [B, N] float32 log pi(choice),
             "mask": [B, N] bool, True up to and including the stop}, N = T * D + 1 (fixed, so records stack).
         """
-        drawn = self.vlm.sample_constrained(
+        drawn = sample_constrained(
+            self.vlm,
             batch.vlm,
             allowed_token_ids=self._fast_ids(batch),
             stop_token_id=self.stop_token_id,
@@ -159,7 +161,7 @@ class QwenFAST(Framework):
         )  # the VLM's forward derives the rope positions (multimodal prompt, then text) from the attention mask
         length = prompt.input_ids.shape[1]
         hidden = self.vlm(inputs).last_hidden_state[:, length - 1 : -1]  # [B, N, H]: the states predicting choices
-        log_probs = tempered_log_probs(self.vlm.allowed_logits(hidden, allowed), temperature)  # [B, N, K]
+        log_probs = tempered_log_probs(allowed_logits(self.vlm, hidden, allowed), temperature)  # [B, N, K]
         chosen = log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         return {"log_probs": chosen, "entropy": entropy}

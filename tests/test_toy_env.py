@@ -134,3 +134,15 @@ def test_actions_are_capped_and_bad_actions_rejected():
         env.step(np.array([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="cameras must be a non-empty subset"):
         ToyTabletopEnv(ToyTabletopEnv.Config(cameras=["side"]))
+
+
+def test_a_step_without_observing_moves_the_same_and_renders_nothing():
+    seen, blind = ToyTabletopEnv(), ToyTabletopEnv()
+    seen.reset(seed=3), blind.reset(seed=3)
+    for _ in range(3):
+        action = seen.expert_action()
+        obs_seen, reward_seen, done_seen, info_seen = seen.step(action)
+        obs_blind, reward_blind, done_blind, info_blind = blind.step(action, observe=False)
+        assert obs_blind is None and obs_seen is not None
+        assert (reward_seen, done_seen, info_seen["distance"]) == (reward_blind, done_blind, info_blind["distance"])
+    assert np.array_equal(blind.observation()["images"]["top"], obs_seen["images"]["top"])

@@ -11,12 +11,13 @@ import time
 
 import torch
 
-from vlablocks.bench.models import SEED, build_on_device, vlm_options
+from vlablocks.bench.models import SEED, vlm_options
 from vlablocks.bench.result import Goal, Row, Side
 from vlablocks.bench.settings import BenchSettings
 from vlablocks.config import PlatformConfig, parse_experiment
 from vlablocks.envs.vector import make_vector_env
 from vlablocks.evaluation.batched_rollout import SamplingActor, run_batched_episodes
+from vlablocks.framework.base import build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
 ENVS = 32
@@ -26,8 +27,12 @@ TOY = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}
 def rollout_row(settings: BenchSettings) -> Row:
     framework = {"name": "QwenOFT", "action_model": {"name": "binned"}, "vlm": vlm_options(settings, 112)}
     experiment = parse_experiment({"seed": SEED, "platform": TOY, "framework": framework})
-    examples = synthetic_examples(PlatformConfig(**TOY), 16, image_size=112, seed=1, dataset_name="toy")
-    policy = build_on_device(experiment, synthetic_norm_stats(examples), settings.device).eval()
+    examples = synthetic_examples(
+        PlatformConfig(**TOY), 16, image_size=112, seed=1, dataset_name="toy", camera_keys=["top"]
+    )
+    torch.manual_seed(SEED)
+    with torch.device(settings.device):
+        policy = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=["top"]).eval()
     seeds = list(range(5000, 5000 + ENVS))
     batched_envs, single_env = make_vector_env({"name": "toy"}, ENVS), make_vector_env({"name": "toy"}, 1)
 

@@ -80,8 +80,11 @@ class ToyTabletopEnv:
         self.steps = 0
         return self.observation()
 
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
-        """action: [2] displacement (norm capped at max_move) -> (obs, reward, done, info)."""
+    def step(self, action: np.ndarray, observe: bool = True) -> tuple[dict | None, float, bool, dict]:
+        """action: [2] displacement (norm capped at max_move) -> (obs, reward, done, info).
+
+        observe=False skips rendering (obs None): for the open-loop steps of a chunk, whose observations nobody reads.
+        """
         if self.layout is None:
             raise RuntimeError("call reset() before step()")
         action = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -97,7 +100,7 @@ class ToyTabletopEnv:
             "target": self.layout.colours[self.layout.target],
             "reached": self.reached(),
         }
-        return self.observation(), float(success), bool(done), info
+        return self.observation() if observe else None, float(success), bool(done), info
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert: straight at the named block at full speed -> [2] float32."""

@@ -13,6 +13,7 @@ messages are msgpack (numpy arrays as raw bytes, never pickle), the commands are
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing as mp
 from typing import Any
 
@@ -41,9 +42,18 @@ class InProcessEnvs:
         self._check_count(seeds)
         return [env.reset(seed=int(seed)) for env, seed in zip(self.envs, seeds)]
 
-    def step(self, actions: dict[int, np.ndarray]) -> dict[int, StepResult]:
-        """actions: {env index: action [D]} for the envs to step -> {index: (obs, reward, done, info)}"""
-        return {i: self.envs[i].step(action) for i, action in actions.items()}
+    def step(self, actions: dict[int, np.ndarray], observe: bool = True) -> dict[int, StepResult]:
+        """actions: {env index: action [D]} for the envs to step -> {index: (obs, reward, done, info)}
+
+        observe=False: envs that can skip rendering (the toy env) return obs None; the others observe anyway.
+        """
+        return {i: self._step(self.envs[i], action, observe) for i, action in actions.items()}
+
+    @staticmethod
+    def _step(env, action: np.ndarray, observe: bool) -> StepResult:
+        if not observe and "observe" in inspect.signature(env.step).parameters:
+            return env.step(action, observe=False)
+        return env.step(action)
 
     def wrong_instruction(self, index: int) -> str:
         return self.envs[index].wrong_instruction()
@@ -111,7 +121,7 @@ class WorkerEnvs(InProcessEnvs):
             connection.send_bytes(packb(["reset", int(seed)]))
         return [unpackb(connection.recv_bytes()) for connection in self.connections]
 
-    def step(self, actions: dict[int, np.ndarray]) -> dict[int, StepResult]:
+    def step(self, actions: dict[int, np.ndarray], observe: bool = True) -> dict[int, StepResult]:
         for i, action in actions.items():  # all sent first: the workers step at the same time
             self.connections[i].send_bytes(packb(["step", np.asarray(action, np.float32)]))
         return {i: tuple(unpackb(self.connections[i].recv_bytes())) for i in actions}

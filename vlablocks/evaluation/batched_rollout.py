@@ -55,9 +55,11 @@ def run_batched_episodes(
             raise ValueError(f"open_loop_horizon must be in [1, {chunks.shape[1]}] (the chunk), got {horizon}")
         running = dict(zip(live, chunks))
         for t in range(horizon):
-            results = envs.step({i: chunk[t] for i, chunk in running.items()})
+            last = t == horizon - 1  # only the observation after the chunk is read (envs that can, skip the rest)
+            results = envs.step({i: chunk[t] for i, chunk in running.items()}, observe=last)
             for i, (obs, _, done, info) in results.items():
-                observations[i] = obs
+                if obs is not None:
+                    observations[i] = obs
                 episodes[i].steps += 1
                 if done:
                     episodes[i].success = bool(info["success"])

@@ -184,3 +184,19 @@ def test_two_ddp_ranks_each_roll_out_their_share_and_update_one_model(sft_checkp
     weights = load_file(str(tmp_path / "run" / "checkpoints" / "step_1" / "model.safetensors"))
     initial = load_file(str(sft_checkpoint / "model.safetensors"))
     assert any(not torch.equal(weights[k], initial[k]) for k in initial)
+
+
+def test_rl_fine_tunes_qwen_fast_through_its_sampled_tokens(tmp_path):
+    fast = {"name": "QwenFAST", "vlm": {"name": "qwen2_5_vl", "image_size": 56}, "fast": {"bpe_merges": False}}
+    data = synthetic_examples(
+        PlatformConfig(**PLATFORM), 8, image_size=56, seed=7, dataset_name="toy", camera_keys=["top"]
+    )
+    trainer = {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "save_every": 100}
+    sft = {"run_dir": str(tmp_path / "sft"), "seed": 3, "platform": PLATFORM, "framework": fast, "trainer": trainer}
+    checkpoint = train(parse_experiment(sft), dataset=data)["checkpoint"]
+    result = rl(rl_experiment(tmp_path / "run", checkpoint, iterations=1))
+    row = result["history"][0]
+    assert row["groups_kept"] == 2 and row["policy_calls"] > 0 and row["entropy"] > 0
+    before = load_file(str(checkpoint / "model.safetensors"))
+    after = load_file(str(result["checkpoint"] / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -267,3 +267,25 @@ def test_libero_client_sends_what_the_server_accepts(libero_client):
     assert (upright["images"]["image"][:8, :8] == (255, 0, 0)).all()
     with pytest.raises(ValueError, match=r"LIBERO gives 2 views \(agentview, wrist\); the policy wants"):
         libero_client.wire_observation(obs, ["a", "b", "c"], 224, "x")
+
+
+def test_pusht_in_worker_processes_steps_like_in_process():
+    """RL's vector env runs a slow simulator one process per env (msgpack over pipes); same seeds, same actions."""
+    pytest.importorskip("gym_pusht", reason=f"gym-pusht cannot be imported: {SIM_EXTRA}")
+    from vlablocks.envs.vector import make_vector_env
+
+    config = {"name": "pusht", "max_steps": 4}
+    local, workers = make_vector_env(config, 2), make_vector_env(config, 2, workers=True)
+    try:
+        for a, b in zip(local.reset([0, 1]), workers.reset([0, 1])):
+            assert a["images"].keys() == b["images"].keys() and a["prompt"] == b["prompt"]
+            assert all(np.array_equal(a["images"][k], b["images"][k]) for k in a["images"])
+        actions = {0: np.array([200.0, 200.0], np.float32), 1: np.array([300.0, 250.0], np.float32)}
+        stepped_local, stepped_workers = local.step(actions), workers.step(actions)
+        for i in actions:
+            assert np.allclose(stepped_local[i][0]["state"], stepped_workers[i][0]["state"])
+            assert stepped_local[i][1] == pytest.approx(stepped_workers[i][1])
+            assert stepped_local[i][3]["success"] == stepped_workers[i][3]["success"]
+    finally:
+        workers.close()
+        local.close()

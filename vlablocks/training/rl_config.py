@@ -19,7 +19,7 @@ class RLConfig:
     max_sampling_rounds: int = 3  # rollout rounds per iteration at most while refilling
     kl_coef: float = 0.0  # > 0: k3 KL to the initial (reference) policy
     entropy_coef: float = 0.0
-    learning_rate: float = 1e-5
+    learning_rate: float | dict[str, float] = 1e-5  # or {base: x, <regex>: y} groups, as trainer.learning_rate
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     minibatch_size: int = 64  # policy calls per gradient step

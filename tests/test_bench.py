@@ -18,7 +18,7 @@ import pytest
 from vlablocks.bench.result import Goal, Row, Side
 from vlablocks.bench.settings import bench_settings
 
-ROWS = ["training", "processing", "data", "inference", "flow_matching", "server", "memory"]
+ROWS = ["training", "processing", "data", "inference", "flow_matching", "rollout", "server", "memory"]
 CLI = Path(sys.executable).with_name("vlablocks")
 
 
@@ -61,6 +61,7 @@ def test_goals_and_verdicts_follow_the_numbers(smoke_run):
         "data": [("ratio", ">=", 0.95)],
         "inference": [("ratio", ">=", 15.0)],  # the 25 ms OFT goal only applies to --device cuda --arch 3b
         "flow_matching": [("ratio", ">=", 4.0)],
+        "rollout": [("ratio", ">=", 8.0)],
         "server": [("ours", "<=", 1.5)],
         "memory": [],
     }

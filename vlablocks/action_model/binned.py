@@ -94,7 +94,7 @@ class BinnedActionHead(L1RegressionHead):
         """Cross-entropy over the bins of every valid action scalar -> {"loss", "bin_accuracy"}"""
         self.check_batch(actions, action_is_pad, state)
         log_probs = self.logits(conditioning, state).log_softmax(-1)  # [B, T, D, K]
-        bins = self.to_bins(actions)
+        bins = self.to_bins(actions.masked_fill(action_is_pad.unsqueeze(-1), 0.0))  # padded steps may hold NaN
         if self.config.label_sigma > 0:
             targets = hl_gauss_targets(bins.flatten().float(), self.num_bins, self.config.label_sigma)
             per_scalar = -(targets.reshape(log_probs.shape) * log_probs).sum(-1)

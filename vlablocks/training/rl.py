@@ -133,7 +133,8 @@ def rl(experiment: ExperimentConfig) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats.append(numbers)
-        scheduler.step()
+        if parts:
+            scheduler.step()  # constant rate; counted per iteration that updated
         update_s = time.perf_counter() - update_start
 
         # ---- log, evaluate, save ----------------------------------------------------------------------

@@ -64,6 +64,8 @@ def rl(experiment: ExperimentConfig) -> dict:
         max_steps=cfg.iterations,
         gradient_accumulation_steps=1,
     )
+    if cfg.init_ckpt is None:  # before anything is written
+        raise ValueError("vlablocks rl needs a starting policy: pass --init_ckpt DIR (an SFT checkpoint)")
     accelerator = make_accelerator(trainer, find_unused_parameters=True)  # e.g. QwenOFT never reads its LM head
     set_threads(trainer.torch_threads)
     seed_everything(experiment.seed)
@@ -77,8 +79,6 @@ def rl(experiment: ExperimentConfig) -> dict:
 
     resume_from = latest_checkpoint(run_dir) if trainer.resume else None
     source = resume_from or cfg.init_ckpt
-    if source is None:
-        raise ValueError("vlablocks rl needs a starting policy: pass --init_ckpt DIR (an SFT checkpoint)")
     framework = Framework.from_pretrained(source).to(accelerator.device)
     framework.eval()  # no dropout: the update's log-probs must be those of the policy that acted
     reference = _frozen_copy(Framework.from_pretrained(cfg.init_ckpt)) if cfg.kl_coef > 0 else None

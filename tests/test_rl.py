@@ -200,3 +200,9 @@ def test_rl_fine_tunes_qwen_fast_through_its_sampled_tokens(tmp_path):
     before = load_file(str(checkpoint / "model.safetensors"))
     after = load_file(str(result["checkpoint"] / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_missing_starting_policy_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="pass --init_ckpt DIR"):
+        rl(parse_experiment({"run_dir": str(tmp_path / "run")}))
+    assert not (tmp_path / "run").exists()

@@ -26,6 +26,7 @@ from vlablocks.action_model.hl_gauss import hl_gauss_targets
 from vlablocks.action_model.l1_regression import L1RegressionHead
 from vlablocks.action_model.masking import masked_mean
 from vlablocks.registry import ACTION_MODELS
+from vlablocks.vlm.runtime import tempered_log_probs
 
 
 @ACTION_MODELS.register("binned")
@@ -118,7 +119,7 @@ class BinnedActionHead(L1RegressionHead):
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """-> {"actions": normalized [B, T, D], "bins": [B, T, D] long, "log_probs": [B, T, D]} at `temperature`."""
-        log_probs = self.tempered_log_probs(self.logits(conditioning, state), temperature)
+        log_probs = tempered_log_probs(self.logits(conditioning, state), temperature)
         flat = log_probs.exp().reshape(-1, self.num_bins)
         bins = torch.multinomial(flat, 1, generator=generator).reshape(log_probs.shape[:-1])
         chosen = log_probs.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
@@ -128,12 +129,6 @@ class BinnedActionHead(L1RegressionHead):
         self, conditioning: Conditioning, state: torch.Tensor | None, bins: torch.Tensor, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """bins: [B, T, D] -> (log pi(bins) [B, T, D], entropy [B, T, D]) at `temperature`, differentiable."""
-        log_probs = self.tempered_log_probs(self.logits(conditioning, state), temperature)
+        log_probs = tempered_log_probs(self.logits(conditioning, state), temperature)
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         return log_probs.gather(-1, bins.unsqueeze(-1)).squeeze(-1), entropy
-
-    @staticmethod
-    def tempered_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        if temperature <= 0:
-            raise ValueError(f"sampling temperature must be > 0, got {temperature}")
-        return (logits / temperature).log_softmax(-1)

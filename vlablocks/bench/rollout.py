@@ -2,17 +2,15 @@
 time, with the same sampling policy (QwenOFT, binned head, temperature 1.6) and the same 32 episode seeds.
 
 Throughput is env steps per second over whole episodes (a random-init policy rarely succeeds, so most episodes
-run their 30 steps). The sides alternate so both see the same machine load.
+run their 30 steps). The sides alternate (`interleaved`) so both see the same machine load.
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from vlablocks.bench.models import SEED, vlm_options
-from vlablocks.bench.result import Goal, Row, Side
+from vlablocks.bench.result import Goal, Row, Side, interleaved
 from vlablocks.bench.settings import BenchSettings
 from vlablocks.config import PlatformConfig, parse_experiment
 from vlablocks.envs.vector import make_vector_env
@@ -36,22 +34,18 @@ def rollout_row(settings: BenchSettings) -> Row:
     seeds = list(range(5000, 5000 + ENVS))
     batched_envs, single_env = make_vector_env({"name": "toy"}, ENVS), make_vector_env({"name": "toy"}, 1)
 
-    def batched() -> int:
-        actor = SamplingActor(policy, 1.6, torch.Generator(settings.device).manual_seed(0))
-        return sum(e.steps for e in run_batched_episodes(batched_envs, seeds, actor))
+    steps = {}  # env steps per call of each side (the same every call: same seeds, same sampling seed)
 
-    def one_at_a_time() -> int:
+    def batched() -> None:
         actor = SamplingActor(policy, 1.6, torch.Generator(settings.device).manual_seed(0))
-        return sum(run_batched_episodes(single_env, [seed], actor)[0].steps for seed in seeds)
+        steps["batched"] = sum(e.steps for e in run_batched_episodes(batched_envs, seeds, actor))
 
-    rates = {"batched": [], "single": []}
-    steps = {}
-    for index in range(1 + max(2, settings.repeats // 5)):  # the first round warms up
-        for name, fn in (("batched", batched), ("single", one_at_a_time)):
-            start = time.perf_counter()
-            steps[name] = fn()
-            if index:
-                rates[name].append(steps[name] / (time.perf_counter() - start))
+    def single() -> None:
+        actor = SamplingActor(policy, 1.6, torch.Generator(settings.device).manual_seed(0))
+        steps["single"] = sum(run_batched_episodes(single_env, [seed], actor)[0].steps for seed in seeds)
+
+    times = interleaved({"batched": batched, "single": single}, 1, max(2, settings.repeats // 5), settings.device)
+    rates = {name: [steps[name] / (ms / 1e3) for ms in values] for name, values in times.items()}
     return Row(
         key="rollout",
         title=f"RL rollouts: env steps/s, {ENVS} toy envs batched vs one env at a time (same policy)",

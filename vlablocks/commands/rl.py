@@ -14,11 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from vlablocks.config import load_config
-    from vlablocks.training.rl import rl
+    from vlablocks.training.rl import load_rl_experiment, rl
 
-    if args.init_ckpt:
-        overrides = [*overrides, f"rl.init_ckpt={args.init_ckpt}"]
-    result = rl(load_config(args.config_yaml, overrides))
+    result = rl(load_rl_experiment(args.config_yaml, args.init_ckpt, overrides))
     print(f"checkpoint: {result['checkpoint']}; metrics: {result['run_dir'] / 'metrics.jsonl'}")
     return 0

@@ -33,6 +33,7 @@ class InProcessEnvs:
         if count < 1:
             raise ValueError(f"a vector env needs count >= 1, got {count}")
         self.envs = [build(EVAL_ENVS, env_config) for _ in range(count)]
+        self.can_skip_render = "observe" in inspect.signature(self.envs[0].step).parameters  # one env class
 
     def __len__(self) -> int:
         return len(self.envs)
@@ -47,13 +48,8 @@ class InProcessEnvs:
 
         observe=False: envs that can skip rendering (the toy env) return obs None; the others observe anyway.
         """
-        return {i: self._step(self.envs[i], action, observe) for i, action in actions.items()}
-
-    @staticmethod
-    def _step(env, action: np.ndarray, observe: bool) -> StepResult:
-        if not observe and "observe" in inspect.signature(env.step).parameters:
-            return env.step(action, observe=False)
-        return env.step(action)
+        options = {"observe": False} if not observe and self.can_skip_render else {}
+        return {i: self.envs[i].step(action, **options) for i, action in actions.items()}
 
     def wrong_instruction(self, index: int) -> str:
         return self.envs[index].wrong_instruction()

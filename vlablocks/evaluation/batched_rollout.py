@@ -102,12 +102,8 @@ class SamplingActor:
         drawn = self.framework.sample_with_log_probs(batch, self.temperature, self.generator)
         output = {key: drawn[key] for key in ("actions", "action_tokens") if key in drawn}
         actions = processor.postprocess(output, batch)["actions"]
+        choices, log_probs, mask = (drawn[key].cpu() for key in ("choices", "log_probs", "mask"))
         records = [
-            {
-                "choices": drawn["choices"][k].cpu(),
-                "log_probs": drawn["log_probs"][k].cpu(),
-                "mask": drawn["mask"][k].cpu(),
-            }
-            for k in range(len(observations))
+            {"choices": choices[k], "log_probs": log_probs[k], "mask": mask[k]} for k in range(len(observations))
         ]
         return actions, records

@@ -13,7 +13,6 @@ ordinary framework checkpoints (servable, evaluable). The loop reads top to bott
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import json
@@ -81,7 +80,9 @@ def rl(experiment: ExperimentConfig) -> dict:
     source = resume_from or cfg.init_ckpt
     framework = Framework.from_pretrained(source).to(accelerator.device)
     framework.eval()  # no dropout: the update's log-probs must be those of the policy that acted
-    reference = _frozen_copy(Framework.from_pretrained(cfg.init_ckpt)) if cfg.kl_coef > 0 else None
+    reference = None
+    if cfg.kl_coef > 0:  # the initial policy, frozen (a fresh load is its own copy)
+        reference = Framework.from_pretrained(cfg.init_ckpt).to(accelerator.device).eval().requires_grad_(False)
     optimizer, scheduler = build_optimizer(framework, trainer)
     start, history = 0, []
     if resume_from is not None:
@@ -92,9 +93,12 @@ def rl(experiment: ExperimentConfig) -> dict:
             print(f"resumed from {resume_from} at iteration {start}")
     model, optimizer = accelerator.prepare(ChoiceLogProbs(framework, cfg.temperature), optimizer)
 
+    evaluates = main and (cfg.eval_every > 0 or cfg.val_only)  # the main process evaluates, on envs built once
+    eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, cfg.env_workers) if evaluates else None
     if cfg.val_only:
-        summary = evaluate_greedy(framework, cfg, accelerator.device, wrong_instruction_too=True) if main else {}
+        summary = evaluate_greedy(framework, eval_envs, cfg, wrong_instruction_too=True) if main else {}
         if main:
+            eval_envs.close()
             (run_dir / "val_only.json").write_text(json.dumps(summary, indent=1))
             print(json.dumps(summary))
         end_distributed(accelerator)
@@ -151,7 +155,7 @@ def rl(experiment: ExperimentConfig) -> dict:
             "update_s": update_s,
         }
         if main and cfg.eval_every and (iteration % cfg.eval_every == 0 or iteration == cfg.iterations):
-            metrics["eval_success"] = evaluate_greedy(framework, cfg, accelerator.device)["success_rate"]
+            metrics["eval_success"] = evaluate_greedy(framework, eval_envs, cfg)["success_rate"]
         if main:
             history.append(metrics)
             with open(run_dir / "metrics.jsonl", "a") as f:
@@ -165,6 +169,8 @@ def rl(experiment: ExperimentConfig) -> dict:
                 )
             accelerator.wait_for_everyone()
     envs.close()
+    if eval_envs is not None:
+        eval_envs.close()
     if main and history:
         plot_success(history, run_dir / "success_curve.png")
     end_distributed(accelerator)
@@ -195,20 +201,17 @@ def _minibatch_loss(model, framework, reference, calls, cfg: RLConfig, accelerat
     return result.loss, {**numbers, "approx_kl": result.approx_kl, "entropy": result.entropy}
 
 
-def evaluate_greedy(framework, cfg: RLConfig, device, wrong_instruction_too: bool = False) -> dict:
-    """The served (greedy) policy on `eval_episodes` fresh seeds, batched -> {"success_rate", "ci95", ...}."""
-    envs = make_vector_env(cfg.env, cfg.eval_episodes, cfg.env_workers)
+def evaluate_greedy(framework, envs, cfg: RLConfig, wrong_instruction_too: bool = False) -> dict:
+    """The served (greedy) policy on `eval_episodes` fresh seeds over `envs` (that many), batched
+    -> {"success_rate", "ci95", ...}."""
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     summary = {}
-    try:
-        for control in (False, True) if wrong_instruction_too else (False,):
-            episodes = run_batched_episodes(envs, seeds, GreedyActor(framework), cfg.open_loop_horizon, control)
-            wins = sum(e.success for e in episodes)
-            prefix = "wrong_instruction_" if control else ""
-            summary[f"{prefix}success_rate"] = wins / len(episodes)
-            summary[f"{prefix}ci95"] = list(wilson_interval(wins, len(episodes)))
-    finally:
-        envs.close()
+    for control in (False, True) if wrong_instruction_too else (False,):
+        episodes = run_batched_episodes(envs, seeds, GreedyActor(framework), cfg.open_loop_horizon, control)
+        wins = sum(e.success for e in episodes)
+        prefix = "wrong_instruction_" if control else ""
+        summary[f"{prefix}success_rate"] = wins / len(episodes)
+        summary[f"{prefix}ci95"] = list(wilson_interval(wins, len(episodes)))
     summary["episodes"], summary["seeds"] = cfg.eval_episodes, [seeds[0], seeds[-1]]
     return summary
 
@@ -245,13 +248,6 @@ def _minibatch_count(accelerator, calls: int, minibatch_size: int) -> int:
     return math.ceil(most / minibatch_size) if most else 0
 
 
-def _frozen_copy(module: nn.Module) -> nn.Module:
-    reference = copy.deepcopy(module).eval()
-    for parameter in reference.parameters():
-        parameter.requires_grad_(False)
-    return reference
-
-
 def _describe(m: dict) -> str:
     text = (
         f"iter {m['step']}: success {m['success_rate']:.0%} kept {m['groups_kept']}/{m['groups_sampled']} "
@@ -261,14 +257,17 @@ def _describe(m: dict) -> str:
     return text + (f" eval {m['eval_success']:.0%}" if "eval_success" in m else "")
 
 
+def load_rl_experiment(config_yaml: str, init_ckpt: str | None, overrides: list[str]) -> ExperimentConfig:
+    """The experiment of `--config_yaml F [--init_ckpt DIR] [overrides]` (--init_ckpt sets rl.init_ckpt)."""
+    return load_config(config_yaml, [*overrides, f"rl.init_ckpt={init_ckpt}"] if init_ckpt else overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config_yaml", required=True)
     parser.add_argument("--init_ckpt", default=None, help="SFT checkpoint to start from (sets rl.init_ckpt)")
     args, overrides = parser.parse_known_args(argv)
-    if args.init_ckpt:
-        overrides = [*overrides, f"rl.init_ckpt={args.init_ckpt}"]
-    rl(load_config(args.config_yaml, overrides))
+    rl(load_rl_experiment(args.config_yaml, args.init_ckpt, overrides))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Contract test over every registered framework: adding a framework file adds it to this suite."""
+"""Contract test over every registered policy framework: adding a framework file adds it to this suite.
+(Value models, kind "value", have their own contract in tests/test_value_models.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from vlablocks.config import ExperimentConfig, PlatformConfig, parse_experiment
-from vlablocks.framework.base import Framework, build_policy
+from vlablocks.framework.base import Framework, build_policy, policy_names
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.registry import FRAMEWORKS
 
@@ -48,7 +49,7 @@ def built(name: str, examples: list[dict]) -> Framework:
     return framework
 
 
-@pytest.mark.parametrize("name", FRAMEWORKS.names())
+@pytest.mark.parametrize("name", policy_names())
 def test_forward_backward_and_predict_shapes(name):
     examples = scaled_examples(2)
     framework = built(name, examples)
@@ -67,7 +68,7 @@ def test_forward_backward_and_predict_shapes(name):
     assert out["actions"].dtype == np.float32 and np.isfinite(out["actions"]).all()
 
 
-@pytest.mark.parametrize("name", FRAMEWORKS.names())
+@pytest.mark.parametrize("name", policy_names())
 def test_predictions_are_unnormalized_with_the_dataset_stats(name):
     examples = scaled_examples(2)
     framework = built(name, examples)
@@ -80,7 +81,7 @@ def test_predictions_are_unnormalized_with_the_dataset_stats(name):
     assert np.abs(out["actions"]).mean() > 5.0  # robot units, not the normalized range
 
 
-@pytest.mark.parametrize("name", FRAMEWORKS.names())
+@pytest.mark.parametrize("name", policy_names())
 def test_save_load_gives_identical_predictions(name, tmp_path):
     examples = scaled_examples(2)
     framework = built(name, examples)
@@ -94,7 +95,7 @@ def test_save_load_gives_identical_predictions(name, tmp_path):
     np.testing.assert_array_equal(before["actions"], after["actions"])
 
 
-@pytest.mark.parametrize("name", [n for n in FRAMEWORKS.names() if n != "QwenFAST"])
+@pytest.mark.parametrize("name", [n for n in policy_names() if n != "QwenFAST"])
 def test_a_checkpoint_written_before_processors_still_loads(name, tmp_path):
     """The old layout: norm_stats.json beside the weights, no processor/ and no manifest."""
     examples = scaled_examples(2)
@@ -108,7 +109,7 @@ def test_a_checkpoint_written_before_processors_still_loads(name, tmp_path):
     np.testing.assert_array_equal(before["actions"], after["actions"])
 
 
-@pytest.mark.parametrize("name", FRAMEWORKS.names())
+@pytest.mark.parametrize("name", policy_names())
 def test_overfits_eight_samples(name):
     examples = scaled_examples(8, seed=1)
     framework = built(name, examples)

@@ -1,4 +1,5 @@
-"""`vlablocks make-toy-data --out DIR --episodes N --seed S`: record toy-task expert episodes as a LeRobot v3 dataset."""
+"""`vlablocks make-toy-data --out DIR --episodes N --seed S [--policy expert,noisy,random,wrong --mix ...]`:
+record toy-task episodes (the scripted expert, or a mix of behaviour policies) as a LeRobot v3 dataset."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import argparse
 import time
 
 NAME = "make-toy-data"
-HELP = "write scripted-expert episodes of the toy tabletop task as a local LeRobot v3.0 dataset"
+HELP = (
+    "write toy tabletop episodes (scripted expert, or a mix of behaviour policies with success flags) "
+    "as a local LeRobot v3.0 dataset"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image_size", type=int, default=112, help="pixels per image side (default 112)")
     parser.add_argument("--num_objects", type=int, default=3, help="blocks per scene (default 3)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument(
+        "--policy",
+        default="expert",
+        help="comma-separated behaviour policies recording the episodes: expert, noisy, random, wrong (default expert)",
+    )
+    parser.add_argument("--mix", help="their shares of the episodes, e.g. 0.4,0.2,0.2,0.2 (default: equal)")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -24,10 +34,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     from vlablocks.envs.toy import ToyTabletopEnv
+    from vlablocks.envs.toy_behaviours import parse_mix
     from vlablocks.envs.toy_dataset import write_toy_dataset
 
+    behaviours, mix = parse_mix(args.policy, args.mix)
     config = ToyTabletopEnv.Config(image_size=args.image_size, num_objects=args.num_objects)
     start = time.perf_counter()
-    out = write_toy_dataset(args.out, args.episodes, seed=args.seed, config=config, overwrite=args.overwrite)
+    out = write_toy_dataset(args.out, args.episodes, args.seed, config, args.overwrite, behaviours=behaviours, mix=mix)
     print(f"wrote {args.episodes} toy episodes to {out} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -8,6 +8,7 @@
       intrinsics_keys: [observation.intrinsics.top]  # optional, [9] or [3, 3] per frame -> sample["intrinsics"]
       state_key: observation.state              # null: no state
       action_key: action                        # chunked to platform.action_horizon via delta_timestamps
+      returns: {source: outcome, gamma: 0.9}    # optional: per-frame discounted returns -> sample["return"]
 
 Samples key every view by its camera name, the part of its camera key after the last dot (`camera_name`),
 which is also the key envs and policy requests use. Keys and dimensions are checked against the dataset's metadata when the dataset is built, i.e. before
@@ -37,6 +38,7 @@ import torch
 from vlablocks.config import ConfigError, PlatformConfig
 from vlablocks.dataloader.base import RawDataset
 from vlablocks.dataloader.prompt_augmentation import PromptAugmentationConfig, PromptAugmenter
+from vlablocks.dataloader.returns import ReturnsConfig, dataset_returns
 from vlablocks.dataloader.sample import Sample, camera_name
 from vlablocks.registry import DATASETS
 
@@ -96,6 +98,7 @@ class LeRobotRawDataset(RawDataset):
         action_norm_mask: list[bool] | None = None  # False leaves a dimension (e.g. a gripper) unnormalized
         state_norm_mask: list[bool] | None = None
         prompt_augmentation: PromptAugmentationConfig = field(default_factory=PromptAugmentationConfig)
+        returns: ReturnsConfig = field(default_factory=ReturnsConfig)  # returns.py; source none: no returns
         video_backend: str | None = None  # lerobot's default decoder when null
         tolerance_s: float = 1e-4
 
@@ -144,7 +147,21 @@ class LeRobotRawDataset(RawDataset):
             zip(episodes["episode_index"], zip(episodes["dataset_from_index"], episodes["dataset_to_index"]))
         )
         self._actions = self.lerobot.hf_dataset.with_format("numpy", columns=[config.action_key])
+        self.returns = self._returns() if config.returns.source != "none" else None  # [N] float32, row order
         self._decode_only_used_columns()
+
+    def _returns(self) -> np.ndarray:
+        """Per-frame discounted returns of the loaded rows, from the reward or success column (returns.py)."""
+        key = self.config.returns.key
+        table = self.lerobot.hf_dataset
+        if key not in table.column_names:
+            numeric = sorted(k for k in table.column_names if k not in ("task", "task_index"))
+            raise ConfigError(
+                f"dataset.returns.key: dataset {self.name!r} has no column {key!r}; available: {numeric} "
+                "(record outcomes with `vlablocks make-toy-data --policy ...`, or set returns.source: none)"
+            )
+        rows = table.with_format("numpy", columns=[key, "episode_index"])[:]
+        return dataset_returns(self.config.returns, rows[key], rows["episode_index"])
 
     def _decode_only_used_columns(self) -> None:
         """Decodes only the columns a sample uses (unused cameras never are), straight to numpy."""
@@ -228,6 +245,8 @@ class LeRobotRawDataset(RawDataset):
         }
         if c.state_key is not None:
             sample["state"] = item[c.state_key].numpy().astype(np.float32, copy=False)
+        if self.returns is not None:
+            sample["return"] = self.returns[index]
         if c.depth_keys:
             sample["depth"] = {name: to_depth(item[k]) for name, k in zip(self.camera_keys, c.depth_keys)}
         if c.intrinsics_keys:
@@ -247,6 +266,10 @@ class LeRobotRawDataset(RawDataset):
             rows = [mapping[r] for r in rows]
         actions = np.asarray(self._actions[rows][self.config.action_key], dtype=np.float32)
         return actions, (wanted < start) | (wanted >= stop)
+
+    def frame_indices(self) -> np.ndarray:
+        """[N] the dataset's absolute `index` of every loaded row, in row order (what per-frame files key on)."""
+        return np.asarray(self.lerobot.hf_dataset.with_format("numpy", columns=["index"])[:]["index"]).reshape(-1)
 
     def episode_indices(self, episode: int) -> range:
         """Sample indices of one recorded episode (in frame order)."""

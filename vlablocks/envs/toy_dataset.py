@@ -1,20 +1,28 @@
-"""Records scripted-expert episodes of the toy env as a genuine LeRobot v3.0 dataset.
+"""Records toy-env episodes (the scripted expert, or a mix of behaviour policies) as a genuine LeRobot v3.0 dataset.
 
-Every frame holds both cameras (`top`, `wrist`) with their depth maps and intrinsics, the puck state
-and the expert action; experiment configs pick the views they want. Images are stored losslessly as
+Every frame holds both cameras (`top`, `wrist`) with their depth maps and intrinsics, the puck state,
+the action taken, and the outcome columns LeRobot datasets use: `next.reward` (1.0 on the frame whose
+action reached the named block, else 0), `next.success` (same, as a flag) and `next.done` (True on an
+episode's last frame), plus `behaviour_policy` (the index of the recording policy in
+`meta/behaviour_policies.json`, see toy_behaviours.py); experiment configs pick the columns they want. Images are stored losslessly as
 PNG inside the parquet files (`use_videos=False`): at 112 px this is faster to write and to read than
 video, and a lossy codec would blur the colours the task is about (figures in docs/toy_task.md).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from vlablocks.envs.toy import ACTION_DIM, CAMERAS, STATE_DIM, ToyTabletopEnv
+from vlablocks.envs.toy_behaviours import BEHAVIOURS, assign_behaviours
 
 FPS = 10
 ROBOT_TYPE = "toy"
+BEHAVIOURS_FILE = "behaviour_policies.json"  # in meta/: the names behind the `behaviour_policy` column
 
 
 def image_key(camera: str) -> str:
@@ -48,24 +56,36 @@ def toy_features(image_size: int) -> dict[str, dict]:
         features[intrinsics_key(camera)] = {"dtype": "float32", "shape": (9,), "names": None}
     features["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y"]}
     features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy"]}
+    features["next.reward"] = {"dtype": "float32", "shape": (1,), "names": None}
+    features["next.success"] = {"dtype": "bool", "shape": (1,), "names": None}
+    features["next.done"] = {"dtype": "bool", "shape": (1,), "names": None}
+    features["behaviour_policy"] = {"dtype": "int64", "shape": (1,), "names": None}
     return features
 
 
-def expert_episode(env: ToyTabletopEnv, seed: int) -> list[dict]:
-    """Runs the expert from `env.reset(seed)` to success -> LeRobot frames (observation + action + task)."""
+def record_episode(env: ToyTabletopEnv, seed: int, behaviour: str = "expert", behaviour_index: int = 0) -> list[dict]:
+    """Runs `behaviour` from `env.reset(seed)` until success or max_steps -> LeRobot frames (observation, action,
+    task, outcome columns). The behaviour's own randomness is seeded by `seed` too."""
     obs = env.reset(seed=seed)
+    policy = BEHAVIOURS[behaviour]
+    rng = np.random.default_rng([seed, 0x5EED])
+    choice = int(rng.integers(1 << 16))  # a per-episode pick (the `wrong` policy's block)
     frames = []
     while True:
-        action = env.expert_action()
+        action = policy(env, rng, choice)
         frame = {"task": obs["prompt"], "observation.state": obs["state"], "action": action}
         for camera in env.config.cameras:
             frame[image_key(camera)] = obs["images"][camera]
             frame[depth_key(camera)] = obs["depth"][camera][..., None]
             frame[intrinsics_key(camera)] = obs["intrinsics"][camera].reshape(9)
+        obs, reward, done, info = env.step(action)
+        frame["next.reward"] = np.array([reward], dtype=np.float32)
+        frame["next.success"] = np.array([info["success"]], dtype=bool)
+        frame["next.done"] = np.array([done], dtype=bool)
+        frame["behaviour_policy"] = np.array([behaviour_index], dtype=np.int64)
         frames.append(frame)
-        obs, _, done, info = env.step(action)
         if done:
-            if not info["success"]:
+            if behaviour == "expert" and not info["success"]:
                 raise RuntimeError(f"toy expert failed on seed {seed}: the env or the expert is broken")
             return frames
 
@@ -76,8 +96,13 @@ def write_toy_dataset(
     seed: int = 0,
     config: ToyTabletopEnv.Config | None = None,
     overwrite: bool = False,
+    behaviours: list[str] | None = None,
+    mix: np.ndarray | None = None,
 ) -> Path:
-    """Writes `episodes` expert episodes (episode i uses env seed `seed + i`) to a LeRobot v3 dataset at `out`."""
+    """Writes `episodes` episodes (episode i uses env seed `seed + i`) to a LeRobot v3 dataset at `out`.
+
+    behaviours: the recording policies (default: the expert alone); mix: their shares of the episodes
+    (default equal), split exactly and shuffled (toy_behaviours.assign_behaviours)."""
     import datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -98,9 +123,14 @@ def write_toy_dataset(
         robot_type=ROBOT_TYPE,
         use_videos=False,
     )
+    names = list(behaviours or ["expert"])
+    shares = np.full(len(names), 1.0 / len(names)) if mix is None else np.asarray(mix, dtype=np.float64)
+    assignment = assign_behaviours(episodes, shares / shares.sum(), seed)
     for episode in range(episodes):
-        for frame in expert_episode(env, seed + episode):
+        behaviour = int(assignment[episode])
+        for frame in record_episode(env, seed + episode, names[behaviour], behaviour):
             dataset.add_frame(frame)
         dataset.save_episode()
     dataset.finalize()
+    (out / "meta" / BEHAVIOURS_FILE).write_text(json.dumps(names))
     return out

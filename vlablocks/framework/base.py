@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -44,7 +44,10 @@ class Framework(nn.Module):
       sample_actions(batch, generator) -> {"actions": normalized [B, T, D]} or {"action_tokens": ids per sample}
       processor_options() -> the model-specific fields of its ProcessorConfig (prompt suffix, geometry, ...)
     `predict_action(samples)` is the convenience that runs processor -> sample_actions -> postprocess.
+    `kind` is "policy" (predicts actions), or "value" for value models (qwen_value.py: `predict_value`).
     """
+
+    kind: ClassVar[str] = "policy"
 
     def __init__(self, config: Any, *, platform: PlatformConfig) -> None:
         super().__init__()
@@ -177,6 +180,11 @@ def _whole_parameters(module: nn.Module) -> Iterator[None]:
 
     with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
         yield
+
+
+def policy_names() -> list[str]:
+    """The registered frameworks that predict actions (every kind but value models)."""
+    return [name for name in FRAMEWORKS.names() if FRAMEWORKS.get(name).kind == "policy"]
 
 
 def build_framework(experiment: ExperimentConfig) -> Framework:

@@ -82,6 +82,7 @@ class Batch:
     geometry:       GeometryInputs or None (frameworks without a geometric branch)
     dataset_names:  per sample, the stats that un-normalize its predicted actions
     action_vocab:   number of action tokens decoding may emit (tokenized-action frameworks), else None
+    returns:        [B] float, the samples' discounted returns (value-model targets), or None
     """
 
     vlm: VLMInputs
@@ -91,6 +92,7 @@ class Batch:
     geometry: GeometryInputs | None = None
     dataset_names: tuple[str, ...] = ()
     action_vocab: int | None = None
+    returns: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         return _move(self, torch.device(device))

@@ -127,12 +127,13 @@ class Processor:
             if not isinstance(sample, dict):
                 raise ValueError(f"sample[{index}]: expected a dict, got {type(sample).__name__}")
             if not targets:
-                sample = {k: v for k, v in sample.items() if k not in ("action", "action_is_pad")}
+                sample = {k: v for k, v in sample.items() if k not in ("action", "action_is_pad", "return")}
             sample = self.normalize(self.select_cameras(sample, index), index)
             if self.fast_answer is not None:
                 sample = self.fast_answer(sample, index)
             prepared.append(sample)
         with_actions = all(s.get("action") is not None for s in prepared)
+        with_returns = all(s.get("return") is not None for s in prepared)
         return Batch(
             vlm=self.tokenize(prepared),
             state=self._state(prepared),
@@ -141,6 +142,7 @@ class Processor:
             geometry=self.geometry(prepared) if self.geometry is not None else None,
             dataset_names=tuple(s["dataset_name"] for s in prepared),
             action_vocab=self.fast_answer.fast.vocab_size if self.fast_answer is not None else None,
+            returns=torch.tensor([float(s["return"]) for s in prepared]) if with_returns else None,
         )
 
     def _state(self, samples: list[dict]) -> torch.Tensor | None:

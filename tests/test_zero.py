@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from launch_helpers import ACCELERATE_CONFIGS, ROOT, accelerate_launch, cpu_env, zero_worker_args
 
 from vlablocks.training.config import TrainerConfig
 from vlablocks.training.distributed import (
@@ -18,38 +17,15 @@ from vlablocks.training.distributed import (
     prepare_distributed_environment,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "zero_worker.py"
-ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
 STEPS, GLOBAL_BATCH, CLIP = 10, 8, 0.3
 DERIVED = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping")
 
 
-def _env() -> dict:
-    # CPU even on a GPU machine: the comparison is about ZeRO's sharded optimizer, not about devices.
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-
-
-def _run(prefix: list[str], out: Path, batch_size: int, accum: int = 1, clip: float = CLIP) -> dict:
-    args = [str(WORKER), "--out", str(out), "--steps", str(STEPS), "--batch_size", str(batch_size)]
-    args += ["--accum", str(accum), "--max_grad_norm", str(clip)]
-    proc = subprocess.run(prefix + args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+def _run(prefix: list[str], out, batch_size: int, accum: int = 1, clip: float = CLIP) -> dict:
+    args = zero_worker_args(out, STEPS, batch_size, accum, clip)
+    proc = subprocess.run(prefix + args, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
-
-
-def _launch(config: str, num_processes: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ACCELERATE_CONFIGS / config),
-        "--num_processes",
-        str(num_processes),
-        "--main_process_port",
-        "0",  # a free port: other test runs may launch at the same time
-    ]
 
 
 def _max_diff(a: list[float], b: list[float]) -> float:
@@ -75,7 +51,7 @@ def reference(tmp_path_factory) -> dict:
 )
 def test_two_cpu_ranks_match_one_process(tmp_path, reference, config, batch_size, accum, distributed_type, optimizer):
     """2 ranks x micro-batch x accumulation = the reference's one batch of 8: the same 10 losses (fp32, 1e-4)."""
-    result = _run(_launch(config, 2), tmp_path / "losses.json", batch_size, accum)
+    result = _run(accelerate_launch(config, 2), tmp_path / "losses.json", batch_size, accum)
 
     assert result["num_processes"] == 2 and result["distributed_type"] == distributed_type
     assert result["optimizer"] == optimizer

@@ -5,39 +5,28 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from launch_helpers import ROOT, accelerate_launch, cpu_env, printed_losses, train_worker_args
 
 from vlablocks.training.zero_state import decode, encode, load_zero_shard
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "train_worker.py"
 STEPS, KILL_AT = 8, 4
 
 
 def launch(stage: str, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
-    command += [str(ROOT / f"configs/accelerate/{stage}.yaml"), "--num_processes", "2", "--main_process_port", "0"]
-    command += [str(WORKER), "--run_dir", str(run_dir), "--batch_size", "2", "--steps", str(STEPS)]
-    command += ["--save_every", str(KILL_AT), *extra]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def losses(proc: subprocess.CompletedProcess) -> list[float]:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    command = accelerate_launch(f"{stage}.yaml", 2)
+    command += train_worker_args(run_dir, 2, STEPS, "--save_every", str(KILL_AT), *extra)
+    return subprocess.run(command, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_zero_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, stage):
-    uninterrupted = losses(launch(stage, tmp_path / "full"))
+    uninterrupted = printed_losses(launch(stage, tmp_path / "full"))
     killed = launch(stage, tmp_path / "killed", "--kill_after_save", str(KILL_AT))
     assert killed.returncode != 0  # it died after the step-4 checkpoint
     state_dir = tmp_path / "killed" / "checkpoints" / f"step_{KILL_AT}" / "trainer_state"
@@ -47,7 +36,7 @@ def test_zero_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, stag
         "zero_rank_1.json",
         "zero_rank_1.safetensors",
     ]
-    resumed = losses(launch(stage, tmp_path / "killed", "--resume"))
+    resumed = printed_losses(launch(stage, tmp_path / "killed", "--resume"))
     assert len(uninterrupted) == len(resumed) == STEPS
     assert uninterrupted[0] != uninterrupted[-1]  # it trained
     np.testing.assert_allclose(resumed[KILL_AT:], uninterrupted[KILL_AT:], rtol=0, atol=1e-5)

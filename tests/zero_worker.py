@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def main() -> None:
     state_dict = accelerator.get_state_dict(model)
     peak_rss_kib = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=torch.float64)
     rss_per_rank = accelerator.gather(peak_rss_kib).tolist()
+    node = torch.tensor([float(os.environ.get("GROUP_RANK", 0))], dtype=torch.float64)  # torchrun's node rank
+    node_of_rank = [int(n) for n in accelerator.gather(node).tolist()]
     if accelerator.is_main_process:
         record = {
             "losses": losses,
@@ -93,6 +96,7 @@ def main() -> None:
             "state_dict_numel": sum(v.numel() for v in state_dict.values()),
             "deepspeed": None if ds_config is None else {k: v for k, v in ds_config.items() if k != "steps_per_print"},
             "peak_rss_mib_per_rank": [kib / 1024 for kib in rss_per_rank],
+            "node_of_rank": node_of_rank,
         }
         Path(args.out).write_text(json.dumps(record, indent=1))
     del model, optimizer

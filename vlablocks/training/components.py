@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from vlablocks.atomic import atomic_write_text
 from vlablocks.build import build
 from vlablocks.config import ExperimentConfig
 from vlablocks.registry import DATASETS
@@ -102,8 +103,9 @@ def resolve_norm_stats(experiment: ExperimentConfig, dataset, run_dir: Path) -> 
         from vlablocks.framework.synthetic import synthetic_norm_stats
 
         stats = synthetic_norm_stats(list(dataset))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stats, indent=1))
+    # Every rank computes and writes them (the same numbers); atomically, since ranks on other nodes may share
+    # run_dir and read the file while it is written.
+    atomic_write_text(path, json.dumps(stats, indent=1))
     return stats
 
 

@@ -39,7 +39,7 @@ from vlablocks.training.optim import build_optimizer, freeze_modules, parameter_
 from vlablocks.training.periodic_eval import PeriodicEval
 from vlablocks.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
 from vlablocks.training.run_logger import RunLogger
-from vlablocks.training.zero_state import load_zero_shard, save_zero_shard
+from vlablocks.training.zero_state import check_all_shards, load_zero_shard, save_zero_shard
 
 
 def train(experiment: ExperimentConfig, dataset=None) -> dict:
@@ -154,6 +154,8 @@ def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, train
         save_zero_shard(shard_dir, optimizer, accelerator.process_index, accelerator.num_processes)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if shard_dir is not None:
+            check_all_shards(shard_dir, accelerator.num_processes)  # a run_dir the nodes do not share fails here
         framework = accelerator.unwrap_model(model)
         optimizer_state = None if shard_dir else optimizer.optimizer
         record = {"losses": losses}

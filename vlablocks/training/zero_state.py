@@ -108,3 +108,17 @@ def load_zero_shard(directory: Path, optimizer, rank: int, world_size: int) -> N
     shards: list[dict | None] = [None] * world_size
     shards[rank] = state
     zero.load_state_dict(shards, load_optimizer_states=True, load_from_fp32_weights=True)
+
+
+def check_all_shards(directory: Path, world_size: int) -> None:
+    """Rank 0, before it moves the partitions into a checkpoint: every rank's two files must be in `directory`.
+
+    A missing one means the ranks do not share the run directory (node-local disks on a multi-node run): the
+    checkpoint could never be resumed, so it is refused now, naming the fix.
+    """
+    missing = [name for rank in range(world_size) for name in shard_names(rank) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"ZeRO partitions {', '.join(missing)} are missing from {directory}: the ranks that wrote them do not "
+            "see this run_dir; put run_dir on storage every node shares (docs/distributed.md, Multi-node)"
+        )

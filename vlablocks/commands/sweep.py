@@ -1,5 +1,5 @@
 """`vlablocks sweep --base F --variants V1.yaml V2.yaml [--grid sweep.yaml] [--seeds 0 1 2] --out DIR [--eval-env toy]
-[--report docs/F.md] [overrides]`."""
+[--report docs/F.md] [--submit slurm --slurm-nodes N ...] [overrides]`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report", help="also write this markdown file: the command that regenerates it, then the results tables"
     )
+    cluster = parser.add_argument_group("cluster submission (one job script per variant and seed, docs/distributed.md)")
+    cluster.add_argument(
+        "--submit",
+        choices=["slurm"],
+        help="write <out>/<variant>/job.sbatch per variant and seed; sbatch each when sbatch is on PATH, else print",
+    )
+    cluster.add_argument("--slurm-nodes", type=int, default=1, help="nodes per job")
+    cluster.add_argument("--slurm-gpus-per-node", type=int, default=8, help="GPUs per node (one rank each)")
+    cluster.add_argument("--slurm-time", default="24:00:00", help="time limit per job")
+    cluster.add_argument("--slurm-partition", help="partition to submit to")
+    cluster.add_argument(
+        "--sbatch-option",
+        action="append",
+        default=[],
+        help="another #SBATCH line (repeatable), written with =: --sbatch-option=--account=NAME",
+    )
+    cluster.add_argument(
+        "--accelerate-config", default="configs/accelerate/zero2.yaml", help="accelerate config of the jobs"
+    )
     evaluation = parser.add_argument_group("closed-loop evaluation of each variant's final checkpoint")
     evaluation.add_argument("--eval-env", help="registered eval env (vlablocks list eval_envs); omit to skip eval")
     evaluation.add_argument("--eval-episodes", type=int, default=50)
@@ -50,6 +69,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError("nothing to sweep: give --variants FILES and/or --grid FILE")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.submit and (args.eval_env or args.print_commands or args.report):
+        raise ValueError(
+            "--submit only writes and submits the training jobs; once they finish, rerun the same sweep without "
+            "--submit (and with --eval-env / --report): finished variants are read back, not retrained"
+        )
     evaluation = None
     if args.eval_env:
         from vlablocks.registry import EVAL_ENVS
@@ -67,6 +91,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds must be distinct, got {args.seeds}")
     variants = build_variants(base, args.variants, grid, overrides, args.seeds)
+    if args.submit:
+        return submit(args, variants)
     rows = run_sweep(variants, Path(args.out), args.print_commands, evaluation, args.jobs)
     if rows:
         results = (Path(args.out) / "results.md").read_text()
@@ -75,6 +101,24 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         print(results, end="")
         print(f"results: {Path(args.out) / 'results.csv'}, plot: {Path(args.out) / 'comparison.png'}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def submit(args: argparse.Namespace, variants: list) -> int:
+    from vlablocks.training.slurm import SlurmOptions, submit_or_print, write_job_scripts
+
+    options = SlurmOptions(
+        nodes=args.slurm_nodes,
+        gpus_per_node=args.slurm_gpus_per_node,
+        time=args.slurm_time,
+        partition=args.slurm_partition,
+        accelerate_config=args.accelerate_config,
+        sbatch_options=tuple(args.sbatch_option),
+    )
+    scripts = write_job_scripts(variants, Path(args.out), options)
+    job_ids = submit_or_print(scripts)
+    if job_ids:
+        print(f"{len(job_ids)} job(s) submitted; when they finish, rerun this sweep without --submit to tabulate")
+    return 0
 
 
 def regenerate_command(args: argparse.Namespace, overrides: list[str]) -> str:

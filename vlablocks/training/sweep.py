@@ -112,7 +112,7 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     if dry_run:
         for variant in variants:
-            config_path = _write_variant(variant, out_dir)
+            config_path = write_variant(variant, out_dir)
             print(launch_command(config_path))
             if evaluation is not None:
                 checkpoint = out_dir / variant.name / "checkpoints" / f"step_{variant.experiment.trainer.max_steps}"
@@ -124,7 +124,7 @@ def run_sweep(
     return rows
 
 
-def _write_variant(variant: Variant, out_dir: Path) -> Path:
+def write_variant(variant: Variant, out_dir: Path) -> Path:
     run_dir = out_dir / variant.name
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "variant.yaml"
@@ -137,7 +137,7 @@ def _run_variant(variant: Variant, out_dir: Path, evaluation: SweepEval | None) 
     if finished(variant, run_dir, evaluation):
         print(f"[sweep] {variant.name}: finished before with this config, not rerun (delete {run_dir} to rerun)")
         return _result_row(variant, run_dir, "ok")
-    config_path = _write_variant(variant, out_dir)
+    config_path = write_variant(variant, out_dir)
     command = [sys.executable, "-m", "vlablocks.cli", "train", "--config_yaml", str(config_path)]
     print(f"[sweep] {variant.name}: {' '.join(command)}", flush=True)
     result = subprocess.run(command, capture_output=True, text=True)

@@ -47,6 +47,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _node_failed(proc: subprocess.Popen, err_log: Path) -> bool:
+    """The node's launcher exited non-zero, or reported a failed rank. (A torchrun agent whose rank succeeded
+    waits up to 300 s in its exit barrier for the other nodes; one that reported a failure may too.)"""
+    return proc.returncode not in (None, 0) or "ChildFailedError" in err_log.read_text(errors="replace")
+
+
 def run_nodes(
     config: str, script: Path, args: list[str], log_dir: Path, num_nodes: int = 2, timeout: float = 300
 ) -> list[subprocess.CompletedProcess]:
@@ -78,11 +84,11 @@ def run_nodes(
     try:
         while any(p.poll() is None for p in procs):
             now = time.monotonic()
-            if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
+            if failed_at is None and any(_node_failed(proc, log_dir / f"node{i}.err") for i, proc in enumerate(procs)):
                 failed_at = now
             if now > deadline or (failed_at is not None and now - failed_at > FAILED_NODE_GRACE_S):
                 break
-            time.sleep(0.2)
+            time.sleep(0.5)
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -85,7 +85,7 @@ class Batch:
     returns:        [B] float, the samples' discounted returns (value-model targets), or None
     """
 
-    vlm: VLMInputs
+    vlm: VLMInputs | None  # None only for models without a VLM (ProcessorConfig.vision_language false)
     state: torch.Tensor | None = None
     actions: torch.Tensor | None = None
     action_is_pad: torch.Tensor | None = None
@@ -98,4 +98,6 @@ class Batch:
         return _move(self, torch.device(device))
 
     def __len__(self) -> int:
+        if self.vlm is None:
+            return len(self.dataset_names)
         return int(self.vlm.input_ids.shape[0])

@@ -68,6 +68,7 @@ class ProcessorConfig:
     use_state: bool = True
     fast: FASTOptions | None = None
     geometry: dict | None = None  # {"size": [h, w], "use_depth": bool, "fov_degrees": float}
+    vision_language: bool = True  # False: a model without a VLM (state-only baselines): no tokenizing, vlm None
 
     def to_dict(self) -> dict:
         return {"format": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -96,10 +97,12 @@ class Processor:
         self.select_cameras = SelectCameras(config.camera_keys)
         self.normalize = Normalize(self.normalizer, config.embodiment)
         self.unnormalize = Unnormalize(self.normalizer)
-        self.tokenize = VLMTokenize(hf_processor, config.view_size, config.patch_size, config.prompt_suffix)
         self.geometry = GeometryPreprocess(**config.geometry) if config.geometry else None
-        tokenizer = hf_processor.tokenizer  # its added tokens (chat, vision, action queries, FAST) are final here
-        self.special_token_ids = frozenset([*tokenizer.get_added_vocab().values(), *tokenizer.all_special_ids])
+        self.tokenize, self.special_token_ids = None, frozenset()
+        if config.vision_language:
+            self.tokenize = VLMTokenize(hf_processor, config.view_size, config.patch_size, config.prompt_suffix)
+            tokenizer = hf_processor.tokenizer  # its added tokens (chat, vision, action queries, FAST) are final here
+            self.special_token_ids = frozenset([*tokenizer.get_added_vocab().values(), *tokenizer.all_special_ids])
         self.fast_answer = None
         if config.fast is not None:
             options = config.fast
@@ -135,7 +138,7 @@ class Processor:
         with_actions = all(s.get("action") is not None for s in prepared)
         with_returns = all(s.get("return") is not None for s in prepared)
         return Batch(
-            vlm=self.tokenize(prepared),
+            vlm=self.tokenize(prepared) if self.tokenize is not None else None,
             state=self._state(prepared),
             actions=_stack([s["action"] for s in prepared]) if with_actions else None,
             action_is_pad=_stack([_is_pad(s) for s in prepared]) if with_actions else None,
@@ -158,6 +161,8 @@ class Processor:
         special tokens (chat, vision, action-query and FAST tokens): ValueError naming which, else None."""
         if not prompt.strip():
             raise ValueError("'prompt' is empty; send the instruction as plain text")
+        if self.hf_processor is None:
+            return
         tokenizer = self.hf_processor.tokenizer
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if len(ids) > max_tokens:
@@ -213,7 +218,8 @@ class Processor:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=1))
         self.normalizer.save(directory / NORM_STATS_FILE)
-        self.hf_processor.save_pretrained(str(directory / HF_PROCESSOR_DIR))
+        if self.hf_processor is not None:
+            self.hf_processor.save_pretrained(str(directory / HF_PROCESSOR_DIR))
         if self.fast_answer is not None and self.fast_answer.fast.fitted:
             self.fast_answer.fast.save(directory / FAST_DIR)
         return directory
@@ -224,15 +230,19 @@ class Processor:
         from transformers import AutoProcessor
 
         directory = Path(directory)
-        for required in (CONFIG_FILE, NORM_STATS_FILE, HF_PROCESSOR_DIR):
+        for required in (CONFIG_FILE, NORM_STATS_FILE):
             if not (directory / required).exists():
                 raise FileNotFoundError(f"{directory} is not a vlablocks processor: {required} is missing")
         data = read_json(directory / CONFIG_FILE)
         if data.get("format") != FORMAT_VERSION:
             raise ValueError(f"{directory / CONFIG_FILE}: format {data.get('format')!r}, expected {FORMAT_VERSION}")
         config = ProcessorConfig.from_dict(data)
-        hf_processor = AutoProcessor.from_pretrained(str(directory / HF_PROCESSOR_DIR), local_files_only=True)
-        hf_processor.tokenizer.padding_side = "left"
+        hf_processor = None
+        if config.vision_language:
+            if not (directory / HF_PROCESSOR_DIR).exists():
+                raise FileNotFoundError(f"{directory} is not a vlablocks processor: {HF_PROCESSOR_DIR} is missing")
+            hf_processor = AutoProcessor.from_pretrained(str(directory / HF_PROCESSOR_DIR), local_files_only=True)
+            hf_processor.tokenizer.padding_side = "left"
         fast = FASTTokenizer.load(directory / FAST_DIR) if (directory / FAST_DIR).is_dir() else None
         return cls(config, hf_processor, read_json(directory / NORM_STATS_FILE), fast)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +41,30 @@ def plain(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def two_nodes(config: str, args: list[str], log_dir) -> subprocess.CompletedProcess:
-    """Both nodes must succeed; -> node 0's result (rank 0 reports)."""
-    node0, node1 = run_nodes(config, args[0], args[1:], log_dir)
+    """Both nodes must succeed; -> node 0's result (rank 0 reports).
+
+    The rare CPU teardown abort at process exit (docs/distributed.md, Checks and figures; seen once in ~20
+    launches, after training had finished) reruns the whole launch once, from scratch, with every check; a
+    second abort, or any other failure, fails the test. The run directory is restored before the rerun."""
+    run_dir = Path(args[args.index("--run_dir") + 1]) if "--run_dir" in args else None
+    snapshot = log_dir / "run_dir_before"
+    if run_dir is not None and run_dir.exists():
+        shutil.copytree(run_dir, snapshot)
+    for attempt in range(2):
+        if attempt and run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if snapshot.exists():
+                shutil.copytree(snapshot, run_dir)
+        node0, node1 = run_nodes(config, args[0], args[1:], log_dir / f"attempt_{attempt}")
+        aborted = any(r.returncode != 0 and TEARDOWN_ABORT in r.stderr for r in (node0, node1))
+        if not aborted or attempt == 1:
+            break
     for node, result in enumerate((node0, node1)):
-        known = "terminate called without an active exception" in result.stderr
-        hint = "the CPU teardown abort at exit (docs/distributed.md, Checks and figures); " if known else ""
+        hint = "the CPU teardown abort at exit, twice; " if TEARDOWN_ABORT in result.stderr else ""
         assert result.returncode == 0, f"node {node}: {hint}" + result.stdout[-2000:] + result.stderr[-3000:]
         assert f"launch_node.sh: node {node} of 2, 1 rank(s) here, 2 in all" in result.stderr
     return node0

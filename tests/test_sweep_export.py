@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vlablocks.commands.export import export_checkpoint
 from vlablocks.config import parse_experiment
@@ -164,3 +165,30 @@ def test_export_merges_lora_into_a_plain_checkpoint(tmp_path):
     assert not merged.vlm.lora_enabled
     assert not any("lora" in name for name in merged.state_dict())
     np.testing.assert_allclose(merged.predict_action(examples)["actions"], before, atol=1e-5)
+
+
+def test_export_vlm_only_gives_a_base_vlm_that_a_value_model_starts_from(tmp_path):
+    from vlablocks.config import PlatformConfig
+
+    platform = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
+    vlm = {"name": "qwen2_5_vl", "image_size": 56}
+    policy = {"name": "QwenOFT", "vlm": vlm, "action_model": {"name": "l1_regression", "hidden_dim": 32}}
+    examples = synthetic_examples(PlatformConfig(**platform), 2, image_size=56)
+    framework = build_policy(
+        parse_experiment({"platform": platform, "framework": policy}), synthetic_norm_stats(examples)
+    )
+    framework.save_pretrained(tmp_path / "policy")
+    export_checkpoint(str(tmp_path / "policy"), str(tmp_path / "vlm"), merge_lora=False, vlm_only=True)
+    value = {"name": "QwenValue", "vlm": {**vlm, "base_vlm": str(tmp_path / "vlm")}, "value_head": {"hidden_dim": 16}}
+    model = build_policy(parse_experiment({"platform": platform, "framework": value}), synthetic_norm_stats(examples))
+    policy_weights = framework.vlm.state_dict()
+    value_weights = model.vlm.state_dict()
+    for key, tensor in policy_weights.items():  # every trained weight arrives; the token table grows by <|value|>
+        if "embed_tokens" in key or "lm_head" in key:
+            rows = tensor.shape[0]
+            assert value_weights[key].shape[0] == rows + 1
+            torch.testing.assert_close(value_weights[key][:rows], tensor)
+        else:
+            torch.testing.assert_close(value_weights[key], tensor)
+    tokenizer = model.vlm.tokenizer
+    assert tokenizer.convert_tokens_to_ids("<|act_0|>") == framework.query_token_ids[0]  # the policy's tokens kept

@@ -55,5 +55,10 @@ def load_policy(checkpoint_dir: str | os.PathLike, device: str = "cpu", weights:
     from vlablocks.framework.base import Framework
 
     framework = Framework.from_pretrained(checkpoint_dir, weights=weights)
+    if framework.kind != "policy":
+        raise ValueError(
+            f"{checkpoint_dir} holds a {framework.kind} model ({type(framework).__name__}), which predicts no actions: "
+            "serve or evaluate a policy checkpoint (value models: `vlablocks value --ckpt ...`)"
+        )
     framework.to(torch.device(device))
     return FrameworkPolicy(framework)

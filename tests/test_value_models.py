@@ -189,3 +189,18 @@ def test_discounted_returns_of_the_recorded_rewards_equal_the_outcome_returns(mi
     table = dataset.lerobot.hf_dataset.with_format("numpy")[:]
     from_rewards = discounted_returns(table["next.reward"].reshape(-1), table["episode_index"].reshape(-1), 0.8)
     np.testing.assert_allclose(dataset.returns, from_rewards, rtol=1e-6)
+
+
+def test_serving_or_evaluating_a_value_model_is_refused_in_one_line(tmp_path):
+    examples = examples_with_returns(2)
+    model = build_policy(value_model("QwenValue", "state", "mse"), synthetic_norm_stats(examples))
+    model.save_pretrained(tmp_path / "v")
+    with pytest.raises(ValueError, match="predicts no actions"):
+        from deployment.policy import load_policy
+
+        load_policy(tmp_path / "v")
+    assert (
+        cli(["eval", "--env", "toy", "--ckpt", str(tmp_path / "v"), "--episodes", "1", "--out", str(tmp_path / "e")])
+        == 2
+    )
+    assert not (tmp_path / "e").exists()

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wrong-instruction", action="store_true", help="control: instruct a different object")
     parser.add_argument("--videos", type=int, default=3, help="episodes saved as GIF")
     parser.add_argument("--out", default="runs/eval", help="directory for summary.json and videos")
+    parser.add_argument(
+        "--prompts",
+        help="YAML original -> alternative phrasings (e.g. configs/prompts/toy_heldout.yaml): run every episode under "
+        "each phrasing of its instruction and report success per phrasing",
+    )
 
 
 def build_policy(args: argparse.Namespace, env):
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     options = merge_overrides({"name": args.env}, overrides)  # env options as --key=value overrides
     env = build(EVAL_ENVS, options)
     policy, metadata = build_policy(args, env)
+    if args.prompts:
+        return run_phrasings(args, env, policy, metadata)
     summary = evaluate(
         env,
         policy,
@@ -74,5 +81,23 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     print(
         f"success rate {summary['success_rate']:.1%} ({summary['successes']}/{summary['episodes']}, "
         f"95% CI {low:.1%}-{high:.1%}); summary: {Path(args.out) / 'summary.json'}; videos: {Path(args.out)}"
+    )
+    return 0
+
+
+def run_phrasings(args: argparse.Namespace, env, policy, metadata: dict) -> int:
+    from vlablocks.dataloader.prompt_augmentation import load_alternatives
+    from vlablocks.evaluation.phrasing import evaluate_phrasings
+
+    if args.wrong_instruction:
+        raise ValueError("--prompts and --wrong-instruction exclude each other; run them separately")
+    horizon = args.open_loop or metadata["action_horizon"]
+    prompts = load_alternatives(args.prompts)
+    summary = evaluate_phrasings(env, policy, args.episodes, args.seed, Path(args.out), horizon, prompts)
+    original, alternatives = summary["original"], summary["alternatives"]
+    print(
+        f"original phrasing {original['success_rate']:.1%} ({original['successes']}/{original['episodes']}), "
+        f"alternatives {alternatives['success_rate']:.1%} ({alternatives['successes']}/{alternatives['episodes']}); "
+        f"per phrasing: {Path(args.out) / 'summary.json'}"
     )
     return 0

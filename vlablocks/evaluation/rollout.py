@@ -89,17 +89,20 @@ def first_view(obs: dict) -> np.ndarray:
     return next(iter(obs["images"].values()))
 
 
-def run_episode(env, broker: ActionChunkBroker, seed: int, record: bool, wrong_instruction: bool):
+def run_episode(
+    env, broker: ActionChunkBroker, seed: int, record: bool, wrong_instruction: bool, instruction: str | None = None
+):
     """One episode -> (EpisodeResult, frames of the first view after every step if `record`, the last info,
-    the instruction the policy was given)."""
+    the instruction the policy was given). `instruction` replaces the env's own (a rephrasing of it)."""
     obs = env.reset(seed=seed)
     broker.reset()
     check_request(obs, broker.policy)
-    given = env.wrong_instruction() if wrong_instruction else obs["prompt"]
+    given = instruction or (env.wrong_instruction() if wrong_instruction else obs["prompt"])
+    replaced = given != obs["prompt"]
     frames = [first_view(obs)] if record else []
     infer_ms, done, info, steps = [], False, {"success": False}, 0
     while not done:
-        if wrong_instruction:
+        if replaced:
             obs = {**obs, "prompt": given}
         start = time.perf_counter()
         reply = broker.infer(obs)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors import safe_open
 
 from vlablocks.build import build
 from vlablocks.config import ConfigError, PlatformConfig
@@ -125,11 +125,9 @@ def read_values(path: str, frame_indices: np.ndarray, gamma: float) -> np.ndarra
     """values.safetensors -> [N] values aligned to `frame_indices` (the dataset's `index` column, row order)."""
     if not path or not Path(path).is_file():
         raise ConfigError(f"dataset.values: {path!r} is not a file; write it with `vlablocks value --ckpt V --data D`")
-    from safetensors import safe_open
-
     with safe_open(path, "np") as handle:
         metadata = handle.metadata() or {}
-    tensors = load_file(path)
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     if "index" not in tensors or "value" not in tensors:
         raise ConfigError(f"dataset.values: {path} lacks 'index'/'value'; rewrite it with `vlablocks value`")
     if "gamma" in metadata and abs(float(metadata["gamma"]) - gamma) > 1e-9:

@@ -15,12 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vlablocks.evaluation.rollout import ActionChunkBroker, run_episode, wilson_interval
-
-
-def rate(successes: int, trials: int) -> dict:
-    low, high = wilson_interval(successes, trials)
-    return {"episodes": trials, "successes": successes, "success_rate": successes / max(trials, 1), "ci95": [low, high]}
+from vlablocks.evaluation.rollout import ActionChunkBroker, run_episode, success_summary
 
 
 def evaluate_phrasings(
@@ -51,14 +46,16 @@ def evaluate_phrasings(
     alternatives = [r for r in runs if r["position"] > 0]
     summary = {
         "episodes": episodes,
-        "original": rate(sum(r["success"] for r in originals), len(originals)),
-        "alternatives": rate(sum(r["success"] for r in alternatives), len(alternatives)),
+        "original": success_summary(sum(r["success"] for r in originals), len(originals)),
+        "alternatives": success_summary(sum(r["success"] for r in alternatives), len(alternatives)),
         "per_position": {
-            str(p): rate(sum(r["success"] for r in runs if r["position"] == p), sum(r["position"] == p for r in runs))
+            str(p): success_summary(
+                sum(r["success"] for r in runs if r["position"] == p), sum(r["position"] == p for r in runs)
+            )
             for p in sorted({r["position"] for r in runs})
         },
         "per_phrasing": {
-            text: rate(
+            text: success_summary(
                 sum(r["success"] for r in runs if r["instruction"] == text), sum(r["instruction"] == text for r in runs)
             )
             for text in sorted({r["instruction"] for r in runs})

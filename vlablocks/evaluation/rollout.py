@@ -35,6 +35,12 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def success_summary(successes: int, trials: int) -> dict:
+    """{"episodes", "successes", "success_rate", "ci95": Wilson 95% interval} of `successes` in `trials`."""
+    low, high = wilson_interval(successes, trials)
+    return {"episodes": trials, "successes": successes, "success_rate": successes / max(trials, 1), "ci95": [low, high]}
+
+
 def check_request(obs: dict, policy) -> None:
     """Raises `SampleError` where an env observation is not a request this policy takes (a baseline has no metadata).
 
@@ -137,13 +143,8 @@ def evaluate(
             path = out_dir / f"episode_{i:03d}_{'success' if result.success else 'failure'}.gif"
             save_episode_gif(frames, path, given, result.success, info)
             video_paths.append(str(path))
-    successes = sum(r.success for r in results)
-    low, high = wilson_interval(successes, episodes)
     summary = {
-        "episodes": episodes,
-        "successes": successes,
-        "success_rate": successes / max(episodes, 1),
-        "ci95": [low, high],
+        **success_summary(sum(r.success for r in results), episodes),
         "mean_steps": float(np.mean([r.steps for r in results])) if results else 0.0,
         "median_infer_ms": float(np.median([r.infer_ms for r in results])) if results else 0.0,
         "wrong_instruction": wrong_instruction,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -22,16 +23,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         raise ValueError(f"ROC AUC needs both outcomes; got {positives} successes and {negatives} failures")
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    start = 0
-    while start < len(scores):  # average ranks (1-based) over runs of tied scores
-        stop = start
-        while stop + 1 < len(scores) and sorted_scores[stop + 1] == sorted_scores[start]:
-            stop += 1
-        ranks[order[start : stop + 1]] = (start + stop) / 2 + 1
-        start = stop + 1
+    ranks = rankdata(scores)  # 1-based, tied scores share their average rank
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 

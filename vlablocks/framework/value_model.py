@@ -28,8 +28,8 @@ from vlablocks.registry import FRAMEWORKS
 
 
 class ValueModel(Framework):
-    """Base of value models: subclasses set `self.feature_dim` and implement `state_features(batch) -> [B, F]`,
-    then call `build_value_head()`."""
+    """Base of value models: subclasses implement `state_features(batch) -> [B, F]` and call
+    `build_value_head(F)` in their constructor."""
 
     kind: ClassVar[str] = "value"
 

@@ -15,6 +15,7 @@ import sys
 from types import ModuleType
 
 import vlablocks.commands
+from vlablocks.logs import show_project_logs
 
 
 def command_modules() -> list[ModuleType]:
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    show_project_logs()
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)  # argv None: argparse reads the command line
     try:

@@ -6,6 +6,10 @@ The YAML file maps each original instruction to a list of alternatives:
       - go to the red block
       - head for the red cube
 
+An alternative may also be a mapping with a `text` and anything else (the archive of `vlablocks qd-prompts`
+writes {text, fitness, fresh_fitness, cell}): only the text is used. `replace_prob` is what OpenVLA-OFT's
+QD-prompt training calls `adv_replace_prob`, `log_every` its `adv_log_examples_every`.
+
 Every decision is a pure function of (seed, key), the key being (epoch, sample index): the same seed gives the same prompts
 whatever the number of DataLoader workers or the order they run in, and workers never share one random
 stream. Instructions the file does not list pass through unchanged; they are counted and the first one
@@ -50,12 +54,20 @@ def load_alternatives(path: str | Path) -> dict[str, list[str]]:
         raise ValueError(
             f"{path}: expected a non-empty mapping instruction -> [alternatives], got {type(data).__name__}"
         )
+    alternatives = {}
     for key, value in data.items():
         if not isinstance(key, str) or not key.strip():
             raise ValueError(f"{path}: key {key!r} must be a non-empty instruction string")
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-            raise ValueError(f"{path}: entry {key!r} must map to a non-empty list of non-empty strings, got {value!r}")
-    return data
+        texts = (
+            [v["text"] if isinstance(v, dict) and "text" in v else v for v in value] if isinstance(value, list) else []
+        )
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ValueError(
+                f"{path}: entry {key!r} must map to a non-empty list of non-empty strings (or {{text: ...}} "
+                f"mappings), got {value!r}"
+            )
+        alternatives[key] = texts
+    return alternatives
 
 
 class PromptAugmenter:

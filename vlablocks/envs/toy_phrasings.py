@@ -10,8 +10,10 @@ from it by `write_heldout_prompts`) uses what no training config does, one kind 
     synonym     another word for the colour:    "go to the {synonym} block"  (crimson, emerald, azure, golden)
     typo        misspelt words (not the colour): "moev to teh {c} blcok"
 
-`target_colour(text)` reads the colour a phrasing names (colour words and their synonyms, whole words); every
-held-out phrasing must name exactly the colour of its original (tests/test_phrasings.py).
+`target_colour(text)` reads the colour a phrasing names (colour words, the held-out synonyms above and the
+prompt search's own synonyms SEARCH_SYNONYMS, whole words); every held-out phrasing must name exactly the colour
+of its original, and so must every paraphrase the search makes (tests/test_phrasings.py, tests/test_qd_prompts.py).
+The search's vocabulary (vlablocks/envs/toy_paraphrase.py) shares no word with the held-out set's new words.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ import yaml
 from vlablocks.envs.toy_scene import COLOURS, INSTRUCTION_TEMPLATES
 
 SYNONYMS: dict[str, str] = {"red": "crimson", "green": "emerald", "blue": "azure", "yellow": "golden"}
+SEARCH_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "red": ("scarlet", "ruby", "cherry"),
+    "green": ("jade", "lime", "mint"),
+    "blue": ("cobalt", "navy", "sapphire"),
+    "yellow": ("lemon", "amber", "canary"),
+}
 HELD_OUT_TEMPLATES: dict[str, str] = {
     "verb": "slide over to the {colour} block",
     "order": "the {colour} block is where you should go",
@@ -31,7 +39,7 @@ HELD_OUT_TEMPLATES: dict[str, str] = {
     "synonym": "go to the {synonym} block",
     "typo": "moev to teh {colour} blcok",
 }
-_WORDS = {word: colour for colour in COLOURS for word in (colour, SYNONYMS[colour])}
+_WORDS = {word: colour for colour in COLOURS for word in (colour, SYNONYMS[colour], *SEARCH_SYNONYMS[colour])}
 
 
 def target_colour(text: str) -> str | None:

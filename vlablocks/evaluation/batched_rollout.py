@@ -35,14 +35,24 @@ class Episode:
 
 
 def run_batched_episodes(
-    envs, seeds: list[int], actor: Actor, open_loop_horizon: int | None = None, wrong_instruction: bool = False
+    envs,
+    seeds: list[int],
+    actor: Actor,
+    open_loop_horizon: int | None = None,
+    wrong_instruction: bool = False,
+    instructions: list[str] | None = None,
 ) -> list[Episode]:
     """Runs len(envs) episodes at once (env i from seeds[i]) -> one Episode each, in env order.
 
     wrong_instruction: the policy is told the colour of another object (the language control).
+    instructions: one per env, given to the policy instead of the env's own (a rephrasing of it).
     """
+    if wrong_instruction and instructions is not None:
+        raise ValueError("wrong_instruction and instructions exclude each other")
+    if instructions is not None and len(instructions) != len(seeds):
+        raise ValueError(f"instructions must give one per episode: {len(instructions)} for {len(seeds)} seeds")
     observations = envs.reset(seeds)
-    given = [envs.wrong_instruction(i) if wrong_instruction else None for i in range(len(seeds))]
+    given = instructions or [envs.wrong_instruction(i) if wrong_instruction else None for i in range(len(seeds))]
     episodes = [Episode(int(seed)) for seed in seeds]
     live = list(range(len(seeds)))
     while live:

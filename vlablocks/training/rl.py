@@ -29,6 +29,7 @@ from vlablocks.envs.vector import make_vector_env
 from vlablocks.evaluation.batched_rollout import Episode, GreedyActor, SamplingActor, run_batched_episodes
 from vlablocks.evaluation.rollout import wilson_interval
 from vlablocks.framework.base import Framework
+from vlablocks.logs import show_project_logs
 from vlablocks.training.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
 from vlablocks.training.components import make_accelerator, seed_everything, set_threads
 from vlablocks.training.distributed import end_distributed
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config_yaml", required=True)
     parser.add_argument("--init_ckpt", default=None, help="SFT checkpoint to start from (sets rl.init_ckpt)")
     args, overrides = parser.parse_known_args(argv)
+    show_project_logs()
     rl(load_rl_experiment(args.config_yaml, args.init_ckpt, overrides))
     return 0
 

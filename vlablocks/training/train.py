@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vlablocks.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.framework.base import build_policy
+from vlablocks.logs import show_project_logs
 from vlablocks.training.batches import micro_batches
 from vlablocks.training.checkpoint import (
     STATE_DIR,
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config_yaml", required=True)
     args, overrides = parser.parse_known_args(argv)
+    show_project_logs()
     train(load_config(args.config_yaml, overrides))
     return 0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from vlablocks.build import build as build_component
 from vlablocks.cli import main as cli
@@ -215,6 +216,11 @@ def test_qd_prompts_cli_writes_an_archive_that_trains_through_prompt_augmentatio
     assert {t for texts in alternatives.values() for t in texts} == {e["text"] for e in paraphrases}
     for original, texts in alternatives.items():
         assert all(target_colour(text) == target_colour(original) for text in texts)
+    # rescoring the archive on the same fresh scenes gives back the validation's per-prompt failure rates
+    assert cli([*args, *small, "--rescore", str(out), "--out", str(tmp_path / "rescored.yaml")]) == 0
+    rescored = json.loads((tmp_path / "rescored.summary.json").read_text())
+    fresh = {e["text"]: e["fresh_fitness"] for entries in yaml.safe_load(out.read_text()).values() for e in entries}
+    assert rescored["prompts"] == len(fresh) and rescored["per_phrasing"] == pytest.approx(fresh)
     # a second run with more iterations continues the first (20 + 3 x 4 prompts), and the inputs are checked
     assert cli([*args[:-1], "3", *small]) == 0
     assert json.loads(out.with_name("prompts.summary.json").read_text())["evaluations"] == 20 + 3 * 4

@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episode-seed", type=int, default=300_000, help="first env seed of the search's scenes")
     parser.add_argument("--validation-seed", type=int, default=400_000, help="first env seed of the fresh scenes")
     parser.add_argument("--validation-episodes", type=int, default=32, help="fresh episodes per prompt (0: skip)")
+    parser.add_argument(
+        "--rescore",
+        metavar="PROMPTS_YAML",
+        help="no search: the failure rate of every phrasing in this prompt file (an archive, the held-out set) on "
+        "the fresh scenes, written to <out>.summary.json",
+    )
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -42,6 +48,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.evaluation.qd_search import (
         ClosedLoopFailure,
         QDConfig,
+        rescore,
         run_search,
         scenes_by_colour,
         validate,
@@ -67,12 +74,26 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     actor = GreedyActor(framework)
     colours = sorted({phrase.colour for phrase in paraphraser.originals()})
 
-    def fitness_on(first_seed: int, episodes: int):
+    def failure_on(first_seed: int, episodes: int) -> ClosedLoopFailure:
         scenes = scenes_by_colour(env_config, first_seed, episodes, colours, paraphraser.target_colour)
-        failure = ClosedLoopFailure(actor, env_config, scenes)
+        return ClosedLoopFailure(actor, env_config, scenes)
+
+    def fitness_on(first_seed: int, episodes: int):
+        failure = failure_on(first_seed, episodes)
         return lambda phrases: failure([(paraphraser.render(p), p.colour) for p in phrases])
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.rescore:
+        from vlablocks.dataloader.prompt_augmentation import load_alternatives
+
+        failure = failure_on(cfg.validation_seed, cfg.validation_episodes)
+        summary = rescore(load_alternatives(args.rescore), failure, paraphraser.target_colour)
+        path = out.with_name(out.stem + ".summary.json")
+        path.write_text(json.dumps({"rescored": args.rescore, "ckpt": args.ckpt, **summary}, indent=1))
+        print(
+            f"{summary['prompts']} phrasings, mean failure {summary['fresh_failure_rate']:.1%} on fresh scenes: {path}"
+        )
+        return 0
     state_path = out.with_name(out.stem + ".state.json")
     archive, state = run_search(paraphraser, fitness_on(cfg.episode_seed, cfg.episodes), cfg, state_path)
     summary = {"config": state["config"], "evaluations": state["evaluations"], **archive.stats()}

@@ -180,6 +180,27 @@ def validate(paraphraser, archive: Archive, fresh: Callable[[list], list[float]]
     return summary
 
 
+def rescore(prompts: dict[str, list[str]], failure: ClosedLoopFailure, parse) -> dict:
+    """Every distinct phrasing of a prompt file (original -> alternatives) on the scenes of its original's colour
+    -> {"prompts", "fresh_failure_rate", "per_position" (mean over the originals' lists), "per_phrasing"}."""
+    colours = {original: parse(original) for original in prompts}
+    unnamed = [original for original, colour in colours.items() if colour is None]
+    if unnamed:
+        raise ValueError(f"the prompt file's instruction {unnamed[0]!r} names no single colour; cannot pick its scenes")
+    pairs = sorted({(text, colours[original]) for original, texts in prompts.items() for text in texts})
+    rates = dict(zip(pairs, failure(pairs)))
+    positions: dict[int, list[float]] = {}
+    for original, texts in prompts.items():
+        for position, text in enumerate(texts):
+            positions.setdefault(position, []).append(rates[(text, colours[original])])
+    return {
+        "prompts": len(pairs),
+        "fresh_failure_rate": float(np.mean(list(rates.values()))),
+        "per_position": {str(p): float(np.mean(values)) for p, values in sorted(positions.items())},
+        "per_phrasing": {text: rate for (text, _), rate in rates.items()},
+    }
+
+
 def write_prompts(path: Path, paraphraser, archive: Archive, header: str) -> None:
     """The archive in the prompt-augmentation YAML format: every original instruction -> the paraphrases of its
     colour, fittest first, each {text, fitness[, fresh_fitness], cell}. Training reads the texts."""

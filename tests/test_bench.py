@@ -18,7 +18,8 @@ import pytest
 from vlablocks.bench.result import Goal, Row, Side
 from vlablocks.bench.settings import bench_settings
 
-ROWS = ["training", "processing", "data", "inference", "flow_matching", "rollout", "server", "memory"]
+ROWS = ["training", "processing", "data", "inference", "flow_matching", "pi05", "rollout", "server", "memory"]
+INVERTED = ("processing", "inference", "flow_matching", "pi05")  # ratio = baseline / ours (speed-ups)
 CLI = Path(sys.executable).with_name("vlablocks")
 
 
@@ -48,7 +49,7 @@ def test_all_rows_with_both_sides_and_ratio(smoke_run):
             assert values and all(math.isfinite(v) and v > 0 for v in values), (row["key"], side, values)
             assert row[side]["median"] == pytest.approx(statistics.median(values))
         ours, baseline = row["ours"]["median"], row["baseline"]["median"]
-        expected = baseline / ours if row["key"] in ("processing", "inference", "flow_matching") else ours / baseline
+        expected = baseline / ours if row["key"] in INVERTED else ours / baseline
         assert row["ratio"] == pytest.approx(expected), row["key"]
 
 
@@ -61,6 +62,7 @@ def test_goals_and_verdicts_follow_the_numbers(smoke_run):
         "data": [("ratio", ">=", 0.95)],
         "inference": [("ratio", ">=", 15.0)],  # the 25 ms OFT goal only applies to --device cuda --arch 3b
         "flow_matching": [("ratio", ">=", 4.0)],
+        "pi05": [],
         "rollout": [("ratio", ">=", 8.0)],
         "server": [("ours", "<=", 1.5)],
         "memory": [],
@@ -92,6 +94,8 @@ def test_each_side_does_the_same_work(smoke_run):
     assert checks["flow_matching"]["action_max_abs_diff"] <= 1e-5
     assert checks["inference"]["fast_emitted_tokens"] == checks["inference"]["fast_target_tokens"]
     assert 10 <= checks["inference"]["fast_target_tokens"] < 8 * 7  # tens of tokens, fewer than one per value
+    assert checks["pi05"]["fast_emitted_tokens"] == checks["pi05"]["fast_target_tokens"]
+    assert checks["pi05"]["pi05_vlm_passes"] == 1  # the prefix once, no token decoded
 
 
 def test_row_ratio_and_missed_goal():

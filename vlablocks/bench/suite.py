@@ -19,6 +19,7 @@ from vlablocks.bench.data import data_row
 from vlablocks.bench.flow import flow_row
 from vlablocks.bench.inference import inference_row
 from vlablocks.bench.memory import memory_row
+from vlablocks.bench.pi05 import pi05_row
 from vlablocks.bench.processing import processing_row
 from vlablocks.bench.result import Row, write_report
 from vlablocks.bench.rollout import rollout_row
@@ -32,6 +33,7 @@ ROWS: dict[str, Callable[[BenchSettings], Row]] = {
     "data": data_row,
     "inference": inference_row,
     "flow_matching": flow_row,
+    "pi05": pi05_row,
     "rollout": rollout_row,
     "server": server_row,
     "memory": memory_row,

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         nargs="+",
         metavar="ROW",
-        help="measure only these rows: training processing data inference flow_matching rollout server memory",
+        help="measure only these rows: training processing data inference flow_matching pi05 rollout server memory",
     )
 
 

@@ -38,6 +38,20 @@ from vlablocks.vlm.runtime import allowed_ids, check_temperature, tempered_log_p
 from vlablocks.vlm.sampling import allowed_logits, sample_constrained
 
 
+def add_fast_tokens(vlm, fast: FASTOptions) -> list[int]:
+    """One VLM special token per possible FAST id (so the embedding size never depends on the fitted
+    vocabulary) -> their VLM ids, FAST id i at index i."""
+    return vlm.add_special_tokens([fast_token(fast.token_prefix, i) for i in range(fast.vocab_size)])
+
+
+def answer_logits(vlm, out, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher-forced answer: (logits [N, vocab] float32, targets [N] VLM ids) at the N positions whose
+    `labels` [B, L] are not -100, each predicted from the hidden state one position before it."""
+    rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
+    hidden = out.last_hidden_state[rows, cols - 1]
+    return vlm.model.lm_head(hidden).float(), labels[rows, cols]
+
+
 @FRAMEWORKS.register("QwenFAST")
 class QwenFAST(Framework):
     """Qwen-VL answering with FAST action tokens (pi0-FAST): autoregressive, KV-cached, constrained decoding."""
@@ -59,12 +73,8 @@ class QwenFAST(Framework):
                 f"QwenFAST: hl_gauss_sigma={config.hl_gauss_sigma} needs ordered FAST ids: set fast.bpe_merges: false "
                 "(merged BPE tokens have no order), or hl_gauss_sigma: 0"
             )
-        # One VLM token per possible FAST id, so the embedding size never depends on the fitted vocabulary.
-        fast = config.fast
-        self.fast_token_ids = self.vlm.add_special_tokens(
-            [fast_token(fast.token_prefix, i) for i in range(fast.vocab_size)]
-        )
-        self.stop_token_id = self.vlm.token_id(fast.stop_token)
+        self.fast_token_ids = add_fast_tokens(self.vlm, config.fast)
+        self.stop_token_id = self.vlm.token_id(config.fast.stop_token)
         self._fast_id_of = {vlm_id: i for i, vlm_id in enumerate(self.fast_token_ids)}
 
     def processor_options(self) -> dict:
@@ -78,10 +88,7 @@ class QwenFAST(Framework):
         if labels is None:
             raise ValueError("QwenFAST.forward needs answer labels: the batch must come from samples with actions")
         out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
-        rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
-        hidden = out.last_hidden_state[rows, cols - 1]  # the logits predicting each answer token
-        logits = self.vlm.model.lm_head(hidden).float()
-        targets = labels[rows, cols]
+        logits, targets = answer_logits(self.vlm, out, labels)
         if self.config.hl_gauss_sigma > 0:
             loss = -(self.soft_targets(targets, batch.action_vocab) * logits.log_softmax(-1)).sum(-1).mean()
         else:

@@ -1,7 +1,8 @@
 """A framework's processor: raw sample dicts -> typed `Batch` (input steps), model output -> actions (output steps).
 
     samples (dataset, env or wire: vlablocks/dataloader/sample.py)
-      -> SelectCameras -> Normalize(state, action) -> [FASTAnswer] -> VLMTokenize -> [GeometryPreprocess] -> Batch
+      -> SelectCameras -> Normalize(state, action) -> [DiscretizeState] -> [FASTAnswer] -> VLMTokenize
+      -> [GeometryPreprocess] -> Batch
     model output {"actions": normalized [B, T, D]} or {"action_tokens": FAST ids per sample}
       -> [FAST decode] -> Unnormalize -> {"actions": robot units [B, T, D], "normalized_actions"}
 
@@ -29,7 +30,15 @@ from vlablocks.dataloader.normalization import Normalizer
 from vlablocks.manifest import read_json
 from vlablocks.processor.batch import Batch
 from vlablocks.processor.fast_tokenizer import FASTTokenizer
-from vlablocks.processor.steps import FASTAnswer, GeometryPreprocess, Normalize, SelectCameras, Unnormalize, VLMTokenize
+from vlablocks.processor.steps import (
+    DiscretizeState,
+    FASTAnswer,
+    GeometryPreprocess,
+    Normalize,
+    SelectCameras,
+    Unnormalize,
+    VLMTokenize,
+)
 
 PROCESSOR_DIR = "processor"
 CONFIG_FILE = "processor.json"
@@ -53,6 +62,14 @@ class FASTOptions:
 
 
 @dataclass(frozen=True)
+class StateTokenOptions:
+    """The state in the prompt as text (pi0.5): each normalized dimension's bin, after the instruction."""
+
+    num_bins: int = 256  # over the stats' range ([q01, q99] under q99 normalization); see steps.DiscretizeState
+    label: str = "State:"  # the text before the bins: "...\nState: 131 7;"
+
+
+@dataclass(frozen=True)
 class ProcessorConfig:
     """Everything the processor needs, and the server's metadata. Written as `processor.json`."""
 
@@ -67,6 +84,7 @@ class ProcessorConfig:
     prompt_suffix: str = ""  # after the assistant start, e.g. action-query tokens
     use_state: bool = True
     fast: FASTOptions | None = None
+    state_tokens: StateTokenOptions | None = None  # the state written into the prompt as bins (DiscretizeState)
     geometry: dict | None = None  # {"size": [h, w], "use_depth": bool, "fov_degrees": float}
     vision_language: bool = True  # False: a model without a VLM (state-only baselines): no tokenizing, vlm None
 
@@ -82,6 +100,8 @@ class ProcessorConfig:
             data["image_size"] = tuple(data["image_size"])
         if data.get("fast") is not None:
             data["fast"] = FASTOptions(**data["fast"])
+        if data.get("state_tokens") is not None:
+            data["state_tokens"] = StateTokenOptions(**data["state_tokens"])
         return cls(**data)
 
 
@@ -98,6 +118,9 @@ class Processor:
         self.normalize = Normalize(self.normalizer, config.embodiment)
         self.unnormalize = Unnormalize(self.normalizer)
         self.geometry = GeometryPreprocess(**config.geometry) if config.geometry else None
+        self.state_text = None
+        if config.state_tokens is not None:
+            self.state_text = DiscretizeState(self.normalizer, config.state_tokens.num_bins, config.state_tokens.label)
         self.tokenize, self.special_token_ids = None, frozenset()
         if config.vision_language:
             self.tokenize = VLMTokenize(hf_processor, config.view_size, config.patch_size, config.prompt_suffix)
@@ -132,6 +155,8 @@ class Processor:
             if not targets:
                 sample = {k: v for k, v in sample.items() if k not in ("action", "action_is_pad", "return")}
             sample = self.normalize(self.select_cameras(sample, index), index)
+            if self.state_text is not None:
+                sample = self.state_text(sample, index)
             if self.fast_answer is not None:
                 sample = self.fast_answer(sample, index)
             prepared.append(sample)

@@ -1,7 +1,8 @@
 """The steps a processor is made of: small transforms on raw sample dicts, then batch-level collation.
 
 Per-sample steps take and return a dict in the sample contract (vlablocks/dataloader/sample.py) plus the
-working keys they add (`views`, `depths`, `answer`). Batch steps turn the list into tensors.
+working keys they add (`views`, `depths`, `answer`); `DiscretizeState` rewrites the `prompt`. Batch steps
+turn the list into tensors.
 Normalize and Unnormalize are mirrors of each other and share one `Normalizer`.
 """
 
@@ -78,6 +79,62 @@ class Unnormalize:
 
     def __call__(self, actions: np.ndarray, dataset_names: Sequence[str]) -> np.ndarray:
         return np.stack([self.normalizer.unnormalize(a, "action", n) for a, n in zip(actions, dataset_names)])
+
+
+BOUNDED_MODES = ("q99", "min_max")  # normalization modes that map the stats' range onto [-1, 1]
+
+
+class DiscretizeState:
+    """Normalized `state` [S] -> its bins written after the instruction, as text (pi0.5's discrete state):
+
+        prompt -> f"{prompt}\n{label} {b_1} ... {b_S};"       e.g. "move to the red block\nState: 131 7;"
+
+    The bins cut the normalized range [-1, 1] into `num_bins` equal bins: with the stats' q99 mode that is
+    [q01, q99] of each dimension in robot units (min_max: [min, max]), so bins and range both come from the
+    normalization stats. bin(x) = clip(floor((x + 1) / 2 * num_bins), 0, num_bins - 1): values outside the
+    range land in the end bins. `centres(bins)` maps bins back to normalized values, within half a bin of
+    any x in range. Shared by any framework whose processor options set `state_tokens`.
+    """
+
+    def __init__(self, normalizer: Normalizer, num_bins: int = 256, label: str = "State:") -> None:
+        if num_bins < 2:
+            raise ValueError(f"state_tokens.num_bins must be >= 2, got {num_bins}")
+        for name, entry in normalizer.stats.items():
+            if entry["mode"] not in BOUNDED_MODES:
+                raise ValueError(
+                    f"state as text needs a bounded normalization: dataset {name!r} has norm_mode {entry['mode']!r}; "
+                    f"use one of {list(BOUNDED_MODES)}"
+                )
+            unnormalized = [i for i, m in enumerate(entry.get("state", {}).get("mask", [])) if not m]
+            if unnormalized:
+                raise ValueError(
+                    f"state as text: dataset {name!r} leaves state dims {unnormalized} unnormalized (mask false), "
+                    "so they have no range to bin; normalize every state dimension"
+                )
+        self.num_bins = num_bins
+        self.label = label
+
+    def bins(self, normalized: np.ndarray) -> np.ndarray:
+        """normalized: [..., S] in [-1, 1] -> [..., S] int64 bins in 0 .. num_bins - 1."""
+        scaled = np.floor((np.asarray(normalized, np.float64) + 1.0) / 2.0 * self.num_bins)
+        return np.clip(scaled, 0, self.num_bins - 1).astype(np.int64)
+
+    def centres(self, bins: np.ndarray) -> np.ndarray:
+        """bins: [..., S] -> [..., S] float32, the normalized value at each bin's centre."""
+        return ((np.asarray(bins, np.float64) + 0.5) / self.num_bins * 2.0 - 1.0).astype(np.float32)
+
+    def text(self, normalized: np.ndarray) -> str:
+        """normalized: [S] -> "State: 131 7;"."""
+        return f"{self.label} {' '.join(str(b) for b in self.bins(normalized).tolist())};"
+
+    def __call__(self, sample: dict, index: int) -> dict:
+        state = sample.get("state")
+        if state is None:
+            raise ValueError(f"sample[{index}] has no 'state'; this policy reads the state as prompt tokens")
+        prompt = sample.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"sample[{index}]['prompt']: expected a non-empty instruction string, got {prompt!r}")
+        return {**sample, "prompt": f"{prompt}\n{self.text(np.asarray(state).reshape(-1))}"}
 
 
 def fast_token(token_prefix: str, fast_id: int) -> str:

@@ -1,0 +1,149 @@
+"""QwenPI05: the pi0.5 recipe on a Qwen-VL backbone: discrete state tokens, knowledge insulation, and a
+flow-matching action expert that alone acts at inference (docs/pi05.md).
+
+    processor: prompt = chat(views..., instruction + "\\nState: b_1 ... b_S;") [+ readout tokens]
+               (each normalized state dimension as one of 256 bins, processor/steps.py DiscretizeState);
+               training appends the chunk's FAST answer (<|fast_i|>... <|im_end|>), as QwenFAST
+    training:  one VLM pass over prompt + answer, then
+                 L_fast = cross-entropy of the answer tokens                      (trains the VLM)
+                 L_flow = flow-matching MSE of the expert, reading sg(h) at the prompt positions only
+                 loss   = fast_loss_weight * L_fast + flow_loss_weight * L_flow [+ readout_loss_weight * L1]
+               sg = stop-gradient (`.detach()`) when `insulate_vlm` (knowledge insulation): the expert's
+               gradient never reaches the VLM, and L_fast never depends on the expert. insulate_vlm false
+               (the ablation): L_flow backpropagates into the VLM too.
+    inference: the prompt once through the VLM, then the expert's Euler integration on those states;
+               no FAST token is decoded (the FAST tokenizer only makes training targets)
+
+The expert never sees the answer positions: at training they hold the teacher-forced target tokens, and at
+inference they do not exist. Prompt positions are causal, so their hidden states are the same with or without
+the answer after them: the expert reads at training exactly what it reads at inference (tests/test_pi05.py).
+The state reaches the model only as prompt tokens: the expert (and the readout regression) has no state input.
+`readout_loss_weight` > 0 adds readout tokens with their L1 regression on the VLM (framework/readout.py), a
+grounding objective for a VLM trained from scratch (the toy config); 0 is the plain recipe.
+Run this file to smoke-test it: `python vlablocks/framework/qwen_pi05.py [--config_yaml F] [overrides]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vlablocks.action_model.base import Conditioning
+from vlablocks.build import build
+from vlablocks.config import PlatformConfig, registry_field
+from vlablocks.framework.base import Framework
+from vlablocks.framework.qwen_fast import add_fast_tokens, answer_logits
+from vlablocks.framework.qwen_flow_matching import vlm_conditioning
+from vlablocks.framework.readout import build_readout
+from vlablocks.processor.batch import Batch
+from vlablocks.processor.pipeline import FASTOptions, StateTokenOptions
+from vlablocks.processor.steps import IGNORE_INDEX
+from vlablocks.registry import ACTION_MODELS, FRAMEWORKS, VLMS
+
+
+def prefix_conditioning(out, labels: torch.Tensor | None, insulate: bool) -> Conditioning:
+    """VLMOutput -> the expert's Conditioning over the prompt positions: the answer's positions (labels [B, L]
+    not -100) are masked out with the padding. insulate: the hidden states are detached (stop-gradient)."""
+    conditioning = vlm_conditioning(out, insulate=insulate)
+    if labels is not None:
+        conditioning.mask = conditioning.mask & (labels == IGNORE_INDEX)
+    return conditioning
+
+
+@FRAMEWORKS.register("QwenPI05")
+class QwenPI05(Framework):
+    """Qwen-VL trained on FAST tokens + an insulated flow-matching action expert (pi0.5); the expert acts."""
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "QwenPI05"
+        vlm: dict = registry_field("vlms", "qwen2_5_vl")
+        action_model: dict = registry_field("action_models", "flow_matching")  # the action expert
+        fast: FASTOptions = dataclasses.field(default_factory=FASTOptions)  # the VLM's training targets
+        state_tokens: StateTokenOptions = dataclasses.field(default_factory=StateTokenOptions)
+        fast_loss_weight: float = 1.0
+        flow_loss_weight: float = 1.0
+        insulate_vlm: bool = True  # knowledge insulation: the expert reads sg(VLM states); false for the ablation
+        readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 regression on the VLM (framework/readout.py)
+
+    def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
+        super().__init__(config, platform=platform)
+        if config.fast_loss_weight < 0 or config.flow_loss_weight <= 0:
+            raise ValueError(
+                f"QwenPI05: need fast_loss_weight >= 0 and flow_loss_weight > 0 (the expert is what acts), got "
+                f"{config.fast_loss_weight}, {config.flow_loss_weight}"
+            )
+        if config.insulate_vlm and config.fast_loss_weight == 0 and config.readout_loss_weight == 0:
+            raise ValueError(
+                "QwenPI05: an insulated VLM with fast_loss_weight 0 and readout_loss_weight 0 learns nothing; "
+                "set fast_loss_weight > 0"
+            )
+        self.vlm = build(VLMS, config.vlm)
+        self.fast_token_ids = add_fast_tokens(self.vlm, config.fast)
+        # state_dim 0: the expert has no state input; the state reaches the model as prompt tokens only.
+        self.action_model = build(
+            ACTION_MODELS,
+            config.action_model,
+            action_horizon=platform.action_horizon,
+            action_dim=platform.action_dim,
+            state_dim=0,
+            cond_dim=self.vlm.hidden_size,
+        )
+        # The VLM learns from the FAST loss, so an insulated VLM needs no readout loss (insulate=False here); the
+        # readouts regress the chunk without a state projection (state_dim 0): the state is in the prompt.
+        stateless = dataclasses.replace(platform, state_dim=0)
+        self.readout = build_readout("QwenPI05", self.vlm, stateless, config.readout_loss_weight, False)
+
+    def processor_options(self) -> dict:
+        """The state as prompt tokens, FAST answers for training, the readout tokens (if any) closing the prompt."""
+        suffix = self.readout.prompt_suffix if self.readout is not None else ""
+        return {
+            **super().processor_options(),
+            "fast": self.config.fast,
+            "state_tokens": self.config.state_tokens,
+            "prompt_suffix": suffix,
+        }
+
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """-> {"fast": answer cross-entropy, "flow": the expert's flow-matching loss, ["readout": L1]}: scalars,
+        unweighted and differentiable, from one VLM pass over prompt + answer."""
+        labels = batch.vlm.labels
+        if labels is None or batch.actions is None:
+            raise ValueError("QwenPI05.forward needs actions and FAST answer labels: the samples must have 'action'")
+        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        logits, targets = answer_logits(self.vlm, out, labels)
+        conditioning = prefix_conditioning(out, labels, insulate=self.config.insulate_vlm)
+        terms = {
+            "fast": F.cross_entropy(logits, targets),
+            "flow": self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad)["loss"],
+        }
+        if self.readout is not None:
+            terms["readout"] = self.readout.loss(out, batch.actions, batch.action_is_pad, None)
+        return terms
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """{"loss": the weighted sum, "fast_loss", "flow_loss" [, "readout_loss"]: each term, detached}."""
+        terms = self.loss_terms(batch)
+        config = self.config
+        weights = {
+            "fast": config.fast_loss_weight,
+            "flow": config.flow_loss_weight,
+            "readout": config.readout_loss_weight,
+        }
+        loss = sum(weights[name] * term for name, term in terms.items())
+        return {"loss": loss, **{f"{name}_loss": term.detach() for name, term in terms.items()}}
+
+    def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """-> {"actions": normalized [B, T, D]}: the prompt through the VLM once, then the expert integrates."""
+        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        conditioning = prefix_conditioning(out, batch.vlm.labels, insulate=True)  # nothing to train here
+        return {"actions": self.action_model.predict(conditioning, None, generator=generator)}
+
+
+if __name__ == "__main__":
+    from vlablocks.framework.standalone import run_standalone
+
+    raise SystemExit(run_standalone("QwenPI05"))

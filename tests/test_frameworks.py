@@ -23,15 +23,16 @@ SMALL_HEADS = {
 }
 
 
-def experiment_for(name: str) -> ExperimentConfig:
+def experiment_for(name: str, **options) -> ExperimentConfig:
+    """`name` with small heads; `options` replace framework options (e.g. `vlm`, `action_model`, `use_film`)."""
     framework = {"name": name}
     defaults = FRAMEWORKS.get(name).Config()
-    head_options = getattr(defaults, "action_model", None)
-    if head_options and head_options["name"] in SMALL_HEADS:
-        framework["action_model"] = {**head_options, **SMALL_HEADS[head_options["name"]]}
+    head_options = options.pop("action_model", None) or getattr(defaults, "action_model", None)
+    if head_options:
+        framework["action_model"] = {**head_options, **SMALL_HEADS.get(head_options["name"], {})}
     if hasattr(defaults, "fast"):  # tokenized actions: a small FAST vocabulary
         framework["fast"] = {"vocab_size": 256}
-    return parse_experiment({"platform": PLATFORM, "framework": framework})
+    return parse_experiment({"platform": PLATFORM, "framework": {**framework, **options}})
 
 
 def scaled_examples(batch_size: int, seed: int = 0) -> list[dict]:
@@ -66,6 +67,31 @@ def test_forward_backward_and_predict_shapes(name):
     out = framework.predict_action(examples)
     assert out["actions"].shape == (2, 4, 3) and out["normalized_actions"].shape == (2, 4, 3)
     assert out["actions"].dtype == np.float32 and np.isfinite(out["actions"]).all()
+
+
+# QwenOFT's optional fp32 layers next to its default (L1 head, proprio projector): the binned head reading the
+# state, the DDIM head, FiLM of the vision tokens (alone: without the projector).
+BF16_CASES = {name: (name, {}) for name in policy_names()} | {
+    "QwenOFT-binned": ("QwenOFT", {"action_model": {"name": "binned", "use_state": True}}),
+    "QwenOFT-diffusion": ("QwenOFT", {"action_model": {"name": "diffusion"}}),
+    "QwenOFT-film": ("QwenOFT", {"use_film": True, "use_proprio": False}),
+}
+
+
+@pytest.mark.parametrize(("name", "options"), list(BF16_CASES.values()), ids=list(BF16_CASES))
+def test_predict_action_with_a_bf16_vlm_and_fp32_heads(name, options):
+    """A bf16 VLM feeding the fp32 heads and projectors outside autocast: how `vlablocks bench --device cuda`
+    (and a GPU server) calls predict_action. Each fp32 layer must read its input in its own dtype."""
+    examples = scaled_examples(2)
+    vlm = {**FRAMEWORKS.get(name).Config().vlm, "dtype": "bfloat16"}
+    torch.manual_seed(0)
+    framework = build_policy(experiment_for(name, vlm=vlm, **options), synthetic_norm_stats(examples))
+    framework.processor.fit(examples)
+    assert next(framework.vlm.parameters()).dtype == torch.bfloat16
+    head = getattr(framework, "action_model", None)  # QwenFAST decodes tokens: no head
+    assert head is None or next(head.parameters()).dtype == torch.float32
+    out = framework.predict_action(examples)
+    assert out["actions"].shape == (2, 4, 3) and np.isfinite(out["actions"]).all()
 
 
 @pytest.mark.parametrize("name", policy_names())

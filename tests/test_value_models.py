@@ -76,6 +76,17 @@ def test_q_reads_the_action_chunk_and_v_does_not():
     np.testing.assert_array_equal(v.predict_value(examples), v.predict_value(moved))
 
 
+def test_q_with_a_bf16_vlm_predicts_outside_autocast():
+    """A bf16 VLM feeding the fp32 state projector and action projector (no autocast, as on a GPU)."""
+    examples = examples_with_returns(2)
+    options = {"name": "QwenValue", "inputs": "state_action", "vlm": {"name": "qwen2_5_vl", "dtype": "bfloat16"}}
+    torch.manual_seed(0)
+    q = build_policy(parse_experiment({"platform": PLATFORM, "framework": options}), synthetic_norm_stats(examples))
+    assert next(q.vlm.parameters()).dtype == torch.bfloat16 and q.proprio.weight.dtype == torch.float32
+    values = q.predict_value(examples)
+    assert values.shape == (2,) and np.isfinite(values).all()
+
+
 def test_training_without_returns_names_the_option():
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 2)
     model = build_policy(value_model("QwenValue", "state", "hl_gauss"), synthetic_norm_stats(examples))

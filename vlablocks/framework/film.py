@@ -22,6 +22,8 @@ class InstructionFiLM(nn.Module):
         text = info.attention_mask.bool() & ~info.vision_mask  # [B, L] real, non-vision tokens
         weights = text.unsqueeze(-1).to(info.text_embeds.dtype)
         pooled = (info.text_embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, H]
-        gamma, beta = self.to_scale_shift(pooled.to(image_embeds.dtype)).chunk(2, dim=-1)
+        # In the layer's own dtype (a bf16 VLM feeds this fp32 layer outside autocast), back to the embeddings'.
+        scale_shift = self.to_scale_shift(pooled.to(self.to_scale_shift.weight.dtype)).to(image_embeds.dtype)
+        gamma, beta = scale_shift.chunk(2, dim=-1)
         sample = info.batch_index  # [N] sample of each vision token
         return image_embeds * (1 + gamma[sample]) + beta[sample]

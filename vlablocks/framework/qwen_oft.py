@@ -64,7 +64,9 @@ class QwenOFT(Framework):
         if self.proprio is not None:
             if batch.state is None:
                 raise ValueError("QwenOFT.use_proprio needs a `state` in every sample; set use_proprio: false")
-            queries = queries + self.proprio(batch.state.to(queries.dtype)).unsqueeze(1)
+            # In the projector's own dtype: a bf16 VLM feeds this fp32 layer outside autocast (predict_action).
+            projected = self.proprio(batch.state.to(self.proprio.weight.dtype))
+            queries = queries + projected.to(queries.dtype).unsqueeze(1)
         return Conditioning(tokens=queries)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -61,4 +61,4 @@ class QwenValue(ValueModel):
             return hidden
         if batch.state is None:
             raise ValueError("QwenValue.use_proprio needs a `state` in every sample; set use_proprio: false")
-        return hidden + self.proprio(batch.state.to(hidden.dtype))
+        return hidden + self.proprio(batch.state.to(self.proprio.weight.dtype)).to(hidden.dtype)

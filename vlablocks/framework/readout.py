@@ -47,8 +47,8 @@ class ReadoutRegression(nn.Module):
         index = positions.unsqueeze(-1).expand(-1, -1, out.last_hidden_state.shape[-1])
         hidden = out.last_hidden_state.gather(1, index)
         if self.proprio is not None and state is not None:
-            hidden = hidden + self.proprio(state.to(hidden.dtype)).unsqueeze(1)
-        predicted = self.proj(hidden)
+            hidden = hidden + self.proprio(state.to(self.proprio.weight.dtype)).to(hidden.dtype).unsqueeze(1)
+        predicted = self.proj(hidden.to(self.proj.weight.dtype))  # a bf16 VLM may feed it outside autocast
         return masked_mean((predicted - actions.to(predicted.dtype)).abs(), action_is_pad)
 
 

@@ -51,8 +51,8 @@ class ValueModel(Framework):
             raise ValueError(
                 f"{self.config.name} with inputs: state_action is Q(s, a): every sample needs its `action`"
             )
-        actions = batch.actions.to(features.dtype).masked_fill(batch.action_is_pad.unsqueeze(-1), 0.0)
-        return torch.cat([features, self.action_proj(actions.flatten(1))], dim=-1)
+        actions = batch.actions.to(self.action_proj.weight.dtype).masked_fill(batch.action_is_pad.unsqueeze(-1), 0.0)
+        return torch.cat([features, self.action_proj(actions.flatten(1)).to(features.dtype)], dim=-1)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         if batch.returns is None:

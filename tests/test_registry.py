@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import os
 import re
 import shutil
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 
 import vlablocks
-from vlablocks.registry import KINDS, Registry, RegistryError
+import vlablocks.registry as registry_module
+from vlablocks.build import build
+from vlablocks.registry import KINDS, PLUGIN_GROUP, ComponentImportError, Registry, RegistryError
 
 REPO = Path(vlablocks.__file__).resolve().parent.parent
 
@@ -108,3 +112,62 @@ def test_entry_point_plugin_registers(tmp_path):
     result = run_cli(["list", "action_models"], pythonpath=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "plugin_head" in result.stdout
+
+
+def write_package(root: Path, name: str, modules: dict[str, str], init: str = "") -> None:
+    package = root / name
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent(init))
+    for module, source in modules.items():
+        (package / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+def test_a_module_that_fails_to_import_fails_every_lookup_until_it_imports(tmp_path, monkeypatch):
+    """A missing optional package (as `diffusers` for the DDIM head) must not leave the registry marked as
+    discovered: the second lookup in the same process would silently go on without that module's components."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    component = """
+        from widgets_under_test import WIDGETS
+
+        @WIDGETS.register("{name}")
+        class Widget:
+            pass
+    """
+    write_package(
+        tmp_path,
+        "widgets_under_test",
+        {
+            "good": component.format(name="good"),
+            "needs_extra": "import extra_package_not_installed.sub\n" + textwrap.dedent(component.format(name="extra")),
+        },
+        init="from vlablocks.registry import Registry\n\nWIDGETS = Registry('widget', __name__)\n",
+    )
+    registry = importlib.import_module("widgets_under_test").WIDGETS
+    expected = (
+        "cannot import widget module widgets_under_test.needs_extra: it needs the package "
+        "'extra_package_not_installed', which is not installed"
+    )
+    for lookup in (registry.names, lambda: registry.get("good"), lambda: build(registry, {"name": "extra"})):
+        with pytest.raises(ComponentImportError) as info:
+            lookup()
+        assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+    assert not registry._discovered
+    # Once the package is there, the same registry finds both components.
+    write_package(tmp_path, "extra_package_not_installed", {"sub": ""})
+    importlib.invalidate_caches()
+    assert registry.names() == ["extra", "good"]
+
+
+def test_a_bad_package_or_plugin_names_what_failed_every_time(monkeypatch):
+    registry = Registry("widget", "vlablocks.no_such_package")
+    for _ in range(2):
+        with pytest.raises(
+            ComponentImportError, match="cannot import widget package vlablocks.no_such_package: No module"
+        ):
+            registry.discover()
+    broken = importlib.metadata.EntryPoint(name="broken", value="no_such_plugin_module:setup", group=PLUGIN_GROUP)
+    monkeypatch.setattr(registry_module, "_plugins_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken] if group == PLUGIN_GROUP else [])
+    for _ in range(2):
+        with pytest.raises(ComponentImportError, match="entry point 'broken': No module named 'no_such_plugin_module'"):
+            registry_module.load_plugins()

@@ -28,6 +28,26 @@ class RegistryError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ComponentImportError(ImportError):
+    """A component module or plugin that failed to import, e.g. for a missing optional package. `str()` is one
+    line naming the module and what it lacks; raised on every lookup until the import succeeds."""
+
+
+def import_component_module(module: str, what: str) -> Any:
+    """`importlib.import_module(module)`; an ImportError becomes a one-line ComponentImportError naming `what`
+    (e.g. "action_model module vlablocks.action_model.diffusion") and, when a package is missing, that package."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing and missing != module and not module.startswith(f"{missing}."):
+            package = missing.split(".")[0]
+            reason = f"it needs the package {package!r}, which is not installed (No module named {missing!r})"
+        else:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ComponentImportError(f"cannot import {what}: {reason}", name=missing) from exc
+
+
 def closest(name: str, candidates: list[str]) -> str | None:
     """The candidate most similar to `name`, or None when nothing is reasonably close."""
     matches = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
@@ -61,15 +81,21 @@ _plugins_loaded = False
 
 
 def load_plugins() -> None:
-    """Imports every installed ``vlablocks.plugins`` entry point once per process."""
+    """Imports every installed ``vlablocks.plugins`` entry point once per process (again after a failure)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
-    _plugins_loaded = True
-    for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
-        loaded = entry_point.load()
-        if callable(loaded) and not inspect.ismodule(loaded):
-            loaded()
+    _plugins_loaded = True  # set first: a plugin that looks a component up while loading does not recurse
+    try:
+        for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+            # Imported first through the one-line error; load() then only looks the attribute up.
+            import_component_module(entry_point.module, f"{PLUGIN_GROUP} entry point {entry_point.name!r}")
+            loaded = entry_point.load()
+            if callable(loaded) and not inspect.ismodule(loaded):
+                loaded()
+    except BaseException:
+        _plugins_loaded = False  # not loaded: the next lookup tries again and fails just as clearly
+        raise
 
 
 class Registry:
@@ -98,15 +124,24 @@ class Registry:
         return decorator
 
     def discover(self) -> None:
-        """Imports every public module of the bound package, then installed plugins."""
+        """Imports every public module of the bound package, then installed plugins.
+
+        A module that fails to import raises ComponentImportError, and the registry stays undiscovered: every
+        later lookup raises it again instead of silently going on without that module's components.
+        """
         if self._discovered:
             return
-        self._discovered = True
-        package = importlib.import_module(self.package)
-        for module in pkgutil.iter_modules(package.__path__):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"{self.package}.{module.name}")
-        load_plugins()
+        self._discovered = True  # set first: a module that looks a component up while importing does not recurse
+        try:
+            package = import_component_module(self.package, f"{self.kind} package {self.package}")
+            for module in pkgutil.iter_modules(package.__path__):
+                if not module.name.startswith("_"):
+                    name = f"{self.package}.{module.name}"
+                    import_component_module(name, f"{self.kind} module {name}")
+            load_plugins()
+        except BaseException:
+            self._discovered = False
+            raise
 
     def names(self) -> list[str]:
         self.discover()

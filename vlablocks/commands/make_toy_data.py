@@ -1,4 +1,4 @@
-"""`vlablocks make-toy-data --out DIR --episodes N --seed S [--policy expert,noisy,random,wrong --mix ...]`:
+"""`vlablocks make-toy-data --out DIR --episodes N --seed S [--variant colours|heights] [--policy ... --mix ...]`:
 record toy-task episodes (the scripted expert, or a mix of behaviour policies) as a LeRobot v3 dataset."""
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i (default 0)")
     parser.add_argument("--image_size", type=int, default=112, help="pixels per image side (default 112)")
     parser.add_argument("--num_objects", type=int, default=3, help="blocks per scene (default 3)")
+    parser.add_argument(
+        "--variant",
+        default="colours",
+        choices=["colours", "heights"],
+        help="colours: reach the named colour; heights: the tallest / shortest of identical-looking blocks (depth only)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument(
         "--policy",
@@ -38,8 +44,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.envs.toy_dataset import write_toy_dataset
 
     behaviours, mix = parse_mix(args.policy, args.mix)
-    config = ToyTabletopEnv.Config(image_size=args.image_size, num_objects=args.num_objects)
+    config = ToyTabletopEnv.Config(image_size=args.image_size, num_objects=args.num_objects, variant=args.variant)
     start = time.perf_counter()
     out = write_toy_dataset(args.out, args.episodes, args.seed, config, args.overwrite, behaviours=behaviours, mix=mix)
-    print(f"wrote {args.episodes} toy episodes to {out} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {args.episodes} toy ({args.variant}) episodes to {out} in {time.perf_counter() - start:.1f} s")
     return 0

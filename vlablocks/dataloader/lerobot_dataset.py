@@ -9,6 +9,8 @@
       state_key: observation.state              # null: no state
       action_key: action                        # chunked to platform.action_horizon via delta_timestamps
       returns: {source: outcome, gamma: 0.9}    # optional: per-frame discounted returns -> sample["return"]
+      next_frame_offset: 1                      # optional (needs depth_keys): the depth (+ intrinsics) k frames
+                                                # later -> sample["next"] (e.g. for a world-model loss)
 
 Samples key every view by its camera name, the part of its camera key after the last dot (`camera_name`),
 which is also the key envs and policy requests use. Keys and dimensions are checked against the dataset's metadata when the dataset is built, i.e. before
@@ -101,6 +103,10 @@ class LeRobotRawDataset(RawDataset):
         returns: ReturnsConfig = field(default_factory=ReturnsConfig)  # returns.py; source none: no returns
         video_backend: str | None = None  # lerobot's default decoder when null
         tolerance_s: float = 1e-4
+        # k > 0: every sample also carries the depth (+ intrinsics) of frame t + k as sample["next"] =
+        # {"depth": {camera: [H, W]}, "intrinsics": {camera: [3, 3]}, "valid": bool}; past the episode end the
+        # episode's last frame is given and `valid` is False. Model-agnostic: a framework that needs it says so.
+        next_frame_offset: int = 0
 
     def __init__(self, config: Config, *, platform: PlatformConfig, seed: int = 0) -> None:
         super().__init__(platform, seed)
@@ -123,6 +129,11 @@ class LeRobotRawDataset(RawDataset):
         self.norm_mode = config.norm_mode
         meta = LeRobotDatasetMetadata(repo_id, root=root)
         self._check_keys(meta.features)
+        if config.next_frame_offset < 0 or (config.next_frame_offset and not config.depth_keys):
+            raise ConfigError(
+                f"dataset.next_frame_offset must be >= 0 and needs dataset.depth_keys, got {config.next_frame_offset} "
+                f"with depth_keys {config.depth_keys}"
+            )
         missing = sorted(set(config.episodes or []) - set(range(meta.total_episodes)))
         if missing:
             raise ConfigError(
@@ -250,11 +261,30 @@ class LeRobotRawDataset(RawDataset):
         if c.depth_keys:
             sample["depth"] = {name: to_depth(item[k]) for name, k in zip(self.camera_keys, c.depth_keys)}
         if c.intrinsics_keys:
-            sample["intrinsics"] = {
-                name: item[k].numpy().reshape(3, 3).astype(np.float32)
-                for name, k in zip(self.camera_keys, c.intrinsics_keys)
-            }
+            sample["intrinsics"] = self._intrinsics(item)
+        if c.next_frame_offset:
+            sample["next"] = self.next_frame(int(item["index"]), int(item["episode_index"]))
         return sample
+
+    def _intrinsics(self, item: dict) -> dict[str, np.ndarray]:
+        keys = self.config.intrinsics_keys
+        return {name: item[k].numpy().reshape(3, 3).astype(np.float32) for name, k in zip(self.camera_keys, keys)}
+
+    def next_frame(self, frame: int, episode: int) -> dict:
+        """Absolute frame index -> the depth (+ intrinsics) of frame + next_frame_offset, clamped to the episode's
+        last frame: {"depth": {camera: [H, W] float32}, "intrinsics": {camera: [3, 3]} (if configured), "valid"}."""
+        start, stop = self._episode_bounds[episode]
+        wanted = frame + self.config.next_frame_offset
+        row = min(wanted, stop - 1)
+        mapping = self.lerobot.absolute_to_relative_idx
+        item = self.lerobot[mapping[row] if mapping is not None else row]
+        out = {
+            "depth": {name: to_depth(item[k]) for name, k in zip(self.camera_keys, self.config.depth_keys)},
+            "valid": bool(wanted < stop),
+        }
+        if self.config.intrinsics_keys:
+            out["intrinsics"] = self._intrinsics(item)
+        return out
 
     def action_chunk(self, frame: int, episode: int) -> tuple[np.ndarray, np.ndarray]:
         """Absolute frame index -> (actions [T, D] float32, is_pad [T] bool), as lerobot's delta query."""

@@ -41,6 +41,8 @@ class Sample(Observation):
                    the episode's last action and must not be learned from)
     dataset_name:  selects the normalization stats (`norm_stats.json` is keyed by it)
     embodiment:    the platform/robot tag
+    next:          optional, {"depth": {K: [H, W]}, "intrinsics": {K: [3, 3]}, "valid": bool}: the depth of a
+                   later frame (`dataset.next_frame_offset`), for world-model losses; never sent at inference
     """
 
     action: np.ndarray

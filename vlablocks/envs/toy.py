@@ -1,7 +1,8 @@
 """`toy`: a language-conditioned tabletop task in pure numpy, the CPU-scale stand-in for LIBERO.
 
 A white puck must reach the block whose colour the instruction names, among `num_objects` blocks of
-distinct colours on a coarse grid. Actions are planar displacements [dx, dy] (norm capped at
+distinct colours on a coarse grid (`variant: colours`), or the tallest / shortest of blocks that look
+identical from the top camera and differ only in depth (`variant: heights`, vlablocks/envs/toy_heights.py). Actions are planar displacements [dx, dy] (norm capped at
 `max_move`), the state is the puck position [x, y]; success is the puck centre within
 `success_radius` of the named block's centre. See docs/toy_task.md for the design and why.
 
@@ -20,12 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlablocks.envs.toy_scene import Camera, Layout, render, sample_layout
+from vlablocks.envs import toy_heights
+from vlablocks.envs.toy_scene import AGENT_HEIGHT, Camera, Layout, render, sample_layout
 from vlablocks.registry import EVAL_ENVS
 
 ACTION_DIM = 2
 STATE_DIM = 2
 CAMERAS = ("top", "wrist")
+VARIANTS = ("colours", "heights")
 TOP_HEIGHT = 1.5
 WRIST_HEIGHT = 0.45
 WRIST_HALF_VIEW = 0.2  # half the table width the wrist camera sees
@@ -38,6 +41,7 @@ class ToyTabletopEnv:
     @dataclass(frozen=True)
     class Config:
         name: str = "toy"
+        variant: str = "colours"  # colours: the colour names the block; heights: tallest / shortest (depth only)
         image_size: int = 112  # pixels per side; 112 = a 4 x 4 grid of Qwen's 28-pixel merged tokens
         grid: int = 4  # blocks sit on the centres of a grid x grid lattice
         num_objects: int = 3
@@ -56,6 +60,9 @@ class ToyTabletopEnv:
             raise ValueError(
                 f"toy env cameras must be a non-empty subset of {list(CAMERAS)}, got {self.config.cameras}"
             )
+        if self.config.variant not in VARIANTS:
+            raise ValueError(f"toy env variant must be one of {list(VARIANTS)}, got {self.config.variant!r}")
+        self.agent_height = toy_heights.AGENT_HEIGHT if self.config.variant == "heights" else AGENT_HEIGHT
         size = self.config.image_size
         self.cameras = {
             "top": (Camera(size, focal=size / 2 * TOP_HEIGHT / 0.5), TOP_HEIGHT),
@@ -70,12 +77,23 @@ class ToyTabletopEnv:
     # -- gym-like API ---------------------------------------------------------------------------
 
     def reset(self, seed: int | None = None) -> dict:
-        """New layout and puck position (never already within reach of the target) -> obs."""
+        """New layout and puck position (never already within reach of the target) -> obs.
+
+        heights: the puck starts away from every block, so where it starts says nothing about the target.
+        """
         rng = np.random.default_rng(seed)
-        self.layout = sample_layout(rng, self.config.grid, self.config.num_objects)
+        c = self.config
+        if c.variant == "heights":
+            self.layout = toy_heights.sample_heights_layout(rng, c.grid, c.num_objects, TOP_HEIGHT, c.block_half)
+        else:
+            self.layout = sample_layout(rng, c.grid, c.num_objects)
         while True:
             self.agent = rng.uniform(0.05, 0.95, size=2)
-            if self.distance() > 2 * self.config.success_radius:
+            if c.variant == "heights":
+                clear = np.linalg.norm(self.layout.positions - self.agent, axis=1).min() > 2 * c.success_radius
+            else:
+                clear = self.distance() > 2 * c.success_radius
+            if clear:
                 break
         self.steps = 0
         return self.observation()
@@ -97,7 +115,7 @@ class ToyTabletopEnv:
         info = {
             "success": bool(success),
             "distance": self.distance(),
-            "target": self.layout.colours[self.layout.target],
+            "target": self.layout.block_names[self.layout.target],
             "reached": self.reached(),
         }
         return self.observation() if observe else None, float(success), bool(done), info
@@ -107,12 +125,15 @@ class ToyTabletopEnv:
         return self.cap(self.layout.target_position - self.agent).astype(np.float32)
 
     def wrong_instruction(self) -> str:
-        """The current instruction with the colour of another block in the scene (a control for language use)."""
-        layout = self.layout
-        if len(layout.colours) < 2:
+        """The current instruction naming another block of the scene (a control for language use): the next
+        block (in scene order) whose name differs, i.e. another colour, or for heights the other extreme."""
+        layout, names = self.layout, self.layout.block_names
+        if len(names) < 2:
             raise ValueError("wrong_instruction needs num_objects >= 2")
-        right = layout.colours[layout.target]
-        wrong = layout.colours[(layout.target + 1) % len(layout.colours)]
+        right = names[layout.target]
+        if self.config.variant == "heights":
+            return layout.instruction.replace(right, "shortest" if right == "tallest" else "tallest")
+        wrong = names[(layout.target + 1) % len(names)]
         return layout.instruction.replace(right, wrong)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -122,10 +143,11 @@ class ToyTabletopEnv:
         return move if norm <= self.config.max_move else move * (self.config.max_move / norm)
 
     def reached(self) -> str | None:
-        """The colour of the block the puck is on (within success_radius of its centre), else None."""
+        """The name (colour, or tallest / middle / shortest) of the block the puck is on (within success_radius of
+        its centre), else None."""
         distances = np.linalg.norm(self.layout.positions - self.agent, axis=1)
         nearest = int(distances.argmin())
-        return self.layout.colours[nearest] if distances[nearest] <= self.config.success_radius else None
+        return self.layout.block_names[nearest] if distances[nearest] <= self.config.success_radius else None
 
     def distance(self) -> float:
         return float(np.linalg.norm(self.agent - self.layout.target_position))
@@ -144,6 +166,7 @@ class ToyTabletopEnv:
                     self.config.block_half,
                     self.agent,
                     self.config.agent_radius,
+                    self.agent_height,
                 )
             else:  # mounted above the puck, which it therefore does not see
                 rgb, depth = render(camera, self.agent, height, self.layout, self.config.block_half, None, 0.0)

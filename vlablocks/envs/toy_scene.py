@@ -40,16 +40,35 @@ INSTRUCTION_TEMPLATES = (
 
 @dataclass(frozen=True)
 class Layout:
-    """One episode's scene. positions: [N, 2] block centres (x, y); colours: N names; target: index."""
+    """One episode's scene. positions: [N, 2] block centres (x, y); colours: N names; target: index.
+
+    heights / half_sides: [N] top-face height and half side per block (None: BLOCK_HEIGHT and the env's
+    block_half, the `colours` task); names: what the instruction calls each block (None: its colour).
+    """
 
     positions: np.ndarray
     colours: tuple[str, ...]
     target: int
     instruction: str
+    heights: np.ndarray | None = None
+    half_sides: np.ndarray | None = None
+    names: tuple[str, ...] | None = None
 
     @property
     def target_position(self) -> np.ndarray:
         return self.positions[self.target]
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.names if self.names is not None else self.colours
+
+    def block_heights(self) -> np.ndarray:
+        """[N] top-face heights."""
+        return self.heights if self.heights is not None else np.full(len(self.colours), BLOCK_HEIGHT)
+
+    def block_halves(self, default: float) -> np.ndarray:
+        """[N] top-face half sides."""
+        return self.half_sides if self.half_sides is not None else np.full(len(self.colours), default)
 
 
 def sample_layout(rng: np.random.Generator, grid: int, num_objects: int) -> Layout:
@@ -93,10 +112,11 @@ def render(
     block_half: float,
     agent: np.ndarray | None,
     agent_radius: float,
+    agent_height: float = AGENT_HEIGHT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Renders the scene from a camera at (eye_x, eye_y, height) -> (rgb [S, S, 3] uint8, depth [S, S] float32 m).
 
-    `agent=None` leaves the puck out (a camera mounted on it).
+    `agent=None` leaves the puck out (a camera mounted on it). Blocks are drawn lowest first, the puck last.
     """
     slope_x, slope_y = camera.rays()
 
@@ -107,14 +127,16 @@ def render(
     on_table = (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1)
     surface = np.where(on_table, 0.0, FLOOR_Z)
     rgb = np.where(on_table[..., None], np.array(TABLE_RGB), np.array(FLOOR_RGB)).astype(np.uint8)
-    x, y = hit(BLOCK_HEIGHT)
-    for (bx, by), colour in zip(layout.positions, layout.colours):
-        top = (np.abs(x - bx) <= block_half) & (np.abs(y - by) <= block_half)
-        rgb[top] = COLOURS[colour]
-        surface = np.where(top, BLOCK_HEIGHT, surface)
+    heights, halves = layout.block_heights(), layout.block_halves(block_half)
+    for i in np.argsort(heights, kind="stable"):
+        x, y = hit(float(heights[i]))
+        bx, by = layout.positions[i]
+        top = (np.abs(x - bx) <= halves[i]) & (np.abs(y - by) <= halves[i])
+        rgb[top] = COLOURS[layout.colours[i]]
+        surface = np.where(top, heights[i], surface)
     if agent is not None:
-        x, y = hit(AGENT_HEIGHT)
+        x, y = hit(agent_height)
         puck = (x - agent[0]) ** 2 + (y - agent[1]) ** 2 <= agent_radius**2
         rgb[puck] = AGENT_RGB
-        surface = np.where(puck, AGENT_HEIGHT, surface)
+        surface = np.where(puck, agent_height, surface)
     return rgb, (height - surface).astype(np.float32)

@@ -61,11 +61,15 @@ class GeometryInputs:
     pixels:    [B, G, 3, h, w] float, ImageNet-normalized views
     view_mask: [B, G] bool, True at real views
     points:    [B, G, 4, h, w] float camera-frame xyz + validity, or None when no sample has depth
+    next_points: [B, G, 4, h, w] the same for the samples' later frame (sample["next"]), or None
+    next_valid:  [B] bool, True where that later frame exists (within the episode), or None
     """
 
     pixels: torch.Tensor
     view_mask: torch.Tensor
     points: torch.Tensor | None = None
+    next_points: torch.Tensor | None = None
+    next_valid: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> GeometryInputs:
         return _move(self, torch.device(device))

@@ -85,7 +85,7 @@ class ProcessorConfig:
     use_state: bool = True
     fast: FASTOptions | None = None
     state_tokens: StateTokenOptions | None = None  # the state written into the prompt as bins (DiscretizeState)
-    geometry: dict | None = None  # {"size": [h, w], "use_depth": bool, "fov_degrees": float}
+    geometry: dict | None = None  # {"size": [h, w], "use_depth": bool, "fov_degrees": float, "next_frame": bool}
     vision_language: bool = True  # False: a model without a VLM (state-only baselines): no tokenizing, vlm None
 
     def to_dict(self) -> dict:
@@ -153,7 +153,7 @@ class Processor:
             if not isinstance(sample, dict):
                 raise ValueError(f"sample[{index}]: expected a dict, got {type(sample).__name__}")
             if not targets:
-                sample = {k: v for k, v in sample.items() if k not in ("action", "action_is_pad", "return")}
+                sample = {k: v for k, v in sample.items() if k not in ("action", "action_is_pad", "return", "next")}
             sample = self.normalize(self.select_cameras(sample, index), index)
             if self.state_text is not None:
                 sample = self.state_text(sample, index)

@@ -45,6 +45,12 @@ class SelectCameras:
         for source, target in (("depth", "depths"), ("intrinsics", "view_intrinsics")):
             if isinstance(sample.get(source), dict):
                 out[target] = [sample[source].get(key) for key in self.camera_keys]
+        later = sample.get("next")
+        if isinstance(later, dict) and isinstance(later.get("depth"), dict):  # a later frame's depth (training only)
+            out["next_depths"] = [later["depth"].get(key) for key in self.camera_keys]
+            if isinstance(later.get("intrinsics"), dict):
+                out["next_intrinsics"] = [later["intrinsics"].get(key) for key in self.camera_keys]
+            out["next_valid"] = bool(later.get("valid", True))
         return out
 
 
@@ -255,12 +261,17 @@ def patchify(image: np.ndarray, patch_size: int, merge_size: int) -> tuple[np.nd
 
 
 class GeometryPreprocess:
-    """Views (+ depth and intrinsics per view) -> GeometryInputs at the geometric encoder's size."""
+    """Views (+ depth and intrinsics per view) -> GeometryInputs at the geometric encoder's size.
 
-    def __init__(self, size: tuple[int, int], use_depth: bool, fov_degrees: float) -> None:
+    next_frame: also the points of the samples' `next` depth (training samples of a dataset with
+    `next_frame_offset`), in the same camera order; samples without one get next_valid False.
+    """
+
+    def __init__(self, size: tuple[int, int], use_depth: bool, fov_degrees: float, next_frame: bool = False) -> None:
         self.size = tuple(size)
         self.use_depth = use_depth
         self.fov_degrees = fov_degrees
+        self.next_frame = next_frame
 
     def __call__(self, samples: list[dict]) -> GeometryInputs:
         views = [s["views"] for s in samples]
@@ -270,4 +281,10 @@ class GeometryPreprocess:
             depths = [s.get("depths") for s in samples]
             intrinsics = [s.get("view_intrinsics") for s in samples]
             points = point_batch(depths, intrinsics, self.size, pixels.shape[1], self.fov_degrees)
-        return GeometryInputs(pixels, view_mask, points)
+        if not self.next_frame or not any("next_depths" in s for s in samples):
+            return GeometryInputs(pixels, view_mask, points)
+        next_valid = torch.tensor([bool(s.get("next_valid", False)) for s in samples])
+        next_depths = [s.get("next_depths") for s in samples]
+        next_intrinsics = [s.get("next_intrinsics") for s in samples]
+        next_points = point_batch(next_depths, next_intrinsics, self.size, pixels.shape[1], self.fov_degrees)
+        return GeometryInputs(pixels, view_mask, points, next_points, next_valid)

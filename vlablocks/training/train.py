@@ -108,7 +108,8 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     last_checkpoint = resume_from
     model.train()
     for step in range(start_step + 1, trainer.max_steps + 1):
-        step_loss, data_wait = 0.0, 0.0
+        step_loss, data_wait, logged = 0.0, 0.0, {}
+        framework.set_training_step(step)  # step-dependent loss weights (a pure function of the step)
         for _ in range(accum):
             with accelerator.accumulate(model):
                 fetch_start = time.perf_counter()  # waiting for the processor (the hand-over, with workers)
@@ -117,6 +118,8 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
                 outputs = model(batch.to(accelerator.device))
                 accelerator.backward(outputs["loss"])
                 step_loss += accelerator.reduce(outputs["loss"].detach(), "mean").item() / accum
+                for key, value in outputs.get("log", {}).items():  # loss terms: this rank's, mean over micro-batches
+                    logged[key] = logged.get(key, 0.0) + float(value) / accum
                 if accelerator.sync_gradients and trainer.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), trainer.max_grad_norm)
                 optimizer.step()
@@ -134,7 +137,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
             )
         losses.append(step_loss)
         samples = trainer.batch_size * accum * accelerator.num_processes
-        metrics = {"loss": step_loss, "lr": lr, "data_ms": 1e3 * data_wait}
+        metrics = {"loss": step_loss, "lr": lr, "data_ms": 1e3 * data_wait, **logged}
         if periodic_eval is not None and step % trainer.eval_every == 0:
             metrics["eval_success"] = periodic_eval(framework, step)
         logger.log(step, metrics, samples)

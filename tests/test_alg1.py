@@ -1,0 +1,206 @@
+"""alg1: the phased schedule (step-exact), the next frame's depth through dataset and processor, and the
+auxiliary losses (zero gradient at weight 0, each falls when trained alone on toy heights data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlablocks.build import build
+from vlablocks.config import PlatformConfig, parse_experiment
+from vlablocks.dataloader.normalization import compute_norm_stats
+from vlablocks.envs.toy import ToyTabletopEnv
+from vlablocks.envs.toy_dataset import write_toy_dataset
+from vlablocks.framework.base import build_policy
+from vlablocks.framework.phase_schedule import PhaseSchedule
+from vlablocks.geometry.world_losses import WorldLosses, cell_geometry
+from vlablocks.registry import DATASETS
+
+ROOT = Path(__file__).resolve().parents[1]
+PLATFORM = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}
+SMALL = {
+    "vlm": {"name": "qwen2_5_vl", "arch": "tiny", "image_size": 56},
+    "action_model": {"name": "layerwise_flow_matching", "num_layers": 2, "hidden_dim": 32, "num_heads": 2},
+    "geometric_encoder": {"name": "dinov2_multiview", "image_size": 56, "output_dim": 32, "info_sharing_layers": 1},
+    "world_hidden_dim": 32,
+}
+NAMES = ("dyn", "geo", "reg")
+
+
+def test_schedule_is_step_exact_at_every_phase_boundary():
+    schedule = PhaseSchedule(phase_a_steps=3, ramp_steps=4)
+    # hand-computed: steps 1-3 phase A (0), 4-6 the ramp (1/4, 2/4, 3/4), from step 7 = N + M on the full weight
+    expected = {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.25, 5: 0.5, 6: 0.75, 7: 1.0, 8: 1.0, 100: 1.0}
+    assert {s: schedule.action_weight(s) for s in expected} == expected
+    assert [schedule.phase(s) for s in (3, 4, 6, 7)] == ["A", "B", "B", "C"]
+    no_ramp = PhaseSchedule(phase_a_steps=2, ramp_steps=0)
+    assert [no_ramp.action_weight(s) for s in (1, 2, 3)] == [0.0, 0.0, 1.0]
+    assert PhaseSchedule(0, 2).action_weight(1) == 0.5 and not PhaseSchedule().active
+    with pytest.raises(ValueError, match=">= 0"):
+        PhaseSchedule(-1, 0)
+    with pytest.raises(ValueError, match="count from 1"):
+        schedule.action_weight(0)
+
+
+@pytest.fixture(scope="module")
+def heights_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("toy3d") / "data"
+    return write_toy_dataset(out, episodes=3, seed=0, config=ToyTabletopEnv.Config(variant="heights"))
+
+
+@pytest.fixture(scope="module")
+def samples(heights_data) -> list[dict]:
+    options = {
+        "name": "lerobot",
+        "root": str(heights_data),
+        "camera_keys": ["observation.images.top"],
+        "depth_keys": ["observation.depth.top"],
+        "intrinsics_keys": ["observation.intrinsics.top"],
+        "next_frame_offset": 1,
+        "dataset_name": "toy",
+    }
+    dataset = build(DATASETS, options, platform=PlatformConfig(**PLATFORM), seed=0)
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def test_dataset_gives_the_next_frames_depth_and_marks_the_episode_end(samples):
+    for here, there in zip(samples, samples[1:]):
+        if here["next"]["valid"]:
+            np.testing.assert_array_equal(here["next"]["depth"]["top"], there["depth"]["top"])
+        else:  # the last frame of its episode: its own depth, flagged
+            np.testing.assert_array_equal(here["next"]["depth"]["top"], here["depth"]["top"])
+    assert sum(not s["next"]["valid"] for s in samples) == 3  # one per episode
+    assert all(s["next"]["intrinsics"]["top"].shape == (3, 3) for s in samples)
+
+
+def framework_for(samples: list[dict], **options):
+    torch.manual_seed(0)
+    experiment = parse_experiment(
+        {"platform": PLATFORM, "framework": {"name": "QwenLayerwiseFM3D", **SMALL, **options}}
+    )
+    stats = compute_norm_stats([_InMemory(samples)])
+    return build_policy(experiment, norm_stats=stats, camera_keys=["top"])
+
+
+class _InMemory:
+    """The low-dim view norm stats read, over in-memory samples."""
+
+    name, norm_mode = "toy", "q99"
+
+    def __init__(self, samples: list[dict]) -> None:
+        self.samples = samples
+
+    def norm_masks(self) -> dict:
+        return {}
+
+    def low_dim_batches(self, batch_size: int):
+        yield {
+            "action": np.concatenate([s["action"] for s in self.samples]).astype(np.float64),
+            "state": np.stack([s["state"] for s in self.samples]).astype(np.float64),
+        }
+
+
+def test_processor_prepares_next_points_only_for_training(samples):
+    framework = framework_for(samples, loss_w_dyn=1.0)
+    batch = framework.processor(samples[:4])
+    geometry = batch.geometry
+    assert geometry.next_points.shape == geometry.points.shape == (4, 1, 4, 56, 56)
+    assert geometry.next_valid.tolist() == [s["next"]["valid"] for s in samples[:4]]
+    assert framework.processor(samples[:4], targets=False).geometry.next_points is None  # inference never sees it
+
+
+def test_cell_geometry_is_the_mean_of_each_cells_points():
+    points = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4, 4)
+    cells = cell_geometry(points, (2, 2))
+    assert cells.shape == (1, 2, 2, 2, 4)
+    assert cells[0, 1, 1, 0, 2] == points[0, 1, 2, 2:4, 0:2].mean()
+
+
+def test_phase_weights_reach_the_loss_step_exact(samples):
+    framework = framework_for(samples, loss_w_geo=0.5, sagr_phase_a_steps=2, sagr_phase_b_ramp_steps=2)
+    batch = framework.processor(samples[:4])
+    for step, weight in {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0}.items():
+        framework.set_training_step(step)
+        torch.manual_seed(1)
+        out = framework(batch)
+        assert out["log"]["weight_action"] == weight
+        expected = weight * out["log"]["loss_action"] + 0.5 * out["log"]["loss_geo"]
+        assert float(out["loss"].detach()) == pytest.approx(expected, rel=1e-6)
+    framework.training_step = None
+    with pytest.raises(ValueError, match="set_training_step"):
+        framework(batch)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_loss_of_weight_zero_adds_exactly_zero_gradient(samples, name):
+    weights = {f"loss_w_{n}": 0.0 if n == name else 1.0 for n in NAMES}
+    framework = framework_for(samples, **weights, sagr_phase_a_steps=5)
+    torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.05)  # a non-identity fusion: L_reg is not 0
+    framework.set_training_step(1)  # phase A: only the auxiliary losses
+    out = framework(framework.processor(samples[:4]))
+    assert f"loss_{name}" not in out and f"loss_{name}" not in out["log"]
+    head = {"dyn": framework.world_losses.dynamics_head, "geo": framework.world_losses.geometry_head}.get(name)
+    assert head is None  # weight 0 builds no head: nothing to train, nothing to save
+    others = sum(out[f"loss_{n}"] for n in NAMES if n != name)
+    params = [p for p in framework.parameters() if p.requires_grad]
+    total = torch.autograd.grad(out["loss"], params, allow_unused=True, retain_graph=True)
+    reference = torch.autograd.grad(others, params, allow_unused=True)
+    for param, a, b in zip(params, total, reference):  # None: no path to the loss, i.e. a zero gradient
+        zero = torch.zeros_like(param)
+        assert torch.equal(zero if a is None else a, zero if b is None else b)
+    # and the loss functions themselves: weight 0 times a computed loss has an all-zero gradient
+    losses = WorldLosses(8, 4, 1.0, 1.0, 1.0, 8)
+    fused = torch.randn(5, 8, requires_grad=True)
+    zero = 0.0 * losses.reconstruction(fused, torch.randn(5, 4)) + 0.0 * losses.regularizer(fused, torch.randn(5, 8))
+    zero = zero + 0.0 * losses.dynamics(
+        fused, torch.randn(2, 4), torch.tensor([0, 0, 1, 1, 1]), torch.randn(5, 4), torch.ones(5, dtype=torch.bool)
+    )
+    assert torch.count_nonzero(torch.autograd.grad(zero, fused)[0]) == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_auxiliary_loss_falls_when_trained_alone_on_toy_depth(samples, name):
+    framework = framework_for(samples, **{f"loss_w_{name}": 1.0}, sagr_phase_a_steps=1000)
+    if name == "reg":  # the fusion starts as the identity (L_reg = 0): start it away from it
+        torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.05)
+    batch = framework.processor(samples[:8])
+    optimizer = torch.optim.Adam(framework.parameters(), lr=2e-3)
+    history = []
+    for step in range(1, 16):
+        framework.set_training_step(step)
+        out = framework(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        if step == 1:  # phase A: the action head gets no gradient
+            assert all(p.grad is None or not p.grad.any() for p in framework.action_model.parameters())
+        optimizer.step()
+        history.append(out["log"][f"loss_{name}"])
+    assert history[-1] < 0.5 * history[0], f"L_{name} did not fall: {history}"
+
+
+def test_vlablocks_train_logs_the_scheduled_weights_step_by_step(heights_data, tmp_path):
+    import json
+
+    from vlablocks.config import load_config
+    from vlablocks.training.train import train
+
+    overrides = [
+        f"dataset.root={heights_data}",
+        f"run_dir={tmp_path / 'run'}",
+        "trainer.max_steps=4",
+        "trainer.batch_size=2",
+        "trainer.num_workers=0",
+        "trainer.warmup_steps=0",
+        "framework.sagr_phase_a_steps=1",
+        "framework.sagr_phase_b_ramp_steps=2",
+        "framework.action_model.hidden_dim=32",
+        "framework.geometric_encoder.image_size=56",
+        "framework.geometric_encoder.output_dim=32",
+    ]
+    train(load_config(ROOT / "configs/toy3d/spatial_concat_geo_tokenwise_alg1.yaml", overrides))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["weight_action"] for r in records] == [0.0, 0.5, 1.0, 1.0]
+    assert all({"loss_dyn", "loss_geo", "loss_reg", "loss_action"} <= set(r) for r in records)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,24 @@ def test_logs_one_replacement_example_every_log_every(caplog):
     examples = [r for r in caplog.records if "prompt augmentation (" in r.message]
     assert len(examples) == 4  # the first replacement, then at samples 10, 20, 30
     assert "'move to the red block' -> " in examples[0].message
+
+
+def test_the_examples_reach_stderr_once_under_the_cli_logging_and_other_libraries_info_stays_hidden():
+    script = (
+        "import logging\n"
+        "from vlablocks.logs import show_project_logs\n"
+        "from vlablocks.dataloader.prompt_augmentation import PromptAugmenter\n"
+        "show_project_logs(); show_project_logs()\n"
+        "logging.basicConfig(level=logging.INFO)  # what a library may do later: must not double the lines\n"
+        "logging.getLogger('somelib').info('library chatter')\n"
+        "logging.getLogger('somelib').warning('library warning')\n"
+        f"aug = PromptAugmenter({TABLE!r}, 1.0, seed=0, log_every=10)\n"
+        "[aug('move to the red block', (0, i)) for i in range(25)]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    lines = result.stderr.splitlines()
+    assert sum("prompt augmentation (" in line for line in lines) == 3  # samples 1, 10, 20: each once
+    assert "library warning" in result.stderr and "library chatter" not in result.stderr
 
 
 @pytest.mark.parametrize(

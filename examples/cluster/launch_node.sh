@@ -32,7 +32,10 @@ fi
 main_ip=${MAIN_PROCESS_IP:-}
 if [ -z "$main_ip" ]; then
   [ -n "${SLURM_JOB_NODELIST:-}" ] || fail "SLURM_JOB_NODELIST is not set: export MAIN_PROCESS_IP (the host of node 0)"
-  main_ip=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  # No `| head -n 1`: under pipefail, head closing the pipe early kills scontrol with SIGPIPE (exit 141).
+  hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+  main_ip=${hosts%%$'\n'*}
+  [ -n "$main_ip" ] || fail "scontrol listed no hosts for SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST: export MAIN_PROCESS_IP"
 fi
 main_port=${MAIN_PROCESS_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
 config=${ACCELERATE_CONFIG:-configs/accelerate/zero2.yaml}

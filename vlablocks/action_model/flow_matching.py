@@ -9,6 +9,12 @@ Time convention (used by this head, `layerwise_flow_matching` and `euler_integra
     sampling: x_0 ~ N(0, I), Euler from t = 0 to t = 1 in `num_inference_steps` equal steps,
     x_{k+1} = x_k + dt * v(x_k, t_k), t_k = k * dt.
 
+Inversion (rectified-flow inversion, `invert` / `reconstruct`): the same ODE run backwards. With S steps of
+h = 1 / S, t_k = 1 - k h,
+    invert:       x_{k+1} = x_k - h * v(x_k, t_k),  x_0 = actions          -> noise z = x_S   (t = 1 -> 0)
+    reconstruct:  x_{k+1} = x_k + h * v(x_k, k h),  x_0 = z                -> actions x_S      (t = 0 -> 1)
+(explicit Euler both ways, the velocity read at the current time), so reconstruct(invert(a)) = a + O(h).
+
 The VLM context is encoded once per call (`encode_context`: projection, optional 2-D position
 encoding, per-block cross-attention keys/values) and reused by every integration step (`sample`) and
 by every repeated noise draw of the loss (`repeated_diffusion_steps`).
@@ -187,6 +193,26 @@ class FlowMatchingHead(ActionHead):
             num_steps or self.config.num_inference_steps,
         )
 
+    def sample_reverse(
+        self,
+        contexts: list[BlockContext],
+        actions: torch.Tensor,
+        state: torch.Tensor | None = None,
+        num_steps: int | None = None,
+    ) -> torch.Tensor:
+        """Euler-integrates backwards from actions [B, T, D] (t = 1) to noise [B, T, D] (t = 0), reusing `contexts`.
+
+        x_{k+1} = x_k - h * v(x_k, 1 - k h), h = 1 / num_steps (config default): the mirror of `sample`.
+        """
+        state_token = self.encode_state(state, actions.shape[0])
+        return euler_integrate(
+            lambda x, t: self.velocity(contexts, x, t, state_token),
+            actions.to(self.position.dtype),
+            num_steps or self.config.num_inference_steps,
+            t_start=1.0,
+            t_end=0.0,
+        )
+
     def sample_time(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
         """[n] training times: time_max * (1 - Beta(alpha, beta)), concentrated at the noisy end."""
         u = sample_beta(self.config.time_beta_alpha, self.config.time_beta_beta, n, generator, device)
@@ -234,3 +260,41 @@ class FlowMatchingHead(ActionHead):
         shape = (conditioning.batch_size, self.action_horizon, self.action_dim)
         noise = random_tensor("normal", shape, generator, conditioning.tokens.device, self.position.dtype)
         return self.sample(contexts, noise, state, num_steps)
+
+    def invert(
+        self,
+        conditioning: Conditioning,
+        actions: torch.Tensor,
+        state: torch.Tensor | None = None,
+        num_steps: int | None = None,
+    ) -> torch.Tensor:
+        """Rectified-flow inversion: normalized actions [B, T, D] -> the noise [B, T, D] that `reconstruct` maps
+        back to them. Reverse-time Euler from t = 1 to t = 0 in S = `num_steps` steps of h = 1 / S:
+            x_0 = actions,  x_{k+1} = x_k - h * v(x_k, t_k),  t_k = 1 - k h,  noise = x_S
+        (the velocity read at the current time). The context is encoded once.
+        """
+        self._check_chunk(actions, conditioning, "actions")
+        return self.sample_reverse(self.encode_context(conditioning), actions, state, num_steps)
+
+    def reconstruct(
+        self,
+        conditioning: Conditioning,
+        noise: torch.Tensor,
+        state: torch.Tensor | None = None,
+        num_steps: int | None = None,
+    ) -> torch.Tensor:
+        """noise [B, T, D] -> normalized actions [B, T, D]: what `predict` does from a given noise. Forward Euler
+        from t = 0 to t = 1 in S = `num_steps` steps of h = 1 / S:
+            x_0 = noise,  x_{k+1} = x_k + h * v(x_k, t_k),  t_k = k h,  actions = x_S
+        reconstruct(c', invert(c, a)) with another conditioning c' edits the chunk a (e.g. an edited prompt).
+        """
+        self._check_chunk(noise, conditioning, "noise")
+        return self.sample(self.encode_context(conditioning), noise.to(self.position.dtype), state, num_steps)
+
+    def _check_chunk(self, chunk: torch.Tensor, conditioning: Conditioning, name: str) -> None:
+        expected = (conditioning.batch_size, self.action_horizon, self.action_dim)
+        if tuple(chunk.shape) != expected:
+            raise ValueError(
+                f"{self.config.name}: {name} must be [B, T, D] = {list(expected)} (B from the conditioning), "
+                f"got {list(chunk.shape)}"
+            )

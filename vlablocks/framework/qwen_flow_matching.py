@@ -77,9 +77,15 @@ class QwenFlowMatching(Framework):
         losses = self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
         return add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
 
+    def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, torch.Tensor | None]:
+        """-> (the head's Conditioning, state [B, S] or None): what the flow head's predict / invert / reconstruct
+        read (vlablocks/evaluation/flow_inversion.py runs any flow framework through this)."""
+        _, conditioning = self.encode(batch)
+        return conditioning, batch.state
+
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        _, conditioning = self.encode(batch)  # once, reused by every integration step
-        return {"actions": self.action_model.predict(conditioning, batch.state, generator=generator)}
+        conditioning, state = self.flow_conditioning(batch)  # once, reused by every integration step
+        return {"actions": self.action_model.predict(conditioning, state, generator=generator)}
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vlablocks.action_model.base import Conditioning
 from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
@@ -167,9 +168,15 @@ class QwenLayerwiseFM3D(Framework):
         losses["log"] = log
         return losses
 
+    def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, torch.Tensor | None]:
+        """-> (the head's Conditioning, state [B, S] or None): what the flow head's predict / invert / reconstruct
+        read (vlablocks/evaluation/flow_inversion.py runs any flow framework through this)."""
+        _, conditioning = self.encode_prefix(batch)
+        return conditioning, batch.state
+
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        _, conditioning = self.encode_prefix(batch)  # once, reused by every integration step
-        return {"actions": self.action_model.predict(conditioning, batch.state, generator=generator)}
+        conditioning, state = self.flow_conditioning(batch)  # once, reused by every integration step
+        return {"actions": self.action_model.predict(conditioning, state, generator=generator)}
 
 
 if __name__ == "__main__":

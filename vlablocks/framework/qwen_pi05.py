@@ -136,11 +136,16 @@ class QwenPI05(Framework):
         loss = sum(weights[name] * term for name, term in terms.items())
         return {"loss": loss, **{f"{name}_loss": term.detach() for name, term in terms.items()}}
 
+    def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, None]:
+        """-> (the expert's Conditioning over the prompt positions, None): the expert has no state input (the state
+        is in the prompt), so its predict / invert / reconstruct take state None. Detached: nothing trains here."""
+        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        return prefix_conditioning(out, batch.vlm.labels, insulate=True), None
+
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """-> {"actions": normalized [B, T, D]}: the prompt through the VLM once, then the expert integrates."""
-        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
-        conditioning = prefix_conditioning(out, batch.vlm.labels, insulate=True)  # nothing to train here
-        return {"actions": self.action_model.predict(conditioning, None, generator=generator)}
+        conditioning, state = self.flow_conditioning(batch)
+        return {"actions": self.action_model.predict(conditioning, state, generator=generator)}
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant",
         default="colours",
-        choices=["colours", "heights"],
-        help="colours: reach the named colour; heights: the tallest / shortest of identical-looking blocks (depth only)",
+        choices=["colours", "heights", "two_stage"],
+        help="colours: reach the named colour; heights: the tallest / shortest of identical-looking blocks (depth only); "
+        "two_stage is eval-only (refused)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument(

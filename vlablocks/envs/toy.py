@@ -2,9 +2,10 @@
 
 A white puck must reach the block whose colour the instruction names, among `num_objects` blocks of
 distinct colours on a coarse grid (`variant: colours`), or the tallest / shortest of blocks that look
-identical from the top camera and differ only in depth (`variant: heights`, vlablocks/envs/toy_heights.py). Actions are planar displacements [dx, dy] (norm capped at
-`max_move`), the state is the puck position [x, y]; success is the puck centre within
-`success_radius` of the named block's centre. See docs/toy_task.md for the design and why.
+identical from the top camera and differ only in depth (`variant: heights`, vlablocks/envs/toy_heights.py), or
+two named blocks in order (`variant: two_stage`, eval-only, vlablocks/envs/toy_two_stage.py). Actions are planar
+displacements [dx, dy] (norm capped at `max_move`), the state is the puck position [x, y]; success is the puck
+centre within `success_radius` of the named block's centre (two_stage: of A, then of B). See docs/toy_task.md.
 
     env = ToyTabletopEnv(ToyTabletopEnv.Config())
     obs = env.reset(seed=0)
@@ -17,18 +18,19 @@ identical from the top camera and differ only in depth (`variant: heights`, vlab
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from vlablocks.envs import toy_heights
+from vlablocks.envs import toy_heights, toy_two_stage
 from vlablocks.envs.toy_scene import AGENT_HEIGHT, Camera, Layout, render, sample_layout
 from vlablocks.registry import EVAL_ENVS
 
 ACTION_DIM = 2
 STATE_DIM = 2
 CAMERAS = ("top", "wrist")
-VARIANTS = ("colours", "heights")
+VARIANTS = ("colours", "heights", "two_stage")
+DEFAULT_MAX_STEPS = {"colours": 30, "heights": 30, "two_stage": toy_two_stage.MAX_STEPS}  # max_steps: None
 TOP_HEIGHT = 1.5
 WRIST_HEIGHT = 0.45
 WRIST_HALF_VIEW = 0.2  # half the table width the wrist camera sees
@@ -41,12 +43,13 @@ class ToyTabletopEnv:
     @dataclass(frozen=True)
     class Config:
         name: str = "toy"
-        variant: str = "colours"  # colours: the colour names the block; heights: tallest / shortest (depth only)
+        variant: str = "colours"  # colours: the colour names the block; heights: tallest / shortest (depth only);
+        # two_stage: "touch the A block, then the B block" (eval-only)
         image_size: int = 112  # pixels per side; 112 = a 4 x 4 grid of Qwen's 28-pixel merged tokens
         grid: int = 4  # blocks sit on the centres of a grid x grid lattice
         num_objects: int = 3
         cameras: list[str] = field(default_factory=lambda: ["top"])  # keys of obs["images"], from CAMERAS
-        max_steps: int = 30
+        max_steps: int | None = None  # None: the variant's default, DEFAULT_MAX_STEPS (30; two_stage 60)
         max_move: float = 0.1  # action norm cap, in table widths
         success_radius: float = 0.08  # = block_half: the puck centre is over the block (docs/toy_task.md)
         block_half: float = 0.08  # half side of a block
@@ -62,6 +65,12 @@ class ToyTabletopEnv:
             )
         if self.config.variant not in VARIANTS:
             raise ValueError(f"toy env variant must be one of {list(VARIANTS)}, got {self.config.variant!r}")
+        if self.config.max_steps is None:
+            self.config = replace(self.config, max_steps=DEFAULT_MAX_STEPS[self.config.variant])
+        if self.config.max_steps < 1:
+            raise ValueError(
+                f"toy env max_steps must be >= 1 (or None: the variant's default), got {self.config.max_steps}"
+            )
         self.agent_height = toy_heights.AGENT_HEIGHT if self.config.variant == "heights" else AGENT_HEIGHT
         size = self.config.image_size
         self.cameras = {
@@ -73,23 +82,27 @@ class ToyTabletopEnv:
         self.layout: Layout | None = None
         self.agent = np.zeros(2)
         self.steps = 0
+        self.stage = 0  # how many of `targets` are done, in order
 
     # -- gym-like API ---------------------------------------------------------------------------
 
     def reset(self, seed: int | None = None) -> dict:
         """New layout and puck position (never already within reach of the target) -> obs.
 
-        heights: the puck starts away from every block, so where it starts says nothing about the target.
+        heights, two_stage: the puck starts away from every block (heights: its start says nothing of the target).
         """
         rng = np.random.default_rng(seed)
         c = self.config
         if c.variant == "heights":
             self.layout = toy_heights.sample_heights_layout(rng, c.grid, c.num_objects, TOP_HEIGHT, c.block_half)
+        elif c.variant == "two_stage":
+            self.layout = toy_two_stage.sample_two_stage_layout(rng, c.grid, c.num_objects)
         else:
             self.layout = sample_layout(rng, c.grid, c.num_objects)
+        self.stage = 0
         while True:
             self.agent = rng.uniform(0.05, 0.95, size=2)
-            if c.variant == "heights":
+            if c.variant != "colours":
                 clear = np.linalg.norm(self.layout.positions - self.agent, axis=1).min() > 2 * c.success_radius
             else:
                 clear = self.distance() > 2 * c.success_radius
@@ -110,23 +123,29 @@ class ToyTabletopEnv:
             raise ValueError(f"toy env action must be {ACTION_DIM} finite numbers, got {action.tolist()}")
         self.agent = np.clip(self.agent + self.cap(action), 0.0, 1.0)
         self.steps += 1
-        success = self.distance() <= self.config.success_radius
+        while self.stage < len(self.targets) and self.distance() <= self.config.success_radius:
+            self.stage += 1  # the current target is reached: on to the next (in order; one target: done)
+        success = self.stage == len(self.targets)
         done = success or self.steps >= self.config.max_steps
         info = {
             "success": bool(success),
-            "distance": self.distance(),
-            "target": self.layout.block_names[self.layout.target],
+            "stage": self.stage,  # targets reached so far, in order (0 / 1; two_stage 0 / 1 / 2)
+            "distance": self.distance(),  # to the current target (the last one once all are reached)
+            "target": self.layout.block_names[self.current_target()],
             "reached": self.reached(),
         }
         return self.observation() if observe else None, float(success), bool(done), info
 
     def expert_action(self) -> np.ndarray:
-        """The scripted expert: straight at the named block at full speed -> [2] float32."""
-        return self.cap(self.layout.target_position - self.agent).astype(np.float32)
+        """The scripted expert: straight at the current target (two_stage: A, then B) at full speed -> [2] float32."""
+        return self.cap(self.layout.positions[self.current_target()] - self.agent).astype(np.float32)
 
     def wrong_instruction(self) -> str:
         """The current instruction naming another block of the scene (a control for language use): the next
-        block (in scene order) whose name differs, i.e. another colour, or for heights the other extreme."""
+        block (in scene order) whose name differs, i.e. another colour, or for heights the other extreme;
+        two_stage: A and B swapped ("touch the B block, then the A block")."""
+        if self.config.variant == "two_stage":
+            return self.layout.swapped_instruction()
         layout, names = self.layout, self.layout.block_names
         if len(names) < 2:
             raise ValueError("wrong_instruction needs num_objects >= 2")
@@ -136,7 +155,20 @@ class ToyTabletopEnv:
         wrong = names[(layout.target + 1) % len(names)]
         return layout.instruction.replace(right, wrong)
 
+    def stage_instructions(self) -> tuple[str, str]:
+        """two_stage only: each stage's single-target instruction in the training phrasing, (A's, B's)."""
+        return toy_two_stage.stage_instructions(self.layout)
+
     # -- helpers --------------------------------------------------------------------------------
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        """The block indices to reach, in order: (target,), or for two_stage (A, B)."""
+        return toy_two_stage.stage_targets(self.layout)
+
+    def current_target(self) -> int:
+        """The index of the block to reach now: targets[stage] (the last target once all are reached)."""
+        return self.targets[min(self.stage, len(self.targets) - 1)]
 
     def cap(self, move: np.ndarray) -> np.ndarray:
         norm = float(np.linalg.norm(move))
@@ -150,7 +182,7 @@ class ToyTabletopEnv:
         return self.layout.block_names[nearest] if distances[nearest] <= self.config.success_radius else None
 
     def distance(self) -> float:
-        return float(np.linalg.norm(self.agent - self.layout.target_position))
+        return float(np.linalg.norm(self.agent - self.layout.positions[self.current_target()]))
 
     def observation(self) -> dict:
         """The observation contract (sample.py): images/depth/intrinsics keyed by camera name, state [2], prompt."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from vlablocks.envs.toy import ACTION_DIM, CAMERAS, STATE_DIM, ToyTabletopEnv
 from vlablocks.envs.toy_behaviours import BEHAVIOURS, assign_behaviours
+from vlablocks.envs.toy_two_stage import EVAL_ONLY
 
 FPS = 10
 ROBOT_TYPE = "toy"
@@ -102,7 +103,11 @@ def write_toy_dataset(
     """Writes `episodes` episodes (episode i uses env seed `seed + i`) to a LeRobot v3 dataset at `out`.
 
     behaviours: the recording policies (default: the expert alone); mix: their shares of the episodes
-    (default equal), split exactly and shuffled (toy_behaviours.assign_behaviours)."""
+    (default equal), split exactly and shuffled (toy_behaviours.assign_behaviours). The two_stage variant is
+    eval-only: a ValueError (its training data is the single-target `colours` data)."""
+    base = config or ToyTabletopEnv.Config()
+    if base.variant == "two_stage":
+        raise ValueError(EVAL_ONLY)
     import datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -113,7 +118,6 @@ def write_toy_dataset(
         if not overwrite:
             raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) or pick another --out")
         shutil.rmtree(out)
-    base = config or ToyTabletopEnv.Config()
     env = ToyTabletopEnv(ToyTabletopEnv.Config(**{**base.__dict__, "cameras": list(CAMERAS)}))
     dataset = LeRobotDataset.create(
         repo_id=f"local/{out.name}",

@@ -23,6 +23,7 @@ class RawDataset(torch.utils.data.Dataset):
     """Map-style dataset of raw samples: `ds[i] -> Sample`."""
 
     camera_keys: list[str]  # the keys of every sample's `images` (and `depth`, `intrinsics`), in order
+    sample_kind: str = "robot"  # "robot": `Sample`s with actions; "vl": `VLSample`s (question + answer, no stats)
 
     def __init__(self, platform: PlatformConfig, seed: int = 0) -> None:
         self.platform = platform

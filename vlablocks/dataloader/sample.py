@@ -5,6 +5,8 @@ Values are numpy arrays (never tensors) and actions/state are RAW: the framework
 An observation (what an env returns, what a client sends the policy server) is a sample without
 `action`/`action_is_pad`; a dataset sample minus its action is therefore a valid server request.
 `validate_sample` is the single check of this contract, used by datasets, envs, evaluation and the server.
+A vision-language sample (`VLSample`, co-training data) is an observation whose `prompt` is a question and which
+carries its `answer` instead of an `action`; `is_vl_sample` tells the two kinds apart, `validate_vl_sample` checks it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,23 @@ class Sample(Observation):
     embodiment: str
 
 
+class VLSample(TypedDict):
+    """One vision-language example (image-question-answer, co-training): no action, no state.
+
+    images:        {K: uint8 [H, W, 3]} RGB, the same camera keys as the robot samples it is mixed with
+    prompt:        the question
+    answer:        the target answer, plain text (the processor appends the end-of-turn token)
+    dataset_name:  names the VL dataset (it has no normalization stats: nothing to normalize)
+    """
+
+    images: dict[str, np.ndarray]
+    prompt: str
+    answer: str
+    dataset_name: str
+
+
 TRAINING_KEYS = ("action", "action_is_pad", "dataset_name", "embodiment")
+VL_KEYS = ("images", "prompt", "answer", "dataset_name")
 # The machine codes a `SampleError` carries: a subset of the wire protocol's ERROR_TYPES.
 ERROR_CODES = (
     "malformed_message",
@@ -167,3 +185,27 @@ def validate_sample(
         for key in ("dataset_name", "embodiment"):
             if not isinstance(sample[key], str):
                 raise SampleError("wrong_type", f"{key!r} must be a string, got {type(sample[key]).__name__}")
+
+
+def is_vl_sample(sample: dict) -> bool:
+    """True for a vision-language sample: it has an `answer` and no `action` (robot samples never carry an answer;
+    the FAST answer a processor derives from an action is a working key added later)."""
+    return "answer" in sample and sample.get("action") is None
+
+
+def validate_vl_sample(sample: Any, *, camera_keys: Sequence[str] | None = None) -> None:
+    """Raises `SampleError` unless `sample` is a `VLSample`: images, a non-empty question and answer, a dataset_name,
+    and no `action`."""
+    if not isinstance(sample, dict):
+        raise SampleError("malformed_message", f"a sample must be a map, got {type(sample).__name__}")
+    missing = [k for k in VL_KEYS if k not in sample]
+    if missing:
+        raise SampleError(
+            "missing_key", f"missing key(s) {missing}; a VL sample has keys {list(VL_KEYS)}, got {sorted(sample)}"
+        )
+    if "action" in sample:
+        raise SampleError("invalid_value", "a VL sample has an 'answer' and no 'action'; drop one of them")
+    validate_sample({k: sample[k] for k in ("images", "prompt")}, camera_keys=camera_keys)
+    for key in ("answer", "dataset_name"):
+        if not isinstance(sample[key], str) or not sample[key].strip():
+            raise SampleError("invalid_value", f"{key!r} must be a non-empty string, got {sample[key]!r}")

@@ -117,10 +117,13 @@ def stats_for(source: StatsSource, batch_size: int = 4096, reservoir_size: int =
 
 
 def compute_norm_stats(dataset: Any, batch_size: int = 4096) -> dict[str, dict]:
-    """{dataset_name: entry} for a dataset (a mixture contributes each of its components) or a list of sources."""
+    """{dataset_name: entry} for a dataset (a mixture contributes each of its components) or a list of sources.
+    Vision-language datasets (`sample_kind` "vl": no actions, no state) have no entry."""
     sources: Iterable[StatsSource] = dataset.leaves() if hasattr(dataset, "leaves") else dataset
     stats: dict[str, dict] = {}
     for source in sources:
+        if getattr(source, "sample_kind", "robot") == "vl":
+            continue
         if source.name in stats:
             raise ValueError(f"two datasets are named {source.name!r}; give each a distinct dataset_name")
         stats[source.name] = stats_for(source, batch_size)

@@ -5,6 +5,9 @@
          (+ proprio projector: the normalized state projected to H and added to every query state)
     head -> normalized actions [B, T, D]  (l1_regression by default, or diffusion)
 
+Co-training (docs/cotraining.md): batches may mix vision-language samples (`batch.is_robot` False), whose answer
+is trained by cross-entropy through the same VLM pass (framework/cotraining.py) while only the robot rows reach the
+action head: loss = action loss + vl_loss_weight * answer cross-entropy.
 Optional FiLM: the mean instruction embedding yields a per-channel scale and shift applied to every
 merged vision token before it enters the LLM (OpenVLA-OFT's language-conditioned vision features).
 Run this file to smoke-test it: `python vlablocks/framework/qwen_oft.py [--config_yaml F] [overrides]`.
@@ -21,6 +24,14 @@ from vlablocks.action_model.base import Conditioning
 from vlablocks.build import build
 from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
+from vlablocks.framework.cotraining import (
+    answer_cross_entropy,
+    cotraining_loss,
+    has_vl_samples,
+    robot_rows,
+    select_rows,
+    zero_touch,
+)
 from vlablocks.framework.film import InstructionFiLM
 from vlablocks.processor.batch import Batch
 from vlablocks.registry import FRAMEWORKS, VLMS
@@ -30,6 +41,8 @@ from vlablocks.registry import FRAMEWORKS, VLMS
 class QwenOFT(Framework):
     """Qwen-VL + parallel-decoded action queries + L1 (or DDIM) head (OpenVLA-OFT)."""
 
+    supports_vl_samples = True  # co-training with vision-language samples (framework/cotraining.py)
+
     @dataclass(frozen=True)
     class Config:
         name: str = "QwenOFT"
@@ -38,6 +51,7 @@ class QwenOFT(Framework):
         use_proprio: bool = True  # project the normalized state into the query hidden states
         use_film: bool = False  # instruction-conditioned scale/shift of the vision tokens
         query_token_prefix: str = "<|act_"
+        vl_loss_weight: float = 1.0  # co-training: weight of the VL samples' answer cross-entropy
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
@@ -57,7 +71,10 @@ class QwenOFT(Framework):
 
     def condition(self, batch: Batch) -> Conditioning:
         """-> Conditioning with tokens = action-query hidden states [B, Q, H] (+ projected state)."""
-        out = self.vlm(batch.vlm, requested_token_ids=self.query_token_ids, vision_hook=self.film)
+        return self.queries(self.vlm(batch.vlm, requested_token_ids=self.query_token_ids, vision_hook=self.film), batch)
+
+    def queries(self, out, batch: Batch) -> Conditioning:
+        """The VLM pass `out` -> Conditioning with tokens = action-query hidden states [B, Q, H] (+ projected state)."""
         positions = torch.cat([out.token_positions[t] for t in self.query_token_ids], dim=1)  # [B, Q]
         index = positions.unsqueeze(-1).expand(-1, -1, out.last_hidden_state.shape[-1])
         queries = out.last_hidden_state.gather(1, index)
@@ -70,8 +87,27 @@ class QwenOFT(Framework):
         return Conditioning(tokens=queries)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if has_vl_samples(batch):
+            return self.cotraining_forward(batch)
         conditioning = self.condition(batch)
         return self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
+
+    def cotraining_forward(self, batch: Batch) -> dict:
+        """A batch with VL samples: one VLM pass; the action loss on the robot rows [R] only, the answer
+        cross-entropy on the VL rows' answer tokens -> {"loss", "log": {"action_loss", "answer_loss"}}."""
+        out = self.vlm(batch.vlm, requested_token_ids=self.query_token_ids, vision_hook=self.film)
+        rows = robot_rows(batch)
+        if bool(rows.any()):
+            state = batch.state[rows] if batch.state is not None else None
+            conditioning = select_rows(self.queries(out, batch), rows)
+            action_loss = self.action_model.compute_loss(
+                conditioning, batch.actions[rows], batch.action_is_pad[rows], state
+            )
+            action_loss = action_loss["loss"]
+        else:  # only VL samples: exact-zero gradients for the head and the proprio projector
+            action_loss = zero_touch(self.action_model, self.proprio).to(out.last_hidden_state.device)
+        answer_loss = answer_cross_entropy(self.vlm, out, batch.vlm.labels)
+        return cotraining_loss(action_loss, answer_loss, self.config.vl_loss_weight, self.vlm.model.lm_head)
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         return {"actions": self.action_model.predict(self.condition(batch), batch.state, generator=generator)}

@@ -87,6 +87,8 @@ class Batch:
     dataset_names:  per sample, the stats that un-normalize its predicted actions
     action_vocab:   number of action tokens decoding may emit (tokenized-action frameworks), else None
     returns:        [B] float, the samples' discounted returns (value-model targets), or None
+    is_robot:       [B] bool, False at vision-language samples (question + answer, co-training: their `actions`
+                    rows are zeros with `action_is_pad` all True, their `state` rows zeros), or None (all robot)
     """
 
     vlm: VLMInputs | None  # None only for models without a VLM (ProcessorConfig.vision_language false)
@@ -97,6 +99,7 @@ class Batch:
     dataset_names: tuple[str, ...] = ()
     action_vocab: int | None = None
     returns: torch.Tensor | None = None
+    is_robot: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         return _move(self, torch.device(device))

@@ -3,6 +3,9 @@
     samples (dataset, env or wire: vlablocks/dataloader/sample.py)
       -> SelectCameras -> Normalize(state, action) -> [DiscretizeState] -> [FASTAnswer] -> VLMTokenize
       -> [GeometryPreprocess] -> Batch
+    vision-language samples (co-training: a question and an `answer`, no action, sample.py `is_vl_sample`)
+      -> SelectCameras -> VLAnswer (answer + end-of-turn) -> VLMTokenize: answer labels, `is_robot` False,
+         zero state and action rows (all padded), no normalization
     model output {"actions": normalized [B, T, D]} or {"action_tokens": FAST ids per sample}
       -> [FAST decode] -> Unnormalize -> {"actions": robot units [B, T, D], "normalized_actions"}
 
@@ -27,6 +30,7 @@ import torch
 
 from vlablocks.config import ExperimentConfig
 from vlablocks.dataloader.normalization import Normalizer
+from vlablocks.dataloader.sample import is_vl_sample
 from vlablocks.manifest import read_json
 from vlablocks.processor.batch import Batch
 from vlablocks.processor.fast_tokenizer import FASTTokenizer
@@ -37,6 +41,7 @@ from vlablocks.processor.steps import (
     Normalize,
     SelectCameras,
     Unnormalize,
+    VLAnswer,
     VLMTokenize,
 )
 
@@ -117,6 +122,7 @@ class Processor:
         self.select_cameras = SelectCameras(config.camera_keys)
         self.normalize = Normalize(self.normalizer, config.embodiment)
         self.unnormalize = Unnormalize(self.normalizer)
+        self.vl_answer = VLAnswer(config.fast.stop_token if config.fast is not None else "<|im_end|>")
         self.geometry = GeometryPreprocess(**config.geometry) if config.geometry else None
         self.state_text = None
         if config.state_tokens is not None:
@@ -141,41 +147,62 @@ class Processor:
     def __call__(self, samples: Sequence[dict], targets: bool = True) -> Batch:
         """samples: raw dicts -> Batch of CPU tensors (shapes in processor/batch.py).
 
-        targets: process the samples' `action` (normalized targets, FAST answers) when they have one; False for
-        inference, which must never see them (a FAST answer would otherwise enter the prompt).
+        targets: process the samples' `action` (normalized targets, FAST answers) or VL `answer` when they have one;
+        False for inference, which must never see them (an answer would otherwise enter the prompt).
         """
         if not isinstance(samples, (list, tuple)) or not samples:
             raise ValueError(f"the processor takes a non-empty list of sample dicts, got {type(samples).__name__}")
         if self.fast_answer is not None and not self.fast_answer.fast.fitted:
             raise ValueError("the FAST tokenizer is not fitted: call processor.fit(dataset) or set fast.path")
-        prepared = []
+        prepared, is_robot = [], []
         for index, sample in enumerate(samples):
             if not isinstance(sample, dict):
                 raise ValueError(f"sample[{index}]: expected a dict, got {type(sample).__name__}")
+            is_robot.append(not is_vl_sample(sample))
+            if not is_robot[-1]:
+                sample = self.select_cameras(sample, index)
+                prepared.append(self.vl_answer(sample, index) if targets else _without(sample, ("answer",)))
+                continue
             if not targets:
-                sample = {k: v for k, v in sample.items() if k not in ("action", "action_is_pad", "return", "next")}
+                sample = _without(sample, ("action", "action_is_pad", "return", "next"))
             sample = self.normalize(self.select_cameras(sample, index), index)
             if self.state_text is not None:
                 sample = self.state_text(sample, index)
             if self.fast_answer is not None:
                 sample = self.fast_answer(sample, index)
             prepared.append(sample)
-        with_actions = all(s.get("action") is not None for s in prepared)
+        robots = [s for s, robot in zip(prepared, is_robot) if robot]
+        with_actions = bool(robots) and all(s.get("action") is not None for s in robots)
         with_returns = all(s.get("return") is not None for s in prepared)
+        if with_actions and not all(is_robot):
+            prepared = [s if robot else self._vl_targets(s) for s, robot in zip(prepared, is_robot)]
         return Batch(
             vlm=self.tokenize(prepared) if self.tokenize is not None else None,
-            state=self._state(prepared),
+            state=self._state(prepared, is_robot),
             actions=_stack([s["action"] for s in prepared]) if with_actions else None,
             action_is_pad=_stack([_is_pad(s) for s in prepared]) if with_actions else None,
             geometry=self.geometry(prepared) if self.geometry is not None else None,
             dataset_names=tuple(s["dataset_name"] for s in prepared),
             action_vocab=self.fast_answer.fast.vocab_size if self.fast_answer is not None else None,
             returns=torch.tensor([float(s["return"]) for s in prepared]) if with_returns else None,
+            is_robot=torch.tensor(is_robot, dtype=torch.bool),
         )
 
-    def _state(self, samples: list[dict]) -> torch.Tensor | None:
+    def _vl_targets(self, sample: dict) -> dict:
+        """A VL sample's stand-in action rows in a mixed batch: zeros [T, D], every step padded (no action loss)."""
+        c = self.config
+        return {
+            **sample,
+            "action": np.zeros((c.action_horizon, c.action_dim), np.float32),
+            "action_is_pad": np.ones(c.action_horizon, bool),
+        }
+
+    def _state(self, samples: list[dict], is_robot: list[bool]) -> torch.Tensor | None:
+        """[B, S] normalized states; zeros at VL samples (they have none), or None when the model reads none."""
         if not self.config.use_state or self.config.state_dim == 0:
             return None
+        zeros = np.zeros(self.config.state_dim, np.float32)
+        samples = [s if robot else {**s, "state": zeros} for s, robot in zip(samples, is_robot)]
         if any(s.get("state") is None for s in samples):
             missing = next(i for i, s in enumerate(samples) if s.get("state") is None)
             raise ValueError(f"sample[{missing}] has no 'state'; this policy takes a float32 [{self.config.state_dim}]")
@@ -270,6 +297,10 @@ class Processor:
             hf_processor.tokenizer.padding_side = "left"
         fast = FASTTokenizer.load(directory / FAST_DIR) if (directory / FAST_DIR).is_dir() else None
         return cls(config, hf_processor, read_json(directory / NORM_STATS_FILE), fast)
+
+
+def _without(sample: dict, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in sample.items() if k not in keys}
 
 
 def _stack(arrays: list) -> torch.Tensor:

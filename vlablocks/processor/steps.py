@@ -174,6 +174,20 @@ class FASTAnswer:
         return np.stack([d.actions for d in decoded]).astype(np.float32), [d.report for d in decoded]
 
 
+class VLAnswer:
+    """A vision-language sample's plain-text `answer` -> the text the VLM learns to emit: the answer, then the
+    end-of-turn token (so greedy decoding knows where to stop)."""
+
+    def __init__(self, stop_token: str = "<|im_end|>") -> None:
+        self.stop_token = stop_token
+
+    def __call__(self, sample: dict, index: int) -> dict:
+        answer = sample.get("answer")
+        if not isinstance(answer, str) or not answer.strip():
+            raise ValueError(f"sample[{index}]['answer']: expected a non-empty answer string, got {answer!r}")
+        return {**sample, "answer": answer + self.stop_token}
+
+
 class VLMTokenize:
     """Views + prompt (+ a fixed `suffix`, + a per-sample `answer`) -> VLMInputs for the VLM's own processor config.
 

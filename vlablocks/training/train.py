@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vlablocks.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.framework.base import build_policy
+from vlablocks.framework.cotraining import check_cotraining
 from vlablocks.logs import show_project_logs
 from vlablocks.training.batches import micro_batches
 from vlablocks.training.checkpoint import (
@@ -67,6 +68,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     norm_stats = resolve_norm_stats(experiment, dataset, run_dir)
     framework = build_policy(experiment, norm_stats, camera_keys=dataset_cameras(dataset))
     processor = framework.processor  # raw samples -> Batch, in the DataLoader workers; saved with every checkpoint
+    cotraining = check_cotraining(framework, dataset)  # VL samples in the data: a framework that trains on them
     processor.fit(dataset)
     load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)
     freeze_modules(framework, trainer.freeze_modules)
@@ -115,6 +117,10 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
                 fetch_start = time.perf_counter()  # waiting for the processor (the hand-over, with workers)
                 batch = next(batches)
                 data_wait += time.perf_counter() - fetch_start
+                if cotraining:  # the share of vision-language samples this step drew
+                    logged["vl_share"] = (
+                        logged.get("vl_share", 0.0) + (1 - batch.is_robot.float().mean().item()) / accum
+                    )
                 outputs = model(batch.to(accelerator.device))
                 accelerator.backward(outputs["loss"])
                 step_loss += accelerator.reduce(outputs["loss"].detach(), "mean").item() / accum

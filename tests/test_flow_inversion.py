@@ -144,6 +144,7 @@ def test_invert_command_writes_mse_that_a_recomputation_matches(toy_checkpoint, 
     records = [json.loads(line) for line in (tmp_path / "chunks.jsonl").read_text().splitlines()]
     assert summary["chunks"] == len(records) > 2 and summary["executed"]["episodes"] == 2
     assert set(summary["per_steps"]) == {"1", "4"}
+    assert {"variance_normalized", "mse_other_noise", "mse_sampled_vs_reprompt", "executed"} <= set(summary)
     assert set(summary["per_steps"]["4"]) >= {"mse_normalized", "mse_over_variance", "mse_raw", "edit_share"}
     for s in ("1", "4"):
         mean = np.mean([r["mse_normalized"][s] for r in records])

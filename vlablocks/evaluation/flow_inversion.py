@@ -6,9 +6,13 @@ At every policy call of every episode, for the observation o (prompt p) and each
     z   = invert(c_p, a, S)            reverse-time Euler, t = 1 -> 0 (vlablocks/action_model/flow_matching.py)
     a'  = reconstruct(c_p, z, S)       the same prompt: a' = a + O(1 / S)
     a'' = reconstruct(c_q, z, S)       the edited prompt q = env.wrong_instruction() (names another block)
+    a_q = reconstruct(c_q, z0, N)      re-prompting: the policy's own chunk for q from the same noise
+    a_1 = reconstruct(c_p, z1, N)      another noise z1 ~ N(0, I): how much the chunk depends on its noise at all
 
 c_p = framework.flow_conditioning(batch of o with prompt p). Per chunk: MSE(a, a') in normalized and in raw
-(robot) units, MSE(z, z0), and the edit: with u the unit vector from the puck to the block q names and
+(robot) units, MSE(z, z0) and mean(z^2) (does the inversion recover the sampled noise?), MSE(a'', a_q) against
+MSE(a, a_q) (is the edit the same as re-prompting?), MSE(a, a_1) (the baseline: a chunk from any other noise),
+and the edit: with u the unit vector from the puck to the block q names and
 progress(x) = sum_t cap(raw x_t) . u (the chunk's planned displacement towards that block, each move capped
 at the env's max_move as the env does),
     gain'' = progress(a'') - progress(a)     gain' = progress(a') - progress(a)  (the control)
@@ -34,7 +38,16 @@ from vlablocks.build import build
 from vlablocks.evaluation.rollout import success_summary
 from vlablocks.registry import EVAL_ENVS
 
-PER_STEP_KEYS = ("mse_normalized", "mse_raw", "noise_mse", "gain_edit", "gain_same", "redirect_edit")
+PER_STEP_KEYS = (
+    "mse_normalized",
+    "mse_raw",
+    "noise_mse",
+    "latent_power",
+    "gain_edit",
+    "gain_same",
+    "redirect_edit",
+    "mse_edit_vs_reprompt",
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,7 @@ def invert_call(
     framework, observations: list[dict], edited_prompts: list[str], steps: tuple[int, ...], generator: torch.Generator
 ) -> dict:
     """One policy call over N observations -> normalized and raw chunks (numpy [N, T, D]):
-    {"sampled", "sampled_raw", "noise" (z0), and per S: "inverted"[S] (z), "same"[S] / "same_raw"[S] (a'),
+    {"sampled", "sampled_raw", "noise" (z0), "reprompted" (a_q), "resampled" (a_1), and per S: "inverted"[S] (z), "same"[S] / "same_raw"[S] (a'),
     "edited"[S] / "edited_raw"[S] (a'')}."""
     head = flow_head(framework)
     processor, device = framework.processor, framework.device
@@ -82,6 +95,9 @@ def invert_call(
     shape = (len(observations), head.action_horizon, head.action_dim)
     noise = random_tensor("normal", shape, generator, device, head.position.dtype)  # as head.predict draws it
     sampled = head.reconstruct(conditioning, noise, state)
+    reprompted = head.reconstruct(edited_conditioning, noise, edited_state)
+    other_noise = random_tensor("normal", shape, generator, device, head.position.dtype)  # drawn after z0
+    resampled = head.reconstruct(conditioning, other_noise, state)
 
     def raw(normalized: torch.Tensor) -> np.ndarray:
         return processor.unnormalize(normalized.float().cpu().numpy(), batch.dataset_names).astype(np.float64)
@@ -89,7 +105,13 @@ def invert_call(
     def array(x: torch.Tensor) -> np.ndarray:
         return x.float().cpu().numpy().astype(np.float64)
 
-    result = {"sampled": array(sampled), "sampled_raw": raw(sampled), "noise": array(noise)}
+    result = {
+        "sampled": array(sampled),
+        "sampled_raw": raw(sampled),
+        "noise": array(noise),
+        "reprompted": array(reprompted),
+        "resampled": array(resampled),
+    }
     for key in ("inverted", "same", "same_raw", "edited", "edited_raw"):
         result[key] = {}
     for s in steps:
@@ -138,11 +160,19 @@ def chunk_records(call: dict, envs: list, edited_prompts: list[str], steps: tupl
         progress = {key: float(move @ towards_edit) for key, move in moves.items()}
         redirected = {key: bool(unit(m) @ towards_edit > unit(m) @ towards_target) for key, m in moves.items()}
         sampled, sampled_raw = call["sampled"][k], call["sampled_raw"][k]
-        record = {"redirect_sampled": redirected["sampled"], **{key: {} for key in PER_STEP_KEYS}}
+        reprompted = call["reprompted"][k]
+        record = {
+            "redirect_sampled": redirected["sampled"],
+            "mse_sampled_vs_reprompt": float(np.mean((sampled - reprompted) ** 2)),
+            "mse_other_noise": float(np.mean((sampled - call["resampled"][k]) ** 2)),
+            **{key: {} for key in PER_STEP_KEYS},
+        }
         for s in steps:
             record["mse_normalized"][s] = float(np.mean((call["same"][s][k] - sampled) ** 2))
             record["mse_raw"][s] = float(np.mean((call["same_raw"][s][k] - sampled_raw) ** 2))
             record["noise_mse"][s] = float(np.mean((call["inverted"][s][k] - call["noise"][k]) ** 2))
+            record["latent_power"][s] = float(np.mean(call["inverted"][s][k] ** 2))
+            record["mse_edit_vs_reprompt"][s] = float(np.mean((call["edited"][s][k] - reprompted) ** 2))
             record["gain_edit"][s] = progress[("edited", s)] - progress["sampled"]
             record["gain_same"][s] = progress[("same", s)] - progress["sampled"]
             record["redirect_edit"][s] = redirected[("edited", s)]
@@ -202,6 +232,8 @@ def summarize(records: list[dict], sampled: np.ndarray, successes: int, options:
             "mse_over_variance": mse / variance if variance > 0 else float("nan"),
             "mse_raw": float(values["mse_raw"].mean()),
             "noise_mse": float(values["noise_mse"].mean()),
+            "latent_power": float(values["latent_power"].mean()),
+            "mse_edit_vs_reprompt": float(values["mse_edit_vs_reprompt"].mean()),
             "edit_share": float((values["gain_edit"] > 0).mean()),
             "control_share": float((values["gain_same"] > 0).mean()),
             "mean_gain_edit": float(values["gain_edit"].mean()),
@@ -215,6 +247,8 @@ def summarize(records: list[dict], sampled: np.ndarray, successes: int, options:
         "steps": list(options.steps),
         "execute_steps": options.execute_steps,
         "variance_normalized": variance,
+        "mse_sampled_vs_reprompt": float(np.mean([record["mse_sampled_vs_reprompt"] for record in records])),
+        "mse_other_noise": float(np.mean([record["mse_other_noise"] for record in records])),
         "redirect_share_sampled": float(np.mean([record["redirect_sampled"] for record in records])),
         "executed": success_summary(successes, options.episodes),
         "per_steps": per_steps,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deployment.latent_arguments import add_latent_arguments
 from vlablocks.build import build
 
 NAME = "eval"
@@ -28,14 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML original -> alternative phrasings (e.g. configs/prompts/toy_heldout.yaml): run every episode under "
         "each phrasing of its instruction and report success per phrasing",
     )
+    add_latent_arguments(parser)
 
 
 def build_policy(args: argparse.Namespace, env):
     """-> (policy, metadata) for the requested source."""
     if args.ckpt:
+        from deployment.latent_arguments import steered
         from deployment.policy import load_policy
 
-        policy = load_policy(args.ckpt)
+        policy = steered(load_policy(args.ckpt), args)
         return policy, policy.metadata
     if args.policy.startswith("ws://"):
         from deployment.client import PolicyClient
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     options = merge_overrides({"name": args.env}, overrides)  # env options as --key=value overrides
     env = build(EVAL_ENVS, options)
+    if args.text_latent and not args.ckpt:
+        raise ValueError("--text-latent steers an in-process checkpoint: pass --ckpt DIR (not --policy)")
     policy, metadata = build_policy(args, env)
     if args.prompts:
         return run_phrasings(args, env, policy, metadata)

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from deployment.latent_arguments import add_latent_arguments
+
 NAME = "serve"
 HELP = "serve a checkpoint to robots/simulators (websocket + msgpack, openpi protocol; GET /healthz)"
 
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights", choices=["model", "ema"], default="model", help="ema: the moving average (trainer.ema_decay)"
     )
+    add_latent_arguments(parser)
 
 
 def read_api_key(given: str | None, path: str | None) -> str | None:
@@ -50,12 +53,13 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     import torch
 
+    from deployment.latent_arguments import steered
     from deployment.policy import load_policy
     from deployment.server import PolicyServer
 
     api_key = read_api_key(args.api_key, args.api_key_file)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    policy = load_policy(args.ckpt, device=device, weights=args.weights)
+    policy = steered(load_policy(args.ckpt, device=device, weights=args.weights), args)
     server = PolicyServer(
         policy,
         host=args.host,

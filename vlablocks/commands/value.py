@@ -40,28 +40,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from safetensors.numpy import save_file
 
     from vlablocks.atomic import atomic_directory
-    from vlablocks.build import build
+    from vlablocks.dataloader.checkpoint_dataset import checkpoint_dataset
     from vlablocks.evaluation.value_metrics import calibration_table, plot_calibration, roc_auc
     from vlablocks.framework.base import Framework
-    from vlablocks.registry import DATASETS
 
     model = Framework.from_pretrained(args.ckpt)
     if getattr(model, "kind", "policy") != "value":
         raise ValueError(f"{args.ckpt} is a policy ({type(model).__name__}); pass a value model's checkpoint")
-    cameras = model.processor.config.camera_keys
-    stats = sorted(model.processor.normalizer.stats)
-    dataset_name = args.dataset_name or (stats[0] if len(stats) == 1 else None)
-    if dataset_name not in stats:
-        raise ValueError(f"--dataset_name must name one of the checkpoint's normalization stats {stats}")
-    section = {
-        "name": "lerobot",
-        "root": args.data,
-        "dataset_name": dataset_name,
-        "camera_keys": [f"observation.images.{camera}" for camera in cameras],
-        "state_key": "observation.state" if model.processor.config.state_dim else None,
-        "returns": {"source": args.source, "key": args.key, "gamma": args.gamma},
-    }
-    dataset = build(DATASETS, section, platform=model.platform)
+    returns = {"source": args.source, "key": args.key, "gamma": args.gamma}
+    dataset = checkpoint_dataset(model, args.data, args.dataset_name, returns=returns)
     table = dataset.lerobot.hf_dataset
     columns = [c for c in ("episode_index", "behaviour_policy") if c in table.column_names]
     meta = table.with_format("numpy", columns=columns)[:]

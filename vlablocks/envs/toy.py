@@ -203,7 +203,7 @@ class ToyTabletopEnv:
             else:  # mounted above the puck, which it therefore does not see
                 rgb, depth = render(camera, self.agent, height, self.layout, self.config.block_half, None, 0.0)
             images[name], depths[name], intrinsics[name] = rgb, depth, camera.intrinsics
-        return {
+        obs = {
             "images": images,
             "depth": depths,
             "intrinsics": intrinsics,
@@ -212,3 +212,6 @@ class ToyTabletopEnv:
             "dataset_name": self.config.dataset_name,
             "embodiment": "toy",
         }
+        if self.config.variant == "two_stage":  # each stage's base-task instruction (text-latent interpolation)
+            obs["subtasks"] = list(self.stage_instructions())
+        return obs

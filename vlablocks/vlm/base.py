@@ -27,6 +27,7 @@ from vlablocks.vlm.runtime import (
     resolve_attn_implementation,
     resolve_dtype,
 )
+from vlablocks.vlm.steering import Steering, steer
 from vlablocks.vlm.tokenizer import tiny_tokenizer
 from vlablocks.vlm.vision import VisionHookInfo, VisionTokens, check_hook_output, sincos_2d, vision_tokens
 
@@ -148,6 +149,7 @@ class VLMBackbone(nn.Module):
         self.num_layers = model.config.text_config.num_hidden_layers
         self.image_token_id = self.token_id(processor.image_token)
         self.__dict__["_lora_model"] = None  # peft's LoraModel; kept out of the module tree (same params)
+        self.steering: Steering | None = None  # residual-stream edit at the instruction's tokens (vlm/steering.py)
         if config.gradient_checkpointing:
             enable_checkpointing(model)
         if config.lora.enabled:
@@ -295,13 +297,14 @@ class VLMBackbone(nn.Module):
     ) -> VLMOutput:
         """inputs: the processor's VLMInputs (on this device) -> hidden states of every layer (see VLMOutput)."""
         features, layout = self.encode_images(inputs, vision_hook)
-        out = self.model.model(
-            **self.model_kwargs(inputs),
-            mm_encoder_outputs={"image": features},
-            output_hidden_states=True,
-            use_cache=False,
-            return_dict=True,
-        )
+        with steer(self, self.steering, inputs.input_ids):
+            out = self.model.model(
+                **self.model_kwargs(inputs),
+                mm_encoder_outputs={"image": features},
+                output_hidden_states=True,
+                use_cache=False,
+                return_dict=True,
+            )
         return VLMOutput(
             last_hidden_state=out.last_hidden_state,
             hidden_states=tuple(out.hidden_states),
@@ -350,16 +353,17 @@ class VLMBackbone(nn.Module):
         vocab_size = self.model.get_output_embeddings().weight.shape[0]
         allowed = allowed_ids(allowed_token_ids, stop_token_id, vocab_size)
         features, _ = self.encode_images(inputs, vision_hook)
-        output = self.model.generate(
-            **self.model_kwargs(inputs),
-            mm_encoder_outputs={"image": features},
-            logits_processor=LogitsProcessorList([AllowedTokens(allowed, vocab_size, self.device)]),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=int(stop_token_id),
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        with steer(self, self.steering, inputs.input_ids):  # the prefill pass only: decoding steps are left alone
+            output = self.model.generate(
+                **self.model_kwargs(inputs),
+                mm_encoder_outputs={"image": features},
+                logits_processor=LogitsProcessorList([AllowedTokens(allowed, vocab_size, self.device)]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=int(stop_token_id),
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         generated = output[:, inputs.input_ids.shape[1] :].tolist()
         return [row[: row.index(stop_token_id)] if stop_token_id in row else row for row in generated]
 

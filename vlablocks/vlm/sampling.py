@@ -13,6 +13,7 @@ from transformers import DynamicCache
 from vlablocks.processor.batch import VLMInputs
 from vlablocks.vlm.base import VisionHook, VLMBackbone
 from vlablocks.vlm.runtime import allowed_ids, check_temperature, tempered_log_probs
+from vlablocks.vlm.steering import steer
 
 
 @torch.no_grad()
@@ -56,19 +57,20 @@ def sample_constrained(
     log_probs = torch.zeros(size, max_new_tokens, device=vlm.device)
     mask = torch.zeros(size, max_new_tokens, dtype=torch.bool, device=vlm.device)
     done = torch.zeros(size, dtype=torch.bool, device=vlm.device)
-    for t in range(max_new_tokens):
-        hidden = base(**step, **cache, use_cache=True, return_dict=True).last_hidden_state[:, -1]  # [B, H]
-        step_log_probs = tempered_log_probs(allowed_logits(vlm, hidden, allowed), temperature)  # [B, K]
-        index = torch.multinomial(step_log_probs.exp(), 1, generator=generator)  # [B, 1]
-        tokens[:, t] = torch.where(done, tokens[:, t], allowed[index[:, 0]])
-        log_probs[:, t] = torch.where(done, 0.0, step_log_probs.gather(1, index)[:, 0])
-        mask[:, t] = ~done
-        done = done | (tokens[:, t] == stop_token_id)
-        if done.all():
-            break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(size, 1)], dim=1)
-        position = (next_position + t).view(1, size, 1).expand(3, size, 1)
-        step = {"input_ids": tokens[:, t : t + 1], "attention_mask": attention_mask, "position_ids": position}
+    with steer(vlm, vlm.steering, inputs.input_ids):  # edits the prompt pass only (vlm/steering.py)
+        for t in range(max_new_tokens):
+            hidden = base(**step, **cache, use_cache=True, return_dict=True).last_hidden_state[:, -1]  # [B, H]
+            step_log_probs = tempered_log_probs(allowed_logits(vlm, hidden, allowed), temperature)  # [B, K]
+            index = torch.multinomial(step_log_probs.exp(), 1, generator=generator)  # [B, 1]
+            tokens[:, t] = torch.where(done, tokens[:, t], allowed[index[:, 0]])
+            log_probs[:, t] = torch.where(done, 0.0, step_log_probs.gather(1, index)[:, 0])
+            mask[:, t] = ~done
+            done = done | (tokens[:, t] == stop_token_id)
+            if done.all():
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(size, 1)], dim=1)
+            position = (next_position + t).view(1, size, 1).expand(3, size, 1)
+            step = {"input_ids": tokens[:, t : t + 1], "attention_mask": attention_mask, "position_ids": position}
     return {"tokens": tokens, "log_probs": log_probs, "mask": mask}
 
 

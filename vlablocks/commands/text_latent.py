@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode: the residual index decoded (0 = embeddings, r = output of decoder layer r-1)",
     )
     parser.add_argument("--top-k", type=int, default=3, help="decode: nearest tokens shown per position")
+    parser.add_argument(
+        "--no-center", action="store_true", help="decode: keep the common component (default: remove every task's mean)"
+    )
     parser.add_argument("--out", help="extract: the .safetensors written; decode: a prompts YAML (eval --prompts)")
 
 
@@ -71,6 +74,7 @@ def run_extract(args: argparse.Namespace, framework) -> int:
 
 
 def run_decode(args: argparse.Namespace, framework) -> int:
+    import torch
     import yaml
 
     from vlablocks.vlm.text_latent import TextLatents, decode, decoded_prompt
@@ -82,9 +86,10 @@ def run_decode(args: argparse.Namespace, framework) -> int:
     num_layers = latents.mean[0].shape[0]
     if not 0 <= args.layer < num_layers:
         raise ValueError(f"--layer must be in 0..{num_layers - 1}, got {args.layer}")
+    reference = None if args.no_center else torch.cat([positions[args.layer] for positions in latents.positions])
     prompts = {}
     for task in tasks:
-        nearest = decode(framework, latents.vector(task)[args.layer], args.top_k)
+        nearest = decode(framework, latents.vector(task)[args.layer], args.top_k, reference)
         prompts[task] = [decoded_prompt(framework, nearest)]
         shown = " | ".join("/".join(f"{token}:{score:.2f}" for token, score in row) for row in nearest)
         print(f"{task!r} -> {prompts[task][0]!r}   [{shown}]")

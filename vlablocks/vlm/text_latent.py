@@ -13,8 +13,10 @@ Reconstruction writes z^tau back at the text positions of a blank prompt of P_ta
 
     z(k) = (1 - w(k)) z^A + w(k) z^B,   step: w(k) = [k >= k_s],   linear: w(k) = min(1, k / k_s)
 
-Decoding maps each position's latent at one layer to the vocabulary tokens whose input embeddings are nearest
-by cosine similarity: an (often unreadable) prompt that can be given to the policy as text.
+Decoding maps each position's latent at one index r to the vocabulary tokens whose input embeddings are nearest
+by cosine similarity after removing the common component (the mean latent over every task's positions at r, and
+the mean embedding): argmax_v cos(z_r[p] - mean_r, e_v - mean_v). The result is an (often unreadable) prompt
+that can be given to the policy as text.
 
 File format (safetensors, no pickle): tensors "task_<i>.positions" [R, P_i, H] and "task_<i>.mean" [R, H];
 metadata {"tasks": JSON list of the task strings, "counts": JSON list of N_i, "num_layers", "hidden_size"}.
@@ -138,12 +140,23 @@ def interpolation_weight(call: int, schedule: str, switch_at: int) -> float:
     return min(1.0, call / switch_at)
 
 
-def decode(framework, latent: torch.Tensor, top_k: int = 3) -> list[list[tuple[str, float]]]:
-    """latent: [P, H] (one layer's per-position latent) -> per position the `top_k` (token, cosine) nearest
-    input embeddings of the VLM's vocabulary (special tokens excluded)."""
+def decode(
+    framework, latent: torch.Tensor, top_k: int = 3, reference: torch.Tensor | None = None
+) -> list[list[tuple[str, float]]]:
+    """latent: [P, H] (one residual index's per-position latent) -> per position the `top_k` (token, cosine)
+    nearest input embeddings of the VLM's vocabulary (special and added tokens excluded).
+
+    reference: [N, H] latents (e.g. every task's positions at that index) whose mean is removed from the latent,
+    as the vocabulary's mean is from the embeddings: deeper residual states share a large common direction that
+    otherwise makes every position decode to the same token."""
     embeddings = framework.vlm.model.get_input_embeddings().weight.detach().float().cpu()  # [V, H]
+    latent = latent.float()
+    if reference is not None:
+        latent = latent - reference.float().mean(dim=0)
+        embeddings = embeddings - embeddings.mean(dim=0)
     tokenizer = framework.vlm.tokenizer
-    scores = torch.nn.functional.normalize(latent.float(), dim=-1) @ torch.nn.functional.normalize(embeddings, dim=-1).T
+    unit = torch.nn.functional.normalize
+    scores = unit(latent, dim=-1) @ unit(embeddings, dim=-1).T
     special = [i for i in tokenizer.all_special_ids if i < scores.shape[1]]
     added = [i for i in tokenizer.get_added_vocab().values() if i < scores.shape[1]]
     scores[:, special + added] = -2.0

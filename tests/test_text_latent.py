@@ -205,3 +205,56 @@ def test_cli_extracts_every_prompt_of_a_dataset_and_decodes_to_a_prompts_file(tm
     capsys.readouterr()
     assert main(["text-latent", "decode", "--ckpt", str(checkpoint), "--latents", str(tmp_path / "none")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_the_hook_edits_only_the_instruction_on_both_qwen_families(family):
+    from vlm_helpers import build, encode, random_views
+
+    vlm = build(family).eval()
+    rng = np.random.default_rng(0)
+    examples = [
+        {"views": random_views(rng, [(56, 56)]), "prompt": "pick the red block"},
+        {"views": random_views(rng, [(56, 56), (56, 56)]), "prompt": "open the top drawer now"},
+    ]
+    inputs = encode(vlm, examples)
+    mask = instruction_mask(vlm, inputs.input_ids)
+    for row, example in enumerate(examples):  # exactly the instruction's tokens
+        assert inputs.input_ids[row][mask[row]].tolist() == vlm.tokenizer(example["prompt"])["input_ids"]
+    vectors = torch.randn(2, 2, 1, vlm.hidden_size)
+    plain, zero, edited = [], [], []
+    with torch.no_grad():
+        with capture_residuals(vlm, plain):
+            before = vlm(inputs).last_hidden_state
+        vlm.steering = Steering(vectors, (0, vlm.num_layers), "blend", alpha=0.0)
+        with capture_residuals(vlm, zero):
+            unchanged = vlm(inputs).last_hidden_state
+        vlm.steering = Steering(vectors, (0, vlm.num_layers), "blend", alpha=1.0)
+        with capture_residuals(vlm, edited):
+            vlm(inputs)
+        vlm.steering = None
+    assert torch.equal(unchanged, before) and all(torch.equal(a, b) for a, b in zip(zero, plain, strict=True))
+    for k, index in enumerate((0, vlm.num_layers)):
+        expected = vectors[:, k, 0][:, None].expand(-1, mask.shape[1], -1)
+        torch.testing.assert_close(edited[index][mask], expected[mask])
+    torch.testing.assert_close(edited[0][~mask], plain[0][~mask])
+    assert not torch.allclose(edited[1][~mask], plain[1][~mask])  # later tokens read the edited embeddings
+
+
+def test_a_served_steered_policy_answers_like_the_local_one():
+    from deployment.client import PolicyClient
+    from deployment.server import running_server
+
+    examples = examples_with([TASKS[0]])
+    framework = awake("QwenFlowMatching", examples)
+    latents = extract(framework, [examples])
+    obs = {key: value for key, value in examples[0].items() if key not in ("action", "action_is_pad")}
+    local = SteeredPolicy(FrameworkPolicy(framework), latents, LatentOptions()).infer(obs)["actions"]
+    served = SteeredPolicy(FrameworkPolicy(framework), latents, LatentOptions())
+    with running_server(served) as server, PolicyClient("127.0.0.1", server.port) as client:
+        remote = client.infer({**obs, "episode_start": True})["actions"]
+        assert served.calls == 1
+    np.testing.assert_allclose(remote, local, atol=1e-6)
+    blank = blank_prompt(framework.vlm.tokenizer, latents.positions[0].shape[1])
+    plain = FrameworkPolicy(framework).infer({**obs, "prompt": blank})["actions"]
+    assert np.abs(remote - plain).max() > 1e-3

@@ -31,6 +31,7 @@ from deployment.client.protocol import (
 )
 from deployment.policy import METADATA_KEYS, Policy
 from deployment.validation import validate_observation
+from vlablocks.processor.embodiment import embodiment_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +117,10 @@ class PolicyServer:
         result = self.policy.infer(obs)
         return result, (time.perf_counter() - start) * 1e3
 
-    def _check_actions(self, result: dict) -> np.ndarray:
+    def _check_actions(self, result: dict, obs: dict) -> np.ndarray:
+        """The reply's actions: float [T, D], D the request's embodiment's own action_dim (cross-embodiment)."""
         actions = np.asarray(result.get("actions") if isinstance(result, dict) else None)
-        expected = (self.metadata["action_horizon"], self.metadata["action_dim"])
+        expected = (self.metadata["action_horizon"], embodiment_sizes(self.metadata, obs)[1])
         if actions.shape != expected or actions.dtype.kind != "f":
             raise ProtocolError(
                 "inference_error",
@@ -164,7 +166,7 @@ class PolicyServer:
             except Exception as exc:  # the model failed on a valid observation: report, keep serving
                 logger.exception("policy inference failed")
                 raise ProtocolError("inference_error", f"{type(exc).__name__}: {exc}") from None
-            actions = self._check_actions(result)
+            actions = self._check_actions(result, obs)
         except ProtocolError as exc:
             return exc.to_text()
         timing = {"infer_ms": infer_ms, "total_ms": (time.perf_counter() - received) * 1e3}

@@ -36,7 +36,8 @@ class ActionHead(nn.Module):
     """Base class of registered action heads.
 
     Built as `Head(config, action_horizon=T, action_dim=D, state_dim=S, cond_dim=H)`. Actions are
-    normalized (the framework owns normalization); the loss excludes padded chunk steps.
+    normalized (the framework owns normalization); the loss excludes padded chunk steps and padded
+    action dimensions (`action_dim_mask`, cross-embodiment mixtures).
     """
 
     def __init__(self, config, *, action_horizon: int, action_dim: int, state_dim: int, cond_dim: int) -> None:
@@ -47,7 +48,13 @@ class ActionHead(nn.Module):
         self.state_dim = state_dim
         self.cond_dim = cond_dim
 
-    def check_batch(self, actions: torch.Tensor, action_is_pad: torch.Tensor, state: torch.Tensor | None) -> None:
+    def check_batch(
+        self,
+        actions: torch.Tensor,
+        action_is_pad: torch.Tensor,
+        state: torch.Tensor | None,
+        action_dim_mask: torch.Tensor | None = None,
+    ) -> None:
         """Raises a ValueError naming expected vs got when the batch does not fit this head."""
         from vlablocks.action_model.masking import check_action_batch
 
@@ -59,6 +66,7 @@ class ActionHead(nn.Module):
             action_horizon=self.action_horizon,
             action_dim=self.action_dim,
             state_dim=self.state_dim,
+            action_dim_mask=action_dim_mask,
         )
 
     def compute_loss(
@@ -69,10 +77,13 @@ class ActionHead(nn.Module):
         state: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        action_dim_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """actions: [B, T, D], action_is_pad: [B, T] bool, state: [B, S] -> {"loss": scalar, ...}
 
         Stochastic heads draw their training noise from `generator` when given (global RNG otherwise).
+        action_dim_mask: [B, D] bool, True at each sample's real action dimensions (cross-embodiment mixtures pad
+        smaller robots with zeros); None: all real. Padded dimensions get exactly zero gradient and no loss.
         """
         raise NotImplementedError
 

@@ -24,7 +24,7 @@ import torch
 from vlablocks.action_model.base import Conditioning
 from vlablocks.action_model.hl_gauss import hl_gauss_targets
 from vlablocks.action_model.l1_regression import L1RegressionHead
-from vlablocks.action_model.masking import masked_mean
+from vlablocks.action_model.masking import masked_mean, valid_scalars
 from vlablocks.registry import ACTION_MODELS
 from vlablocks.vlm.runtime import tempered_log_probs
 
@@ -91,18 +91,23 @@ class BinnedActionHead(L1RegressionHead):
         state: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        action_dim_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Cross-entropy over the bins of every valid action scalar -> {"loss", "bin_accuracy"}"""
-        self.check_batch(actions, action_is_pad, state)
+        """Cross-entropy over the bins of every valid action scalar (real step, real dim) -> {"loss", "bin_accuracy"}"""
+        self.check_batch(actions, action_is_pad, state, action_dim_mask)
         log_probs = self.logits(conditioning, state).log_softmax(-1)  # [B, T, D, K]
-        bins = self.to_bins(actions.masked_fill(action_is_pad.unsqueeze(-1), 0.0))  # padded steps may hold NaN
+        valid = valid_scalars(action_is_pad, action_dim_mask, actions.shape[-1])
+        bins = self.to_bins(actions.masked_fill(~valid, 0.0))  # padded steps and dims may hold anything, even NaN
         if self.config.label_sigma > 0:
             targets = hl_gauss_targets(bins.flatten().float(), self.num_bins, self.config.label_sigma)
             per_scalar = -(targets.reshape(log_probs.shape) * log_probs).sum(-1)
         else:
             per_scalar = -log_probs.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
         accuracy = (log_probs.argmax(-1) == bins).float()
-        return {"loss": masked_mean(per_scalar, action_is_pad), "bin_accuracy": masked_mean(accuracy, action_is_pad)}
+        return {
+            "loss": masked_mean(per_scalar, action_is_pad, action_dim_mask),
+            "bin_accuracy": masked_mean(accuracy, action_is_pad, action_dim_mask),
+        }
 
     def predict(
         self, conditioning: Conditioning, state: torch.Tensor | None = None, generator: torch.Generator | None = None

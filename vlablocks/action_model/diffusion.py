@@ -121,21 +121,26 @@ class DiffusionHead(ActionHead):
         state: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        action_dim_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Noise MSE over valid steps. actions: [B, T, D], action_is_pad: [B, T] bool, state: [B, S] -> {"loss"}"""
-        self.check_batch(actions, action_is_pad, state)
+        """Noise MSE over valid steps and real dims. actions: [B, T, D], action_is_pad: [B, T] bool, state: [B, S],
+        action_dim_mask: [B, D] bool or None -> {"loss"}"""
+        self.check_batch(actions, action_is_pad, state, action_dim_mask)
         repeats = self.config.repeated_diffusion_steps
         pooled = self.encode_context(conditioning).repeat_interleave(repeats, dim=0)
         state_embedding = self.encode_state(state, actions.shape[0])
         if state_embedding is not None:
             state_embedding = state_embedding.repeat_interleave(repeats, dim=0)
-        targets = hold_last_valid(actions, action_is_pad).to(pooled.dtype).repeat_interleave(repeats, dim=0)
+        targets = hold_last_valid(actions, action_is_pad, action_dim_mask).to(pooled.dtype)
+        targets = targets.repeat_interleave(repeats, dim=0)
         noise = random_tensor("normal", tuple(targets.shape), generator, targets.device, targets.dtype)
         uniform = random_tensor("uniform", (targets.shape[0],), generator, targets.device, torch.float64)
         timesteps = (uniform * self.config.num_train_timesteps).long().clamp(max=self.config.num_train_timesteps - 1)
         x_t = self.scheduler.add_noise(targets, noise, timesteps)
         predicted = self.predict_noise(pooled, x_t, timesteps, state_embedding)
-        return {"loss": masked_mean((predicted - noise).pow(2), action_is_pad.repeat_interleave(repeats, dim=0))}
+        dim_mask = action_dim_mask.repeat_interleave(repeats, dim=0) if action_dim_mask is not None else None
+        is_pad = action_is_pad.repeat_interleave(repeats, dim=0)
+        return {"loss": masked_mean((predicted - noise).pow(2), is_pad, dim_mask)}
 
     def predict(
         self,

@@ -229,16 +229,20 @@ class FlowMatchingHead(ActionHead):
         state: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        action_dim_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Velocity MSE over valid steps, each sample drawn `repeated_diffusion_steps` times.
 
-        actions: [B, T, D], action_is_pad: [B, T] bool, state: [B, S] -> {"loss": scalar}
+        actions: [B, T, D], action_is_pad: [B, T] bool, state: [B, S], action_dim_mask: [B, D] bool or None
+        -> {"loss": scalar}; padded dims: zero targets, no loss
         """
-        self.check_batch(actions, action_is_pad, state)
+        self.check_batch(actions, action_is_pad, state, action_dim_mask)
         repeats = self.config.repeated_diffusion_steps
         contexts = [context.repeat_interleave(repeats) for context in self.encode_context(conditioning)]
-        targets = hold_last_valid(actions, action_is_pad).to(self.position.dtype).repeat_interleave(repeats, dim=0)
+        targets = hold_last_valid(actions, action_is_pad, action_dim_mask).to(self.position.dtype)
+        targets = targets.repeat_interleave(repeats, dim=0)
         is_pad = action_is_pad.repeat_interleave(repeats, dim=0)
+        dim_mask = action_dim_mask.repeat_interleave(repeats, dim=0) if action_dim_mask is not None else None
         state_token = self.encode_state(state, actions.shape[0])
         if state_token is not None:
             state_token = state_token.repeat_interleave(repeats, dim=0)
@@ -246,7 +250,7 @@ class FlowMatchingHead(ActionHead):
         t = self.sample_time(targets.shape[0], generator, targets.device)
         x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * targets
         predicted = self.velocity(contexts, x_t, t, state_token)
-        return {"loss": masked_mean((predicted - (targets - noise)).pow(2), is_pad)}
+        return {"loss": masked_mean((predicted - (targets - noise)).pow(2), is_pad, dim_mask)}
 
     def predict(
         self,

@@ -82,11 +82,14 @@ class L1RegressionHead(ActionHead):
         state: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        action_dim_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Mean |prediction - actions| over valid steps. actions: [B, T, D], action_is_pad: [B, T] -> {"loss"}"""
-        self.check_batch(actions, action_is_pad, state)
+        """Mean |prediction - actions| over valid steps and real dims. actions: [B, T, D], action_is_pad: [B, T],
+        action_dim_mask: [B, D] or None -> {"loss"}"""
+        self.check_batch(actions, action_is_pad, state, action_dim_mask)
         predicted = self(conditioning, state)
-        return {"loss": masked_mean((predicted - actions.to(predicted.dtype)).abs(), action_is_pad)}
+        error = (predicted - actions.to(predicted.dtype)).abs()
+        return {"loss": masked_mean(error, action_is_pad, action_dim_mask)}
 
     def predict(
         self, conditioning: Conditioning, state: torch.Tensor | None = None, generator: torch.Generator | None = None

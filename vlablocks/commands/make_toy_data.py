@@ -1,4 +1,5 @@
-"""`vlablocks make-toy-data --out DIR --episodes N --seed S [--variant colours|heights] [--policy ... --mix ...]`:
+"""`vlablocks make-toy-data --out DIR --episodes N --seed S [--variant colours|heights] [--policy ... --mix ...]
+[--embodiment toy|toy_arm3]`:
 record toy-task episodes (the scripted expert, or a mix of behaviour policies) as a LeRobot v3 dataset."""
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated behaviour policies recording the episodes: expert, noisy, random, wrong (default expert)",
     )
     parser.add_argument("--mix", help="their shares of the episodes, e.g. 0.4,0.2,0.2,0.2 (default: equal)")
+    parser.add_argument(
+        "--embodiment",
+        default="toy",
+        choices=["toy", "toy_arm3"],
+        help="toy: state [x, y], action [dx, dy]; toy_arm3: a synthetic arm recorded on the same episodes, state "
+        "[x, y, z], action [dx, dy, dz] with dz a function of z (a second robot for cross-embodiment mixtures)",
+    )
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -47,6 +55,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     behaviours, mix = parse_mix(args.policy, args.mix)
     config = ToyTabletopEnv.Config(image_size=args.image_size, num_objects=args.num_objects, variant=args.variant)
     start = time.perf_counter()
-    out = write_toy_dataset(args.out, args.episodes, args.seed, config, args.overwrite, behaviours=behaviours, mix=mix)
-    print(f"wrote {args.episodes} toy ({args.variant}) episodes to {out} in {time.perf_counter() - start:.1f} s")
+    out = write_toy_dataset(
+        args.out,
+        args.episodes,
+        args.seed,
+        config,
+        args.overwrite,
+        behaviours=behaviours,
+        mix=mix,
+        embodiment=args.embodiment,
+    )
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.episodes} {args.embodiment} ({args.variant}) episodes to {out} in {seconds:.1f} s")
     return 0

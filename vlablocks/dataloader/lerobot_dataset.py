@@ -89,6 +89,10 @@ class LeRobotRawDataset(RawDataset):
         repo_id: str | None = None  # only a label here (default local/<root name>); nothing is downloaded
         dataset_name: str | None = None  # keys the norm stats; default: the root's directory name
         embodiment: str | None = None  # default: the platform name
+        # This robot's own sizes when smaller than the platform's (cross-embodiment mixtures; the processor pads
+        # them to the platform's). null: the platform's action_dim / state_dim.
+        action_dim: int | None = None
+        state_dim: int | None = None
         camera_keys: list[str] = field(default_factory=list)
         depth_keys: list[str] = field(default_factory=list)
         intrinsics_keys: list[str] = field(default_factory=list)
@@ -125,6 +129,8 @@ class LeRobotRawDataset(RawDataset):
         repo_id = config.repo_id or f"local/{root.resolve().name}"
         self.name = config.dataset_name or root.resolve().name
         self.embodiment = config.embodiment or platform.name
+        self.action_dim = config.action_dim if config.action_dim is not None else platform.action_dim
+        self.state_dim = config.state_dim if config.state_dim is not None else platform.state_dim
         self.camera_keys = [camera_name(key) for key in config.camera_keys]  # the keys of sample["images"]
         self.norm_mode = config.norm_mode
         meta = LeRobotDatasetMetadata(repo_id, root=root)
@@ -217,21 +223,28 @@ class LeRobotRawDataset(RawDataset):
                 raise ConfigError(
                     f"dataset.intrinsics_keys: {key!r} must hold 3 x 3 values, has shape {features[key]['shape']}"
                 )
-        dims = {"action_key": (c.action_key, self.platform.action_dim, "action_dim")}
+        dims = {"action_key": (c.action_key, self.action_dim, "action_dim")}
         if c.state_key is not None:
-            dims["state_key"] = (c.state_key, self.platform.state_dim, "state_dim")
+            dims["state_key"] = (c.state_key, self.state_dim, "state_dim")
         for option, (key, expected, platform_field) in dims.items():
             if key not in numeric:
                 raise ConfigError(f"dataset.{option}: {where} has no key {key!r}; available: {numeric}")
             got = tuple(features[key]["shape"])
+            if got != (expected,) and getattr(c, platform_field) is not None:
+                raise ConfigError(
+                    f"dataset.{option}: {key!r} of {where} has shape {list(got)}, but dataset.{platform_field} is "
+                    f"{expected} (expected [{expected}], got {list(got)}); fix dataset.{platform_field}"
+                )
             if got != (expected,):
                 raise ConfigError(
                     f"dataset.{option}: {key!r} of {where} has shape {list(got)}, platform {self.platform.name!r} "
                     f"has {platform_field} {expected} (expected [{expected}], got {list(got)}); fix platform.{platform_field}"
+                    " (or, for a smaller robot in a cross-embodiment mixture, set this dataset's "
+                    f"{platform_field})"
                 )
         for option, mask, dim in (
-            ("action_norm_mask", c.action_norm_mask, self.platform.action_dim),
-            ("state_norm_mask", c.state_norm_mask, self.platform.state_dim),
+            ("action_norm_mask", c.action_norm_mask, self.action_dim),
+            ("state_norm_mask", c.state_norm_mask, self.state_dim),
         ):
             if mask is not None and len(mask) != dim:
                 raise ConfigError(f"dataset.{option}: expected {dim} entries (one per dimension), got {len(mask)}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlablocks.envs import toy_arm3
 from vlablocks.envs.toy import ACTION_DIM, CAMERAS, STATE_DIM, ToyTabletopEnv
 from vlablocks.envs.toy_behaviours import BEHAVIOURS, assign_behaviours
 from vlablocks.envs.toy_two_stage import EVAL_ONLY
@@ -99,15 +100,20 @@ def write_toy_dataset(
     overwrite: bool = False,
     behaviours: list[str] | None = None,
     mix: np.ndarray | None = None,
+    embodiment: str = ROBOT_TYPE,
 ) -> Path:
     """Writes `episodes` episodes (episode i uses env seed `seed + i`) to a LeRobot v3 dataset at `out`.
 
     behaviours: the recording policies (default: the expert alone); mix: their shares of the episodes
     (default equal), split exactly and shuffled (toy_behaviours.assign_behaviours). The two_stage variant is
-    eval-only: a ValueError (its training data is the single-target `colours` data)."""
+    eval-only: a ValueError (its training data is the single-target `colours` data). embodiment "toy_arm3": the
+    same episodes for a synthetic arm with a 3-D state and action (toy_arm3.py), for cross-embodiment mixtures."""
     base = config or ToyTabletopEnv.Config()
     if base.variant == "two_stage":
         raise ValueError(EVAL_ONLY)
+    if embodiment not in (ROBOT_TYPE, toy_arm3.NAME):
+        raise ValueError(f"embodiment must be {ROBOT_TYPE!r} or {toy_arm3.NAME!r}, got {embodiment!r}")
+    arm3 = embodiment == toy_arm3.NAME
     import datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -122,9 +128,11 @@ def write_toy_dataset(
     dataset = LeRobotDataset.create(
         repo_id=f"local/{out.name}",
         fps=FPS,
-        features=toy_features(env.config.image_size),
+        features=(
+            toy_arm3.arm3_features(toy_features(env.config.image_size)) if arm3 else toy_features(env.config.image_size)
+        ),
         root=out,
-        robot_type=ROBOT_TYPE,
+        robot_type=embodiment,
         use_videos=False,
     )
     names = list(behaviours or ["expert"])
@@ -132,7 +140,8 @@ def write_toy_dataset(
     assignment = assign_behaviours(episodes, shares / shares.sum(), seed)
     for episode in range(episodes):
         behaviour = int(assignment[episode])
-        for frame in record_episode(env, seed + episode, names[behaviour], behaviour):
+        frames = record_episode(env, seed + episode, names[behaviour], behaviour)
+        for frame in toy_arm3.arm3_episode(frames) if arm3 else frames:
             dataset.add_frame(frame)
         dataset.save_episode()
     dataset.finalize()

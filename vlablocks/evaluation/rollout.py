@@ -20,8 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from deployment.client.action_chunk_broker import ActionChunkBroker
-from vlablocks.dataloader.sample import validate_sample
+from vlablocks.dataloader.sample import SampleError, validate_sample
 from vlablocks.evaluation.video import save_episode_gif
+from vlablocks.processor.embodiment import embodiment_sizes
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -47,7 +48,11 @@ def check_request(obs: dict, policy) -> None:
     Catches an env/policy camera mismatch (e.g. a two-view checkpoint on a one-camera env) before any inference.
     """
     metadata = getattr(policy, "metadata", None) or {}
-    validate_sample(obs, camera_keys=metadata.get("camera_keys"), state_dim=metadata.get("state_dim"))
+    try:
+        state_dim = embodiment_sizes(metadata, obs)[2]  # a cross-embodiment policy: the obs' robot's own size
+    except ValueError as exc:
+        raise SampleError("invalid_value", str(exc)) from None
+    validate_sample(obs, camera_keys=metadata.get("camera_keys"), state_dim=state_dim)
 
 
 def action_bounds(env) -> tuple[np.ndarray, np.ndarray]:

@@ -198,11 +198,16 @@ def build_framework(experiment: ExperimentConfig) -> Framework:
     return build(FRAMEWORKS, experiment.framework, platform=experiment.platform)
 
 
-def build_policy(experiment: ExperimentConfig, norm_stats: dict, camera_keys: list[str] | None = None) -> Framework:
+def build_policy(
+    experiment: ExperimentConfig,
+    norm_stats: dict,
+    camera_keys: list[str] | None = None,
+    embodiments: dict | None = None,
+) -> Framework:
     """The model plus its processor (built from the same config, the normalization stats and, when given, the
-    training dataset's camera keys)."""
+    training dataset's camera keys and, for a cross-embodiment mixture, its embodiments' own sizes)."""
     framework = build_framework(experiment)
-    framework.processor = build_processor(experiment, framework, norm_stats, camera_keys)
+    framework.processor = build_processor(experiment, framework, norm_stats, camera_keys, embodiments)
     return framework
 
 

@@ -74,7 +74,9 @@ class QwenFlowMatching(Framework):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         out, conditioning = self.encode(batch)
-        losses = self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
+        losses = self.action_model.compute_loss(
+            conditioning, batch.actions, batch.action_is_pad, batch.state, action_dim_mask=batch.action_dim_mask
+        )
         return add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
 
     def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, torch.Tensor | None]:

@@ -152,7 +152,9 @@ class QwenLayerwiseFM3D(Framework):
         """-> {"loss", ..., "log": {name: float}} (the action loss, each auxiliary loss and w_action)."""
         capture = {} if self.world_losses is not None else None
         out, conditioning = self.encode_prefix(batch, capture)
-        losses = self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
+        losses = self.action_model.compute_loss(
+            conditioning, batch.actions, batch.action_is_pad, batch.state, action_dim_mask=batch.action_dim_mask
+        )
         losses = add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
         if self.world_losses is None and not self.schedule.active:
             return losses

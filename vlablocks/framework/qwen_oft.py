@@ -90,7 +90,9 @@ class QwenOFT(Framework):
         if has_vl_samples(batch):
             return self.cotraining_forward(batch)
         conditioning = self.condition(batch)
-        return self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad, batch.state)
+        return self.action_model.compute_loss(
+            conditioning, batch.actions, batch.action_is_pad, batch.state, action_dim_mask=batch.action_dim_mask
+        )
 
     def cotraining_forward(self, batch: Batch) -> dict:
         """A batch with VL samples: one VLM pass; the action loss on the robot rows [R] only, the answer
@@ -100,8 +102,9 @@ class QwenOFT(Framework):
         if bool(rows.any()):
             state = batch.state[rows] if batch.state is not None else None
             conditioning = select_rows(self.queries(out, batch), rows)
+            dim_mask = batch.action_dim_mask[rows] if batch.action_dim_mask is not None else None
             action_loss = self.action_model.compute_loss(
-                conditioning, batch.actions[rows], batch.action_is_pad[rows], state
+                conditioning, batch.actions[rows], batch.action_is_pad[rows], state, action_dim_mask=dim_mask
             )
             action_loss = action_loss["loss"]
         else:  # only VL samples: exact-zero gradients for the head and the proprio projector

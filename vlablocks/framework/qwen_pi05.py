@@ -118,10 +118,12 @@ class QwenPI05(Framework):
         conditioning = prefix_conditioning(out, labels, insulate=self.config.insulate_vlm)
         terms = {
             "fast": F.cross_entropy(logits, targets),
-            "flow": self.action_model.compute_loss(conditioning, batch.actions, batch.action_is_pad)["loss"],
+            "flow": self.action_model.compute_loss(
+                conditioning, batch.actions, batch.action_is_pad, action_dim_mask=batch.action_dim_mask
+            )["loss"],
         }
         if self.readout is not None:
-            terms["readout"] = self.readout.loss(out, batch.actions, batch.action_is_pad, None)
+            terms["readout"] = self.readout.loss(out, batch.actions, batch.action_is_pad, None, batch.action_dim_mask)
         return terms
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -41,15 +41,23 @@ class ReadoutRegression(nn.Module):
     def prompt_suffix(self) -> str:
         return "".join(self.tokens)
 
-    def loss(self, out, actions: torch.Tensor, action_is_pad: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        """out: the VLMOutput of a forward that requested `token_ids`; actions: [B, T, D] -> scalar L1 loss."""
+    def loss(
+        self,
+        out,
+        actions: torch.Tensor,
+        action_is_pad: torch.Tensor,
+        state: torch.Tensor | None,
+        action_dim_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """out: the VLMOutput of a forward that requested `token_ids`; actions: [B, T, D], action_dim_mask: [B, D]
+        bool or None -> scalar L1 loss over real steps and dims."""
         positions = torch.cat([out.token_positions[t] for t in self.token_ids], dim=1)  # [B, T]
         index = positions.unsqueeze(-1).expand(-1, -1, out.last_hidden_state.shape[-1])
         hidden = out.last_hidden_state.gather(1, index)
         if self.proprio is not None and state is not None:
             hidden = hidden + self.proprio(state.to(self.proprio.weight.dtype)).to(hidden.dtype).unsqueeze(1)
         predicted = self.proj(hidden.to(self.proj.weight.dtype))  # a bf16 VLM may feed it outside autocast
-        return masked_mean((predicted - actions.to(predicted.dtype)).abs(), action_is_pad)
+        return masked_mean((predicted - actions.to(predicted.dtype)).abs(), action_is_pad, action_dim_mask)
 
 
 def build_readout(owner: str, vlm, platform, weight: float, insulate: bool) -> ReadoutRegression | None:
@@ -68,7 +76,7 @@ def add_readout_loss(losses: dict, readout: ReadoutRegression | None, weight: fl
     """losses["loss"] (the head's) + weight * the readout loss; both parts kept, detached, for logging."""
     if readout is None:
         return losses
-    extra = readout.loss(out, batch.actions, batch.action_is_pad, batch.state)
+    extra = readout.loss(out, batch.actions, batch.action_is_pad, batch.state, batch.action_dim_mask)
     return {
         "loss": losses["loss"] + weight * extra,
         "head_loss": losses["loss"].detach(),

@@ -89,6 +89,9 @@ class Batch:
     returns:        [B] float, the samples' discounted returns (value-model targets), or None
     is_robot:       [B] bool, False at vision-language samples (question + answer, co-training: their `actions`
                     rows are zeros with `action_is_pad` all True, their `state` rows zeros), or None (all robot)
+    action_dim_mask: [B, D] bool, True at each sample's real action dimensions, in a batch mixing embodiments of
+                    different action sizes (smaller ones are zero-padded to D: every head's loss skips them), or
+                    None when no sample is padded (single-embodiment batches)
     """
 
     vlm: VLMInputs | None  # None only for models without a VLM (ProcessorConfig.vision_language false)
@@ -100,6 +103,7 @@ class Batch:
     action_vocab: int | None = None
     returns: torch.Tensor | None = None
     is_robot: torch.Tensor | None = None
+    action_dim_mask: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         return _move(self, torch.device(device))

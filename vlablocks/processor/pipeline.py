@@ -8,6 +8,9 @@
          zero state and action rows (all padded), no normalization
     model output {"actions": normalized [B, T, D]} or {"action_tokens": FAST ids per sample}
       -> [FAST decode] -> Unnormalize -> {"actions": robot units [B, T, D], "normalized_actions"}
+    cross-embodiment mixtures (`embodiments` set; processor/embodiment.py): robot samples resolve their embodiment
+      before Normalize and are zero-padded to [T, D] / [S] after it (Batch.action_dim_mask [B, D]); predicted chunks
+      are trimmed back to each sample's [T, D_e] before Unnormalize
 
 In training it is the DataLoader's collate function, so all of it runs in the workers; in serving the
 policy calls it. It is saved next to the weights (`<checkpoint>/processor/`) and rebuilt from there alone:
@@ -33,6 +36,7 @@ from vlablocks.dataloader.normalization import Normalizer
 from vlablocks.dataloader.sample import is_vl_sample
 from vlablocks.manifest import read_json
 from vlablocks.processor.batch import Batch
+from vlablocks.processor.embodiment import EmbodimentPadding, dim_mask_batch, stack_or_list
 from vlablocks.processor.fast_tokenizer import FASTTokenizer
 from vlablocks.processor.steps import (
     DiscretizeState,
@@ -92,6 +96,9 @@ class ProcessorConfig:
     state_tokens: StateTokenOptions | None = None  # the state written into the prompt as bins (DiscretizeState)
     geometry: dict | None = None  # {"size": [h, w], "use_depth": bool, "fov_degrees": float, "next_frame": bool}
     vision_language: bool = True  # False: a model without a VLM (state-only baselines): no tokenizing, vlm None
+    # Cross-embodiment mixtures: {name: {"action_dim", "state_dim", "datasets"}}, each robot's own sizes (the
+    # platform's are the largest); None: one embodiment at the platform's sizes. See processor/embodiment.py.
+    embodiments: dict | None = None
 
     def to_dict(self) -> dict:
         return {"format": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -124,6 +131,14 @@ class Processor:
         self.unnormalize = Unnormalize(self.normalizer)
         self.vl_answer = VLAnswer(config.fast.stop_token if config.fast is not None else "<|im_end|>")
         self.geometry = GeometryPreprocess(**config.geometry) if config.geometry else None
+        self.padding = None
+        if config.embodiments:
+            if config.fast is not None:
+                raise ValueError(
+                    f"FAST action tokens cannot mix embodiments of different action sizes ({sorted(config.embodiments)}):"
+                    " its tokens mix every dimension; use a continuous or binned action head for cross-embodiment data"
+                )
+            self.padding = EmbodimentPadding(config.embodiments, config.action_dim, config.state_dim, config.embodiment)
         self.state_text = None
         if config.state_tokens is not None:
             self.state_text = DiscretizeState(self.normalizer, config.state_tokens.num_bins, config.state_tokens.label)
@@ -165,9 +180,13 @@ class Processor:
                 continue
             if not targets:
                 sample = _without(sample, ("action", "action_is_pad", "return", "next"))
+            if self.padding is not None:
+                sample = self.padding.resolve(sample, index)
             sample = self.normalize(self.select_cameras(sample, index), index)
             if self.state_text is not None:
                 sample = self.state_text(sample, index)
+            if self.padding is not None:
+                sample = self.padding.pad(sample, index)
             if self.fast_answer is not None:
                 sample = self.fast_answer(sample, index)
             prepared.append(sample)
@@ -176,6 +195,9 @@ class Processor:
         with_returns = all(s.get("return") is not None for s in prepared)
         if with_actions and not all(is_robot):
             prepared = [s if robot else self._vl_targets(s) for s, robot in zip(prepared, is_robot)]
+        dim_mask = (
+            dim_mask_batch(prepared, self.config.action_dim) if with_actions and self.padding is not None else None
+        )
         return Batch(
             vlm=self.tokenize(prepared) if self.tokenize is not None else None,
             state=self._state(prepared, is_robot),
@@ -186,6 +208,7 @@ class Processor:
             action_vocab=self.fast_answer.fast.vocab_size if self.fast_answer is not None else None,
             returns=torch.tensor([float(s["return"]) for s in prepared]) if with_returns else None,
             is_robot=torch.tensor(is_robot, dtype=torch.bool),
+            action_dim_mask=torch.from_numpy(dim_mask) if dim_mask is not None else None,
         )
 
     def _vl_targets(self, sample: dict) -> dict:
@@ -225,16 +248,24 @@ class Processor:
 
     # ---- output steps ------------------------------------------------------------------------------
     def postprocess(self, output: dict, batch: Batch) -> dict[str, Any]:
-        """Model output -> {"actions": robot units [B, T, D], "normalized_actions": [B, T, D]} (numpy float32)."""
+        """Model output -> {"actions": robot units [B, T, D], "normalized_actions": [B, T, D]} (numpy float32).
+
+        Cross-embodiment: each sample's chunk is its embodiment's [T, D_e]; a batch mixing sizes gets lists of them.
+        """
         reports = None
         if "action_tokens" in output:
             normalized, reports = self.fast_answer.decode(output["action_tokens"])
         else:
             normalized = output["actions"].detach().float().cpu().numpy()
-        result = {
-            "actions": self.unnormalize(normalized, batch.dataset_names).astype(np.float32),
-            "normalized_actions": normalized.astype(np.float32),
-        }
+        if self.padding is not None:
+            rows = self.padding.trim(normalized.astype(np.float32), batch.dataset_names)
+            raw = [self.unnormalize(r[None], [n])[0].astype(np.float32) for r, n in zip(rows, batch.dataset_names)]
+            result = {"actions": stack_or_list(raw), "normalized_actions": stack_or_list(rows)}
+        else:
+            result = {
+                "actions": self.unnormalize(normalized, batch.dataset_names).astype(np.float32),
+                "normalized_actions": normalized.astype(np.float32),
+            }
         if reports is not None:
             result["decode_reports"] = reports  # malformed token sequences, repaired
         return result
@@ -262,6 +293,7 @@ class Processor:
             "camera_keys": list(c.camera_keys),
             "image_size": list(c.image_size) if isinstance(c.image_size, tuple) else c.image_size,
             "embodiment": c.embodiment,
+            **({"embodiments": c.embodiments} if c.embodiments else {}),  # cross-embodiment: each robot's sizes
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -322,13 +354,18 @@ def _check_fast(fast: FASTTokenizer, config: ProcessorConfig) -> None:
 
 
 def build_processor(
-    experiment: ExperimentConfig, framework: Any, norm_stats: dict, camera_keys: Sequence[str] | None = None
+    experiment: ExperimentConfig,
+    framework: Any,
+    norm_stats: dict,
+    camera_keys: Sequence[str] | None = None,
+    embodiments: dict | None = None,
 ) -> Processor:
     """The processor of `framework` for this experiment.
 
     Cameras: `camera_keys` (the training dataset's), else the config's `dataset.camera_keys` as sample keys
     (`observation.images.top` -> `top`), else ["image"]; dimensions from `platform`; the model-specific
-    fields from `framework.processor_options()`.
+    fields from `framework.processor_options()`; `embodiments` (dataloader/embodiments.py `dataset_embodiments`)
+    for a cross-embodiment mixture, whose default embodiment is the platform's name when it is one of them.
     """
     from vlablocks.dataloader.sample import camera_name
 
@@ -343,7 +380,16 @@ def build_processor(
         action_horizon=platform.action_horizon,
         action_dim=platform.action_dim,
         state_dim=platform.state_dim,
-        embodiment=names[0] if len(names) == 1 else platform.name,
+        embodiment=_default_embodiment(names, platform.name, embodiments),
+        embodiments=embodiments or None,
         **framework.processor_options(),
     )
     return Processor(config, framework.hf_processor, norm_stats)
+
+
+def _default_embodiment(stats_names: list[str], platform_name: str, embodiments: dict | None) -> str:
+    """Single embodiment: the only stats' name, else the platform's; cross-embodiment: the platform's name when it
+    is an embodiment, else the first one."""
+    if embodiments:
+        return platform_name if platform_name in embodiments else sorted(embodiments)[0]
+    return stats_names[0] if len(stats_names) == 1 else platform_name

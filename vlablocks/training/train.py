@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from vlablocks.config import ExperimentConfig, load_config, to_yaml
+from vlablocks.dataloader.embodiments import dataset_embodiments
 from vlablocks.framework.base import build_policy
 from vlablocks.framework.cotraining import check_cotraining
 from vlablocks.logs import show_project_logs
@@ -66,7 +67,8 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
 
     dataset = dataset if dataset is not None else build_train_dataset(experiment)
     norm_stats = resolve_norm_stats(experiment, dataset, run_dir)
-    framework = build_policy(experiment, norm_stats, camera_keys=dataset_cameras(dataset))
+    embodiments = dataset_embodiments(dataset, experiment.platform)  # None unless robots of different sizes mix
+    framework = build_policy(experiment, norm_stats, camera_keys=dataset_cameras(dataset), embodiments=embodiments)
     processor = framework.processor  # raw samples -> Batch, in the DataLoader workers; saved with every checkpoint
     cotraining = check_cotraining(framework, dataset)  # VL samples in the data: a framework that trains on them
     processor.fit(dataset)

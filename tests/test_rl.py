@@ -98,6 +98,13 @@ def test_rl_is_reproducible_resumes_exactly_and_logs_every_iteration(sft_checkpo
     assert all(torch.allclose(again[k], weights[0][k], atol=1e-6) for k in again)
 
 
+def test_a_cosine_schedule_sets_each_iterations_rate(sft_checkpoint, tmp_path):
+    rl(rl_experiment(tmp_path / "cos", sft_checkpoint, iterations=3, lr_schedule="cosine", min_lr_ratio=0.1))
+    rows = [json.loads(line) for line in (tmp_path / "cos" / "metrics.jsonl").read_text().splitlines()]
+    # by hand: 1e-3 * (0.1 + 0.9 * (1 + cos(pi * k / 3)) / 2) for k = 0, 1, 2
+    assert [round(r["lr"], 9) for r in rows] == [1e-3, 7.75e-4, 3.25e-4]
+
+
 def test_dynamic_sampling_drops_groups_whose_rewards_are_all_equal(sft_checkpoint, tmp_path):
     experiment = rl_experiment(
         tmp_path / "run", sft_checkpoint, iterations=1, env=ONE_STEP_TOY, dynamic_sampling=True, max_sampling_rounds=2

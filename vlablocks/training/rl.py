@@ -59,7 +59,8 @@ def rl(experiment: ExperimentConfig) -> dict:
         experiment.trainer,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
-        lr_schedule="constant",
+        lr_schedule=cfg.lr_schedule,
+        min_lr_ratio=cfg.min_lr_ratio,
         warmup_steps=0,
         max_steps=cfg.iterations,
         gradient_accumulation_steps=1,
@@ -123,6 +124,7 @@ def rl(experiment: ExperimentConfig) -> dict:
 
         # ---- one PPO-clip pass (clip-higher) over the kept episodes' policy calls ----------------------
         update_start = time.perf_counter()
+        lr = float(optimizer.param_groups[0]["lr"])  # this iteration's rate (rl.lr_schedule)
         calls = [
             (call, float(adv)) for group, advs in kept for episode, adv in zip(group, advs) for call in episode.calls
         ]
@@ -139,7 +141,7 @@ def rl(experiment: ExperimentConfig) -> dict:
             optimizer.zero_grad(set_to_none=True)
             stats.append(numbers)
         if parts:
-            scheduler.step()  # constant rate; counted per iteration that updated
+            scheduler.step()  # rl.lr_schedule, counted per iteration that updated (saved: resume is exact)
         update_s = time.perf_counter() - update_start
 
         # ---- log, evaluate, save ----------------------------------------------------------------------
@@ -152,6 +154,7 @@ def rl(experiment: ExperimentConfig) -> dict:
             "groups_sampled": int(totals[3]),
             "policy_calls": len(calls),
             **{k: float(np.nanmean([s[k] for s in stats])) if stats else float("nan") for k in _STAT_KEYS},
+            "lr": lr,
             "rollout_s": rollout_s,
             "update_s": update_s,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class RLConfig:
     kl_coef: float = 0.0  # > 0: k3 KL to the initial (reference) policy
     entropy_coef: float = 0.0
     learning_rate: float | dict[str, float] = 1e-5  # or {base: x, <regex>: y} groups, as trainer.learning_rate
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays over `iterations` to min_lr_ratio x
+    min_lr_ratio: float = 0.1  # (cosine) the last iteration's share of the base rate
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     minibatch_size: int = 64  # policy calls per gradient step

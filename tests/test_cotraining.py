@@ -217,7 +217,7 @@ def test_robot_rows_reach_only_the_action_loss(oft):
     head_only = framework.action_model.compute_loss(
         framework.condition(framework.processor(robot[:2])), *_targets(framework, robot[:2])
     )["loss"]
-    assert float(robot_only["loss"]) == float(head_only)
+    assert robot_only["loss"].item() == head_only.item()
     # moving the robot targets changes only the action loss; a different answer changes only the answer loss
     shifted = [{**s, "action": s["action"] + 1.0} for s in robot[:2]]
     other = [{**s, "answer": "blue"} for s in vl_samples(2)]
@@ -288,3 +288,4 @@ def test_vqa_eval_decodes_what_the_model_learned(oft, tmp_path):
     assert answer_questions(framework, [dataset[0], dataset[1]]) == ["yes", "3"]
     result = vqa_accuracy(framework, dataset)
     assert result["accuracy"] == 1.0 and result["per_kind"] == {"count": 1.0, "exists": 1.0}
+    assert result["predictions"] == ["yes", "3"]

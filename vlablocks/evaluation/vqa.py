@@ -42,7 +42,8 @@ def answer_questions(framework, samples: Sequence[dict], max_new_tokens: int = 8
 
 
 def vqa_accuracy(framework, dataset: VQADataset, batch_size: int = 32, limit: int | None = None) -> dict:
-    """-> {"accuracy", "correct", "total", "per_kind": {kind: accuracy}, "examples": first 20 predictions}.
+    """-> {"accuracy", "correct", "total", "per_kind": {kind: accuracy}, "examples": the first 20 questions with their
+    predictions, "predictions": every prediction, in dataset order}.
 
     kind: the record's "kind" (toy VQA: count, colour, exists), "all" when it has none.
     """
@@ -50,11 +51,12 @@ def vqa_accuracy(framework, dataset: VQADataset, batch_size: int = 32, limit: in
     if total < 1:
         raise ValueError("the VQA dataset is empty; nothing to evaluate")
     hits: dict[str, list[bool]] = defaultdict(list)
-    examples = []
+    examples, predicted_all = [], []
     for start in range(0, total, batch_size):
         indices = range(start, min(start + batch_size, total))
         samples = [dataset[i] for i in indices]
         predictions = answer_questions(framework, samples)
+        predicted_all.extend(predictions)
         for index, sample, predicted in zip(indices, samples, predictions):
             correct = normalize_answer(predicted) == normalize_answer(sample["answer"])
             hits[dataset.records[index].get("kind", "all")].append(correct)
@@ -67,4 +69,5 @@ def vqa_accuracy(framework, dataset: VQADataset, batch_size: int = 32, limit: in
         "total": total,
         "per_kind": {kind: sum(h) / len(h) for kind, h in sorted(hits.items())},
         "examples": examples,
+        "predictions": predicted_all,
     }

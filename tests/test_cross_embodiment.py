@@ -3,6 +3,7 @@ processor pads and masks a D=2 / D=3 mixture, postprocess and the server trim ea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,11 +16,14 @@ from deployment.client import PolicyClient, ProtocolError
 from deployment.policy import load_policy
 from deployment.server import running_server
 from vlablocks.action_model.masking import hold_last_valid, masked_mean
+from vlablocks.build import build as build_component
+from vlablocks.cli import main as cli
 from vlablocks.config import ConfigError, PlatformConfig, load_config
 from vlablocks.dataloader.embodiments import dataset_embodiments
 from vlablocks.envs.toy_arm3 import LOWER_RATE, Z_START, arm3_episode
 from vlablocks.framework.base import build_policy
 from vlablocks.processor.pipeline import FASTOptions, Processor, ProcessorConfig
+from vlablocks.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
 # The module that produces each head's raw outputs, and how many outputs each action scalar has there.
@@ -281,3 +285,46 @@ def test_serving_returns_each_robots_own_shape(checkpoint):
             client.infer(request("robot9", 2))
         with pytest.raises(ProtocolError, match="wrong_shape"):
             client.infer(request("toy_arm3", 2))  # arm3's state is [3]
+
+
+# ---- real datasets: make-toy-data --embodiment toy_arm3, a mixture of both robots, `vlablocks stats` -------------
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("robots")
+    for name, embodiment in (("toy", "toy"), ("toy_arm3", "toy_arm3")):
+        args = ["make-toy-data", "--out", str(base / name), "--episodes", "2", "--image_size", "32"]
+        assert cli([*args, "--embodiment", embodiment]) == 0
+    return {"toy": base / "toy", "toy_arm3": base / "toy_arm3"}
+
+
+def mixture_options(roots: dict[str, Path], toy_sizes: bool = True) -> dict:
+    toy = {"name": "lerobot", "root": str(roots["toy"]), "dataset_name": "toy", "embodiment": "toy"}
+    arm3 = {"name": "lerobot", "root": str(roots["toy_arm3"]), "dataset_name": "toy_arm3", "embodiment": "toy_arm3"}
+    for options in (toy, arm3):
+        options["camera_keys"] = ["observation.images.top"]
+    if toy_sizes:
+        toy.update(action_dim=2, state_dim=2)
+    return {"name": "mixture", "datasets": [toy, arm3]}
+
+
+def test_a_mixture_of_the_toy_robot_and_toy_arm3(roots):
+    platform = PlatformConfig(name="toy", action_horizon=T, action_dim=3, state_dim=3)
+    mixture = build_component(DATASETS, mixture_options(roots), platform=platform)
+    assert dataset_embodiments(mixture, platform) == EMBODIMENTS
+    toy, arm3 = (leaf[0] for leaf in mixture.leaves())
+    assert toy["action"].shape == (T, 2) and toy["state"].shape == (2,) and toy["embodiment"] == "toy"
+    assert arm3["action"].shape == (T, 3) and arm3["state"].shape == (3,) and arm3["embodiment"] == "toy_arm3"
+    np.testing.assert_allclose(arm3["action"][0, 2], -LOWER_RATE * arm3["state"][2], rtol=1e-6)
+    with pytest.raises(ConfigError, match="set this dataset's action_dim"):
+        build_component(DATASETS, mixture_options(roots, toy_sizes=False), platform=platform)
+
+
+def test_stats_command_prints_each_robots_sizes(roots, tmp_path, capsys):
+    config = tmp_path / "mixture.yaml"
+    platform = {"name": "toy", "action_horizon": T, "action_dim": 3, "state_dim": 3}
+    config.write_text(json.dumps({"platform": platform, "dataset": mixture_options(roots)}))  # JSON is YAML
+    assert cli(["stats", "--config_yaml", str(config), "--out", str(tmp_path / "stats.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "toy_arm3: mode q99, action dim 3" in printed and "embodiment toy_arm3" in printed
+    assert "cross-embodiment: padded to platform 'toy' D=3 S=3" in printed and "toy: D=2 S=2" in printed
+    assert sorted(json.loads((tmp_path / "stats.json").read_text())) == ["toy", "toy_arm3"]

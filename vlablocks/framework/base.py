@@ -97,7 +97,10 @@ class Framework(nn.Module):
 
     @torch.no_grad()
     def predict_action(self, samples: list[dict], seed: int | None = 0) -> dict[str, np.ndarray]:
-        """Raw samples -> {"actions": robot units [B, T, D], "normalized_actions": [B, T, D]} (numpy float32)."""
+        """Raw samples -> {"actions": robot units [B, T, D], "normalized_actions": [B, T, D]} (numpy float32).
+
+        A cross-embodiment policy answers each sample at its robot's own [T, D_e] (a list when the batch mixes sizes).
+        """
         if self.processor is None:
             raise ValueError("this framework has no processor: build it with build_policy() or load a checkpoint")
         batch = self.processor(samples, targets=False)

@@ -11,8 +11,11 @@ def one_torch_thread():
     """One intra-op thread: the CI machine has 2 cores, and tiny models gain nothing from more."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    grad_enabled = torch.is_grad_enabled()
     yield
     torch.set_num_threads(threads)
+    # A command run in-process must not leave autograd switched off for every later test.
+    assert torch.is_grad_enabled() == grad_enabled, "this test (or the code it ran) left torch's grad mode changed"
 
 
 @pytest.fixture(scope="session")

@@ -45,10 +45,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     framework = Framework.from_pretrained(args.ckpt)
     framework.eval()
-    torch.set_grad_enabled(False)
-    if args.action == "extract":
-        return run_extract(args, framework)
-    return run_decode(args, framework)
+    with torch.no_grad():  # scoped: `main` also runs in-process (tests, notebooks)
+        if args.action == "extract":
+            return run_extract(args, framework)
+        return run_decode(args, framework)
 
 
 def run_extract(args: argparse.Namespace, framework) -> int:

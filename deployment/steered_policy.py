@@ -90,7 +90,7 @@ class SteeredPolicy:
         return first, second
 
     def vectors(self, obs: dict) -> torch.Tensor:
-        """-> [K layers, P, H] for this call: task A's latent, or the interpolation of A and B."""
+        """-> [K indices, P, H] for this call: task A's latent, or the interpolation of A and B."""
         first, second = self.tasks(obs)
         vector = self.latents.vector(first, self.options.kind)
         if second is not None:
@@ -108,8 +108,8 @@ class SteeredPolicy:
         if obs.get("episode_start"):
             self.reset()
         vectors = self.vectors(obs)
-        if self.options.prompt == "blank":
-            length = vectors.shape[1] if self.options.kind == "positions" else self.latent_length(obs)
+        if self.options.prompt == "blank":  # as many filler tokens as the first task's instruction has
+            length = self.latents.vector(self.tasks(obs)[0], "positions").shape[1]
             obs = {**obs, "prompt": blank_prompt(self.framework.vlm.tokenizer, length)}
         vlm = self.framework.vlm
         vlm.steering = Steering(
@@ -120,8 +120,3 @@ class SteeredPolicy:
         finally:
             vlm.steering = None
             self.calls += 1
-
-    def latent_length(self, obs: dict) -> int:
-        """Text tokens of the first task's instruction (the blank prompt's length for mean vectors)."""
-        first, _ = self.tasks(obs)
-        return self.latents.vector(first, "positions").shape[1]

@@ -184,13 +184,17 @@ class FlowMatchingHead(ActionHead):
         noise: torch.Tensor,
         state: torch.Tensor | None = None,
         num_steps: int | None = None,
+        reverse: bool = False,
     ) -> torch.Tensor:
-        """Euler-integrates from noise [B, T, D] (t = 0) to actions [B, T, D] (t = 1), reusing `contexts`."""
+        """Euler-integrates from noise [B, T, D] (t = 0) to actions [B, T, D] (t = 1), reusing `contexts`;
+        reverse: from actions (t = 1) back to noise (t = 0) instead (`sample_reverse`)."""
         state_token = self.encode_state(state, noise.shape[0])
         return euler_integrate(
             lambda x, t: self.velocity(contexts, x, t, state_token),
             noise,
             num_steps or self.config.num_inference_steps,
+            t_start=1.0 if reverse else 0.0,
+            t_end=0.0 if reverse else 1.0,
         )
 
     def sample_reverse(
@@ -204,14 +208,7 @@ class FlowMatchingHead(ActionHead):
 
         x_{k+1} = x_k - h * v(x_k, 1 - k h), h = 1 / num_steps (config default): the mirror of `sample`.
         """
-        state_token = self.encode_state(state, actions.shape[0])
-        return euler_integrate(
-            lambda x, t: self.velocity(contexts, x, t, state_token),
-            actions.to(self.position.dtype),
-            num_steps or self.config.num_inference_steps,
-            t_start=1.0,
-            t_end=0.0,
-        )
+        return self.sample(contexts, actions.to(self.position.dtype), state, num_steps, reverse=True)
 
     def sample_time(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
         """[n] training times: time_max * (1 - Beta(alpha, beta)), concentrated at the noisy end."""

@@ -65,6 +65,9 @@ def test_insulated_total_loss_trains_the_vlm_with_the_fast_loss_alone():
     torch.manual_seed(1)
     terms = model.loss_terms(batch)
     torch.testing.assert_close(losses["loss"], terms["fast"] + terms["flow"])
+    # each term is logged (metrics.jsonl) as computed, detached
+    assert set(losses["log"]) == {"fast_loss", "flow_loss"} and not losses["log"]["fast_loss"].requires_grad
+    torch.testing.assert_close(losses["log"]["fast_loss"], terms["fast"].detach())
     total, fast = grads(losses["loss"], model.vlm), grads(terms["fast"], model.vlm)
     for name in total:
         torch.testing.assert_close(total[name], fast[name], rtol=0, atol=0)

@@ -127,7 +127,8 @@ class QwenPI05(Framework):
         return terms
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """{"loss": the weighted sum, "fast_loss", "flow_loss" [, "readout_loss"]: each term, detached}."""
+        """-> {"loss": the weighted sum, "log": {"fast_loss", "flow_loss" [, "readout_loss"]}: each term, detached
+        (metrics.jsonl records them per step)}."""
         terms = self.loss_terms(batch)
         config = self.config
         weights = {
@@ -136,7 +137,7 @@ class QwenPI05(Framework):
             "readout": config.readout_loss_weight,
         }
         loss = sum(weights[name] * term for name, term in terms.items())
-        return {"loss": loss, **{f"{name}_loss": term.detach() for name, term in terms.items()}}
+        return {"loss": loss, "log": {f"{name}_loss": term.detach() for name, term in terms.items()}}
 
     def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, None]:
         """-> (the expert's Conditioning over the prompt positions, None): the expert has no state input (the state

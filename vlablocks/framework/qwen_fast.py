@@ -14,16 +14,27 @@ every checkpoint. The model only owns one VLM token per possible FAST id. Chunk 
 ends are part of the DCT (the dataset repeats the boundary frame, i.e. "hold").
 `readout_loss_weight` > 0: readout tokens close the prompt before the answer, with an auxiliary L1
 regression of the chunk from their hidden states that grounds the instruction (vlablocks/framework/readout.py).
+`use_proprio`: the normalized state s [B, S], projected, is added to the language model's final hidden states
+(the LM head's input) at every position of its row, in training, greedy decoding and RL sampling alike:
+
+    h'[b, l] = h[b, l] + W_s s[b]          logits[b, l] = lm_head(h'[b, l])
+
+as QwenOFT adds it to its action head's input. Without it the answer can read the robot's own position only from
+the image (docs/toy_root_causes.md: the first FAST token, the chunk's mean x displacement, was right for 33% of
+training frames while the readout regression, which has the state, predicted the chunk's direction to cosine 0.97).
 Run this file to smoke-test it: `python vlablocks/framework/qwen_fast.py [--config_yaml F] [overrides]`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vlablocks.action_model.hl_gauss import hl_gauss_targets
 from vlablocks.build import build
@@ -63,6 +74,7 @@ class QwenFAST(Framework):
         fast: FASTOptions = dataclasses.field(default_factory=FASTOptions)
         readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 action regression (framework/readout.py)
         hl_gauss_sigma: float = 0.0  # > 0: HL-Gauss targets over the ordered FAST ids (needs fast.bpe_merges: false)
+        use_proprio: bool = False  # add the projected state to the LM head's input (module docstring)
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
@@ -76,6 +88,26 @@ class QwenFAST(Framework):
         self.fast_token_ids = add_fast_tokens(self.vlm, config.fast)
         self.stop_token_id = self.vlm.token_id(config.fast.stop_token)
         self._fast_id_of = {vlm_id: i for i, vlm_id in enumerate(self.fast_token_ids)}
+        if config.use_proprio and self.platform.state_dim < 1:
+            raise ValueError("QwenFAST.use_proprio needs a platform with state_dim > 0; set use_proprio: false")
+        self.proprio = nn.Linear(self.platform.state_dim, self.vlm.hidden_size) if config.use_proprio else None
+
+    @contextmanager
+    def _state_at_head(self, batch: Batch) -> Iterator[None]:
+        """Inside the block, every pass of the language model over `batch`'s rows (prompt and cached decoding steps)
+        returns final hidden states plus W_s state [B, 1, H] (use_proprio; else nothing changes)."""
+        if self.proprio is None:
+            yield
+            return
+        if batch.state is None:
+            raise ValueError("QwenFAST.use_proprio needs a `state` in every sample; set use_proprio: false")
+        shift = self.proprio(batch.state.to(self.device, self.proprio.weight.dtype)).unsqueeze(1)  # [B, 1, H]
+        norm = self.vlm.model.model.language_model.norm  # its output is the last hidden state the LM head reads
+        handle = norm.register_forward_hook(lambda module, inputs, output: output + shift.to(output.dtype))
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def processor_options(self) -> dict:
         """The processor tokenizes the answers (and decodes generated ids) with its FAST tokenizer."""
@@ -87,7 +119,8 @@ class QwenFAST(Framework):
         labels = batch.vlm.labels
         if labels is None:
             raise ValueError("QwenFAST.forward needs answer labels: the batch must come from samples with actions")
-        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        with self._state_at_head(batch):
+            out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
         logits, targets = answer_logits(self.vlm, out, labels)
         if self.config.hl_gauss_sigma > 0:
             loss = -(self.soft_targets(targets, batch.action_vocab) * logits.log_softmax(-1)).sum(-1).mean()
@@ -111,12 +144,13 @@ class QwenFAST(Framework):
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, list[list[int]]]:
         """-> {"action_tokens": per sample the generated FAST ids}; the processor decodes them to actions."""
-        generated = self.vlm.generate_constrained(
-            batch.vlm,
-            allowed_token_ids=self._fast_ids(batch),
-            stop_token_id=self.stop_token_id,
-            max_new_tokens=self._max_new_tokens,
-        )
+        with self._state_at_head(batch):
+            generated = self.vlm.generate_constrained(
+                batch.vlm,
+                allowed_token_ids=self._fast_ids(batch),
+                stop_token_id=self.stop_token_id,
+                max_new_tokens=self._max_new_tokens,
+            )
         return {"action_tokens": [[self._fast_id_of[i] for i in row] for row in generated]}
 
     # ---- a stochastic policy with exact log-probabilities (RL) -----------------------------------------------
@@ -127,15 +161,16 @@ class QwenFAST(Framework):
             included, right-padded with the stop token, "log_probs": [B, N] float32 log pi(choice),
             "mask": [B, N] bool, True up to and including the stop}, N = T * D + 1 (fixed, so records stack).
         """
-        drawn = sample_constrained(
-            self.vlm,
-            batch.vlm,
-            allowed_token_ids=self._fast_ids(batch),
-            stop_token_id=self.stop_token_id,
-            max_new_tokens=self._max_new_tokens,
-            temperature=temperature,
-            generator=generator,
-        )
+        with self._state_at_head(batch):
+            drawn = sample_constrained(
+                self.vlm,
+                batch.vlm,
+                allowed_token_ids=self._fast_ids(batch),
+                stop_token_id=self.stop_token_id,
+                max_new_tokens=self._max_new_tokens,
+                temperature=temperature,
+                generator=generator,
+            )
         tokens = drawn["tokens"]
         rows = [row[: row.index(self.stop_token_id)] if self.stop_token_id in row else row for row in tokens.tolist()]
         return {
@@ -167,7 +202,8 @@ class QwenFAST(Framework):
             labels=None,
         )  # the VLM's forward derives the rope positions (multimodal prompt, then text) from the attention mask
         length = prompt.input_ids.shape[1]
-        hidden = self.vlm(inputs).last_hidden_state[:, length - 1 : -1]  # [B, N, H]: the states predicting choices
+        with self._state_at_head(batch):
+            hidden = self.vlm(inputs).last_hidden_state[:, length - 1 : -1]  # [B, N, H]: the states predicting choices
         log_probs = tempered_log_probs(allowed_logits(self.vlm, hidden, allowed), temperature)  # [B, N, K]
         chosen = log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1)

@@ -1,9 +1,10 @@
-"""QwenFAST `use_proprio`: the projected state is added to the LM head's input in every path (teacher-forced
-training, greedy decoding, RL sampling and its recomputation), and it is what lets the answer depend on the state.
+"""What QwenFAST's answer is conditioned on (docs/toy_root_causes.md, QwenFAST).
 
-The regression probe of docs/toy_root_causes.md's FAST finding: when frames share image and instruction and only
-the state tells their chunks apart, a QwenFAST without the state cannot fit them (its best is the answers' marginal),
-and with `use_proprio` it does.
+`use_proprio`: the projected state is added to the LM head's input in every path (teacher-forced training, greedy
+decoding, RL sampling and its recomputation), and it is what lets the answer depend on the state: when frames share
+image and instruction and only the state tells their chunks apart, a QwenFAST without it cannot fit them (its best
+is the answers' marginal), and with it it does.
+`answer_token_dropout`: in training only, answer tokens are masked as inputs (never as labels) at the set rate.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import torch
 
 from vlablocks.config import PlatformConfig, parse_experiment
 from vlablocks.framework.base import build_policy
-from vlablocks.framework.qwen_fast import QwenFAST
+from vlablocks.framework.qwen_fast import MASK_TOKEN, QwenFAST, drop_answer_inputs
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.processor.steps import IGNORE_INDEX
 
 PLATFORM = {"name": "test", "action_horizon": 2, "action_dim": 2, "state_dim": 2}
 
 
-def build(examples: list[dict], use_proprio: bool) -> QwenFAST:
+def build(examples: list[dict], use_proprio: bool, **options) -> QwenFAST:
     torch.manual_seed(0)
     framework = {"name": "QwenFAST", "fast": {"vocab_size": 256, "bpe_merges": False}, "use_proprio": use_proprio}
+    framework.update(options)
     policy = build_policy(
         parse_experiment({"platform": PLATFORM, "framework": framework}), synthetic_norm_stats(examples)
     )
@@ -84,3 +87,34 @@ def test_only_use_proprio_fits_chunks_that_only_the_state_tells_apart(use_propri
         assert loss.item() < 0.1 * floor
     else:
         assert loss.item() > 0.95 * floor
+
+
+def test_answer_token_dropout_masks_answer_inputs_only_at_its_rate_and_keeps_the_labels():
+    examples = synthetic_examples(PlatformConfig(**PLATFORM), 4, seed=5)
+    policy = build(examples, use_proprio=False, answer_token_dropout=0.3)
+    assert policy.mask_token_id == policy.vlm.token_id(MASK_TOKEN)
+    inputs = policy.processor(examples).vlm
+    is_answer = inputs.labels != IGNORE_INDEX
+    torch.manual_seed(0)
+    draws = [drop_answer_inputs(inputs, inputs.labels, policy.mask_token_id, 0.3) for _ in range(400)]
+    masked = torch.stack([d.input_ids == policy.mask_token_id for d in draws]).float()  # [400, B, L]
+    assert not bool(masked[:, ~is_answer].any())  # the prompt is never touched
+    rate = masked[:, is_answer].mean().item()
+    assert abs(rate - 0.3) < 0.02  # 400 x 20 answer tokens: 3 standard deviations = 0.015
+    assert all(torch.equal(d.labels, inputs.labels) for d in draws[:5])
+    assert all(torch.equal(d.input_ids[~is_answer], inputs.input_ids[~is_answer]) for d in draws[:5])
+
+
+def test_answer_token_dropout_acts_in_training_only_and_is_bounded():
+    examples = synthetic_examples(PlatformConfig(**PLATFORM), 3, seed=6)
+    plain, dropping = build(examples, use_proprio=False), build(examples, use_proprio=False, answer_token_dropout=0.9)
+    batch = plain.processor(examples)
+    with torch.no_grad():
+        dropping.eval()
+        evaluated = [dropping(batch)["loss"] for _ in range(2)]
+        dropping.train()
+        trained = [dropping(batch)["loss"] for _ in range(2)]
+    assert torch.equal(evaluated[0], evaluated[1])  # eval: the true tokens are the inputs, every time
+    assert not torch.equal(trained[0], trained[1])  # training: a fresh mask per pass
+    with pytest.raises(ValueError, match="answer_token_dropout"):
+        build(examples, use_proprio=False, answer_token_dropout=1.0)

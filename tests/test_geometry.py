@@ -10,6 +10,7 @@ from vlm_helpers import encode
 
 from vlablocks.build import build
 from vlablocks.geometry.alignment import align_to_vision_tokens, overlap_matrix, resample_grid
+from vlablocks.geometry.dinov2_encoder import standardize_points
 from vlablocks.geometry.preprocess import default_intrinsics, pixel_batch, point_batch, unproject_depth
 from vlablocks.geometry.tokens import GeometricTokens
 from vlablocks.processor.steps import GeometryPreprocess
@@ -247,6 +248,28 @@ def test_depth_branch_is_optional_per_sample_and_reads_depth_and_intrinsics():
     assert not any("depth" in name for name, _ in no_branch.named_parameters())
     assert no_branch.preprocess_options()["use_depth"] is False
     assert GeometryPreprocess(**no_branch.preprocess_options())(deep).points is None  # depth is not even prepared
+
+
+def test_standardized_points_match_a_hand_computation_over_the_valid_pixels_only():
+    points = torch.zeros(1, 1, 4, 2, 2)
+    points[0, 0, 2] = torch.tensor([[1.2, 1.5], [1.5, 99.0]])  # z; the 99 pixel is invalid
+    points[0, 0, 3] = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    out = standardize_points(points)
+    z = [1.2, 1.5, 1.5]  # mean 1.4, population std sqrt(0.02)
+    expected = torch.tensor([[(z[0] - 1.4), (z[1] - 1.4)], [(z[2] - 1.4), 0.0]]) / np.sqrt(0.02)
+    torch.testing.assert_close(out[0, 0, 2], expected.float(), atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[0, 0, 3], points[0, 0, 3])  # validity kept
+    assert torch.equal(out[0, 0, :2], torch.zeros(2, 2, 2))  # constant x, y: std clamped, (p - mean) = 0
+    # a scene shifted and scaled as a whole gives the same standardized points (per view, per channel)
+    moved = points.clone()
+    moved[:, :, :3] = moved[:, :, :3] * 2.0 + 0.7
+    torch.testing.assert_close(standardize_points(moved)[0, 0, 2], out[0, 0, 2], atol=1e-5, rtol=1e-5)
+    encoder = build_encoder(standardize_points=True)
+    deep = with_depth(two_view_examples())
+    with torch.no_grad():
+        both = encode_geometry(encoder, deep).tokens
+        scaled = encode_geometry(encoder, [{**e, "depths": [d * 3 for d in e["depths"]]} for e in deep]).tokens
+    torch.testing.assert_close(scaled, both, atol=1e-4, rtol=1e-4)  # x, y, z all scale with depth: no change
 
 
 def test_preprocess_options_drive_the_processor_geometry_step():

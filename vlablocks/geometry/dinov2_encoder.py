@@ -1,7 +1,8 @@
 """DINOv2 patch encoder + multi-view information sharing (+ optional depth) -> geometric tokens per view.
 
     views  -> stretch to image_size -> Dinov2Model (transformers) -> patch tokens [B*V, g_h*g_w, D] -> Linear -> C
-    depth  -> unproject with intrinsics -> xyz + valid [B, V, 4, h, w] -> patch embedding (same grid) -> + above
+    depth  -> unproject with intrinsics -> xyz + valid [B, V, 4, h, w] [-> standardized per view] -> patch embedding
+              (same grid) -> + above
     tokens -> MultiViewTransformer (per-view / cross-view attention, alternating) -> [B, V, g_h, g_w, C]
 
 The DINOv2 trunk is the real transformers class: `base_model: <dir>` loads local weights
@@ -22,6 +23,21 @@ from vlablocks.geometry.info_sharing import MultiViewTransformer
 from vlablocks.geometry.tokens import GeometricTokens
 from vlablocks.processor.batch import GeometryInputs
 from vlablocks.registry import GEOMETRIC_ENCODERS
+
+
+def standardize_points(points: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """points: [B, V, 4, h, w] (x, y, z in metres, then validity) -> the same with each view's x, y and z replaced by
+
+        (p_c - mean_c) / max(std_c, eps)       mean, std over the view's valid pixels, per channel c
+
+    and 0 at invalid pixels; the validity channel is kept. Metric points sit on a large offset (a top camera 1.5 m
+    above the table sees z in 1.2-1.5 m), so a few centimetres of height are a small part of what the patch
+    embedding sees; standardized, they are of order one. The scene's absolute scale and offset are lost."""
+    xyz, valid = points[:, :, :3], points[:, :, 3:4]
+    count = valid.sum(dim=(3, 4), keepdim=True).clamp(min=1.0)
+    mean = (xyz * valid).sum(dim=(3, 4), keepdim=True) / count
+    std = (((xyz - mean) ** 2 * valid).sum(dim=(3, 4), keepdim=True) / count).sqrt().clamp(min=eps)
+    return torch.cat([(xyz - mean) / std * valid, valid], dim=2)
 
 
 def encoder_size(image_size: int | list[int], patch_size: int) -> tuple[int, int]:
@@ -68,6 +84,7 @@ class DinoMultiViewEncoder(nn.Module):
         info_sharing_heads: int = 4
         use_depth: bool = True  # encode depth (unprojected with the intrinsics) into the same grid, when given
         default_fov_degrees: float = 60.0  # horizontal field of view assumed when a sample has depth but no intrinsics
+        standardize_points: bool = False  # xyz -> (xyz - mean) / std over each view's valid pixels (standardize_points)
         tiny_hidden_size: int = 32
         tiny_num_layers: int = 2
         tiny_num_heads: int = 2
@@ -130,6 +147,8 @@ class DinoMultiViewEncoder(nn.Module):
         patches = hidden[:, -self.grid_hw[0] * self.grid_hw[1] :]  # DINOv2 without registers: exactly G after CLS
         tokens = self.project(patches)  # [B*V, G, C]
         if points is not None and self.depth_embed is not None:
+            if self.config.standardize_points:
+                points = standardize_points(points)
             depth_tokens = self.depth_embed(points.reshape(batch * views, 4, *points.shape[3:]).to(dtype))
             has_depth = points[:, :, 3].flatten(2).amax(2).reshape(batch * views, 1, 1).to(dtype)
             tokens = tokens + self.depth_norm(depth_tokens.transpose(1, 2)) * has_depth  # no depth: no change

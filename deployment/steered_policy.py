@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlablocks.vlm.steering import Steering
+from vlablocks.vlm.steering import Steering, language_layers
 from vlablocks.vlm.text_latent import TextLatents, interpolation_weight
 
 AUTO = "auto"
@@ -62,7 +62,7 @@ class SteeredPolicy:
         self.metadata = policy.metadata
         self.latents = latents
         self.options = options
-        indices = len(self.framework.vlm.model.model.language_model.layers) + 1  # embeddings + each layer's output
+        indices = len(language_layers(self.framework.vlm)) + 1  # embeddings + each layer's output
         self.layers = options.layers if options.layers is not None else tuple(range(indices))
         if latents.mean and latents.mean[0].shape[0] != indices:
             raise ValueError(

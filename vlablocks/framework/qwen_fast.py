@@ -51,6 +51,7 @@ from vlablocks.processor.steps import IGNORE_INDEX, fast_token
 from vlablocks.registry import FRAMEWORKS, VLMS
 from vlablocks.vlm.runtime import allowed_ids, check_temperature, tempered_log_probs
 from vlablocks.vlm.sampling import allowed_logits, sample_constrained
+from vlablocks.vlm.steering import language_final_norm
 
 
 def add_fast_tokens(vlm, fast: FASTOptions) -> list[int]:
@@ -122,8 +123,9 @@ class QwenFAST(Framework):
         if batch.state is None:
             raise ValueError("QwenFAST.use_proprio needs a `state` in every sample; set use_proprio: false")
         shift = self.proprio(batch.state.to(self.device, self.proprio.weight.dtype)).unsqueeze(1)  # [B, 1, H]
-        norm = self.vlm.model.model.language_model.norm  # its output is the last hidden state the LM head reads
-        handle = norm.register_forward_hook(lambda module, inputs, output: output + shift.to(output.dtype))
+        handle = language_final_norm(self.vlm).register_forward_hook(
+            lambda module, inputs, output: output + shift.to(output.dtype)
+        )
         try:
             yield
         finally:

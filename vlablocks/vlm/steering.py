@@ -52,6 +52,11 @@ def language_layers(vlm) -> torch.nn.ModuleList:
     return vlm.model.model.language_model.layers
 
 
+def language_final_norm(vlm) -> torch.nn.Module:
+    """The norm after the last decoder layer: its output is the last hidden state the LM head reads."""
+    return vlm.model.model.language_model.norm
+
+
 def text_positions(input_ids: torch.Tensor, vision_end_id: int, turn_end_id: int) -> torch.Tensor:
     """input_ids: [B, L] -> [B, L] bool, True at the instruction's tokens: after the row's last vision_end token
     (its start, if it has no view) and before the first turn_end token that follows it."""

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from vlablocks.commands.export import export_checkpoint
-from vlablocks.config import parse_experiment
+from vlablocks.config import load_config, parse_experiment, to_yaml
 from vlablocks.framework.base import Framework, build_policy
 from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.training.sweep import SweepEval, evaluate_run
+from vlablocks.training.sweep import SweepEval, evaluate_run, same_experiment
 from vlablocks.training.sweep_report import write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,3 +192,16 @@ def test_export_vlm_only_gives_a_base_vlm_that_a_value_model_starts_from(tmp_pat
             torch.testing.assert_close(value_weights[key], tensor)
     tokenizer = model.vlm.tokenizer
     assert tokenizer.convert_tokens_to_ids("<|act_0|>") == framework.query_token_ids[0]  # the policy's tokens kept
+
+
+def test_a_finished_run_saved_before_an_option_existed_still_counts_as_the_same_experiment(tmp_path):
+    expected = {**load_config(REPO / "configs/toy/qwen_oft.yaml").to_dict(), "run_dir": str(tmp_path)}
+    saved = tmp_path / "variant.yaml"
+    older = {**expected, "trainer": {k: v for k, v in expected["trainer"].items() if k != "ema_decay"}}
+    saved.write_text(to_yaml(older))  # written before `trainer.ema_decay` existed: its default applies
+    assert same_experiment(saved, expected)
+    saved.write_text(to_yaml({**older, "trainer": {**older["trainer"], "ema_decay": 0.99}}))
+    assert not same_experiment(saved, expected)  # a different value is another experiment
+    saved.write_text(to_yaml({**expected, "trainer": {**expected["trainer"], "removed_option": 1}}))
+    assert not same_experiment(saved, expected)  # an option that no longer exists: not comparable
+    assert not same_experiment(tmp_path / "missing.yaml", expected)

@@ -151,9 +151,7 @@ def _run_variant(variant: Variant, out_dir: Path, evaluation: SweepEval | None) 
 def finished(variant: Variant, run_dir: Path, evaluation: SweepEval | None) -> bool:
     """The variant ran here before with the same config: its final checkpoint verifies and the evaluations
     the sweep asks for are written (so a sweep can be extended, or rerun after an interruption, cheaply)."""
-    config_path = run_dir / "variant.yaml"
-    expected = to_yaml({**variant.experiment.to_dict(), "run_dir": str(run_dir)})
-    if not config_path.is_file() or config_path.read_text() != expected:
+    if not same_experiment(run_dir / "variant.yaml", {**variant.experiment.to_dict(), "run_dir": str(run_dir)}):
         return False
     last = latest_checkpoint(run_dir)
     if last is None or last.name != f"step_{variant.experiment.trainer.max_steps}":
@@ -162,6 +160,23 @@ def finished(variant: Variant, run_dir: Path, evaluation: SweepEval | None) -> b
         return True
     names = [EVAL_DIR] + ([WRONG_INSTRUCTION_EVAL_DIR] if evaluation.wrong_instruction else [])
     return all((run_dir / name / "summary.json").is_file() for name in names)
+
+
+def same_experiment(config_path: Path, expected: dict) -> bool:
+    """Whether the saved variant.yaml describes the `expected` experiment (a plain mapping).
+
+    The saved file is parsed again with today's schema, so options added since it was written take their
+    defaults: a run finished before a new option existed still counts as this experiment, as long as the
+    option's default keeps the old behaviour (the project's rule for new options). A file that no longer
+    parses (an option removed or renamed) does not count.
+    """
+    if not config_path.is_file():
+        return False
+    try:
+        saved = parse_experiment(resolve(load_yaml(config_path))).to_dict()
+    except (ValueError, TypeError):  # ConfigError is a ValueError
+        return False
+    return to_yaml(saved) == to_yaml(expected)
 
 
 def _status(result: subprocess.CompletedProcess) -> str:

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vlablocks.config import ExperimentConfig, load_yaml, merge_overrides, parse_experiment, resolve, to_yaml
+from vlablocks.config import (
+    ExperimentConfig,
+    load_config,
+    load_yaml,
+    merge_overrides,
+    parse_experiment,
+    resolve,
+    to_yaml,
+)
 from vlablocks.training.checkpoint import latest_checkpoint
 from vlablocks.training.sweep_report import write_results
 
@@ -173,7 +181,7 @@ def same_experiment(config_path: Path, expected: dict) -> bool:
     if not config_path.is_file():
         return False
     try:
-        saved = parse_experiment(resolve(load_yaml(config_path))).to_dict()
+        saved = load_config(config_path).to_dict()
     except (ValueError, TypeError):  # ConfigError is a ValueError
         return False
     return to_yaml(saved) == to_yaml(expected)

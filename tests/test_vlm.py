@@ -187,6 +187,29 @@ def test_base_vlm_errors(tmp_path):
 def test_bad_vlm_options():
     with pytest.raises(ValueError, match="image_size must be an int or"):
         build("qwen2_5_vl", image_size=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"vlm.image_std must be 3 per-channel numbers"):
+        build("qwen2_5_vl", image_std=[0.5, 0.0, 0.5])
+    with pytest.raises(ValueError, match=r"vlm.image_mean applies to random-init builds only.*drop vlm.image_mean"):
+        build("qwen2_5_vl", base_vlm="/any/dir", image_mean=[0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_image_mean_and_std_set_the_tiny_normalization_and_survive_save(name, tmp_path):
+    """A patch of the configured mean colour enters the tower as exact zeros; one std above it as exact ones."""
+    mean, std = [0.55, 0.6, 0.45], [0.1, 0.2, 0.25]
+    vlm = build(name, image_mean=mean, image_std=std)
+    patches = torch.empty(2, 3, vlm.patch_size, vlm.patch_size, dtype=torch.uint8)
+    for channel in range(3):
+        patches[0, channel] = round(255 * mean[channel])
+        patches[1, channel] = round(255 * (mean[channel] + std[channel]))
+    values = vlm.pixel_values(patches).view(2, 3, -1)
+    rounding = 0.5 / (255 * min(std))  # the uint8 rounding of the test colours
+    assert values[0].abs().max() <= rounding and (values[1] - 1).abs().max() <= rounding
+    default = build(name).pixel_values(patches).view(2, 3, -1)
+    assert default[0].abs().min() > 0.05  # the family's own normalization does not centre this colour
+    vlm.save_pretrained(tmp_path)
+    reloaded = build_component(VLMS, {"name": name, "base_vlm": str(tmp_path)})
+    torch.testing.assert_close(reloaded.pixel_values(patches), vlm.pixel_values(patches), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -71,7 +71,26 @@ class VLMConfig:
     tiny_num_heads: int = 4
     tiny_vision_hidden_size: int = 64
     tiny_vision_depth: int = 2
+    # Random-init builds only: the image processor's per-channel mean / std (0-1 scale) in x' = (x - mean) / std.
+    # None keeps the family's (Qwen2.5-VL: CLIP's). A pretrained VLM keeps the normalization it was trained with.
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
     lora: LoraOptions = field(default_factory=LoraOptions)
+
+
+def check_image_normalization(config: VLMConfig) -> None:
+    """Raises ValueError on an `image_mean` / `image_std` that cannot apply (see VLMConfig)."""
+    for name in ("image_mean", "image_std"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if config.base_vlm:
+            raise ValueError(
+                f"vlm.{name} applies to random-init builds only; base_vlm {config.base_vlm} keeps the normalization "
+                f"it was trained with: drop vlm.{name}"
+            )
+        if len(value) != 3 or (name == "image_std" and min(value) <= 0):
+            raise ValueError(f"vlm.{name} must be 3 per-channel numbers (0-1 scale, std > 0), got {list(value)}")
 
 
 @dataclass
@@ -129,10 +148,15 @@ class VLMBackbone(nn.Module):
         self.config = config
         dtype = resolve_dtype(config.dtype)
         attn = resolve_attn_implementation(config.attn_implementation)
+        check_image_normalization(config)
         if config.base_vlm:
             model, processor = self._load_pretrained(config.base_vlm, dtype, attn)
         else:
             processor = self.build_processor(tiny_tokenizer())
+            if config.image_mean is not None:
+                processor.image_processor.image_mean = [float(v) for v in config.image_mean]
+            if config.image_std is not None:
+                processor.image_processor.image_std = [float(v) for v in config.image_std]
             model_config = self.model_config(config.arch, processor.tokenizer)
             model = self.model_class._from_config(model_config, dtype=dtype, attn_implementation=attn)
             model.generation_config.pad_token_id = processor.tokenizer.pad_token_id

@@ -194,6 +194,24 @@ def test_bad_vlm_options():
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def test_text_embedding_init_std_scales_every_row_and_nothing_else(name):
+    plain, scaled = build(name, seed=4), build(name, seed=4, text_embedding_init_std=0.2)
+    for vlm in (plain, scaled):
+        torch.manual_seed(5)  # the same draw for the added rows
+        vlm.add_special_tokens(ACTION_TOKENS)
+    rows = plain.model.get_input_embeddings().weight.shape[0]
+    new = slice(rows - len(ACTION_TOKENS), rows)
+    expected = plain.model.get_input_embeddings().weight * (0.2 / 0.02)
+    torch.testing.assert_close(scaled.model.get_input_embeddings().weight, expected)  # added query rows included
+    assert 0.18 < scaled.model.get_input_embeddings().weight[: new.start].std().item() < 0.22
+    others = {k: v for k, v in plain.model.state_dict().items() if "embed_tokens" not in k}
+    for key, value in others.items():  # the random stream is untouched: every other weight is the same draw
+        assert torch.equal(scaled.model.state_dict()[key], value), key
+    with pytest.raises(ValueError, match=r"text_embedding_init_std=0.2 applies to random-init builds only"):
+        build(name, base_vlm="/any/dir", text_embedding_init_std=0.2)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_image_mean_and_std_set_the_tiny_normalization_and_survive_save(name, tmp_path):
     """A patch of the configured mean colour enters the tower as exact zeros; one std above it as exact ones."""
     mean, std = [0.55, 0.6, 0.45], [0.1, 0.2, 0.25]

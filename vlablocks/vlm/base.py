@@ -75,11 +75,20 @@ class VLMConfig:
     # None keeps the family's (Qwen2.5-VL: CLIP's). A pretrained VLM keeps the normalization it was trained with.
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
+    # Random-init builds only: the std of the token-embedding rows (None: the family's initializer_range, 0.02), for
+    # the prompt's words to hold their own against the vision tokens in the residual stream (docs/toy_root_causes.md).
+    text_embedding_init_std: float | None = None
     lora: LoraOptions = field(default_factory=LoraOptions)
 
 
 def check_image_normalization(config: VLMConfig) -> None:
     """Raises ValueError on an `image_mean` / `image_std` that cannot apply (see VLMConfig)."""
+    std = config.text_embedding_init_std
+    if std is not None and (config.base_vlm or std <= 0):
+        raise ValueError(
+            f"vlm.text_embedding_init_std={std} applies to random-init builds only and must be > 0; drop it"
+            + (f" (base_vlm {config.base_vlm} keeps its trained embeddings)" if config.base_vlm else " or make it > 0")
+        )
     for name in ("image_mean", "image_std"):
         value = getattr(config, name)
         if value is None:
@@ -160,6 +169,7 @@ class VLMBackbone(nn.Module):
             model_config = self.model_config(config.arch, processor.tokenizer)
             model = self.model_class._from_config(model_config, dtype=dtype, attn_implementation=attn)
             model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+            self._rescale_embedding_rows(model, 0)
             model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.model = model
         self.processor = processor
@@ -251,15 +261,30 @@ class VLMBackbone(nn.Module):
             raise ValueError(f"token {token!r} is not in the tokenizer; add it with add_special_tokens([...])")
         return vocab[token]
 
+    def _rescale_embedding_rows(self, model: PreTrainedModel, start: int) -> None:
+        """Rows `start:` of the input embeddings, drawn N(0, initializer_range), -> N(0, text_embedding_init_std).
+
+        Scaling the draw (rather than drawing again) leaves the random stream, and so every other initial weight,
+        as it is without the option.
+        """
+        std = self.config.text_embedding_init_std
+        if std is None:
+            return
+        weight = model.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[start:].mul_(std / model.config.text_config.initializer_range)
+
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Adds `tokens` (e.g. action queries) as special tokens, grows the embeddings if needed -> their ids."""
         new = [t for t in tokens if t not in self.tokenizer.get_vocab()]
         if new:
             self.tokenizer.add_tokens(new, special_tokens=True)
-        if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
+        rows = self.model.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > rows:
             # New rows come from the model's initializer: mean_resizing would fit a covariance over
             # ~150k x H pretrained rows, tens of seconds on CPU for a 7B model.
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+            self._rescale_embedding_rows(self.model, rows)
         return [self.token_id(t) for t in tokens]
 
     # ------------------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def test_bad_vlm_options():
         build("qwen2_5_vl", image_size=[1, 2, 3])
     with pytest.raises(ValueError, match=r"vlm.image_std must be 3 per-channel numbers"):
         build("qwen2_5_vl", image_std=[0.5, 0.0, 0.5])
-    with pytest.raises(ValueError, match=r"vlm.image_mean applies to random-init builds only.*drop vlm.image_mean"):
+    with pytest.raises(ValueError, match=r"vlm.image_mean applies to random-init builds only; .*: drop vlm.image_mean"):
         build("qwen2_5_vl", base_vlm="/any/dir", image_mean=[0.5, 0.5, 0.5])
 
 
@@ -207,8 +207,10 @@ def test_text_embedding_init_std_scales_every_row_and_nothing_else(name):
     others = {k: v for k, v in plain.model.state_dict().items() if "embed_tokens" not in k}
     for key, value in others.items():  # the random stream is untouched: every other weight is the same draw
         assert torch.equal(scaled.model.state_dict()[key], value), key
-    with pytest.raises(ValueError, match=r"text_embedding_init_std=0.2 applies to random-init builds only"):
+    with pytest.raises(ValueError, match=r"vlm.text_embedding_init_std applies to random-init builds only"):
         build(name, base_vlm="/any/dir", text_embedding_init_std=0.2)
+    with pytest.raises(ValueError, match=r"vlm.text_embedding_init_std must be > 0, got 0.0"):
+        build(name, text_embedding_init_std=0.0)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -19,6 +19,7 @@ from transformers import LogitsProcessorList, PretrainedConfig, PreTrainedModel,
 from vlablocks.processor.batch import VLMInputs
 from vlablocks.vlm import inputs as vlm_inputs
 from vlablocks.vlm.lora import inject_lora, merge_lora
+from vlablocks.vlm.random_init import check_random_init_options, rescale_embedding_rows, set_image_normalization
 from vlablocks.vlm.runtime import (
     AllowedTokens,
     allowed_ids,
@@ -81,27 +82,6 @@ class VLMConfig:
     lora: LoraOptions = field(default_factory=LoraOptions)
 
 
-def check_image_normalization(config: VLMConfig) -> None:
-    """Raises ValueError on an `image_mean` / `image_std` that cannot apply (see VLMConfig)."""
-    std = config.text_embedding_init_std
-    if std is not None and (config.base_vlm or std <= 0):
-        raise ValueError(
-            f"vlm.text_embedding_init_std={std} applies to random-init builds only and must be > 0; drop it"
-            + (f" (base_vlm {config.base_vlm} keeps its trained embeddings)" if config.base_vlm else " or make it > 0")
-        )
-    for name in ("image_mean", "image_std"):
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if config.base_vlm:
-            raise ValueError(
-                f"vlm.{name} applies to random-init builds only; base_vlm {config.base_vlm} keeps the normalization "
-                f"it was trained with: drop vlm.{name}"
-            )
-        if len(value) != 3 or (name == "image_std" and min(value) <= 0):
-            raise ValueError(f"vlm.{name} must be 3 per-channel numbers (0-1 scale, std > 0), got {list(value)}")
-
-
 @dataclass
 class VLMOutput:
     """What `VLMBackbone.forward` returns (B samples, L tokens, H hidden size).
@@ -157,20 +137,17 @@ class VLMBackbone(nn.Module):
         self.config = config
         dtype = resolve_dtype(config.dtype)
         attn = resolve_attn_implementation(config.attn_implementation)
-        check_image_normalization(config)
+        check_random_init_options(config)
         if config.base_vlm:
             model, processor = self._load_pretrained(config.base_vlm, dtype, attn)
         else:
             processor = self.build_processor(tiny_tokenizer())
-            if config.image_mean is not None:
-                processor.image_processor.image_mean = [float(v) for v in config.image_mean]
-            if config.image_std is not None:
-                processor.image_processor.image_std = [float(v) for v in config.image_std]
+            set_image_normalization(processor.image_processor, config.image_mean, config.image_std)
             model_config = self.model_config(config.arch, processor.tokenizer)
             model = self.model_class._from_config(model_config, dtype=dtype, attn_implementation=attn)
             model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-            self._rescale_embedding_rows(model, 0)
             model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+            rescale_embedding_rows(model, config.text_embedding_init_std, start=0)
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -261,19 +238,6 @@ class VLMBackbone(nn.Module):
             raise ValueError(f"token {token!r} is not in the tokenizer; add it with add_special_tokens([...])")
         return vocab[token]
 
-    def _rescale_embedding_rows(self, model: PreTrainedModel, start: int) -> None:
-        """Rows `start:` of the input embeddings, drawn N(0, initializer_range), -> N(0, text_embedding_init_std).
-
-        Scaling the draw (rather than drawing again) leaves the random stream, and so every other initial weight,
-        as it is without the option.
-        """
-        std = self.config.text_embedding_init_std
-        if std is None:
-            return
-        weight = model.get_input_embeddings().weight
-        with torch.no_grad():
-            weight[start:].mul_(std / model.config.text_config.initializer_range)
-
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Adds `tokens` (e.g. action queries) as special tokens, grows the embeddings if needed -> their ids."""
         new = [t for t in tokens if t not in self.tokenizer.get_vocab()]
@@ -284,7 +248,7 @@ class VLMBackbone(nn.Module):
             # New rows come from the model's initializer: mean_resizing would fit a covariance over
             # ~150k x H pretrained rows, tens of seconds on CPU for a 7B model.
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
-            self._rescale_embedding_rows(self.model, rows)
+            rescale_embedding_rows(self.model, self.config.text_embedding_init_std, start=rows)
         return [self.token_id(t) for t in tokens]
 
     # ------------------------------------------------------------------------------------------

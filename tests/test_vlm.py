@@ -199,11 +199,10 @@ def test_text_embedding_init_std_scales_every_row_and_nothing_else(name):
     for vlm in (plain, scaled):
         torch.manual_seed(5)  # the same draw for the added rows
         vlm.add_special_tokens(ACTION_TOKENS)
-    rows = plain.model.get_input_embeddings().weight.shape[0]
-    new = slice(rows - len(ACTION_TOKENS), rows)
+    original_rows = plain.model.get_input_embeddings().weight.shape[0] - len(ACTION_TOKENS)
     expected = plain.model.get_input_embeddings().weight * (0.2 / 0.02)
     torch.testing.assert_close(scaled.model.get_input_embeddings().weight, expected)  # added query rows included
-    assert 0.18 < scaled.model.get_input_embeddings().weight[: new.start].std().item() < 0.22
+    assert 0.18 < scaled.model.get_input_embeddings().weight[:original_rows].std().item() < 0.22
     others = {k: v for k, v in plain.model.state_dict().items() if "embed_tokens" not in k}
     for key, value in others.items():  # the random stream is untouched: every other weight is the same draw
         assert torch.equal(scaled.model.state_dict()[key], value), key

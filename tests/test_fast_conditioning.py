@@ -4,6 +4,8 @@
 decoding, RL sampling and its recomputation), and it is what lets the answer depend on the state: when frames share
 image and instruction and only the state tells their chunks apart, a QwenFAST without it cannot fit them (its best
 is the answers' marginal), and with it it does.
+`answer_mlp_hidden`: a residual MLP on the LM head's input, the identity at initialization, lets the answer be a
+nonlinear function of the state: a chunk that is the XOR of the state's signs is fitted with it and not without.
 `answer_token_dropout`: in training only, answer tokens are masked as inputs (never as labels) at the set rate.
 """
 
@@ -53,11 +55,14 @@ def test_the_state_reaches_the_answer_loss_only_with_use_proprio(use_proprio):
     assert torch.equal(loss, moved_loss) is not use_proprio
 
 
-def test_sampling_and_its_recomputation_both_see_the_state_at_every_decoding_step():
+@pytest.mark.parametrize("answer_mlp_hidden", [0, 32])
+def test_sampling_and_its_recomputation_both_see_the_state_at_every_decoding_step(answer_mlp_hidden):
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 4, seed=2)
-    policy = build(examples, use_proprio=True).eval()
+    policy = build(examples, use_proprio=True, answer_mlp_hidden=answer_mlp_hidden).eval()
     with torch.no_grad():
         policy.proprio.weight.mul_(20.0)  # a state term that dominates the logits: a missed step shows at once
+        if answer_mlp_hidden:
+            torch.nn.init.normal_(policy.answer_mlp.down.weight, std=1.0)  # an MLP that changes the logits
         batch = policy.processor(examples, targets=False)
         drawn = policy.sample_with_log_probs(batch, 1.0, torch.Generator().manual_seed(0))
         again = policy.choice_log_probs(batch, drawn["choices"], 1.0)
@@ -87,6 +92,42 @@ def test_only_use_proprio_fits_chunks_that_only_the_state_tells_apart(use_propri
         assert loss.item() < 0.1 * floor
     else:
         assert loss.item() > 0.95 * floor
+
+
+def xor_examples() -> list[dict]:
+    """As `state_only_examples`, but the chunk is +-0.8 by the *product* of the state's signs (XOR): the first answer
+    token, whose prompt is the same for all four frames, cannot be a linear function of the state."""
+    return [{**e, "action": np.abs(e["action"]) * e["state"].prod()} for e in state_only_examples()]
+
+
+@pytest.mark.parametrize("answer_mlp_hidden", [0, 64])
+def test_only_the_answer_mlp_fits_a_chunk_that_is_a_nonlinear_function_of_the_state(answer_mlp_hidden):
+    examples = xor_examples()
+    policy = build(examples, True, answer_mlp_hidden=answer_mlp_hidden).train()
+    batch = policy.processor(examples)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = policy(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # The LM head's logits are linear in its input, h + W_s s: for the first token (one of two values, by XOR) the
+    # best a linear function of s does is the marginal, ln 2; the later tokens follow from it. Mean over 5 tokens.
+    floor = np.log(2) / (PLATFORM["action_horizon"] * PLATFORM["action_dim"] + 1)
+    if answer_mlp_hidden:
+        assert loss.item() < 0.1 * floor
+    else:
+        assert loss.item() > 0.95 * floor
+
+
+def test_the_answer_mlp_is_the_identity_at_initialization_and_is_refused_negative():
+    examples = synthetic_examples(PlatformConfig(**PLATFORM), 3, seed=4)
+    plain, with_mlp = build(examples, True), build(examples, True, answer_mlp_hidden=32)
+    batch = plain.processor(examples)
+    with torch.no_grad():
+        torch.testing.assert_close(with_mlp.eval()(batch)["loss"], plain.eval()(batch)["loss"], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="answer_mlp_hidden"):
+        build(examples, True, answer_mlp_hidden=-1)
 
 
 def test_answer_token_dropout_masks_answer_inputs_only_at_its_rate_and_keeps_the_labels():

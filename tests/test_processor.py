@@ -286,6 +286,7 @@ def test_metadata_comes_from_the_processor_config(spatial, tmp_path):
         "camera_keys": CAMERAS,
         "image_size": config.image_size,
         "embodiment": "synthetic",
+        "n_action_steps": 4,  # platform.n_action_steps null: the whole chunk
     }
     assert spatial.processor.metadata == expected
     assert FrameworkPolicy(spatial).metadata == expected
@@ -293,6 +294,14 @@ def test_metadata_comes_from_the_processor_config(spatial, tmp_path):
     changed = dataclasses.replace(config, camera_keys=("top",), state_dim=5, use_state=False)
     other = Processor(changed, spatial.processor.hf_processor, spatial.processor.normalizer.to_dict())
     assert other.metadata == {**expected, "camera_keys": ["top"], "state_dim": 5}  # the robot's, read or not
+    replanning = Processor(
+        dataclasses.replace(config, n_action_steps=1),
+        spatial.processor.hf_processor,
+        spatial.processor.normalizer.to_dict(),
+    )
+    assert replanning.metadata == {**expected, "n_action_steps": 1}
+    with pytest.raises(ValueError, match=r"platform.n_action_steps=5 must lie in \[1, action_horizon=4\]"):
+        dataclasses.replace(config, n_action_steps=5)
     spatial.processor.save_pretrained(tmp_path / "processor")
     assert Processor.from_pretrained(tmp_path / "processor").metadata == expected
 
@@ -336,3 +345,17 @@ def test_check_prompt_uses_the_models_tokenizer(oft):
     ]:
         with pytest.raises(ValueError, match=re.escape(fragment)):
             processor.check_prompt(prompt, max_tokens=64)
+
+
+def test_the_platforms_n_action_steps_is_served_saved_and_played(oft_data, tmp_path):
+    from vlablocks.evaluation.rollout import played_per_chunk
+
+    experiment = parse_experiment(
+        {"platform": {**PLATFORM, "n_action_steps": 2}, "framework": {"name": "QwenOFT", **SMALL["QwenOFT"]}}
+    )
+    framework = build_policy(experiment, synthetic_norm_stats(oft_data), camera_keys=CAMERAS)
+    assert framework.processor.metadata["n_action_steps"] == 2
+    framework.processor.save_pretrained(tmp_path / "processor")
+    loaded = Processor.from_pretrained(tmp_path / "processor").metadata
+    assert played_per_chunk(loaded) == 2
+    assert played_per_chunk({"action_horizon": 4}) == 4  # a server that does not send it: the whole chunk

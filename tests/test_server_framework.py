@@ -68,6 +68,7 @@ def test_metadata_comes_from_the_checkpoint(checkpoint):
         "camera_keys": ["top", "wrist"],
         "image_size": 112,
         "embodiment": "toy",
+        "n_action_steps": 4,
     }
 
 

@@ -250,6 +250,9 @@ class PlatformConfig:
     action_horizon: int = 8  # actions per predicted chunk (T)
     action_dim: int = 7  # D
     state_dim: int = 8  # proprioception size
+    # Actions of each chunk a client plays before it asks again (LeRobot's n_action_steps, openpi's replan_steps);
+    # served as metadata, the default of `vlablocks eval` and the demo. None: the whole chunk.
+    n_action_steps: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

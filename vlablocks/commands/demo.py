@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.config import load_config
     from vlablocks.envs.toy import ToyTabletopEnv
     from vlablocks.envs.toy_dataset import write_toy_dataset
-    from vlablocks.evaluation.rollout import RandomPolicy, action_bounds, evaluate
+    from vlablocks.evaluation.rollout import RandomPolicy, action_bounds, evaluate, played_per_chunk
     from vlablocks.training.train import train
 
     out = Path(args.out)
@@ -68,11 +68,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         host, port = address.removeprefix("ws://").split(":")
         client = PolicyClient(host, int(port))
         env = ToyTabletopEnv()
-        horizon = client.metadata["action_horizon"]
+        horizon, played = client.metadata["action_horizon"], played_per_chunk(client.metadata)
         runs = {
-            "policy": evaluate(env, client, args.eval_episodes, 10_000, out / "eval", horizon),
+            "policy": evaluate(env, client, args.eval_episodes, 10_000, out / "eval", played),
             "wrong instruction": evaluate(
-                env, client, args.eval_episodes, 10_000, out / "eval_wrong", horizon, wrong_instruction=True
+                env, client, args.eval_episodes, 10_000, out / "eval_wrong", played, wrong_instruction=True
             ),
             "random policy": evaluate(
                 env,

@@ -20,7 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None, help="API key for a server that requires one")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1000, help="episode i uses seed + i")
-    parser.add_argument("--open-loop", type=int, default=None, help="actions played per chunk (default: whole chunk)")
+    parser.add_argument(
+        "--open-loop",
+        type=int,
+        default=None,
+        help="actions played per chunk (default: the policy's n_action_steps, else the whole chunk)",
+    )
     parser.add_argument("--wrong-instruction", action="store_true", help="control: instruct a different object")
     parser.add_argument("--videos", type=int, default=3, help="episodes saved as GIF")
     parser.add_argument("--out", default="runs/eval", help="directory for summary.json and videos")
@@ -62,7 +67,7 @@ def build_policy(args: argparse.Namespace, env):
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.config import merge_overrides
-    from vlablocks.evaluation.rollout import evaluate
+    from vlablocks.evaluation.rollout import evaluate, played_per_chunk
     from vlablocks.registry import EVAL_ENVS
 
     options = merge_overrides({"name": args.env}, overrides)  # env options as --key=value overrides
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         args.episodes,
         args.seed,
         Path(args.out),
-        open_loop_horizon=args.open_loop or metadata["action_horizon"],
+        open_loop_horizon=args.open_loop or played_per_chunk(metadata),
         videos=args.videos,
         wrong_instruction=args.wrong_instruction,
     )
@@ -93,10 +98,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 def run_phrasings(args: argparse.Namespace, env, policy, metadata: dict) -> int:
     from vlablocks.dataloader.prompt_augmentation import load_alternatives
     from vlablocks.evaluation.phrasing import evaluate_phrasings
+    from vlablocks.evaluation.rollout import played_per_chunk
 
     if args.wrong_instruction:
         raise ValueError("--prompts and --wrong-instruction exclude each other; run them separately")
-    horizon = args.open_loop or metadata["action_horizon"]
+    horizon = args.open_loop or played_per_chunk(metadata)
     prompts = load_alternatives(args.prompts)
     summary = evaluate_phrasings(env, policy, args.episodes, args.seed, Path(args.out), horizon, prompts)
     original, alternatives = summary["original"], summary["alternatives"]

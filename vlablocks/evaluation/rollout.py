@@ -66,6 +66,12 @@ def action_bounds(env) -> tuple[np.ndarray, np.ndarray]:
     return np.full(env.action_dim, -max_move, np.float32), np.full(env.action_dim, max_move, np.float32)
 
 
+def played_per_chunk(metadata: dict) -> int:
+    """Actions of each chunk a client plays before it asks again: the served `n_action_steps` (platform config),
+    else the whole chunk (`action_horizon`)."""
+    return int(metadata.get("n_action_steps") or metadata["action_horizon"])
+
+
 class RandomPolicy:
     """Baseline: actions drawn uniformly from [low, high] per dimension."""
 

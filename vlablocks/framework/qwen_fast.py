@@ -22,6 +22,15 @@ regression of the chunk from their hidden states that grounds the instruction (v
 as QwenOFT adds it to its action head's input. Without it the answer can read the robot's own position only from
 the image (docs/toy_root_causes.md: the first FAST token, the chunk's mean x displacement, was right for 33% of
 training frames while the readout regression, which has the state, predicted the chunk's direction to cosine 0.97).
+`answer_mlp_hidden` W > 0: a residual MLP, per position, between the final hidden states (+ the state) and the LM
+head, in every path alike:
+
+    h'' = h' + W_2 GELU(W_1 LayerNorm(h'))        W_1: [W, H], W_2: [H, W], zero at initialization (the identity)
+
+The LM head's logits are linear in their input; QwenOFT's L1 head is an MLP over the same kind of states. On the toy
+task the chunk is the step toward the named block, a nonlinear function of the block's and the robot's positions,
+and the tiny 2-layer LLM's final states carry it only coarsely: without the MLP the first FAST token (the mean x step)
+was off by 2.8 bins on training frames, with it 1.5 (docs/toy_root_causes.md, QwenFAST).
 `answer_token_dropout` p: in training, each answer token is replaced *as an input* by `<|fast_mask|>` with
 probability p (its label stays), so a later token cannot be predicted from the earlier ones alone and must be
 read from the prompt; inference feeds the true tokens (docs/toy_root_causes.md: the second token, the chunk's mean
@@ -68,6 +77,23 @@ def answer_logits(vlm, out, labels: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return vlm.model.lm_head(hidden).float(), labels[rows, cols]
 
 
+class AnswerMLP(nn.Module):
+    """A residual MLP on the LM head's input, per position: h -> h + W_2 GELU(W_1 LayerNorm(h)), W_2 zero at
+    initialization (the identity). h: [B, L, H] -> [B, L, H]."""
+
+    def __init__(self, hidden_size: int, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.up = nn.Linear(hidden_size, width)
+        self.down = nn.Linear(width, hidden_size)
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        update = self.down(F.gelu(self.up(self.norm(hidden.to(self.up.weight.dtype)))))
+        return hidden + update.to(hidden.dtype)
+
+
 MASK_TOKEN = "<|fast_mask|>"  # the input that replaces a dropped answer token (answer_token_dropout)
 
 
@@ -93,6 +119,7 @@ class QwenFAST(Framework):
         hl_gauss_sigma: float = 0.0  # > 0: HL-Gauss targets over the ordered FAST ids (needs fast.bpe_merges: false)
         use_proprio: bool = False  # add the projected state to the LM head's input (module docstring)
         answer_token_dropout: float = 0.0  # training: each answer input token -> <|fast_mask|> with this probability
+        answer_mlp_hidden: int = 0  # > 0: a residual MLP of this width on the LM head's input (module docstring)
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
@@ -112,20 +139,31 @@ class QwenFAST(Framework):
         if not 0.0 <= config.answer_token_dropout < 1.0:
             raise ValueError(f"QwenFAST.answer_token_dropout must lie in [0, 1), got {config.answer_token_dropout}")
         self.mask_token_id = self.vlm.add_special_tokens([MASK_TOKEN])[0] if config.answer_token_dropout else None
+        if config.answer_mlp_hidden < 0:
+            raise ValueError(f"QwenFAST.answer_mlp_hidden must be >= 0 (0: none), got {config.answer_mlp_hidden}")
+        self.answer_mlp = (
+            AnswerMLP(self.vlm.hidden_size, config.answer_mlp_hidden) if config.answer_mlp_hidden else None
+        )
 
     @contextmanager
     def _state_at_head(self, batch: Batch) -> Iterator[None]:
         """Inside the block, every pass of the language model over `batch`'s rows (prompt and cached decoding steps)
-        returns final hidden states plus W_s state [B, 1, H] (use_proprio; else nothing changes)."""
-        if self.proprio is None:
+        returns final hidden states h' = h + W_s state [B, 1, H] (use_proprio), then h' + MLP(h') (answer_mlp_hidden);
+        without either nothing changes."""
+        if self.proprio is None and self.answer_mlp is None:
             yield
             return
-        if batch.state is None:
-            raise ValueError("QwenFAST.use_proprio needs a `state` in every sample; set use_proprio: false")
-        shift = self.proprio(batch.state.to(self.device, self.proprio.weight.dtype)).unsqueeze(1)  # [B, 1, H]
-        handle = language_final_norm(self.vlm).register_forward_hook(
-            lambda module, inputs, output: output + shift.to(output.dtype)
-        )
+        shift = None
+        if self.proprio is not None:
+            if batch.state is None:
+                raise ValueError("QwenFAST.use_proprio needs a `state` in every sample; set use_proprio: false")
+            shift = self.proprio(batch.state.to(self.device, self.proprio.weight.dtype)).unsqueeze(1)  # [B, 1, H]
+
+        def head_input(module, inputs, output: torch.Tensor) -> torch.Tensor:
+            hidden = output if shift is None else output + shift.to(output.dtype)
+            return hidden if self.answer_mlp is None else self.answer_mlp(hidden)
+
+        handle = language_final_norm(self.vlm).register_forward_hook(head_input)
         try:
             yield
         finally:

@@ -99,6 +99,14 @@ class ProcessorConfig:
     # Cross-embodiment mixtures: {name: {"action_dim", "state_dim", "datasets"}}, each robot's own sizes (the
     # platform's are the largest); None: one embodiment at the platform's sizes. See processor/embodiment.py.
     embodiments: dict | None = None
+    n_action_steps: int | None = None  # actions of a chunk a client plays before asking again (None: all T)
+
+    def __post_init__(self) -> None:
+        if self.n_action_steps is not None and not 1 <= self.n_action_steps <= self.action_horizon:
+            raise ValueError(
+                f"platform.n_action_steps={self.n_action_steps} must lie in [1, action_horizon={self.action_horizon}]"
+                " (or be null: the whole chunk)"
+            )
 
     def to_dict(self) -> dict:
         return {"format": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -293,6 +301,7 @@ class Processor:
             "camera_keys": list(c.camera_keys),
             "image_size": list(c.image_size) if isinstance(c.image_size, tuple) else c.image_size,
             "embodiment": c.embodiment,
+            "n_action_steps": c.n_action_steps or c.action_horizon,  # what a client plays of each chunk
             **({"embodiments": c.embodiments} if c.embodiments else {}),  # cross-embodiment: each robot's sizes
         }
 
@@ -382,6 +391,7 @@ def build_processor(
         state_dim=platform.state_dim,
         embodiment=_default_embodiment(names, platform.name, embodiments),
         embodiments=embodiments or None,
+        n_action_steps=platform.n_action_steps,
         **framework.processor_options(),
     )
     return Processor(config, framework.hf_processor, norm_stats)

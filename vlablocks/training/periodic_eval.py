@@ -11,7 +11,7 @@ from pathlib import Path
 
 from deployment.policy import FrameworkPolicy
 from vlablocks.build import build
-from vlablocks.evaluation.rollout import evaluate
+from vlablocks.evaluation.rollout import evaluate, played_per_chunk
 from vlablocks.registry import EVAL_ENVS
 
 
@@ -35,7 +35,7 @@ class PeriodicEval:
             self.trainer.eval_episodes,
             self.trainer.eval_seed,
             self.out / f"step_{step}",
-            open_loop_horizon=policy.metadata["action_horizon"],
+            open_loop_horizon=played_per_chunk(policy.metadata),
             videos=0,
             progress=False,
         )

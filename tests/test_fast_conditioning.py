@@ -159,3 +159,10 @@ def test_answer_token_dropout_acts_in_training_only_and_is_bounded():
     assert not torch.equal(trained[0], trained[1])  # training: a fresh mask per pass
     with pytest.raises(ValueError, match="answer_token_dropout"):
         build(examples, use_proprio=False, answer_token_dropout=1.0)
+
+
+def test_the_shipped_toy_config_keeps_the_answer_mlp_and_the_state():
+    from vlablocks.config import load_config
+
+    framework = load_config("configs/toy/qwen_fast.yaml").framework
+    assert framework["answer_mlp_hidden"] > 0 and framework["use_proprio"]

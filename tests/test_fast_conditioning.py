@@ -74,24 +74,30 @@ def test_sampling_and_its_recomputation_both_see_the_state_at_every_decoding_ste
     assert greedy == coldest
 
 
-@pytest.mark.parametrize("use_proprio", [False, True])
-def test_only_use_proprio_fits_chunks_that_only_the_state_tells_apart(use_proprio):
-    examples = state_only_examples()
-    policy = build(examples, use_proprio).train()
+def fitted_loss(policy: QwenFAST, examples: list[dict], steps: int) -> float:
+    """The training loss after `steps` Adam steps on `examples` (one batch)."""
+    policy.train()
     batch = policy.processor(examples)
     optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
-    for _ in range(150):
+    for _ in range(steps):
         loss = policy(batch)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("use_proprio", [False, True])
+def test_only_use_proprio_fits_chunks_that_only_the_state_tells_apart(use_proprio):
+    examples = state_only_examples()
+    loss = fitted_loss(build(examples, use_proprio), examples, 150)
     # Without the state every frame has the same prompt: the answers' first two tokens are each one of two values,
     # equally often, so the mean cross-entropy over the answer (T * D tokens + stop) stays >= 2 ln 2 / 5.
     floor = 2 * np.log(2) / (PLATFORM["action_horizon"] * PLATFORM["action_dim"] + 1)
     if use_proprio:
-        assert loss.item() < 0.1 * floor
+        assert loss < 0.1 * floor
     else:
-        assert loss.item() > 0.95 * floor
+        assert loss > 0.95 * floor
 
 
 def xor_examples() -> list[dict]:
@@ -103,21 +109,14 @@ def xor_examples() -> list[dict]:
 @pytest.mark.parametrize("answer_mlp_hidden", [0, 64])
 def test_only_the_answer_mlp_fits_a_chunk_that_is_a_nonlinear_function_of_the_state(answer_mlp_hidden):
     examples = xor_examples()
-    policy = build(examples, True, answer_mlp_hidden=answer_mlp_hidden).train()
-    batch = policy.processor(examples)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
-    for _ in range(200):
-        loss = policy(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    loss = fitted_loss(build(examples, True, answer_mlp_hidden=answer_mlp_hidden), examples, 200)
     # The LM head's logits are linear in its input, h + W_s s: for the first token (one of two values, by XOR) the
     # best a linear function of s does is the marginal, ln 2; the later tokens follow from it. Mean over 5 tokens.
     floor = np.log(2) / (PLATFORM["action_horizon"] * PLATFORM["action_dim"] + 1)
     if answer_mlp_hidden:
-        assert loss.item() < 0.1 * floor
+        assert loss < 0.1 * floor
     else:
-        assert loss.item() > 0.95 * floor
+        assert loss > 0.95 * floor
 
 
 def test_the_answer_mlp_is_the_identity_at_initialization_and_is_refused_negative():

@@ -6,6 +6,7 @@ image and instruction and only the state tells their chunks apart, a QwenFAST wi
 is the answers' marginal), and with it it does.
 `answer_mlp_hidden`: a residual MLP on the LM head's input, the identity at initialization, lets the answer be a
 nonlinear function of the state: a chunk that is the XOR of the state's signs is fitted with it and not without.
+`state_tokens`: the state is also written into the prompt as bins (pi0-FAST), so the LLM's layers read it too.
 `answer_token_dropout`: in training only, answer tokens are masked as inputs (never as labels) at the set rate.
 """
 
@@ -165,3 +166,12 @@ def test_the_shipped_toy_config_keeps_the_answer_mlp_and_the_state():
 
     framework = load_config("configs/toy/qwen_fast.yaml").framework
     assert framework["answer_mlp_hidden"] > 0 and framework["use_proprio"]
+
+
+def test_state_tokens_write_the_state_into_the_prompt_only_when_asked():
+    examples = synthetic_examples(PlatformConfig(**PLATFORM), 2, seed=7)
+    moved = [{**e, "state": -e["state"]} for e in examples]
+    for state_tokens in (False, True):
+        policy = build(examples, use_proprio=False, state_tokens=state_tokens)
+        prompt, moved_prompt = (policy.processor(x, targets=False).vlm.input_ids for x in (examples, moved))
+        assert torch.equal(prompt, moved_prompt) is not state_tokens

@@ -31,6 +31,9 @@ The LM head's logits are linear in their input; QwenOFT's L1 head is an MLP over
 task the chunk is the step toward the named block, a nonlinear function of the block's and the robot's positions,
 and the tiny 2-layer LLM's final states carry it only coarsely: without the MLP the first FAST token (the mean x step)
 was off by 2.8 bins on training frames, with it 1.5 (docs/toy_root_causes.md, QwenFAST).
+`state_tokens`: the normalized state is also written into the prompt as bins after the instruction
+("State: 131 7;", the processor's DiscretizeState, as pi0-FAST and QwenPI05 do), so the LLM's own layers can
+combine it with the image and the instruction before the answer, not only the head.
 `answer_token_dropout` p: in training, each answer token is replaced *as an input* by `<|fast_mask|>` with
 probability p (its label stays), so a later token cannot be predicted from the earlier ones alone and must be
 read from the prompt; inference feeds the true tokens (docs/toy_root_causes.md: the second token, the chunk's mean
@@ -55,7 +58,7 @@ from vlablocks.config import PlatformConfig, registry_field
 from vlablocks.framework.base import Framework
 from vlablocks.framework.readout import add_readout_loss, build_readout
 from vlablocks.processor.batch import Batch
-from vlablocks.processor.pipeline import FASTOptions
+from vlablocks.processor.pipeline import FASTOptions, StateTokenOptions
 from vlablocks.processor.steps import IGNORE_INDEX, fast_token
 from vlablocks.registry import FRAMEWORKS, VLMS
 from vlablocks.vlm.runtime import allowed_ids, check_temperature, tempered_log_probs
@@ -120,6 +123,7 @@ class QwenFAST(Framework):
         use_proprio: bool = False  # add the projected state to the LM head's input (module docstring)
         answer_token_dropout: float = 0.0  # training: each answer input token -> <|fast_mask|> with this probability
         answer_mlp_hidden: int = 0  # > 0: a residual MLP of this width on the LM head's input (module docstring)
+        state_tokens: bool = False  # the state also written into the prompt as bins (pi0-FAST; StateTokenOptions)
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
@@ -172,7 +176,8 @@ class QwenFAST(Framework):
     def processor_options(self) -> dict:
         """The processor tokenizes the answers (and decodes generated ids) with its FAST tokenizer."""
         suffix = self.readout.prompt_suffix if self.readout is not None else ""
-        return {**super().processor_options(), "fast": self.config.fast, "prompt_suffix": suffix}
+        options = {**super().processor_options(), "fast": self.config.fast, "prompt_suffix": suffix}
+        return {**options, "state_tokens": StateTokenOptions()} if self.config.state_tokens else options
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Cross-entropy on the answer tokens (FAST tokens + stop), averaged over those tokens."""

@@ -165,7 +165,7 @@ def test_the_shipped_toy_config_keeps_the_answer_mlp_and_the_state():
     from vlablocks.config import load_config
 
     framework = load_config("configs/toy/qwen_fast.yaml").framework
-    assert framework["answer_mlp_hidden"] > 0 and framework["use_proprio"]
+    assert framework["answer_mlp_hidden"] > 0 and framework["use_proprio"] and framework["state_tokens"]
 
 
 def test_state_tokens_write_the_state_into_the_prompt_only_when_asked():

@@ -73,6 +73,24 @@ def test_toy_vqa_answers_are_correct_by_construction():
     assert answers["exists"] == {"yes", "no"}
 
 
+def test_toy_vqa_kinds_and_occupied_share():
+    """Training sets may ask one kind and name occupied cells more often; 0.5 (held-out sets) draws as before."""
+    _, occupied = make_toy_vqa(40, seed=11, per_scene=1, kinds=("colour",), occupied_share=1.0)
+    _, empty = make_toy_vqa(40, seed=11, per_scene=1, kinds=("colour",), occupied_share=0.0)
+    assert {r["kind"] for r in occupied} == {"colour"} and len(occupied) == 40
+    assert all(r["answer"] != "none" for r in occupied)
+    assert all(r["answer"] == "none" for r in empty)  # scenes hold at most 4 blocks on 16 cells: a cell is free
+    _, default = make_toy_vqa(40, seed=11, per_scene=3)
+    _, half = make_toy_vqa(40, seed=11, per_scene=3, kinds=("count", "colour", "exists"), occupied_share=0.5)
+    assert default == half
+    shares = [r["answer"] != "none" for r in default if r["kind"] == "colour"]
+    assert 0.2 < sum(shares) / len(shares) < 0.8
+    with pytest.raises(ValueError, match="question kinds"):
+        make_toy_vqa(2, seed=1, kinds=("color",))
+    with pytest.raises(ValueError, match="occupied_share"):
+        make_toy_vqa(2, seed=1, occupied_share=1.5)
+
+
 # ---- the dataset ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vqa_root(tmp_path_factory):

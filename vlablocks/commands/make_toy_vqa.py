@@ -18,6 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=10000, help="scene i is the toy env reset with seed SEED + i")
     parser.add_argument("--max_objects", type=int, default=4, help="scenes hold 1 .. MAX_OBJECTS blocks (default 4)")
     parser.add_argument("--image_size", type=int, default=112, help="pixels per image side (default 112)")
+    parser.add_argument(
+        "--kinds", nargs="+", default=["count", "colour", "exists"], help="question kinds asked in turn (default all)"
+    )
+    parser.add_argument(
+        "--occupied_share",
+        type=float,
+        default=0.5,
+        help="probability that a colour question names an occupied cell (default 0.5; held-out sets keep 0.5)",
+    )
     parser.add_argument("--dataset_name", default="toy_vqa", help="the dataset_name of its samples")
     parser.add_argument("--overwrite", action="store_true", help="replace files in --out if it exists")
 
@@ -29,7 +38,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.envs.toy_vqa import make_toy_vqa
 
     start = time.perf_counter()
-    scenes, records = make_toy_vqa(args.scenes, args.seed, args.questions, args.max_objects, args.image_size)
+    scenes, records = make_toy_vqa(
+        args.scenes,
+        args.seed,
+        args.questions,
+        args.max_objects,
+        args.image_size,
+        tuple(args.kinds),
+        args.occupied_share,
+    )
     out = write_vqa_dataset(args.out, scenes, records, args.dataset_name, overwrite=args.overwrite)
     print(
         f"wrote {len(records)} questions about {len(scenes)} toy scenes to {out} in {time.perf_counter() - start:.1f} s"

@@ -55,12 +55,12 @@ def count_question(layout: Layout) -> Question:
     return Question("count", "how many blocks are there?", str(len(layout.colours)))
 
 
-def colour_question(layout: Layout, grid: int, rng: np.random.Generator) -> Question:
-    """About an occupied cell with probability 1/2 (when any is free), else an empty one ("none")."""
+def colour_question(layout: Layout, grid: int, rng: np.random.Generator, occupied_share: float = 0.5) -> Question:
+    """About an occupied cell with probability `occupied_share` (when any is free), else an empty one ("none")."""
     cells = block_cells(layout, grid)
     empty = [(r, c) for r in range(grid) for c in range(grid) if (r, c) not in cells]
     occupied = sorted(cells)
-    pool = occupied if (rng.random() < 0.5 or not empty) else empty
+    pool = occupied if (rng.random() < occupied_share or not empty) else empty
     row, column = pool[int(rng.integers(len(pool)))]
     answer = cells.get((row, column), "none")
     return Question("colour", f"what colour is the block in {cell_name(row, column, grid)}?", answer)
@@ -75,26 +75,40 @@ def exists_question(layout: Layout, rng: np.random.Generator) -> Question:
     return Question("exists", f"is there a {colour} block?", "yes" if colour in present else "no")
 
 
-def scene_questions(layout: Layout, grid: int, rng: np.random.Generator, per_scene: int) -> list[Question]:
-    """`per_scene` questions: the kinds in turn (count, colour, exists, count, ...), drawn with `rng`."""
+def scene_questions(
+    layout: Layout,
+    grid: int,
+    rng: np.random.Generator,
+    per_scene: int,
+    kinds: tuple[str, ...] = KINDS,
+    occupied_share: float = 0.5,
+) -> list[Question]:
+    """`per_scene` questions: `kinds` in turn (by default count, colour, exists, count, ...), drawn with `rng`."""
     questions = []
     for i in range(per_scene):
-        kind = KINDS[i % len(KINDS)]
+        kind = kinds[i % len(kinds)]
         if kind == "count":
             questions.append(count_question(layout))
         elif kind == "colour":
-            questions.append(colour_question(layout, grid, rng))
+            questions.append(colour_question(layout, grid, rng, occupied_share))
         else:
             questions.append(exists_question(layout, rng))
     return questions
 
 
 def make_toy_vqa(
-    num_scenes: int, seed: int, per_scene: int = 3, max_objects: int = 4, image_size: int = 112
+    num_scenes: int,
+    seed: int,
+    per_scene: int = 3,
+    max_objects: int = 4,
+    image_size: int = 112,
+    kinds: tuple[str, ...] = KINDS,
+    occupied_share: float = 0.5,
 ) -> tuple[list[dict[str, np.ndarray]], list[dict]]:
     """-> (scenes: per scene {"top": uint8 [S, S, 3]}, records: {"scene", "question", "answer", "kind", "seed"}).
 
-    Scene i is the toy env reset with seed `seed + i` and 1 + i % max_objects blocks.
+    Scene i is the toy env reset with seed `seed + i` and 1 + i % max_objects blocks. `kinds` are asked in turn;
+    a colour question names an occupied cell with probability `occupied_share` (evaluation sets keep 0.5).
     """
     from vlablocks.envs.toy import ToyTabletopEnv
 
@@ -103,6 +117,11 @@ def make_toy_vqa(
             f"need scenes >= 1, questions per scene >= 1 and 1 <= max_objects <= {len(COLOURS)}; got "
             f"{num_scenes}, {per_scene}, {max_objects}"
         )
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if not kinds or unknown:
+        raise ValueError(f"question kinds must be a non-empty subset of {', '.join(KINDS)}; got {list(kinds)}")
+    if not 0.0 <= occupied_share <= 1.0:
+        raise ValueError(f"occupied_share is a probability in [0, 1], got {occupied_share}")
     envs = [ToyTabletopEnv(ToyTabletopEnv.Config(image_size=image_size, num_objects=n + 1)) for n in range(max_objects)]
     scenes, records = [], []
     for i in range(num_scenes):
@@ -110,6 +129,6 @@ def make_toy_vqa(
         observation = env.reset(seed=seed + i)
         rng = np.random.default_rng([seed + i, 0x51A])
         scenes.append({"top": observation["images"]["top"]})
-        for q in scene_questions(env.layout, env.config.grid, rng, per_scene):
+        for q in scene_questions(env.layout, env.config.grid, rng, per_scene, kinds, occupied_share):
             records.append({"scene": i, "question": q.question, "answer": q.answer, "kind": q.kind, "seed": seed + i})
     return scenes, records

@@ -384,6 +384,26 @@ def test_tiny_tokenizer_is_deterministic_and_carries_qwen_tokens(tmp_path):
     assert ids.count(first.convert_tokens_to_ids("<|image_pad|>")) == 1
 
 
+def test_tiny_tokenizer_vqa_corpus_makes_question_words_single_tokens(tmp_path):
+    robot, vqa = tiny_tokenizer(tmp_path / "robot"), tiny_tokenizer(tmp_path / "vqa", extra=("vqa",))
+    for answer in ("none", "blue", "yes"):  # an answer opens the assistant turn: no leading space
+        assert len(robot.tokenize(answer)) > 1 and vqa.tokenize(answer) == [answer]
+    assert vqa.tokenize("what colour is the block in row 2, column 3?") == (
+        ["what", "Ġcolour", "Ġis", "Ġthe", "Ġblock", "Ġin", "Ġrow", "Ġ", "2", ",", "Ġcolumn", "Ġ", "3", "?"]
+    )
+    assert robot.tokenize("pick the red block") == vqa.tokenize("pick the red block")
+    with pytest.raises(ValueError, match=r"unknown tiny tokenizer corpora \['vqa2'\]; choose from \['vqa'\]"):
+        tiny_tokenizer(tmp_path / "bad", extra=("vqa2",))
+
+
+def test_tiny_tokenizer_corpora_option_reaches_the_build(tmp_path):
+    vlm = build("qwen2_5_vl", tiny_tokenizer_corpora=["vqa"])
+    assert vlm.tokenizer.tokenize("none") == ["none"]
+    assert len(build("qwen2_5_vl").tokenizer.tokenize("none")) > 1
+    with pytest.raises(ValueError, match=r"vlm.tiny_tokenizer_corpora applies to random-init builds only"):
+        build("qwen2_5_vl", base_vlm="/any/dir", tiny_tokenizer_corpora=["vqa"])
+
+
 def test_runtime_choices_on_cpu(qwen25):
     if not torch.cuda.is_available():
         assert resolve_dtype("auto") == torch.float32

@@ -79,6 +79,9 @@ class VLMConfig:
     # Random-init builds only: the std of the token-embedding rows (None: the family's initializer_range, 0.02), for
     # the prompt's words to hold their own against the vision tokens in the residual stream (docs/toy_root_causes.md).
     text_embedding_init_std: float | None = None
+    # Random-init builds only: extra built-in corpora the tiny tokenizer is trained on (vlm/tokenizer.py
+    # EXTRA_CORPORA; "vqa" makes question words and one-word answers single tokens). None: the robot corpus alone.
+    tiny_tokenizer_corpora: list[str] | None = None
     lora: LoraOptions = field(default_factory=LoraOptions)
 
 
@@ -141,7 +144,7 @@ class VLMBackbone(nn.Module):
         if config.base_vlm:
             model, processor = self._load_pretrained(config.base_vlm, dtype, attn)
         else:
-            processor = self.build_processor(tiny_tokenizer())
+            processor = self.build_processor(tiny_tokenizer(extra=tuple(config.tiny_tokenizer_corpora or ())))
             set_image_normalization(processor.image_processor, config.image_mean, config.image_std)
             model_config = self.model_config(config.arch, processor.tokenizer)
             model = self.model_class._from_config(model_config, dtype=dtype, attn_implementation=attn)

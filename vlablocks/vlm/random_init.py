@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-RANDOM_INIT_OPTIONS = ("image_mean", "image_std", "text_embedding_init_std")
+RANDOM_INIT_OPTIONS = ("image_mean", "image_std", "text_embedding_init_std", "tiny_tokenizer_corpora")
 
 
 def check_random_init_options(config: Any) -> None:

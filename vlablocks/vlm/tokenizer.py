@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import Qwen2Tokenizer
@@ -64,13 +65,33 @@ _EXTRA = (
 )
 
 
-def corpus() -> list[str]:
-    """The built-in training text: templated manipulation instructions plus a little general text."""
+# Optional corpora (`vlm.tiny_tokenizer_corpora`): question-answer text, so that the words of visual questions and
+# their one-word answers are single tokens, as in a real Qwen vocabulary (the robot corpus alone spells "none" as
+# n/on/e and "row" as r/o/w).
+_VQA_LINES = [
+    "what colour is the block in the top-left cell? what colour is the block in the bottom-right cell?",
+    "what colour is the block in the top-right cell? what colour is the block in the bottom-left cell?",
+    "what colour is the block in row 1, column 2? what colour is the block in row 3, column 4?",
+    "how many blocks are there? is there a green block? is there a yellow block?",
+    *"none red green blue yellow yes no".split(),
+]
+EXTRA_CORPORA = {"vqa": _VQA_LINES}
+
+
+def corpus(extra: Sequence[str] = ()) -> list[str]:
+    """The built-in training text: templated manipulation instructions, a little general text, then the named
+    `extra` corpora (keys of EXTRA_CORPORA), each repeated 8 times."""
+    unknown = [name for name in extra if name not in EXTRA_CORPORA]
+    if unknown:
+        raise ValueError(f"unknown tiny tokenizer corpora {unknown}; choose from {sorted(EXTRA_CORPORA)}")
     lines = [
         f"{verb} the {colour} {obj} to the {place}."
         for verb, colour, obj, place in itertools.product(_VERBS, _COLOURS, _OBJECTS, _PLACES)
     ]
-    return lines + [_EXTRA] * 8
+    lines += [_EXTRA] * 8
+    for name in extra:
+        lines += EXTRA_CORPORA[name] * 8
+    return lines
 
 
 def _trainer_settings() -> dict:
@@ -84,12 +105,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vlablocks"
 
 
-def tokenizer_key() -> str:
-    payload = json.dumps({"corpus": corpus(), "settings": _trainer_settings()}, sort_keys=True)
+def tokenizer_key(extra: Sequence[str] = ()) -> str:
+    payload = json.dumps({"corpus": corpus(extra), "settings": _trainer_settings()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def train_vocab() -> tuple[dict[str, int], list[list[str]]]:
+def train_vocab(extra: Sequence[str] = ()) -> tuple[dict[str, int], list[list[str]]]:
     """Trains the byte-level BPE with Qwen2's pre-tokenization -> (vocab, merges)."""
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
     from tokenizers.models import BPE
@@ -112,23 +133,23 @@ def train_vocab() -> tuple[dict[str, int], list[list[str]]]:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus(), trainer)
+    tokenizer.train_from_iterator(corpus(extra), trainer)
     model = json.loads(tokenizer.to_str())["model"]
     merges = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]]
     return model["vocab"], merges
 
 
-def tiny_tokenizer(cache_dir: str | Path | None = None) -> Qwen2Tokenizer:
-    """The tiny Qwen tokenizer (left padding), trained once per machine and then read from the cache."""
+def tiny_tokenizer(cache_dir: str | Path | None = None, extra: Sequence[str] = ()) -> Qwen2Tokenizer:
+    """The tiny Qwen tokenizer (left padding) trained on `corpus(extra)`, once per machine, then read from the cache."""
     directory = (
-        Path(cache_dir) if cache_dir is not None else cache_root() / "tokenizers" / f"qwen-tiny-{tokenizer_key()}"
+        Path(cache_dir) if cache_dir is not None else cache_root() / "tokenizers" / f"qwen-tiny-{tokenizer_key(extra)}"
     )
     vocab_file = directory / "vocab.json"
     if vocab_file.is_file():
         vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
         merges = json.loads((directory / "merges.json").read_text(encoding="utf-8"))
     else:
-        vocab, merges = train_vocab()
+        vocab, merges = train_vocab(extra)
         _write_atomically(directory, {"vocab.json": vocab, "merges.json": merges})
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[tuple(m) for m in merges], padding_side="left")
     tokenizer.add_tokens(list(QWEN_SPECIAL_TOKENS), special_tokens=True)

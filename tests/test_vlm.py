@@ -405,9 +405,8 @@ def test_tiny_tokenizer_corpora_option_reaches_the_build(tmp_path):
     # a VLM saved with it (stage 1 of two-stage co-training) carries its vocabulary to a base_vlm build (stage 2)
     vlm.save_pretrained(tmp_path / "stage1")
     reloaded = build_component(VLMS, {"name": "qwen2_5_vl", "base_vlm": str(tmp_path / "stage1")})
-    assert reloaded.tokenizer.get_vocab() == vlm.tokenizer.get_vocab() and reloaded.tokenizer.tokenize("none") == [
-        "none"
-    ]
+    assert reloaded.tokenizer.get_vocab() == vlm.tokenizer.get_vocab()
+    assert reloaded.tokenizer.tokenize("none") == ["none"]
 
 
 def test_runtime_choices_on_cpu(qwen25):

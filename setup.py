@@ -42,5 +42,9 @@ setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["vlablocks=vlablocks.cli:main"]},
+    entry_points={
+        "console_scripts": ["vlablocks=vlablocks.cli.main:main"],
+        # The methods' and tools' components reach the core's registries as plugins: the core imports neither.
+        "vlablocks.plugins": ["methods = vlablocks.methods.plugin", "tools = vlablocks.tools.plugin"],
+    },
 )

@@ -21,7 +21,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def toy_dataset(tmp_path_factory):
     """A 4-episode toy LeRobot dataset, written once per test session."""
-    from vlablocks.envs.toy_dataset import write_toy_dataset
+    from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 
     return write_toy_dataset(tmp_path_factory.mktemp("toy") / "toy", episodes=4, seed=0)
 

@@ -10,9 +10,9 @@ import dataclasses
 
 import torch
 
-from vlablocks.action_model.base import ActionHead, Conditioning
-from vlablocks.build import build as build_component
-from vlablocks.registry import ACTION_MODELS
+from vlablocks.core.action_model.base import ActionHead, Conditioning
+from vlablocks.core.build import build as build_component
+from vlablocks.core.registry import ACTION_MODELS
 
 B, T, D, S, H, L, VLM_LAYERS = 4, 4, 3, 5, 16, 6, 3
 SIZES = {"action_horizon": T, "action_dim": D, "state_dim": S, "cond_dim": H}

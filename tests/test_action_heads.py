@@ -29,17 +29,17 @@ from head_helpers import (
     wake,
 )
 
-from vlablocks.action_model.base import Conditioning
-from vlablocks.action_model.flow_matching import euler_integrate, sample_beta
-from vlablocks.action_model.masking import hold_last_valid
-from vlablocks.build import build as build_component
-from vlablocks.config import ConfigError
-from vlablocks.registry import ACTION_MODELS
+from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.action_model.flow_matching import euler_integrate, sample_beta
+from vlablocks.core.action_model.masking import hold_last_valid
+from vlablocks.core.build import build as build_component
+from vlablocks.core.config import ConfigError
+from vlablocks.core.registry import ACTION_MODELS
 
 
 def test_every_action_model_declares_its_typed_config():
     assert {"l1_regression", "diffusion", "flow_matching", "layerwise_flow_matching"} <= set(CONTINUOUS_HEADS)
-    # FAST is an action tokenizer, not a head: it lives in the processor (vlablocks/processor/fast_tokenizer.py).
+    # FAST is an action tokenizer, not a head: it lives in the processor (vlablocks/core/processor/fast_tokenizer.py).
     assert "fast" not in ACTION_MODELS
     for entry in ACTION_MODELS.entries():
         fields = dataclasses.fields(entry.config_class)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.build import build
-from vlablocks.config import PlatformConfig, parse_experiment
-from vlablocks.dataloader.normalization import compute_norm_stats
-from vlablocks.envs.toy import ToyTabletopEnv
-from vlablocks.envs.toy_dataset import write_toy_dataset
-from vlablocks.framework.base import build_policy
-from vlablocks.framework.phase_schedule import PhaseSchedule
-from vlablocks.geometry.world_losses import WorldLosses, cell_geometry
-from vlablocks.registry import DATASETS
+from vlablocks.core.build import build
+from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.dataloader.normalization import compute_norm_stats
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.tools.toy.toy_dataset import write_toy_dataset
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.phase_schedule import PhaseSchedule
+from vlablocks.core.geometry.world_losses import WorldLosses, cell_geometry
+from vlablocks.core.registry import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
 PLATFORM = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}
@@ -184,8 +184,8 @@ def test_each_auxiliary_loss_falls_when_trained_alone_on_toy_depth(samples, name
 def test_vlablocks_train_logs_the_scheduled_weights_step_by_step(heights_data, tmp_path):
     import json
 
-    from vlablocks.config import load_config
-    from vlablocks.training.train import train
+    from vlablocks.core.config import load_config
+    from vlablocks.core.training.train import train
 
     overrides = [
         f"dataset.root={heights_data}",

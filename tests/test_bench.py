@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from vlablocks.bench.result import Goal, Row, Side
-from vlablocks.bench.settings import bench_settings
+from vlablocks.tools.bench.result import Goal, Row, Side
+from vlablocks.tools.bench.settings import bench_settings
 
 ROWS = ["training", "processing", "data", "inference", "flow_matching", "pi05", "rollout", "server", "memory"]
 INVERTED = ("processing", "inference", "flow_matching", "pi05")  # ratio = baseline / ours (speed-ups)
@@ -126,7 +126,7 @@ def test_bad_combinations_are_one_line_errors():
 
 
 def test_unknown_row_names_the_available_ones(tmp_path):
-    from vlablocks.bench.suite import run_suite
+    from vlablocks.tools.bench.suite import run_suite
 
     with pytest.raises(ValueError, match="unknown bench row\\(s\\) trainig \\(available: training, processing, data,"):
         run_suite(bench_settings("smoke"), tmp_path, only=["trainig"])

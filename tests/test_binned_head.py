@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from vlablocks.action_model.base import Conditioning
-from vlablocks.action_model.binned import BinnedActionHead
+from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.action_model.binned import BinnedActionHead
 
 
 def head(**options) -> BinnedActionHead:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from vlablocks.framework.base import Framework
+from vlablocks.core.framework.base import Framework
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_before_layers"
 FRAMEWORKS = ["QwenOFT", "QwenFlowMatching", "QwenFAST", "QwenPI05", "QwenLayerwiseFM3D"]

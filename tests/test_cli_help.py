@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from vlablocks.cli import build_parser, main
+from vlablocks.cli.main import build_parser, main
 
 
 def subcommands() -> list[str]:

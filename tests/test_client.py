@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from deployment.client import ActionChunkBroker, PolicyClient, ProtocolError, msgpack_numpy, resize_with_pad
-from deployment.server import running_server
+from vlablocks.core.serving.server import running_server
 
 CLIENT_DIR = Path(__file__).resolve().parents[1] / "deployment" / "client"
 

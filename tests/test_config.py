@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vlablocks.config import (
+from vlablocks.core.config import (
     ConfigError,
     ExperimentConfig,
     PlatformConfig,
@@ -20,7 +20,7 @@ from vlablocks.config import (
     to_dataclass,
     validate,
 )
-from vlablocks.training.config import TrainerConfig
+from vlablocks.core.config.trainer import TrainerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,16 +121,16 @@ def test_the_registry_is_a_leaf():
     """registry.py imports nothing of the config or build code (building sits one level up, in build.py)."""
     import ast
 
-    import vlablocks.registry
+    import vlablocks.core.registry
 
-    tree = ast.parse(Path(vlablocks.registry.__file__).read_text())
+    tree = ast.parse(Path(vlablocks.core.registry.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not [name for name in imported if name and name.startswith("vlablocks")], imported
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlablocks.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "vlablocks.cli.main", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.build import build as build_component
-from vlablocks.config import ConfigError, PlatformConfig, parse_experiment
-from vlablocks.dataloader.sample import SampleError, is_vl_sample, validate_sample, validate_vl_sample
-from vlablocks.dataloader.stats import compute_norm_stats
-from vlablocks.dataloader.vqa_dataset import VQADataset, normalize_answer, write_vqa_dataset
-from vlablocks.envs.toy_dataset import write_toy_dataset
-from vlablocks.envs.toy_scene import COLOURS
-from vlablocks.envs.toy_vqa import make_toy_vqa
-from vlablocks.evaluation.vqa import answer_questions, vqa_accuracy
-from vlablocks.framework.base import build_policy
-from vlablocks.framework.cotraining import check_cotraining
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.processor.steps import IGNORE_INDEX
-from vlablocks.registry import DATASETS
+from vlablocks.core.build import build as build_component
+from vlablocks.core.config import ConfigError, PlatformConfig, parse_experiment
+from vlablocks.core.dataloader.sample import SampleError, is_vl_sample, validate_sample, validate_vl_sample
+from vlablocks.core.dataloader.stats import compute_norm_stats
+from vlablocks.methods.cotraining.vqa_dataset import VQADataset, normalize_answer, write_vqa_dataset
+from vlablocks.tools.toy.toy_dataset import write_toy_dataset
+from vlablocks.tools.toy.toy_scene import COLOURS
+from vlablocks.tools.toy.toy_vqa import make_toy_vqa
+from vlablocks.methods.cotraining.vqa_eval import answer_questions, vqa_accuracy
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.cotraining import check_cotraining
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.processor.steps import IGNORE_INDEX
+from vlablocks.core.registry import DATASETS
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 TOY = PlatformConfig(name="toy", action_horizon=4, action_dim=2, state_dim=2)
@@ -264,8 +264,8 @@ def test_frameworks_without_vl_support_are_refused_in_one_line(oft, mixture):
 
 
 def test_training_logs_the_vl_share_of_every_step(mixture, tmp_path):
-    from vlablocks.training.batches import micro_batches
-    from vlablocks.training.train import train
+    from vlablocks.core.training.batches import micro_batches
+    from vlablocks.core.training.train import train
 
     framework = {"name": "QwenOFT", "vlm": {"image_size": 56}, "action_model": {"hidden_dim": 32, "num_blocks": 1}}
     trainer = {"max_steps": 6, "batch_size": 8, "save_every": 100, "log_every": 1, "torch_threads": 1}

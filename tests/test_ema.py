@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 from test_training import examples, experiment
 
-from vlablocks.framework.base import Framework
-from vlablocks.training.ema import EMA, EMA_FILE, STEP_KEY
-from vlablocks.training.train import train
+from vlablocks.core.framework.base import Framework
+from vlablocks.core.framework.ema import EMA, EMA_FILE, STEP_KEY
+from vlablocks.core.training.train import train
 
 
 def test_update_matches_a_hand_computation():

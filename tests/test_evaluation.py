@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from vlablocks.dataloader.sample import SampleError
-from vlablocks.envs.toy import ToyTabletopEnv
-from vlablocks.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds, evaluate, wilson_interval
-from vlablocks.evaluation.video import BAND, FAILURE_RGB, SUCCESS_RGB, annotate, outcome_text
+from vlablocks.core.dataloader.sample import SampleError
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.core.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds, evaluate, wilson_interval
+from vlablocks.core.evaluation.video import BAND, FAILURE_RGB, SUCCESS_RGB, annotate, outcome_text
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_eval_command_reports_success_rate(tmp_path):
         [
             sys.executable,
             "-m",
-            "vlablocks.cli",
+            "vlablocks.cli.main",
             "eval",
             "--env",
             "toy",

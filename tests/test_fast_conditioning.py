@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.config import PlatformConfig, parse_experiment
-from vlablocks.framework.base import build_policy
-from vlablocks.framework.qwen_fast import MASK_TOKEN, QwenFAST, drop_answer_inputs
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.processor.steps import IGNORE_INDEX
+from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.qwen_fast import MASK_TOKEN, QwenFAST, drop_answer_inputs
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.processor.steps import IGNORE_INDEX
 
 PLATFORM = {"name": "test", "action_horizon": 2, "action_dim": 2, "state_dim": 2}
 
@@ -162,7 +162,7 @@ def test_answer_token_dropout_acts_in_training_only_and_is_bounded():
 
 
 def test_the_shipped_toy_config_keeps_the_answer_mlp_and_the_state():
-    from vlablocks.config import load_config
+    from vlablocks.core.config import load_config
 
     framework = load_config("configs/toy/qwen_fast.yaml").framework
     assert framework["answer_mlp_hidden"] > 0 and framework["use_proprio"] and framework["state_tokens"]

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from vlablocks.dataloader.synthetic_chunks import smooth_chunks as smooth_trajectories
-from vlablocks.processor.fast_tokenizer import FILE_NAME, DecodedChunk, FASTTokenizer
+from vlablocks.core.dataloader.synthetic_chunks import smooth_chunks as smooth_trajectories
+from vlablocks.core.processor.fast_tokenizer import FILE_NAME, DecodedChunk, FASTTokenizer
 
 T, D = 8, 7
 

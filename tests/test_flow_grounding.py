@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlablocks.action_model.dit import DiTBlock
-from vlablocks.config import load_config
-from vlablocks.framework.base import build_policy
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.action_model.dit import DiTBlock
+from vlablocks.core.config import load_config
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
 SHIPPED = ["configs/toy/qwen_flow_matching.yaml", "configs/toy/qwen_layerwise_fm_3d.yaml"]
 

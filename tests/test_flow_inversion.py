@@ -1,5 +1,5 @@
 """Rectified-flow inversion (FlowMatchingHead.invert / reconstruct), the flow frameworks' `flow_conditioning`,
-and `vlablocks invert` (vlablocks/evaluation/flow_inversion.py)."""
+and `vlablocks invert` (vlablocks/methods/steering/flow_inversion.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from head_helpers import build, make_batch, make_conditioning, wake
 from scipy.linalg import expm
 from test_frameworks import built, scaled_examples
 
-from vlablocks.cli import main
-from vlablocks.config import load_config
-from vlablocks.envs.toy import ToyTabletopEnv
-from vlablocks.framework.base import Framework, build_policy
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.cli.main import main
+from vlablocks.core.config import load_config
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.core.framework.base import Framework, build_policy
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
 FLOW_FRAMEWORKS = ["QwenFlowMatching", "QwenLayerwiseFM3D", "QwenPI05"]
 

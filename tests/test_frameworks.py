@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.config import ExperimentConfig, PlatformConfig, parse_experiment
-from vlablocks.framework.base import Framework, build_policy, policy_names
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.registry import FRAMEWORKS
+from vlablocks.core.config import ExperimentConfig, PlatformConfig, parse_experiment
+from vlablocks.core.framework.base import Framework, build_policy, policy_names
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.registry import FRAMEWORKS
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 # Small heads so the suite stays fast; options a framework's head does not have are not passed.

@@ -8,13 +8,13 @@ import torch
 from transformers import Dinov2Model
 from vlm_helpers import encode
 
-from vlablocks.build import build
-from vlablocks.geometry.alignment import align_to_vision_tokens, overlap_matrix, resample_grid
-from vlablocks.geometry.dinov2_encoder import standardize_points
-from vlablocks.geometry.preprocess import default_intrinsics, pixel_batch, point_batch, unproject_depth
-from vlablocks.geometry.tokens import GeometricTokens
-from vlablocks.processor.steps import GeometryPreprocess
-from vlablocks.registry import FUSIONS, GEOMETRIC_ENCODERS, VLMS
+from vlablocks.core.build import build
+from vlablocks.core.geometry.alignment import align_to_vision_tokens, overlap_matrix, resample_grid
+from vlablocks.core.geometry.dinov2_encoder import standardize_points
+from vlablocks.core.geometry.preprocess import default_intrinsics, pixel_batch, point_batch, unproject_depth
+from vlablocks.core.geometry.tokens import GeometricTokens
+from vlablocks.core.processor.steps import GeometryPreprocess
+from vlablocks.core.registry import FUSIONS, GEOMETRIC_ENCODERS, VLMS
 
 PATCH = 28  # Qwen2.5-VL: 14-pixel patches merged 2 x 2
 

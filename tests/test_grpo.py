@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vlablocks.training.grpo import clipped_policy_loss, group_advantages, informative_groups
+from vlablocks.methods.rl.grpo import clipped_policy_loss, group_advantages, informative_groups
 
 
 def test_group_advantages_match_a_hand_computation():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from head_helpers import CONTINUOUS_HEADS, build, make_batch, make_conditioning, wake
 
-from vlablocks.action_model.context import sincos_2d
-from vlablocks.registry import ACTION_MODELS
+from vlablocks.core.action_model.context import sincos_2d
+from vlablocks.core.registry import ACTION_MODELS
 
 POSITION_HEADS = [
     name

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlablocks.action_model.hl_gauss import hl_gauss_targets
-from vlablocks.config import PlatformConfig, parse_experiment
-from vlablocks.framework.base import build_policy
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.action_model.hl_gauss import hl_gauss_targets
+from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
 
 def test_targets_match_the_normal_mass_per_bin_by_hand():

@@ -1,9 +1,9 @@
-"""A sampled subset of the hostile-input run (vlablocks/bench/hostile.py): one message of each of its 20 classes."""
+"""A sampled subset of the hostile-input run (vlablocks/tools/bench/hostile.py): one message of each of its 20 classes."""
 
 from __future__ import annotations
 
-from vlablocks.bench import pipelining
-from vlablocks.bench.hostile import main, run
+from vlablocks.tools.bench import pipelining
+from vlablocks.tools.bench.hostile import main, run
 
 
 def test_every_hostile_class_is_refused_cleanly_and_the_next_request_served():

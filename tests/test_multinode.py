@@ -136,12 +136,12 @@ def test_launch_node_derives_ranks_from_slurm(tmp_path, env, expected):
         (tmp_path / stub).chmod(0o755)
     base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     full = {**base, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu[07-10]", **env}
-    command = ["bash", str(LAUNCH_NODE), "vlablocks/training/train.py", "--config_yaml", "F"]
+    command = ["bash", str(LAUNCH_NODE), "vlablocks/core/training/train.py", "--config_yaml", "F"]
     proc = subprocess.run(command, cwd=ROOT, env=full, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert expected in proc.stdout
     assert proc.stdout.startswith("launch --config_file configs/accelerate/zero2.yaml")
-    assert proc.stdout.strip().endswith("vlablocks/training/train.py --config_yaml F")
+    assert proc.stdout.strip().endswith("vlablocks/core/training/train.py --config_yaml F")
 
 
 def test_launch_node_outside_slurm_names_what_is_missing():
@@ -154,9 +154,9 @@ def test_launch_node_outside_slurm_names_what_is_missing():
 
 def test_norm_stats_reach_a_shared_run_dir_whole(tmp_path, monkeypatch):
     """Every rank writes run_dir/norm_stats.json, and ranks of other nodes may read it meanwhile: by a rename."""
-    from vlablocks.config import PlatformConfig, parse_experiment
-    from vlablocks.framework.synthetic import synthetic_examples
-    from vlablocks.training.components import resolve_norm_stats
+    from vlablocks.core.config import PlatformConfig, parse_experiment
+    from vlablocks.core.framework.synthetic import synthetic_examples
+    from vlablocks.core.training.components import resolve_norm_stats
 
     renames = []
     rename = os.replace
@@ -173,7 +173,7 @@ def test_norm_stats_reach_a_shared_run_dir_whole(tmp_path, monkeypatch):
 
 def test_a_checkpoint_missing_another_node_s_partition_is_refused_naming_shared_storage(tmp_path):
     """Node-local run directories: rank 0 cannot see rank 1's optimizer partition, so it refuses to save."""
-    from vlablocks.training.zero_state import check_all_shards
+    from vlablocks.core.training.zero_state import check_all_shards
 
     for name in ZERO_FILES[:2]:  # only rank 0's
         (tmp_path / name).write_text("{}")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.dataloader.normalization import MODES, Normalizer
-from vlablocks.dataloader.stats import RunningStats
+from vlablocks.core.dataloader.normalization import MODES, Normalizer
+from vlablocks.core.dataloader.stats import RunningStats
 
 RNG = np.random.default_rng(0)
 # Dimension 2 is a "gripper": binary, left alone by the mask; dimension 3 is constant.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from vlablocks.config import load_config
-from vlablocks.framework.base import build_policy
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.config import load_config
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
 
 def word_identity_after_first_layer(overrides: list[str]) -> tuple[float, float]:

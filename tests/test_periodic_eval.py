@@ -7,9 +7,9 @@ import json
 import pytest
 from test_training import FRAMEWORK
 
-from vlablocks.config import PlatformConfig, parse_experiment
-from vlablocks.framework.synthetic import synthetic_examples
-from vlablocks.training.train import train
+from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.framework.synthetic import synthetic_examples
+from vlablocks.core.training.train import train
 
 TOY = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}
 

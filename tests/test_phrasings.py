@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlablocks.cli import main as cli
-from vlablocks.dataloader.prompt_augmentation import load_alternatives
-from vlablocks.envs.toy import ToyTabletopEnv
-from vlablocks.envs.toy_phrasings import HELD_OUT_TEMPLATES, heldout_phrasings, target_colour
-from vlablocks.envs.toy_scene import COLOURS, INSTRUCTION_TEMPLATES
-from vlablocks.evaluation.phrasing import evaluate_phrasings
-from vlablocks.evaluation.rollout import ActionChunkBroker, run_episode
+from vlablocks.cli.main import main as cli
+from vlablocks.core.dataloader.prompt_augmentation import load_alternatives
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.tools.toy.toy_phrasings import HELD_OUT_TEMPLATES, heldout_phrasings, target_colour
+from vlablocks.tools.toy.toy_scene import COLOURS, INSTRUCTION_TEMPLATES
+from vlablocks.methods.language.phrasing import evaluate_phrasings
+from vlablocks.core.evaluation.rollout import ActionChunkBroker, run_episode
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_FILE = REPO / "configs" / "prompts" / "toy_heldout.yaml"

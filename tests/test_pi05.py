@@ -1,4 +1,4 @@
-"""QwenPI05 (vlablocks/framework/qwen_pi05.py): knowledge insulation by exact zero gradients, the state as prompt
+"""QwenPI05 (vlablocks/core/framework/qwen_pi05.py): knowledge insulation by exact zero gradients, the state as prompt
 tokens, and the state discretization (processor/steps.py DiscretizeState) against hand computations."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.config import PlatformConfig, load_config, parse_experiment
-from vlablocks.dataloader.normalization import Normalizer
-from vlablocks.framework.base import build_framework, build_policy
-from vlablocks.framework.qwen_pi05 import QwenPI05
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.processor.steps import IGNORE_INDEX, DiscretizeState
+from vlablocks.core.config import PlatformConfig, load_config, parse_experiment
+from vlablocks.core.dataloader.normalization import Normalizer
+from vlablocks.core.framework.base import build_framework, build_policy
+from vlablocks.core.framework.qwen_pi05 import QwenPI05
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.processor.steps import IGNORE_INDEX, DiscretizeState
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 # Cross-attention gates open: under adaLN-Zero (gates 0) no gradient would reach the context at initialization,

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlablocks.cli import main
-from vlablocks.config import PlatformConfig, load_config, parse_experiment
-from vlablocks.training.activation_estimate import SequenceShape, activation_bytes
-from vlablocks.training.memory_plan import GIB, check_cluster, estimate, largest_fitting_batch, model_states
-from vlablocks.training.param_count import ModuleCount, ParameterCounts, count_parameters, meta_framework
+from vlablocks.cli.main import main
+from vlablocks.core.config import PlatformConfig, load_config, parse_experiment
+from vlablocks.core.training.activation_estimate import SequenceShape, activation_bytes
+from vlablocks.core.training.memory_plan import GIB, check_cluster, estimate, largest_fitting_batch, model_states
+from vlablocks.core.training.param_count import ModuleCount, ParameterCounts, count_parameters, meta_framework
 
 ROOT = Path(__file__).resolve().parents[1]
 QWEN_OFT_3B = ROOT / "examples" / "libero" / "qwen_oft_libero.yaml"  # Qwen2.5-VL-3B + L1 head, base_vlm + arch 3b
@@ -31,7 +31,7 @@ def oft_3b():
 def test_3b_count_equals_the_instantiated_meta_model(oft_3b):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from vlablocks.vlm.qwen2_5_vl import QWEN2_5_VL_ARCHS
+    from vlablocks.core.vlm.qwen2_5_vl import QWEN2_5_VL_ARCHS
 
     experiment, framework, counts = oft_3b
     assert experiment.framework["vlm"]["base_vlm"]  # planned from its arch: the weights are not here
@@ -100,8 +100,8 @@ def test_frozen_parameters_need_no_gradients_or_optimizer_states():
 
 def test_activation_estimate_matches_what_autograd_keeps():
     """The tiny QwenOFT backbone, fp32: bytes of the (non-parameter) tensors saved for backward vs the formula."""
-    from vlablocks.framework.base import build_policy
-    from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+    from vlablocks.core.framework.base import build_policy
+    from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
     torch.manual_seed(0)
     platform = {"name": "t", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
@@ -139,7 +139,7 @@ def test_largest_fitting_batch_is_the_boundary(oft_3b):
     assert largest_fitting_batch(lambda b: False) == 0
     assert largest_fitting_batch(lambda b: True, limit=100) == 100
     experiment, framework, counts = oft_3b
-    from vlablocks.commands.plan import sequence_shape
+    from vlablocks.cli.commands.plan import sequence_shape
 
     sequence, views, size = sequence_shape(experiment, framework, prompt_tokens=48)
     assert (views, size, sequence.vision_tokens, sequence.vision_patches) == (2, (224, 224), 128, 512)

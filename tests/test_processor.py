@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from deployment.policy import FrameworkPolicy
-from vlablocks.config import PlatformConfig, parse_experiment
-from vlablocks.framework.base import Framework, build_policy
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.processor.batch import Batch
-from vlablocks.processor.pipeline import Processor, ProcessorConfig
+from vlablocks.core.serving.policy import FrameworkPolicy
+from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.framework.base import Framework, build_policy
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.batch import Batch
+from vlablocks.core.processor.pipeline import Processor, ProcessorConfig
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 SMALL = {
@@ -348,7 +348,7 @@ def test_check_prompt_uses_the_models_tokenizer(oft):
 
 
 def test_the_platforms_n_action_steps_is_served_saved_and_played(oft_data, tmp_path):
-    from vlablocks.evaluation.rollout import played_per_chunk
+    from vlablocks.core.evaluation.rollout import played_per_chunk
 
     experiment = parse_experiment(
         {"platform": {**PLATFORM, "n_action_steps": 2}, "framework": {"name": "QwenOFT", **SMALL["QwenOFT"]}}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vlablocks.dataloader.prompt_augmentation import PromptAugmenter, load_alternatives
+from vlablocks.core.dataloader.prompt_augmentation import PromptAugmenter, load_alternatives
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = {"move to the red block": ["head for the red block", "go to the red cube"], "open the door": ["open it"]}
@@ -49,7 +49,7 @@ def test_decision_depends_on_the_key_not_on_call_order():
 
 def test_unknown_instructions_pass_through_counted_and_reported_once(caplog):
     aug = PromptAugmenter(TABLE, 1.0, seed=0)
-    with caplog.at_level(logging.WARNING, logger="vlablocks.dataloader.prompt_augmentation"):
+    with caplog.at_level(logging.WARNING, logger="vlablocks.core.dataloader.prompt_augmentation"):
         out = [aug("stack the cups", (0, i)) for i in range(5)] + [aug("wipe the table", (0, 9))]
     assert out == ["stack the cups"] * 5 + ["wipe the table"]
     assert aug.unknown == {"stack the cups": 5, "wipe the table": 1}
@@ -58,7 +58,7 @@ def test_unknown_instructions_pass_through_counted_and_reported_once(caplog):
 
 def test_logs_one_replacement_example_every_log_every(caplog):
     aug = PromptAugmenter(TABLE, 1.0, seed=0, log_every=10)
-    with caplog.at_level(logging.INFO, logger="vlablocks.dataloader.prompt_augmentation"):
+    with caplog.at_level(logging.INFO, logger="vlablocks.core.dataloader.prompt_augmentation"):
         draws(aug, 35)
     examples = [r for r in caplog.records if "prompt augmentation (" in r.message]
     assert len(examples) == 4  # the first replacement, then at samples 10, 20, 30
@@ -68,8 +68,8 @@ def test_logs_one_replacement_example_every_log_every(caplog):
 def test_the_examples_reach_stderr_once_under_the_cli_logging_and_other_libraries_info_stays_hidden():
     script = (
         "import logging\n"
-        "from vlablocks.logs import show_project_logs\n"
-        "from vlablocks.dataloader.prompt_augmentation import PromptAugmenter\n"
+        "from vlablocks.core.logs import show_project_logs\n"
+        "from vlablocks.core.dataloader.prompt_augmentation import PromptAugmenter\n"
         "show_project_logs(); show_project_logs()\n"
         "logging.basicConfig(level=logging.INFO)  # what a library may do later: must not double the lines\n"
         "logging.getLogger('somelib').info('library chatter')\n"
@@ -106,7 +106,7 @@ def test_replace_prob_out_of_range_is_rejected():
 
 
 def test_shipped_toy_prompt_file_is_valid_and_keeps_the_colour():
-    from vlablocks.envs.toy_scene import COLOURS, INSTRUCTION_TEMPLATES
+    from vlablocks.tools.toy.toy_scene import COLOURS, INSTRUCTION_TEMPLATES
 
     table = load_alternatives(REPO / "configs/prompts/toy.yaml")
     instructions = {t.format(colour=c) for t in INSTRUCTION_TEMPLATES for c in COLOURS}

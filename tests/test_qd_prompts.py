@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 import yaml
 
-from vlablocks.build import build as build_component
-from vlablocks.cli import main as cli
-from vlablocks.config import PlatformConfig, load_config, parse_experiment
-from vlablocks.dataloader.prompt_augmentation import load_alternatives
-from vlablocks.envs import toy_paraphrase as paraphrase
-from vlablocks.envs.toy_phrasings import target_colour
-from vlablocks.envs.vector import make_vector_env
-from vlablocks.evaluation.batched_rollout import run_batched_episodes
-from vlablocks.evaluation.qd_archive import Archive
-from vlablocks.evaluation.qd_search import ClosedLoopFailure, QDConfig, run_search, scenes_by_colour, write_prompts
-from vlablocks.framework.synthetic import synthetic_examples
-from vlablocks.registry import DATASETS
-from vlablocks.training.train import train
+from vlablocks.core.build import build as build_component
+from vlablocks.cli.main import main as cli
+from vlablocks.core.config import PlatformConfig, load_config, parse_experiment
+from vlablocks.core.dataloader.prompt_augmentation import load_alternatives
+from vlablocks.tools.toy import toy_paraphrase as paraphrase
+from vlablocks.tools.toy.toy_phrasings import target_colour
+from vlablocks.core.envs.vector import make_vector_env
+from vlablocks.core.evaluation.batched_rollout import run_batched_episodes
+from vlablocks.methods.language.qd_archive import Archive
+from vlablocks.methods.language.qd_search import ClosedLoopFailure, QDConfig, run_search, scenes_by_colour, write_prompts
+from vlablocks.core.framework.synthetic import synthetic_examples
+from vlablocks.core.registry import DATASETS
+from vlablocks.core.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 PLATFORM = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}

@@ -1,4 +1,4 @@
-"""Readout regression (vlablocks/framework/readout.py): the auxiliary L1 loss of QwenFlowMatching and
+"""Readout regression (vlablocks/core/framework/readout.py): the auxiliary L1 loss of QwenFlowMatching and
 knowledge insulation, checked against hand computations on a tiny model."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlablocks.action_model.masking import masked_mean
-from vlablocks.config import PlatformConfig, parse_experiment
-from vlablocks.framework.base import build_policy
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.action_model.masking import masked_mean
+from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 HEAD = {"name": "flow_matching", "hidden_dim": 32, "num_layers": 1, "num_heads": 2, "cross_attention_gate_init": 1.0}

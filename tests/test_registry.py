@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 
 import vlablocks
-import vlablocks.registry as registry_module
-from vlablocks.build import build
-from vlablocks.registry import KINDS, PLUGIN_GROUP, ComponentImportError, Registry, RegistryError
+import vlablocks.core.registry as registry_module
+from vlablocks.core.build import build
+from vlablocks.core.registry import KINDS, PLUGIN_GROUP, ComponentImportError, Registry, RegistryError
 
 REPO = Path(vlablocks.__file__).resolve().parent.parent
 
 
 def make_registry() -> Registry:
-    registry = Registry("widget", "vlablocks.envs")
+    registry = Registry("widget", "vlablocks.core.envs")
     registry._discovered = True  # these tests exercise registration only
     return registry
 
@@ -77,12 +77,12 @@ def run_cli(args: list[str], pythonpath: Path | None = None, cwd: Path | None = 
     if pythonpath is not None:
         env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{env.get('PYTHONPATH', '')}"
     return subprocess.run(
-        [sys.executable, "-m", "vlablocks.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+        [sys.executable, "-m", "vlablocks.cli.main", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
     )
 
 
 NEW_HEAD = textwrap.dedent('''
-    from vlablocks.registry import ACTION_MODELS
+    from vlablocks.core.registry import ACTION_MODELS
 
 
     @ACTION_MODELS.register("dropped_in_head")
@@ -140,7 +140,7 @@ def test_a_module_that_fails_to_import_fails_every_lookup_until_it_imports(tmp_p
             "good": component.format(name="good"),
             "needs_extra": "import extra_package_not_installed.sub\n" + textwrap.dedent(component.format(name="extra")),
         },
-        init="from vlablocks.registry import Registry\n\nWIDGETS = Registry('widget', __name__)\n",
+        init="from vlablocks.core.registry import Registry\n\nWIDGETS = Registry('widget', __name__)\n",
     )
     registry = importlib.import_module("widgets_under_test").WIDGETS
     expected = (

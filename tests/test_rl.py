@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlablocks.config import PlatformConfig, parse_experiment
-from vlablocks.envs.vector import make_vector_env
-from vlablocks.evaluation.batched_rollout import SamplingActor, run_batched_episodes
-from vlablocks.framework.base import Framework
-from vlablocks.framework.synthetic import synthetic_examples
-from vlablocks.training.grpo import fill_with_informative_groups
-from vlablocks.training.rl import rl
-from vlablocks.training.train import train
+from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.envs.vector import make_vector_env
+from vlablocks.core.evaluation.batched_rollout import SamplingActor, run_batched_episodes
+from vlablocks.core.framework.base import Framework
+from vlablocks.core.framework.synthetic import synthetic_examples
+from vlablocks.methods.rl.grpo import fill_with_informative_groups
+from vlablocks.methods.rl.loop import rl
+from vlablocks.core.training.train import train
 
 PLATFORM = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}  # the toy env's
 BINNED = {
@@ -168,7 +168,7 @@ def test_two_ddp_ranks_each_roll_out_their_share_and_update_one_model(sft_checkp
     import sys
     from pathlib import Path
 
-    from vlablocks.config import to_yaml
+    from vlablocks.core.config import to_yaml
 
     root = Path(__file__).resolve().parents[1]
     config = tmp_path / "rl.yaml"
@@ -180,7 +180,7 @@ def test_two_ddp_ranks_each_roll_out_their_share_and_update_one_model(sft_checkp
         "--config_file",
         str(root / "configs/accelerate/ddp.yaml"),
     ]
-    launch += ["--num_processes", "2", "--main_process_port", "0", str(root / "vlablocks/training/rl.py")]
+    launch += ["--num_processes", "2", "--main_process_port", "0", str(root / "vlablocks/methods/rl/loop.py")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         launch + ["--config_yaml", str(config)], cwd=root, env=env, capture_output=True, text=True, timeout=600

@@ -10,13 +10,13 @@ import pytest
 from test_frameworks import experiment_for, scaled_examples
 from test_training import examples, experiment
 
-from vlablocks.config import ConfigError, to_yaml
-from vlablocks.framework.base import Framework, build_policy
-from vlablocks.framework.synthetic import synthetic_norm_stats
-from vlablocks.manifest import CorruptCheckpointError, read_json, verify_manifest, write_manifest
-from vlablocks.training.checkpoint import latest_checkpoint
-from vlablocks.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
-from vlablocks.training.train import train
+from vlablocks.core.config import ConfigError, to_yaml
+from vlablocks.core.framework.base import Framework, build_policy
+from vlablocks.core.framework.synthetic import synthetic_norm_stats
+from vlablocks.core.manifest import CorruptCheckpointError, read_json, verify_manifest, write_manifest
+from vlablocks.core.training.checkpoint import latest_checkpoint
+from vlablocks.core.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
+from vlablocks.core.training.train import train
 
 
 def test_training_into_an_existing_run_without_resume_names_both_ways_out(tmp_path):

@@ -12,7 +12,7 @@ import websockets.exceptions
 import websockets.sync.client
 
 from deployment.client import PolicyClient, ProtocolError, msgpack_numpy
-from deployment.server import running_server
+from vlablocks.core.serving.server import running_server
 
 H = W = 16
 T, D, S = 5, 3, 4

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vlablocks.cli import main
+from vlablocks.cli.main import main
 
 
 def test_serve_names_a_directory_that_is_not_a_checkpoint(tmp_path, capsys):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from deployment.client import PolicyClient, ProtocolError
-from deployment.policy import load_policy
-from deployment.server import running_server
-from vlablocks.config import load_config
-from vlablocks.framework.base import Framework, build_policy
+from vlablocks.core.serving.policy import load_policy
+from vlablocks.core.serving.server import running_server
+from vlablocks.core.config import load_config
+from vlablocks.core.framework.base import Framework, build_policy
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = np.array([0.5, -0.5]), np.array([2.0, 3.0])
@@ -86,7 +86,7 @@ def test_served_actions_are_the_frameworks_unnormalized_prediction(checkpoint):
 
 
 def test_vlablocks_serve_serves_a_checkpoint_with_an_api_key(checkpoint):
-    command = [sys.executable, "-m", "vlablocks.cli", "serve", "--ckpt", str(checkpoint), "--port", "0"]
+    command = [sys.executable, "-m", "vlablocks.cli.main", "serve", "--ckpt", str(checkpoint), "--port", "0"]
     process = subprocess.Popen([*command, "--api-key", "k3y"], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()  # blocks until the server has bound its port (or exited)

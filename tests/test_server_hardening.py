@@ -14,8 +14,8 @@ from test_server import CAMERAS, ChecksumPolicy, ask, connect_raw, make_obs
 
 from deployment.client import PolicyClient, ProtocolError, msgpack_numpy
 from deployment.client.protocol import MAX_MESSAGE_CHARS
-from deployment.server import BUSY, exposure_warning, running_server
-from vlablocks.commands.serve import read_api_key
+from vlablocks.core.serving.server import BUSY, exposure_warning, running_server
+from vlablocks.cli.commands.serve import read_api_key
 
 
 class NaNPolicy(ChecksumPolicy):
@@ -36,7 +36,7 @@ class TokenizerPolicy(ChecksumPolicy):
 
 
 def test_non_finite_actions_are_an_inference_error_logged_once(caplog):
-    with running_server(NaNPolicy()) as srv, caplog.at_level(logging.ERROR, logger="deployment.server"):
+    with running_server(NaNPolicy()) as srv, caplog.at_level(logging.ERROR, logger="vlablocks.core.serving.server"):
         ws = connect_raw(srv.port)
         for _ in range(3):
             reply = ask(ws, msgpack_numpy.packb(make_obs()))

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from deployment.client import ActionChunkBroker, PolicyClient
-from deployment.policy import load_policy
-from deployment.server import running_server
-from deployment.validation import validate_observation
-from vlablocks.build import build
-from vlablocks.config import load_config, parse_experiment, validate
-from vlablocks.evaluation.rollout import evaluate
-from vlablocks.framework.base import build_policy
-from vlablocks.registry import EVAL_ENVS
+from vlablocks.core.serving.policy import load_policy
+from vlablocks.core.serving.server import running_server
+from vlablocks.core.serving.validation import validate_observation
+from vlablocks.core.build import build
+from vlablocks.core.config import load_config, parse_experiment, validate
+from vlablocks.core.evaluation.rollout import evaluate
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.registry import EVAL_ENVS
 
 REPO = Path(__file__).resolve().parents[1]
 SIM_EXTRA = "the sim extra is not installed (pip install -e .[sim])"
@@ -64,7 +64,7 @@ def test_listing_envs_needs_no_simulator_package():
     blocked = ["gym_aloha", "gym_pusht", "dm_control", "mujoco", "pymunk", "pygame"]
     code = (
         f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
-        "from vlablocks.cli import main; sys.exit(main(['list', 'eval_envs']))"
+        "from vlablocks.cli.main import main; sys.exit(main(['list', 'eval_envs']))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -272,7 +272,7 @@ def test_libero_client_sends_what_the_server_accepts(libero_client):
 def test_pusht_in_worker_processes_steps_like_in_process():
     """RL's vector env runs a slow simulator one process per env (msgpack over pipes); same seeds, same actions."""
     pytest.importorskip("gym_pusht", reason=f"gym-pusht cannot be imported: {SIM_EXTRA}")
-    from vlablocks.envs.vector import make_vector_env
+    from vlablocks.core.envs.vector import make_vector_env
 
     config = {"name": "pusht", "max_steps": 4}
     local, workers = make_vector_env(config, 2), make_vector_env(config, 2, workers=True)

@@ -9,16 +9,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vlablocks.config import PlatformConfig, load_config, parse_experiment
-from vlablocks.envs.toy import ToyTabletopEnv
-from vlablocks.envs.toy_dataset import write_toy_dataset
-from vlablocks.framework.base import build_policy
-from vlablocks.framework.qwen_layerwise_fm_3d import QwenLayerwiseFM3D
-from vlablocks.framework.standalone import run_standalone
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.geometry.preprocess import default_intrinsics
-from vlablocks.training.sweep import build_variants
-from vlablocks.training.train import train
+from vlablocks.core.config import PlatformConfig, load_config, parse_experiment
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.tools.toy.toy_dataset import write_toy_dataset
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.qwen_layerwise_fm_3d import QwenLayerwiseFM3D
+from vlablocks.core.framework.standalone import run_standalone
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.geometry.preprocess import default_intrinsics
+from vlablocks.tools.sweep.sweep import build_variants
+from vlablocks.core.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs/frameworks/qwen_layerwise_fm_3d.yaml"

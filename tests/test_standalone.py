@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vlablocks.framework.base import policy_names
-from vlablocks.registry import FRAMEWORKS
+from vlablocks.core.framework.base import policy_names
+from vlablocks.core.registry import FRAMEWORKS
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"^(\w+): params ([\d,]+) loss ([\d.]+) actions \((\d+), (\d+), (\d+)\) time [\d.]+s")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlablocks.cli import main
+from vlablocks.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "frameworks" / "qwen_oft.yaml"
@@ -126,4 +126,4 @@ def test_a_generated_script_launches_its_config_on_every_node(tmp_path, variants
     for node, line in enumerate(launches):
         assert line.startswith("launch --config_file configs/accelerate/zero3.yaml --num_machines 4")
         assert f"--machine_rank {node} --num_processes 32 --main_process_ip node17 --main_process_port 20099" in line
-        assert line.endswith(f"vlablocks/training/train.py --config_yaml {script.parent / 'variant.yaml'}")
+        assert line.endswith(f"vlablocks/core/training/train.py --config_yaml {script.parent / 'variant.yaml'}")

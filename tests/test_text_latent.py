@@ -1,5 +1,5 @@
-"""Text latents: the residual-stream hook (vlablocks/vlm/steering.py), extraction / interpolation / decoding
-(vlablocks/vlm/text_latent.py), the steered policy (deployment/steered_policy.py) and `vlablocks text-latent`."""
+"""Text latents: the residual-stream hook (vlablocks/core/vlm/steering.py), extraction / interpolation / decoding
+(vlablocks/methods/steering/text_latent.py), the steered policy (vlablocks/methods/steering/steered_policy.py) and `vlablocks text-latent`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import yaml
 from head_helpers import wake
 from test_frameworks import built, scaled_examples
 
-from deployment.policy import FrameworkPolicy
-from deployment.steered_policy import LatentOptions, SteeredPolicy, blank_prompt
-from vlablocks.cli import main
-from vlablocks.vlm.steering import Steering, capture_residuals, instruction_mask, text_positions
-from vlablocks.vlm.text_latent import TextLatents, decode, extract, interpolation_weight
+from vlablocks.core.serving.policy import FrameworkPolicy
+from vlablocks.methods.steering.steered_policy import LatentOptions, SteeredPolicy, blank_prompt
+from vlablocks.cli.main import main
+from vlablocks.core.vlm.steering import Steering, capture_residuals, instruction_mask, text_positions
+from vlablocks.methods.steering.text_latent import TextLatents, decode, extract, interpolation_weight
 
 TASKS = ("move to the red block", "go to the blue square")
 
@@ -173,9 +173,9 @@ def test_blank_prompt_has_exactly_the_requested_tokens():
 
 
 def test_cli_extracts_every_prompt_of_a_dataset_and_decodes_to_a_prompts_file(tmp_path, toy_dataset, capsys):
-    from vlablocks.config import load_config
-    from vlablocks.framework.base import build_policy
-    from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
+    from vlablocks.core.config import load_config
+    from vlablocks.core.framework.base import build_policy
+    from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
     experiment = load_config(
         "configs/toy/qwen_flow_matching.yaml",
@@ -190,8 +190,8 @@ def test_cli_extracts_every_prompt_of_a_dataset_and_decodes_to_a_prompts_file(tm
         main(["text-latent", "extract", "--ckpt", str(checkpoint), "--data", str(toy_dataset), "--out", str(out)]) == 0
     )
     latents = TextLatents.load(out)
-    from vlablocks.dataloader.checkpoint_dataset import checkpoint_dataset
-    from vlablocks.framework.base import Framework
+    from vlablocks.core.dataloader.checkpoint_dataset import checkpoint_dataset
+    from vlablocks.core.framework.base import Framework
 
     dataset = checkpoint_dataset(Framework.from_pretrained(checkpoint), str(toy_dataset))
     prompts = [dataset[i]["prompt"] for i in range(len(dataset))]
@@ -243,7 +243,7 @@ def test_the_hook_edits_only_the_instruction_on_both_qwen_families(family):
 
 def test_a_served_steered_policy_answers_like_the_local_one():
     from deployment.client import PolicyClient
-    from deployment.server import running_server
+    from vlablocks.core.serving.server import running_server
 
     examples = examples_with([TASKS[0]])
     framework = awake("QwenFlowMatching", examples)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vlablocks.config import load_config
-from vlablocks.framework.base import build_policy
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.training.optim import parameter_groups
+from vlablocks.core.config import load_config
+from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.training.optim import parameter_groups
 
 SHIPPED = "configs/toy/qwen_layerwise_fm_3d_tokenwise.yaml"
 

@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pytest
 
-from vlablocks.envs.toy import TOP_HEIGHT, ToyTabletopEnv
-from vlablocks.envs.toy_heights import LEVELS, heights_layout
-from vlablocks.envs.toy_scene import AGENT_RGB, BLOCK_HEIGHT, FLOOR_RGB, TABLE_RGB
+from vlablocks.tools.toy.toy import TOP_HEIGHT, ToyTabletopEnv
+from vlablocks.tools.toy.toy_heights import LEVELS, heights_layout
+from vlablocks.tools.toy.toy_scene import AGENT_RGB, BLOCK_HEIGHT, FLOOR_RGB, TABLE_RGB
 
 EPISODES = 300
 Z = 3.29  # two-sided 99.9% normal quantile
@@ -166,7 +166,7 @@ def test_unknown_variant_is_an_error():
 def test_make_toy_data_variant_option(tmp_path):
     import argparse
 
-    from vlablocks.commands import make_toy_data
+    from vlablocks.cli.commands import make_toy_data
 
     parser = argparse.ArgumentParser()
     make_toy_data.add_arguments(parser)
@@ -179,7 +179,7 @@ def test_make_toy_data_variant_option(tmp_path):
 def test_toy3d_variant_configs_build_and_share_one_recipe():
     from pathlib import Path
 
-    from vlablocks.training.sweep import build_variants
+    from vlablocks.tools.sweep.sweep import build_variants
 
     configs = Path(__file__).resolve().parents[1] / "configs/toy3d"
     files = sorted(map(str, configs.glob("spatial_*.yaml")))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlablocks.envs.toy import ToyTabletopEnv
-from vlablocks.envs.toy_scene import INSTRUCTION_TEMPLATES
-from vlablocks.envs.toy_two_stage import MAX_STEPS, TEMPLATES, TwoStageLayout
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.tools.toy.toy_scene import INSTRUCTION_TEMPLATES
+from vlablocks.tools.toy.toy_two_stage import MAX_STEPS, TEMPLATES, TwoStageLayout
 
 SEEDS = 300
 
@@ -172,8 +172,8 @@ def test_reaching_only_a_fails_at_stage_1():
 
 
 def test_batched_rollouts_run_both_stages_and_the_swapped_control():
-    from vlablocks.envs.vector import make_vector_env
-    from vlablocks.evaluation.batched_rollout import run_batched_episodes
+    from vlablocks.core.envs.vector import make_vector_env
+    from vlablocks.core.evaluation.batched_rollout import run_batched_episodes
 
     envs = make_vector_env({"name": "toy", "variant": "two_stage"}, count=6)
     seen: set[tuple[int, str]] = set()  # (env index, prompt the policy was given)
@@ -199,8 +199,8 @@ def test_batched_rollouts_run_both_stages_and_the_swapped_control():
 
 
 def test_make_toy_data_refuses_two_stage(tmp_path, capsys):
-    from vlablocks.cli import main
-    from vlablocks.envs.toy_dataset import write_toy_dataset
+    from vlablocks.cli.main import main
+    from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 
     out = tmp_path / "d"
     assert main(["make-toy-data", "--out", str(out), "--episodes", "2", "--variant", "two_stage"]) == 2

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.config import ExperimentConfig, PlatformConfig, parse_experiment
-from vlablocks.framework.base import Framework
-from vlablocks.framework.synthetic import synthetic_examples
-from vlablocks.training.checkpoint import checkpoint_dirs, latest_checkpoint
-from vlablocks.training.train import train
+from vlablocks.core.config import ExperimentConfig, PlatformConfig, parse_experiment
+from vlablocks.core.framework.base import Framework
+from vlablocks.core.framework.synthetic import synthetic_examples
+from vlablocks.core.training.checkpoint import checkpoint_dirs, latest_checkpoint
+from vlablocks.core.training.train import train
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 FRAMEWORK = {
@@ -96,8 +96,8 @@ WORKER = textwrap.dedent("""
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     import test_training as t
-    from vlablocks.training import checkpoint
-    from vlablocks.training.train import train
+    from vlablocks.core.training import checkpoint
+    from vlablocks.core.training.train import train
 
     run_dir, max_steps, save_every, resume, kill_on_save = sys.argv[1:6]
     if kill_on_save != "0":  # fault injection: die while the given checkpoint is half written
@@ -152,9 +152,9 @@ def test_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
 
 
 def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_path):
-    from vlablocks.framework.base import build_policy
-    from vlablocks.framework.synthetic import synthetic_norm_stats
-    from vlablocks.training.components import load_pretrained_modules
+    from vlablocks.core.framework.base import build_policy
+    from vlablocks.core.framework.synthetic import synthetic_norm_stats
+    from vlablocks.core.training.components import load_pretrained_modules
 
     data = examples(4)
     source = build_policy(experiment(tmp_path / "a"), synthetic_norm_stats(data))
@@ -178,8 +178,8 @@ def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_p
 
 
 def test_worker_sharing_is_set_only_when_workers_hand_batches_over():
-    from vlablocks.training.components import set_worker_sharing
-    from vlablocks.training.config import TrainerConfig
+    from vlablocks.core.training.components import set_worker_sharing
+    from vlablocks.core.config.trainer import TrainerConfig
 
     before = torch.multiprocessing.get_sharing_strategy()
     try:

@@ -7,11 +7,11 @@ import itertools
 import pytest
 from torch import nn
 
-from vlablocks.config import PlatformConfig
-from vlablocks.dataloader.base import RawDataset
-from vlablocks.dataloader.sampler import ResumableSampler
-from vlablocks.training.batches import micro_batches
-from vlablocks.training.optim import freeze_modules, lr_lambda, parameter_groups, parameter_summary
+from vlablocks.core.config import PlatformConfig
+from vlablocks.core.dataloader.base import RawDataset
+from vlablocks.core.dataloader.sampler import ResumableSampler
+from vlablocks.core.training.batches import micro_batches
+from vlablocks.core.training.optim import freeze_modules, lr_lambda, parameter_groups, parameter_summary
 
 
 class Policy(nn.Module):

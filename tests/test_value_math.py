@@ -1,5 +1,5 @@
 """Value-function algorithms against hand computations: returns, HL-Gauss value targets and loss, advantage
-weights, ROC AUC (formulas in vlablocks/dataloader/returns.py, framework/value_head.py,
+weights, ROC AUC (formulas in vlablocks/core/dataloader/returns.py, framework/value_head.py,
 dataloader/value_guided.py and evaluation/value_metrics.py)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from vlablocks.config import ConfigError
-from vlablocks.dataloader.returns import ReturnsConfig, dataset_returns, discounted_returns, outcome_rewards
-from vlablocks.dataloader.value_guided import AdvantageConfig, advantage_weights
-from vlablocks.evaluation.value_metrics import calibration_table, roc_auc
-from vlablocks.framework.value_head import ValueHead, ValueHeadConfig
+from vlablocks.core.config import ConfigError
+from vlablocks.core.dataloader.returns import ReturnsConfig, dataset_returns, discounted_returns, outcome_rewards
+from vlablocks.methods.value.value_guided import AdvantageConfig, advantage_weights
+from vlablocks.methods.value.metrics import calibration_table, roc_auc
+from vlablocks.methods.value.value_head import ValueHead, ValueHeadConfig
 
 
 def test_returns_restart_at_every_episode_boundary():

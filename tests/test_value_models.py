@@ -11,16 +11,16 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from vlablocks.build import build
-from vlablocks.cli import main as cli
-from vlablocks.config import ConfigError, PlatformConfig, parse_experiment
-from vlablocks.dataloader.returns import discounted_returns
-from vlablocks.envs.toy import ToyTabletopEnv
-from vlablocks.envs.toy_behaviours import assign_behaviours, parse_mix
-from vlablocks.evaluation.value_metrics import roc_auc
-from vlablocks.framework.base import Framework, build_policy
-from vlablocks.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.registry import DATASETS, FRAMEWORKS
+from vlablocks.core.build import build
+from vlablocks.cli.main import main as cli
+from vlablocks.core.config import ConfigError, PlatformConfig, parse_experiment
+from vlablocks.core.dataloader.returns import discounted_returns
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.tools.toy.toy_behaviours import assign_behaviours, parse_mix
+from vlablocks.methods.value.metrics import roc_auc
+from vlablocks.core.framework.base import Framework, build_policy
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.registry import DATASETS, FRAMEWORKS
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 TOY = PlatformConfig(name="toy", action_horizon=4, action_dim=2, state_dim=2)
@@ -207,7 +207,7 @@ def test_serving_or_evaluating_a_value_model_is_refused_in_one_line(tmp_path):
     model = build_policy(value_model("QwenValue", "state", "mse"), synthetic_norm_stats(examples))
     model.save_pretrained(tmp_path / "v")
     with pytest.raises(ValueError, match="predicts no actions"):
-        from deployment.policy import load_policy
+        from vlablocks.core.serving.policy import load_policy
 
         load_policy(tmp_path / "v")
     assert (

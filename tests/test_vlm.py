@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 from vlm_helpers import FAMILIES, build, encode, random_views
 
-from vlablocks.build import build as build_component
-from vlablocks.cli import main as cli_main
-from vlablocks.registry import VLMS
-from vlablocks.vlm import VLMBackbone
-from vlablocks.vlm.runtime import resolve_attn_implementation, resolve_dtype
-from vlablocks.vlm.tokenizer import QWEN_SPECIAL_TOKENS, tiny_tokenizer
-from vlablocks.vlm.vision import sincos_2d
+from vlablocks.core.build import build as build_component
+from vlablocks.cli.main import main as cli_main
+from vlablocks.core.registry import VLMS
+from vlablocks.core.vlm import VLMBackbone
+from vlablocks.core.vlm.runtime import resolve_attn_implementation, resolve_dtype
+from vlablocks.core.vlm.tokenizer import QWEN_SPECIAL_TOKENS, tiny_tokenizer
+from vlablocks.core.vlm.vision import sincos_2d
 
 ACTION_TOKENS = [f"<|act_{i}|>" for i in range(4)]
 
@@ -421,7 +421,7 @@ def test_runtime_choices_on_cpu(qwen25):
 
 
 def test_yaml_section_is_validated_against_the_config():
-    from vlablocks.config import ConfigError, validate
+    from vlablocks.core.config import ConfigError, validate
 
     checked = validate(
         {"name": "qwen3_vl", "image_size": [64, 96], "lora": {"rank": 4}}, VLMS.entry("qwen3_vl").config_class

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from vlm_helpers import FAMILIES, build, encode, random_views
 
-from vlablocks.processor.steps import VLMTokenize
-from vlablocks.vlm.inputs import resize_views, to_pil_views
+from vlablocks.core.processor.steps import VLMTokenize
+from vlablocks.core.vlm.inputs import resize_views, to_pil_views
 
 
 @pytest.mark.parametrize(

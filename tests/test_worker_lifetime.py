@@ -12,7 +12,7 @@ from pathlib import Path
 
 CHILD = textwrap.dedent("""
     import os, sys, time
-    from vlablocks.dataloader.loader import build_dataloader
+    from vlablocks.core.dataloader.loader import build_dataloader
 
     class Slow:
         calls = 0

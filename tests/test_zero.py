@@ -10,8 +10,8 @@ import pytest
 import yaml
 from launch_helpers import ACCELERATE_CONFIGS, ROOT, accelerate_launch, cpu_env, zero_worker_args
 
-from vlablocks.training.config import TrainerConfig
-from vlablocks.training.distributed import (
+from vlablocks.core.config.trainer import TrainerConfig
+from vlablocks.core.training.distributed import (
     apply_derived_values,
     deepspeed_batch_config,
     prepare_distributed_environment,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from launch_helpers import ROOT, accelerate_launch, cpu_env, printed_losses, train_worker_args
 
-from vlablocks.training.zero_state import decode, encode, load_zero_shard
+from vlablocks.core.training.zero_state import decode, encode, load_zero_shard
 
 STEPS, KILL_AT = 8, 4
 

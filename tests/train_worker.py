@@ -13,10 +13,10 @@ import signal
 
 import torch
 
-from vlablocks.config import PlatformConfig, parse_experiment
-from vlablocks.framework.synthetic import synthetic_examples
-from vlablocks.training import train as train_module
-from vlablocks.training.train import train
+from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.framework.synthetic import synthetic_examples
+from vlablocks.core.training import train as train_module
+from vlablocks.core.training.train import train
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vlablocks.build import build as build_component
-from vlablocks.processor.batch import VLMInputs
-from vlablocks.processor.steps import VLMTokenize
-from vlablocks.registry import VLMS
-from vlablocks.vlm import VLMBackbone
+from vlablocks.core.build import build as build_component
+from vlablocks.core.batch import VLMInputs
+from vlablocks.core.processor.steps import VLMTokenize
+from vlablocks.core.registry import VLMS
+from vlablocks.core.vlm import VLMBackbone
 
 FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
 

@@ -1,6 +1,6 @@
 """One tiny training run, launched by tests/test_zero.py (plainly or under `accelerate launch`).
 
-It follows the structure of vlablocks/training/train.py (same helpers, same Accelerator calls) on a
+It follows the structure of vlablocks/core/training/train.py (same helpers, same Accelerator calls) on a
 2-layer MLP and fixed random data, and writes from rank 0 a JSON with the per-step global losses,
 what accelerate and DeepSpeed saw, and each rank's peak RSS.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from vlablocks.training.config import TrainerConfig
-from vlablocks.training.distributed import configure_deepspeed, end_distributed, prepare_distributed_environment
+from vlablocks.core.config.trainer import TrainerConfig
+from vlablocks.core.training.distributed import configure_deepspeed, end_distributed, prepare_distributed_environment
 
 IN_DIM, HIDDEN = 16, 32
 

@@ -1,0 +1,1 @@
+"""The command line: `vlablocks <command>` (main.py) and one module per subcommand (commands/)."""

@@ -1,0 +1,48 @@
+"""`vlablocks eval-vqa --ckpt RUN/checkpoints/step_N --data data/toy_vqa_heldout [--out DIR]`: VQA accuracy of a
+co-trained checkpoint on a vision-language dataset (vlablocks/methods/cotraining/vqa_eval.py): greedy answers, exact match of
+the normalized answer, per question kind. Prints the summary; --out also writes DIR/vqa_summary.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "eval-vqa"
+HELP = "VQA accuracy of a co-trained checkpoint on a JSONL + PNG vision-language dataset (greedy, exact match)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="checkpoint directory (RUN/checkpoints/step_N)")
+    parser.add_argument("--data", required=True, help="VQA dataset directory (e.g. from `vlablocks make-toy-vqa`)")
+    parser.add_argument("--out", help="directory for vqa_summary.json (default: print only)")
+    parser.add_argument("--limit", type=int, help="evaluate the first LIMIT questions only")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--torch_threads", type=int, default=1, help="CPU threads (default 1)")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
+    import torch
+
+    from vlablocks.methods.cotraining.vqa_dataset import VQADataset
+    from vlablocks.methods.cotraining.vqa_eval import vqa_accuracy
+    from vlablocks.core.framework.base import Framework
+
+    torch.set_num_threads(args.torch_threads)
+    model = Framework.from_pretrained(args.ckpt)
+    cameras = list(model.processor.config.camera_keys)
+    dataset = VQADataset(VQADataset.Config(root=args.data, camera_keys=cameras), platform=model.platform)
+    summary = {
+        "ckpt": str(args.ckpt),
+        "data": str(args.data),
+        **vqa_accuracy(model, dataset, args.batch_size, args.limit),
+    }
+    per_kind = ", ".join(f"{kind} {value:.3f}" for kind, value in summary["per_kind"].items())
+    print(f"VQA accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['total']}; {per_kind})")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "vqa_summary.json").write_text(json.dumps(summary, indent=1))
+    return 0

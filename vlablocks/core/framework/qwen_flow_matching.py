@@ -1,0 +1,96 @@
+"""QwenFlowMatching: a flow-matching DiT action expert conditioned on Qwen-VL features (GR00T / pi0 style).
+
+    prompt = chat(views..., instruction) [+ readout tokens]
+    VLM  -> hidden states of every layer [B, L, H] (+ mask, vision-token positions)
+    head -> flow_matching (cross-attends to the last layer) or layerwise_flow_matching (one layer per block)
+
+`readout_loss_weight` > 0 adds T readout tokens and their L1 action regression as an auxiliary loss that
+grounds the instruction in the VLM; `insulate_vlm` stops the head's gradient at the VLM (framework/readout.py).
+
+At inference the VLM prefix is encoded once; the head's Euler integration reuses that conditioning for
+all of its steps (nothing is recomputed per step).
+Run this file to smoke-test it: `python vlablocks/core/framework/qwen_flow_matching.py [--config_yaml F] [overrides]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.build import build
+from vlablocks.core.config import PlatformConfig, registry_field
+from vlablocks.core.framework.base import Framework
+from vlablocks.core.framework.readout import add_readout_loss, build_readout
+from vlablocks.core.batch import Batch
+from vlablocks.core.registry import FRAMEWORKS, VLMS
+
+
+def vlm_conditioning(out, insulate: bool = False) -> Conditioning:
+    """VLMOutput -> the head's Conditioning (all layers, padding mask, vision-token positions).
+
+    insulate: the hidden states are detached, so the head's loss does not train the VLM (knowledge insulation).
+    """
+    cut = (lambda x: x.detach()) if insulate else (lambda x: x)
+    return Conditioning(
+        tokens=cut(out.last_hidden_state),
+        mask=out.attention_mask.bool(),
+        layers=[cut(layer) for layer in out.hidden_states],
+        vision_mask=out.vision_mask,
+        vision_positions=out.vision_positions,
+    )
+
+
+@FRAMEWORKS.register("QwenFlowMatching")
+class QwenFlowMatching(Framework):
+    """Qwen-VL prefix encoded once + flow-matching DiT action expert (Euler sampling)."""
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "QwenFlowMatching"
+        vlm: dict = registry_field("vlms", "qwen2_5_vl")
+        action_model: dict = registry_field("action_models", "flow_matching")
+        readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 action regression (framework/readout.py)
+        insulate_vlm: bool = False  # the head's gradient stops at the VLM (needs readout_loss_weight > 0)
+
+    def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
+        super().__init__(config, platform=platform)
+        self.vlm = build(VLMS, config.vlm)
+        self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
+        self.readout = build_readout(
+            "QwenFlowMatching", self.vlm, self.platform, config.readout_loss_weight, config.insulate_vlm
+        )
+
+    def processor_options(self) -> dict:
+        """The readout tokens (if any) close every prompt."""
+        suffix = self.readout.prompt_suffix if self.readout is not None else ""
+        return {**super().processor_options(), "prompt_suffix": suffix}
+
+    def encode(self, batch: Batch):
+        """-> (VLMOutput, the head's Conditioning)."""
+        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        return out, vlm_conditioning(out, insulate=self.config.insulate_vlm)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        out, conditioning = self.encode(batch)
+        losses = self.action_model.compute_loss(
+            conditioning, batch.actions, batch.action_is_pad, batch.state, action_dim_mask=batch.action_dim_mask
+        )
+        return add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
+
+    def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, torch.Tensor | None]:
+        """-> (the head's Conditioning, state [B, S] or None): what the flow head's predict / invert / reconstruct
+        read (vlablocks/methods/steering/flow_inversion.py runs any flow framework through this)."""
+        _, conditioning = self.encode(batch)
+        return conditioning, batch.state
+
+    def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        conditioning, state = self.flow_conditioning(batch)  # once, reused by every integration step
+        return {"actions": self.action_model.predict(conditioning, state, generator=generator)}
+
+
+if __name__ == "__main__":
+    from vlablocks.core.framework.standalone import run_standalone
+
+    raise SystemExit(run_standalone("QwenFlowMatching"))

@@ -1,0 +1,150 @@
+"""QwenOFT: OpenVLA-OFT on a Qwen-VL backbone — action queries decoded in parallel in one forward pass.
+
+    prompt = chat(views..., instruction) + <act_0> ... <act_{Q-1}>
+    VLM  -> hidden states of the Q action-query tokens [B, Q, H]
+         (+ proprio projector: the normalized state projected to H and added to every query state)
+    head -> normalized actions [B, T, D]  (l1_regression by default, or diffusion)
+
+Co-training (docs/cotraining.md): batches may mix vision-language samples (`batch.is_robot` False), whose answer
+is trained by cross-entropy through the same VLM pass (framework/cotraining.py) while only the robot rows reach the
+action head: loss = action loss + vl_loss_weight * answer cross-entropy.
+Optional FiLM: the mean instruction embedding yields a per-channel scale and shift applied to every
+merged vision token before it enters the LLM (OpenVLA-OFT's language-conditioned vision features).
+Run this file to smoke-test it: `python vlablocks/core/framework/qwen_oft.py [--config_yaml F] [overrides]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.build import build
+from vlablocks.core.config import PlatformConfig, registry_field
+from vlablocks.core.framework.base import Framework
+from vlablocks.core.framework.cotraining import (
+    answer_cross_entropy,
+    cotraining_loss,
+    has_vl_samples,
+    robot_rows,
+    select_rows,
+    zero_touch,
+)
+from vlablocks.core.framework.film import InstructionFiLM
+from vlablocks.core.batch import Batch
+from vlablocks.core.registry import FRAMEWORKS, VLMS
+
+
+@FRAMEWORKS.register("QwenOFT")
+class QwenOFT(Framework):
+    """Qwen-VL + parallel-decoded action queries + L1 (or DDIM) head (OpenVLA-OFT)."""
+
+    supports_vl_samples = True  # co-training with vision-language samples (framework/cotraining.py)
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "QwenOFT"
+        vlm: dict = registry_field("vlms", "qwen2_5_vl")
+        action_model: dict = registry_field("action_models", "l1_regression")
+        use_proprio: bool = True  # project the normalized state into the query hidden states
+        use_film: bool = False  # instruction-conditioned scale/shift of the vision tokens
+        query_token_prefix: str = "<|act_"
+        vl_loss_weight: float = 1.0  # co-training: weight of the VL samples' answer cross-entropy
+
+    def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
+        super().__init__(config, platform=platform)
+        self.vlm = build(VLMS, config.vlm)
+        hidden = self.vlm.hidden_size
+        self.action_model = self.build_action_model(config.action_model, cond_dim=hidden)
+        num_queries = getattr(self.action_model, "num_query_tokens", self.platform.action_horizon)
+        self.query_tokens = [f"{config.query_token_prefix}{i}|>" for i in range(num_queries)]
+        self.query_token_ids = self.vlm.add_special_tokens(self.query_tokens)
+        self.proprio = nn.Linear(self.platform.state_dim, hidden) if config.use_proprio else None
+        self.film = InstructionFiLM(hidden) if config.use_film else None
+
+    def processor_options(self) -> dict:
+        """The action queries close every prompt; the state is needed by the proprio projector or the head."""
+        use_state = self.proprio is not None or bool(self.config.action_model.get("use_state", False))
+        return {**super().processor_options(), "prompt_suffix": "".join(self.query_tokens), "use_state": use_state}
+
+    def condition(self, batch: Batch) -> Conditioning:
+        """-> Conditioning with tokens = action-query hidden states [B, Q, H] (+ projected state)."""
+        return self.queries(self.vlm(batch.vlm, requested_token_ids=self.query_token_ids, vision_hook=self.film), batch)
+
+    def queries(self, out, batch: Batch) -> Conditioning:
+        """The VLM pass `out` -> Conditioning with tokens = action-query hidden states [B, Q, H] (+ projected state)."""
+        positions = torch.cat([out.token_positions[t] for t in self.query_token_ids], dim=1)  # [B, Q]
+        index = positions.unsqueeze(-1).expand(-1, -1, out.last_hidden_state.shape[-1])
+        queries = out.last_hidden_state.gather(1, index)
+        if self.proprio is not None:
+            if batch.state is None:
+                raise ValueError("QwenOFT.use_proprio needs a `state` in every sample; set use_proprio: false")
+            # In the projector's own dtype: a bf16 VLM feeds this fp32 layer outside autocast (predict_action).
+            projected = self.proprio(batch.state.to(self.proprio.weight.dtype))
+            queries = queries + projected.to(queries.dtype).unsqueeze(1)
+        return Conditioning(tokens=queries)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if has_vl_samples(batch):
+            return self.cotraining_forward(batch)
+        conditioning = self.condition(batch)
+        return self.action_model.compute_loss(
+            conditioning, batch.actions, batch.action_is_pad, batch.state, action_dim_mask=batch.action_dim_mask
+        )
+
+    def cotraining_forward(self, batch: Batch) -> dict:
+        """A batch with VL samples: one VLM pass; the action loss on the robot rows [R] only, the answer
+        cross-entropy on the VL rows' answer tokens -> {"loss", "log": {"action_loss", "answer_loss"}}."""
+        out = self.vlm(batch.vlm, requested_token_ids=self.query_token_ids, vision_hook=self.film)
+        rows = robot_rows(batch)
+        if bool(rows.any()):
+            state = batch.state[rows] if batch.state is not None else None
+            conditioning = select_rows(self.queries(out, batch), rows)
+            dim_mask = batch.action_dim_mask[rows] if batch.action_dim_mask is not None else None
+            action_loss = self.action_model.compute_loss(
+                conditioning, batch.actions[rows], batch.action_is_pad[rows], state, action_dim_mask=dim_mask
+            )
+            action_loss = action_loss["loss"]
+        else:  # only VL samples: exact-zero gradients for the head and the proprio projector
+            action_loss = zero_touch(self.action_model, self.proprio).to(out.last_hidden_state.device)
+        answer_loss = answer_cross_entropy(self.vlm, out, batch.vlm.labels)
+        return cotraining_loss(action_loss, answer_loss, self.config.vl_loss_weight, self.vlm.model.lm_head)
+
+    def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        return {"actions": self.action_model.predict(self.condition(batch), batch.state, generator=generator)}
+
+    # ---- a stochastic policy with exact log-probabilities (RL; needs the `binned` head) -------------------
+    def sample_with_log_probs(self, batch: Batch, temperature: float, generator: torch.Generator | None) -> dict:
+        """-> {"actions": normalized [B, T, D], "choices": bins [B, N], "log_probs": [B, N], "mask": [B, N]}, N = T*D"""
+        head = self._stochastic_head()
+        drawn = head.sample(self.condition(batch), batch.state, temperature, generator)
+        size = drawn["bins"].shape[0]
+        return {
+            "actions": drawn["actions"],
+            "choices": drawn["bins"].reshape(size, -1),
+            "log_probs": drawn["log_probs"].reshape(size, -1),
+            "mask": torch.ones(size, drawn["bins"][0].numel(), dtype=torch.bool, device=drawn["bins"].device),
+        }
+
+    def choice_log_probs(self, batch: Batch, choices: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+        """choices: [B, N] from `sample_with_log_probs` -> {"log_probs": [B, N], "entropy": [B, N]}, differentiable."""
+        head = self._stochastic_head()
+        bins = choices.reshape(choices.shape[0], head.action_horizon, head.action_dim)
+        log_probs, entropy = head.evaluate(self.condition(batch), batch.state, bins, temperature)
+        return {"log_probs": log_probs.reshape(choices.shape), "entropy": entropy.reshape(choices.shape)}
+
+    def _stochastic_head(self):
+        if not hasattr(self.action_model, "sample"):
+            raise ValueError(
+                f"QwenOFT with action_model {self.config.action_model.get('name')!r} is deterministic: RL needs "
+                "framework.action_model.name: binned"
+            )
+        return self.action_model
+
+
+if __name__ == "__main__":
+    from vlablocks.core.framework.standalone import run_standalone
+
+    raise SystemExit(run_standalone("QwenOFT"))

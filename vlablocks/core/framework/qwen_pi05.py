@@ -1,0 +1,157 @@
+"""QwenPI05: the pi0.5 recipe on a Qwen-VL backbone: discrete state tokens, knowledge insulation, and a
+flow-matching action expert that alone acts at inference (docs/pi05.md).
+
+    processor: prompt = chat(views..., instruction + "\\nState: b_1 ... b_S;") [+ readout tokens]
+               (each normalized state dimension as one of 256 bins, processor/steps.py DiscretizeState);
+               training appends the chunk's FAST answer (<|fast_i|>... <|im_end|>), as QwenFAST
+    training:  one VLM pass over prompt + answer, then
+                 L_fast = cross-entropy of the answer tokens                      (trains the VLM)
+                 L_flow = flow-matching MSE of the expert, reading sg(h) at the prompt positions only
+                 loss   = fast_loss_weight * L_fast + flow_loss_weight * L_flow [+ readout_loss_weight * L1]
+               sg = stop-gradient (`.detach()`) when `insulate_vlm` (knowledge insulation): the expert's
+               gradient never reaches the VLM, and L_fast never depends on the expert. insulate_vlm false
+               (the ablation): L_flow backpropagates into the VLM too.
+    inference: the prompt once through the VLM, then the expert's Euler integration on those states;
+               no FAST token is decoded (the FAST tokenizer only makes training targets)
+
+The expert never sees the answer positions: at training they hold the teacher-forced target tokens, and at
+inference they do not exist. Prompt positions are causal, so their hidden states are the same with or without
+the answer after them: the expert reads at training exactly what it reads at inference (tests/test_pi05.py).
+The state reaches the model only as prompt tokens: the expert (and the readout regression) has no state input.
+`readout_loss_weight` > 0 adds readout tokens with their L1 regression on the VLM (framework/readout.py), a
+grounding objective for a VLM trained from scratch (the toy config); 0 is the plain recipe.
+Run this file to smoke-test it: `python vlablocks/core/framework/qwen_pi05.py [--config_yaml F] [overrides]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.build import build
+from vlablocks.core.config import PlatformConfig, registry_field
+from vlablocks.core.framework.base import Framework
+from vlablocks.core.framework.qwen_fast import add_fast_tokens, answer_logits
+from vlablocks.core.framework.qwen_flow_matching import vlm_conditioning
+from vlablocks.core.framework.readout import build_readout
+from vlablocks.core.batch import Batch
+from vlablocks.core.processor.pipeline import FASTOptions, StateTokenOptions
+from vlablocks.core.processor.steps import IGNORE_INDEX
+from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS, VLMS
+
+
+def prefix_conditioning(out, labels: torch.Tensor | None, insulate: bool) -> Conditioning:
+    """VLMOutput -> the expert's Conditioning over the prompt positions: the answer's positions (labels [B, L]
+    not -100) are masked out with the padding. insulate: the hidden states are detached (stop-gradient)."""
+    conditioning = vlm_conditioning(out, insulate=insulate)
+    if labels is not None:
+        conditioning.mask = conditioning.mask & (labels == IGNORE_INDEX)
+    return conditioning
+
+
+@FRAMEWORKS.register("QwenPI05")
+class QwenPI05(Framework):
+    """Qwen-VL trained on FAST tokens + an insulated flow-matching action expert (pi0.5); the expert acts."""
+
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "QwenPI05"
+        vlm: dict = registry_field("vlms", "qwen2_5_vl")
+        action_model: dict = registry_field("action_models", "flow_matching")  # the action expert
+        fast: FASTOptions = dataclasses.field(default_factory=FASTOptions)  # the VLM's training targets
+        state_tokens: StateTokenOptions = dataclasses.field(default_factory=StateTokenOptions)
+        fast_loss_weight: float = 1.0
+        flow_loss_weight: float = 1.0
+        insulate_vlm: bool = True  # knowledge insulation: the expert reads sg(VLM states); false for the ablation
+        readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 regression on the VLM (framework/readout.py)
+
+    def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
+        super().__init__(config, platform=platform)
+        if config.fast_loss_weight < 0 or config.flow_loss_weight <= 0:
+            raise ValueError(
+                f"QwenPI05: need fast_loss_weight >= 0 and flow_loss_weight > 0 (the expert is what acts), got "
+                f"{config.fast_loss_weight}, {config.flow_loss_weight}"
+            )
+        if config.insulate_vlm and config.fast_loss_weight == 0 and config.readout_loss_weight == 0:
+            raise ValueError(
+                "QwenPI05: an insulated VLM with fast_loss_weight 0 and readout_loss_weight 0 learns nothing; "
+                "set fast_loss_weight > 0"
+            )
+        self.vlm = build(VLMS, config.vlm)
+        self.fast_token_ids = add_fast_tokens(self.vlm, config.fast)
+        # state_dim 0: the expert has no state input; the state reaches the model as prompt tokens only.
+        self.action_model = build(
+            ACTION_MODELS,
+            config.action_model,
+            action_horizon=platform.action_horizon,
+            action_dim=platform.action_dim,
+            state_dim=0,
+            cond_dim=self.vlm.hidden_size,
+        )
+        # The VLM learns from the FAST loss, so an insulated VLM needs no readout loss (insulate=False here); the
+        # readouts regress the chunk without a state projection (state_dim 0): the state is in the prompt.
+        stateless = dataclasses.replace(platform, state_dim=0)
+        self.readout = build_readout("QwenPI05", self.vlm, stateless, config.readout_loss_weight, False)
+
+    def processor_options(self) -> dict:
+        """The state as prompt tokens, FAST answers for training, the readout tokens (if any) closing the prompt."""
+        suffix = self.readout.prompt_suffix if self.readout is not None else ""
+        return {
+            **super().processor_options(),
+            "fast": self.config.fast,
+            "state_tokens": self.config.state_tokens,
+            "prompt_suffix": suffix,
+        }
+
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """-> {"fast": answer cross-entropy, "flow": the expert's flow-matching loss, ["readout": L1]}: scalars,
+        unweighted and differentiable, from one VLM pass over prompt + answer."""
+        labels = batch.vlm.labels
+        if labels is None or batch.actions is None:
+            raise ValueError("QwenPI05.forward needs actions and FAST answer labels: the samples must have 'action'")
+        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        logits, targets = answer_logits(self.vlm, out, labels)
+        conditioning = prefix_conditioning(out, labels, insulate=self.config.insulate_vlm)
+        terms = {
+            "fast": F.cross_entropy(logits, targets),
+            "flow": self.action_model.compute_loss(
+                conditioning, batch.actions, batch.action_is_pad, action_dim_mask=batch.action_dim_mask
+            )["loss"],
+        }
+        if self.readout is not None:
+            terms["readout"] = self.readout.loss(out, batch.actions, batch.action_is_pad, None, batch.action_dim_mask)
+        return terms
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """-> {"loss": the weighted sum, "log": {"fast_loss", "flow_loss" [, "readout_loss"]}: each term, detached
+        (metrics.jsonl records them per step)}."""
+        terms = self.loss_terms(batch)
+        config = self.config
+        weights = {
+            "fast": config.fast_loss_weight,
+            "flow": config.flow_loss_weight,
+            "readout": config.readout_loss_weight,
+        }
+        loss = sum(weights[name] * term for name, term in terms.items())
+        return {"loss": loss, "log": {f"{name}_loss": term.detach() for name, term in terms.items()}}
+
+    def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, None]:
+        """-> (the expert's Conditioning over the prompt positions, None): the expert has no state input (the state
+        is in the prompt), so its predict / invert / reconstruct take state None. Detached: nothing trains here."""
+        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        return prefix_conditioning(out, batch.vlm.labels, insulate=True), None
+
+    def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """-> {"actions": normalized [B, T, D]}: the prompt through the VLM once, then the expert integrates."""
+        conditioning, state = self.flow_conditioning(batch)
+        return {"actions": self.action_model.predict(conditioning, state, generator=generator)}
+
+
+if __name__ == "__main__":
+    from vlablocks.core.framework.standalone import run_standalone
+
+    raise SystemExit(run_standalone("QwenPI05"))

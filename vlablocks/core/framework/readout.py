@@ -1,0 +1,84 @@
+"""Readout regression: an auxiliary, deterministic action loss that teaches the VLM to ground the instruction,
+for frameworks whose own loss does not (flow matching; FAST tokens). docs/toy_results.md gives the evidence.
+
+    prompt = chat(views..., instruction) + <|readout_0|> ... <|readout_{T-1}|>
+    VLM    -> hidden states h_t of the T readout tokens [B, T, H] (+ proprio: W_s state, as QwenOFT)
+    loss   = mean over valid steps of |W h_t - a_t|_1                      (OpenVLA-OFT's L1 objective)
+    total  = the head's loss (flow matching, FAST cross-entropy) + readout_loss_weight * loss
+
+Why: a flow-matching head's gradient reaches the VLM weak and noisy (a random noise and time per sample;
+and none at all at initialization under adaLN-Zero), so a VLM trained from scratch learns where the blocks
+are but not which one the instruction names. The readouts come last in the causal prompt, after the
+instruction, so the L1 loss makes the LLM fuse the instruction with the image in them, as QwenOFT's
+queries do; the flow head then reads them with the rest of the prompt. `insulate_vlm` (pi0.5's knowledge
+insulation) additionally stops the head's gradient at the VLM's outputs: the VLM learns from the readout
+loss alone and the head learns to use what it provides.
+At inference the readouts are part of the prompt (the head reads them, the FAST answer follows them);
+their regression is not used.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlablocks.core.action_model.masking import masked_mean
+
+READOUT_TOKEN_PREFIX = "<|readout_"
+
+
+class ReadoutRegression(nn.Module):
+    """T readout tokens closing the prompt and the L1 regression of the action chunk from their hidden states."""
+
+    def __init__(self, vlm, action_horizon: int, action_dim: int, state_dim: int) -> None:
+        super().__init__()
+        self.tokens = [f"{READOUT_TOKEN_PREFIX}{i}|>" for i in range(action_horizon)]
+        self.token_ids = vlm.add_special_tokens(self.tokens)
+        self.proj = nn.Linear(vlm.hidden_size, action_dim)
+        self.proprio = nn.Linear(state_dim, vlm.hidden_size) if state_dim > 0 else None
+
+    @property
+    def prompt_suffix(self) -> str:
+        return "".join(self.tokens)
+
+    def loss(
+        self,
+        out,
+        actions: torch.Tensor,
+        action_is_pad: torch.Tensor,
+        state: torch.Tensor | None,
+        action_dim_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """out: the VLMOutput of a forward that requested `token_ids`; actions: [B, T, D], action_dim_mask: [B, D]
+        bool or None -> scalar L1 loss over real steps and dims."""
+        positions = torch.cat([out.token_positions[t] for t in self.token_ids], dim=1)  # [B, T]
+        index = positions.unsqueeze(-1).expand(-1, -1, out.last_hidden_state.shape[-1])
+        hidden = out.last_hidden_state.gather(1, index)
+        if self.proprio is not None and state is not None:
+            hidden = hidden + self.proprio(state.to(self.proprio.weight.dtype)).to(hidden.dtype).unsqueeze(1)
+        predicted = self.proj(hidden.to(self.proj.weight.dtype))  # a bf16 VLM may feed it outside autocast
+        return masked_mean((predicted - actions.to(predicted.dtype)).abs(), action_is_pad, action_dim_mask)
+
+
+def build_readout(owner: str, vlm, platform, weight: float, insulate: bool) -> ReadoutRegression | None:
+    """The readout regression a framework config asks for (None when `weight` is 0), after checking the options."""
+    if weight < 0 or (insulate and weight == 0):
+        raise ValueError(
+            f"{owner}: readout_loss_weight={weight}, insulate_vlm={insulate}: the weight must be >= 0, and an "
+            "insulated VLM needs readout_loss_weight > 0 to learn anything"
+        )
+    if weight == 0:
+        return None
+    return ReadoutRegression(vlm, platform.action_horizon, platform.action_dim, platform.state_dim)
+
+
+def add_readout_loss(losses: dict, readout: ReadoutRegression | None, weight: float, out, batch) -> dict:
+    """losses["loss"] (the head's) + weight * the readout loss; both parts kept, detached, for logging."""
+    if readout is None:
+        return losses
+    extra = readout.loss(out, batch.actions, batch.action_is_pad, batch.state, batch.action_dim_mask)
+    return {
+        "loss": losses["loss"] + weight * extra,
+        "head_loss": losses["loss"].detach(),
+        "readout_loss": extra.detach(),
+    }

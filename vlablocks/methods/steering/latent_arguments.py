@@ -1,0 +1,53 @@
+"""The text-latent steering options shared by `vlablocks eval` and `vlablocks serve` (vlablocks/methods/steering/steered_policy.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_latent_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("text-latent steering (docs/steering.md)")
+    group.add_argument("--text-latent", help="a file of `vlablocks text-latent extract`: steer the policy with it")
+    group.add_argument(
+        "--latent-task",
+        default="auto",
+        help="the task whose latent is written (default auto: the observation's prompt)",
+    )
+    group.add_argument(
+        "--latent-task-2", help="interpolate to this task's latent ('auto': the observation's second subtask)"
+    )
+    group.add_argument("--schedule", choices=["step", "linear"], default="step", help="interpolation weight over calls")
+    group.add_argument("--switch-at", type=int, default=3, help="policy call at which task 2's latent is complete")
+    group.add_argument("--latent-prompt", choices=["blank", "given"], default="blank", help="blank: filler tokens")
+    group.add_argument("--latent-kind", choices=["positions", "mean"], default="positions", help="per token or mean")
+    group.add_argument("--latent-mode", choices=["add", "blend"], default="add", help="add alpha*z, or blend to z")
+    group.add_argument("--latent-alpha", type=float, default=1.0, help="the coefficient alpha")
+    group.add_argument(
+        "--latent-layers",
+        type=int,
+        nargs="+",
+        help="residual-stream indices written: 0 = embeddings, r = output of layer r-1 (default: all)",
+    )
+
+
+def steered(policy, args: argparse.Namespace):
+    """`policy` wrapped in a SteeredPolicy when --text-latent is given, else unchanged."""
+    if not args.text_latent:
+        return policy
+    if not hasattr(policy, "framework"):
+        raise ValueError("--text-latent steers an in-process checkpoint: use --ckpt, not a remote or baseline policy")
+    from vlablocks.methods.steering.steered_policy import LatentOptions, SteeredPolicy
+    from vlablocks.methods.steering.text_latent import TextLatents
+
+    options = LatentOptions(
+        task=args.latent_task,
+        task_2=args.latent_task_2,
+        schedule=args.schedule,
+        switch_at=args.switch_at,
+        prompt=args.latent_prompt,
+        kind=args.latent_kind,
+        mode=args.latent_mode,
+        alpha=args.latent_alpha,
+        layers=tuple(args.latent_layers) if args.latent_layers else None,
+    )
+    return SteeredPolicy(policy, TextLatents.load(args.text_latent), options)

@@ -1,0 +1,122 @@
+"""A policy steered by text latents: the model's residual stream at the instruction's tokens is written with
+the latent of a task, or of two tasks interpolated over the episode (vlablocks/methods/steering/text_latent.py).
+
+Wraps a `FrameworkPolicy`; `vlablocks eval --text-latent F ...` and `vlablocks serve --text-latent F ...` build
+it. The schedule counts policy calls since `reset()` (the eval loop calls it at every episode start; a served
+robot sends `"episode_start": true` in the first observation of an episode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlablocks.core.vlm.steering import Steering, language_layers
+from vlablocks.methods.steering.text_latent import TextLatents, interpolation_weight
+
+AUTO = "auto"
+FILLERS = (".", " .", "_", " ")  # the pad token would be masked out of attention: a blank must be attended
+
+
+def blank_prompt(tokenizer, length: int) -> str:
+    """A content-free instruction of exactly `length` tokens: a filler character repeated (the first of FILLERS
+    that the tokenizer keeps one token per repetition)."""
+    for filler in FILLERS:
+        if len(tokenizer(filler * length, add_special_tokens=False)["input_ids"]) == length:
+            return filler * length
+    raise ValueError(f"no filler of {list(FILLERS)} tokenizes to one token per repetition for a {length}-token blank")
+
+
+@dataclass(frozen=True)
+class LatentOptions:
+    """task: the latent's task string, or "auto": the observation's own prompt (two tasks: its "subtasks");
+    task_2: the second task for interpolation (None: one task; "auto": obs["subtasks"][1]);
+    schedule / switch_at: w(k) over policy calls (text_latent.interpolation_weight);
+    prompt: "blank" (the instruction replaced by as many filler tokens as the latent has positions) or "given";
+    kind: "positions" (one vector per text token) or "mean" (one per layer, at every text token);
+    mode / alpha: add or blend (vlm/steering.py); layers: residual-stream indices written (None: all)."""
+
+    task: str = AUTO
+    task_2: str | None = None
+    schedule: str = "step"
+    switch_at: int = 3
+    prompt: str = "blank"
+    kind: str = "positions"
+    mode: str = "add"
+    alpha: float = 1.0
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt not in ("blank", "given"):
+            raise ValueError(f"--latent-prompt must be 'blank' or 'given', got {self.prompt!r}")
+        interpolation_weight(0, self.schedule, self.switch_at)  # validates schedule and switch_at
+
+
+class SteeredPolicy:
+    """FrameworkPolicy + a text-latent steering per call. metadata: the wrapped policy's."""
+
+    def __init__(self, policy, latents: TextLatents, options: LatentOptions) -> None:
+        self.policy = policy
+        self.framework = policy.framework
+        self.metadata = policy.metadata
+        self.latents = latents
+        self.options = options
+        indices = len(language_layers(self.framework.vlm)) + 1  # embeddings + each layer's output
+        self.layers = options.layers if options.layers is not None else tuple(range(indices))
+        if latents.mean and latents.mean[0].shape[0] != indices:
+            raise ValueError(
+                f"the text latents have {latents.mean[0].shape[0]} residual indices, the checkpoint's VLM {indices}: "
+                "extract them from this checkpoint"
+            )
+        self.calls = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def tasks(self, obs: dict) -> tuple[str, str | None]:
+        """The (first, second or None) task strings for this observation."""
+        first, second = self.options.task, self.options.task_2
+        subtasks = obs.get("subtasks")
+        if second == AUTO or (first == AUTO and second is not None):
+            if not subtasks or len(subtasks) != 2:
+                raise ValueError(
+                    "'auto' latent tasks for interpolation need obs['subtasks'] (the two_stage toy variant)"
+                )
+        if first == AUTO:
+            first = subtasks[0] if second is not None else obs["prompt"]
+        if second == AUTO:
+            second = subtasks[1]
+        return first, second
+
+    def vectors(self, obs: dict) -> torch.Tensor:
+        """-> [K indices, P, H] for this call: task A's latent, or the interpolation of A and B."""
+        first, second = self.tasks(obs)
+        vector = self.latents.vector(first, self.options.kind)
+        if second is not None:
+            other = self.latents.vector(second, self.options.kind)
+            if other.shape != vector.shape:
+                raise ValueError(
+                    f"tasks {first!r} and {second!r} have {vector.shape[1]} and {other.shape[1]} text tokens: "
+                    "interpolate their per-layer means (--latent-kind mean) or tasks of one phrasing"
+                )
+            weight = interpolation_weight(self.calls, self.options.schedule, self.options.switch_at)
+            vector = (1 - weight) * vector + weight * other
+        return vector[list(self.layers)]
+
+    def infer(self, obs: dict) -> dict:
+        if obs.get("episode_start"):
+            self.reset()
+        vectors = self.vectors(obs)
+        if self.options.prompt == "blank":  # as many filler tokens as the first task's instruction has
+            length = self.latents.vector(self.tasks(obs)[0], "positions").shape[1]
+            obs = {**obs, "prompt": blank_prompt(self.framework.vlm.tokenizer, length)}
+        vlm = self.framework.vlm
+        vlm.steering = Steering(
+            vectors[None].to(self.framework.device), self.layers, self.options.mode, self.options.alpha
+        )
+        try:
+            return self.policy.infer(obs)
+        finally:
+            vlm.steering = None
+            self.calls += 1

@@ -1,0 +1,211 @@
+"""Does a trained policy read its instruction, and where does its head look? Probes on a checkpoint.
+
+    python -m vlablocks.tools.probes.grounding_probe --ckpt runs/x/checkpoints/step_1500 --data data/toy
+
+instruction_loss_ratio   the training loss on frames with their own prompts vs the same frames with the
+                         prompts rolled by one (mostly another colour), same noise and times:
+                         ratio = loss(swapped) / loss(own). About 1: the loss does not depend on the
+                         instruction; well above 1: the model uses it.
+context_attention_mass   for heads that cross-attend to VLM tokens: the share of cross-attention weight
+                         on vision tokens, on the colour words, on the other text (chat template,
+                         the rest of the instruction) and on readout tokens, per DiT block.
+hidden_gradient_share    |dL/dh| at the VLM's last hidden state, summed over the same token groups, as
+                         shares: how much of the loss's pull reaches each group.
+branch_gates             per DiT block, the mean |adaLN-Zero gate| of its self-attention, cross-attention
+                         and MLP branches (all 0 at initialization): how open the path to the VLM is.
+vlm_gradient_agreement   the VLM's parameter gradient on one batch under different noise/time draws:
+                         mean pairwise cosine similarity (1 for a deterministic loss such as L1) and the
+                         gradient norm. A low agreement means most of each step's update to the VLM is noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlablocks.core.config import load_config
+from vlablocks.tools.toy.toy_scene import COLOURS
+from vlablocks.core.framework.base import Framework
+from vlablocks.core.training.components import build_train_dataset
+
+GROUPS = ("vision", "colour", "other_text", "readout")
+
+
+def probe_samples(dataset, count: int, seed: int) -> list[dict]:
+    """`count` random frames of a dataset (raw sample dicts)."""
+    rng = np.random.default_rng(seed)
+    return [dataset[int(i)] for i in rng.choice(len(dataset), size=count, replace=False)]
+
+
+def rolled_prompts(samples: list[dict]) -> list[dict]:
+    """The same frames, each with the next frame's prompt (the last takes the first's)."""
+    prompts = [s["prompt"] for s in samples]
+    return [{**s, "prompt": prompts[(i + 1) % len(samples)]} for i, s in enumerate(samples)]
+
+
+@torch.no_grad()
+def seeded_loss(framework: Framework, samples: list[dict], seed: int) -> float:
+    """The action head's training loss on `samples` (without auxiliary terms such as the readout regression),
+    with the noise and time draws fixed by `seed`."""
+    batch = framework.processor(samples)
+    torch.manual_seed(seed)
+    losses = framework(batch)
+    return losses.get("head_loss", losses["loss"]).item()
+
+
+def instruction_loss_ratio(framework: Framework, samples: list[dict], draws: int = 4) -> dict[str, float]:
+    """Mean over `draws` seeded draws of the own-prompt and rolled-prompt losses, and their ratio."""
+    own = float(np.mean([seeded_loss(framework, samples, d) for d in range(draws)]))
+    swapped = float(np.mean([seeded_loss(framework, rolled_prompts(samples), d) for d in range(draws)]))
+    return {"loss_own": own, "loss_swapped": swapped, "ratio": swapped / own}
+
+
+def token_groups(framework: Framework, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[B, L] bool masks of the vision tokens, the colour words, the readout tokens and the other text."""
+    vlm = framework.vlm
+    colour_ids = {i for c in COLOURS for word in (c, f" {c}") for i in vlm.tokenizer.encode(word)}
+    vision = input_ids == vlm.image_token_id
+    colour = torch.isin(input_ids, torch.tensor(sorted(colour_ids)))
+    readout_module = getattr(framework, "readout", None)
+    readouts = getattr(readout_module, "token_ids", None) or getattr(framework, "query_token_ids", None) or [-1]
+    readout = torch.isin(input_ids, torch.tensor(readouts))  # readout tokens, or QwenOFT's action queries
+    padding = input_ids == vlm.tokenizer.pad_token_id
+    return {
+        "vision": vision,
+        "colour": colour,
+        "readout": readout,
+        "other_text": ~(vision | colour | readout | padding),
+    }
+
+
+def _shares(weights: torch.Tensor, groups: dict[str, torch.Tensor]) -> dict[str, float]:
+    """weights: [B, L] non-negative -> each group's share of the total."""
+    total = weights.sum()
+    return {name: float((weights * groups[name]).sum() / total) for name in GROUPS}
+
+
+@torch.no_grad()
+def context_attention_mass(framework: Framework, samples: list[dict]) -> list[dict[str, float]]:
+    """Per DiT block, the share of the head's cross-attention on each token group (attend: all only)."""
+    blocks = getattr(getattr(framework, "action_model", None), "blocks", None)
+    if blocks is None:
+        return []
+    batch = framework.processor(samples)
+    groups = token_groups(framework, batch.vlm.input_ids)
+    captured: list[torch.Tensor] = []
+
+    def capture(module, args) -> None:
+        x, keys, _, mask = args
+        query = module._split(module.query(x))
+        scores = query @ keys.transpose(-1, -2) / keys.shape[-1] ** 0.5
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        captured.append(F.softmax(scores, dim=-1).mean(dim=(1, 2)))  # [B*, L]
+
+    hooks = [block.cross_attn.register_forward_pre_hook(capture) for block in blocks]
+    try:
+        torch.manual_seed(0)
+        framework(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    repeats = captured[0].shape[0] // len(samples)
+    return [_shares(w.view(len(samples), repeats, -1).mean(1), groups) for w in captured]
+
+
+def hidden_gradient_share(framework: Framework, samples: list[dict]) -> dict[str, float]:
+    """Shares of |dL/dh| (last VLM hidden state) over the token groups."""
+    batch = framework.processor(samples)
+    captured: dict[str, torch.Tensor] = {}
+    forward: Callable = framework.vlm.forward
+
+    def keep_grad(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.last_hidden_state.retain_grad()
+        captured["h"] = out.last_hidden_state
+        return out
+
+    framework.vlm.forward = keep_grad
+    try:
+        torch.manual_seed(0)
+        framework.zero_grad(set_to_none=True)
+        framework(batch)["loss"].backward()
+    finally:
+        del framework.vlm.forward
+    grad = captured["h"].grad.norm(dim=-1)  # [B, L]
+    return _shares(grad, token_groups(framework, batch.vlm.input_ids))
+
+
+def vlm_gradient_agreement(framework: Framework, samples: list[dict], draws: int = 4) -> dict[str, float]:
+    """Mean pairwise cosine of the VLM's flattened parameter gradients over `draws` seeded draws, and their norm."""
+    batch = framework.processor(samples)
+    gradients = []
+    for draw in range(draws):
+        framework.zero_grad(set_to_none=True)
+        torch.manual_seed(draw)
+        framework(batch)["loss"].backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in framework.vlm.parameters() if p.grad is not None]))
+    stacked = F.normalize(torch.stack(gradients), dim=1)
+    cosine = stacked @ stacked.T
+    pairs = cosine[~torch.eye(draws, dtype=torch.bool)]
+    return {"mean_cosine": float(pairs.mean()), "grad_norm": float(torch.stack(gradients).norm(dim=1).mean())}
+
+
+@torch.no_grad()
+def branch_gates(framework: Framework, samples: list[dict]) -> list[dict[str, float]]:
+    """Per DiT block: mean |gate| of the self-attention, cross-attention and MLP branches on this batch."""
+    blocks = getattr(getattr(framework, "action_model", None), "blocks", None)
+    if blocks is None:
+        return []
+    gates: list[dict[str, float]] = []
+
+    def capture(module, args) -> None:
+        mods = module.modulation(F.silu(args[1])).chunk(9, dim=-1)
+        gates.append({name: float(mods[i].abs().mean()) for name, i in (("self", 2), ("cross", 5), ("mlp", 8))})
+
+    hooks = [block.register_forward_pre_hook(capture) for block in blocks]
+    try:
+        torch.manual_seed(0)
+        framework(framework.processor(samples))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return gates
+
+
+def probe(framework: Framework, samples: list[dict]) -> dict:
+    framework.eval()
+    groups = token_groups(framework, framework.processor(samples).vlm.input_ids)
+    return {
+        "tokens_per_frame": {name: float(groups[name].sum()) / len(samples) for name in GROUPS},
+        "instruction_loss": instruction_loss_ratio(framework, samples),
+        "attention_mass_per_block": context_attention_mass(framework, samples),
+        "hidden_gradient_share": hidden_gradient_share(framework, samples),
+        "vlm_gradient_agreement": vlm_gradient_agreement(framework, samples),
+        "branch_gates": branch_gates(framework, samples),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="a checkpoint directory, run_dir/checkpoints/step_N")
+    parser.add_argument("--data", required=True, help="the training dataset's root")
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    framework = Framework.from_pretrained(args.ckpt)
+    run_config = Path(args.ckpt).resolve().parents[1] / "config.yaml"  # the run's, with its dataset section
+    experiment = load_config(run_config, [f"dataset.root={args.data}"])
+    samples = probe_samples(build_train_dataset(experiment), args.frames, args.seed)
+    print(json.dumps(probe(framework, samples), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

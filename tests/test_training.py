@@ -190,3 +190,32 @@ def test_worker_sharing_is_set_only_when_workers_hand_batches_over():
         assert torch.multiprocessing.get_sharing_strategy() == "file_system"
     finally:
         torch.multiprocessing.set_sharing_strategy(before)
+
+
+def test_dashboards_get_one_point_every_log_every_steps_with_the_window_mean(tmp_path, monkeypatch):
+    """trainer.log_every: metrics.jsonl keeps every step; tensorboard gets the mean of each window of log_every steps
+    and the last step's (partial) window."""
+    from vlablocks.core.training import run_logger
+
+    points = []
+
+    class Writer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def add_scalar(self, tag, value, step):
+            points.append((tag, step, value))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("torch.utils.tensorboard.SummaryWriter", Writer)
+    logger = run_logger.RunLogger(tmp_path, max_steps=7, start_step=0, enabled=True, log_every=3)
+    for step in range(1, 8):
+        logger.log(step, {"loss": float(step), "lr": 0.1}, samples=4)
+    logger.close([])
+    losses = [(step, value) for tag, step, value in points if tag == "train/loss"]
+    assert losses == [(3, 2.0), (6, 5.0), (7, 7.0)]  # means of 1-3, 4-6, and 7 alone
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 7
+    with pytest.raises(ValueError, match="log_every must be >= 1"):
+        run_logger.RunLogger(tmp_path, max_steps=7, start_step=0, enabled=False, log_every=0)

@@ -107,7 +107,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
         num_workers=trainer.num_workers,
         collate_fn=processor,
     )
-    logger = RunLogger(run_dir, trainer.max_steps, start_step, main, trainer.wandb_project)
+    logger = RunLogger(run_dir, trainer.max_steps, start_step, main, trainer.wandb_project, trainer.log_every)
     periodic_eval = PeriodicEval(trainer, run_dir) if trainer.eval_every and main else None
     last_checkpoint = resume_from
     model.train()

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vlablocks.core.flags import FlagParser
+
 try:
     from vlablocks_client import ActionChunkBroker, PolicyClient, resize_with_pad
 except ImportError:  # run from a vlablocks checkout, where the client is `deployment.client`
@@ -95,7 +97,7 @@ def run_episode(env, initial_state, broker, meta: dict, prompt: str, args: argpa
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = FlagParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None)

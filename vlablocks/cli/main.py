@@ -15,6 +15,7 @@ import sys
 from types import ModuleType
 
 import vlablocks.cli.commands
+from vlablocks.core.flags import FlagParser
 from vlablocks.core.logs import show_project_logs
 
 
@@ -29,7 +30,7 @@ def command_modules() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlablocks", description="Build, train and serve VLA policies.")
+    parser = FlagParser(prog="vlablocks", description="Build, train and serve VLA policies.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in command_modules():

@@ -20,7 +20,9 @@ HELP = "end-to-end demo: toy data -> train -> serve -> closed-loop eval, printin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config_yaml", default="configs/demo/qwen_oft_toy.yaml", help="experiment to train")
+    parser.add_argument(
+        "--config-yaml", default="configs/experiments/demo/qwen_oft_toy.yaml", help="experiment to train"
+    )
     parser.add_argument("--episodes", type=int, default=1000, help="toy episodes to generate for training")
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--out", default="runs/demo", help="run directory (data under data/)")
@@ -46,10 +48,10 @@ def start_server(checkpoint: Path, log: Path) -> tuple[subprocess.Popen, str]:
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from deployment.client import PolicyClient
     from vlablocks.core.config import load_config
-    from vlablocks.tools.toy.toy import ToyTabletopEnv
-    from vlablocks.tools.toy.toy_dataset import write_toy_dataset
     from vlablocks.core.evaluation.rollout import RandomPolicy, action_bounds, evaluate, played_per_chunk
     from vlablocks.core.training.train import train
+    from vlablocks.tools.toy.toy import ToyTabletopEnv
+    from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 
     out = Path(args.out)
     data = Path("data") / f"toy_demo_{args.episodes}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlablocks.methods.steering.latent_arguments import add_latent_arguments
 from vlablocks.core.build import build
+from vlablocks.methods.steering.latent_arguments import add_latent_arguments
 
 NAME = "eval"
 HELP = "closed-loop evaluation on a registered env: success rate with a 95% CI, summary JSON and GIFs"
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/eval", help="directory for summary.json and videos")
     parser.add_argument(
         "--prompts",
-        help="YAML original -> alternative phrasings (e.g. configs/prompts/toy_heldout.yaml): run every episode under "
+        help="YAML original -> alternative phrasings (e.g. configs/experiments/prompts/toy_heldout.yaml): run every episode under "
         "each phrasing of its instruction and report success per phrasing",
     )
     add_latent_arguments(parser)
@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_policy(args: argparse.Namespace, env):
     """-> (policy, metadata) for the requested source."""
     if args.ckpt:
-        from vlablocks.methods.steering.latent_arguments import steered
         from vlablocks.core.serving.policy import load_policy
+        from vlablocks.methods.steering.latent_arguments import steered
 
         policy = steered(load_policy(args.ckpt), args)
         return policy, policy.metadata
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def run_phrasings(args: argparse.Namespace, env, policy, metadata: dict) -> int:
     from vlablocks.core.dataloader.prompt_augmentation import load_alternatives
-    from vlablocks.methods.language.phrasing import evaluate_phrasings
     from vlablocks.core.evaluation.rollout import played_per_chunk
+    from vlablocks.methods.language.phrasing import evaluate_phrasings
 
     if args.wrong_instruction:
         raise ValueError("--prompts and --wrong-instruction exclude each other; run them separately")

@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="VQA dataset directory (e.g. from `vlablocks make-toy-vqa`)")
     parser.add_argument("--out", help="directory for vqa_summary.json (default: print only)")
     parser.add_argument("--limit", type=int, help="evaluate the first LIMIT questions only")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--torch_threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--torch-threads", type=int, default=1, help="CPU threads (default 1)")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -26,9 +26,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
     import torch
 
+    from vlablocks.core.framework.base import Framework
     from vlablocks.methods.cotraining.vqa_dataset import VQADataset
     from vlablocks.methods.cotraining.vqa_eval import vqa_accuracy
-    from vlablocks.core.framework.base import Framework
 
     torch.set_num_threads(args.torch_threads)
     model = Framework.from_pretrained(args.ckpt)

@@ -33,8 +33,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     import torch
 
     from vlablocks.core.config import merge_overrides
-    from vlablocks.methods.steering.flow_inversion import InversionOptions, check_options, flow_head, run_inversion
     from vlablocks.core.framework.base import Framework
+    from vlablocks.methods.steering.flow_inversion import InversionOptions, check_options, flow_head, run_inversion
 
     options = InversionOptions(
         tuple(args.steps), args.execute_steps, args.episodes, args.seed, args.batch_size

@@ -16,18 +16,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=1000, help="number of scenes (default 1000)")
     parser.add_argument("--questions", type=int, default=3, help="questions per scene (default 3: one of each kind)")
     parser.add_argument("--seed", type=int, default=10000, help="scene i is the toy env reset with seed SEED + i")
-    parser.add_argument("--max_objects", type=int, default=4, help="scenes hold 1 .. MAX_OBJECTS blocks (default 4)")
-    parser.add_argument("--image_size", type=int, default=112, help="pixels per image side (default 112)")
+    parser.add_argument("--max-objects", type=int, default=4, help="scenes hold 1 .. MAX_OBJECTS blocks (default 4)")
+    parser.add_argument("--image-size", type=int, default=112, help="pixels per image side (default 112)")
     parser.add_argument(
         "--kinds", nargs="+", default=["count", "colour", "exists"], help="question kinds asked in turn (default all)"
     )
     parser.add_argument(
-        "--occupied_share",
+        "--occupied-share",
         type=float,
         default=0.5,
         help="probability that a colour question names an occupied cell (default 0.5; held-out sets keep 0.5)",
     )
-    parser.add_argument("--dataset_name", default="toy_vqa", help="the dataset_name of its samples")
+    parser.add_argument("--dataset-name", default="toy_vqa", help="the dataset_name of its samples")
     parser.add_argument("--overwrite", action="store_true", help="replace files in --out if it exists")
 
 

@@ -12,14 +12,14 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config_yaml", required=True, help="experiment YAML; overrides follow as --a.b=v")
-    parser.add_argument("--num_gpus", type=int, required=True, help="GPUs in all (every node together)")
-    parser.add_argument("--gpus_per_node", type=int, help="default: all on one node up to 8, else 8 per node")
+    parser.add_argument("--config-yaml", required=True, help="experiment YAML; overrides follow as --a.b=v")
+    parser.add_argument("--num-gpus", type=int, required=True, help="GPUs in all (every node together)")
+    parser.add_argument("--gpus-per-node", type=int, help="default: all on one node up to 8, else 8 per node")
     parser.add_argument("--zero", type=int, choices=[2, 3], help="one ZeRO stage (default: both)")
     parser.add_argument("--offload", action="store_true", help="optimizer states in CPU memory (offload_optimizer)")
-    parser.add_argument("--gpu_memory_gb", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
     parser.add_argument(
-        "--prompt_tokens",
+        "--prompt-tokens",
         type=int,
         default=48,
         help="text tokens of a prompt before the framework's suffix: chat template + instruction (default 48)",

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"--out must name a .yaml file (the prompts), got {args.out!r}")
     from vlablocks.core.config import merge_overrides
     from vlablocks.core.evaluation.batched_rollout import GreedyActor
+    from vlablocks.core.framework.base import Framework
     from vlablocks.methods.language.qd_search import (
         ClosedLoopFailure,
         QDConfig,
@@ -54,7 +55,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         validate,
         write_prompts,
     )
-    from vlablocks.core.framework.base import Framework
 
     cfg = QDConfig(
         search=args.search,

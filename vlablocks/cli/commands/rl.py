@@ -9,8 +9,8 @@ HELP = "online RL with 0/1 task rewards (GRPO, clip-higher, dynamic sampling) fr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config_yaml", required=True, help="experiment YAML with an `rl:` section")
-    parser.add_argument("--init_ckpt", default=None, help="the SFT checkpoint to start from (sets rl.init_ckpt)")
+    parser.add_argument("--config-yaml", required=True, help="experiment YAML with an `rl:` section")
+    parser.add_argument("--init-ckpt", default=None, help="the SFT checkpoint to start from (sets rl.init_ckpt)")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -53,9 +53,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     import torch
 
-    from vlablocks.methods.steering.latent_arguments import steered
     from vlablocks.core.serving.policy import load_policy
     from vlablocks.core.serving.server import PolicyServer
+    from vlablocks.methods.steering.latent_arguments import steered
 
     api_key = read_api_key(args.api_key, args.api_key_file)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -11,7 +11,7 @@ HELP = "print the resolved config (bases merged, overrides applied, defaults fil
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config_yaml", help="experiment YAML; overrides follow as --a.b=v, --a.b v or a.b=v")
+    parser.add_argument("--config-yaml", help="experiment YAML; overrides follow as --a.b=v, --a.b v or a.b=v")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -15,9 +15,9 @@ HELP = "compute per-dataset action/state stats (min, max, mean, std, q01, q99) i
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config_yaml", required=True, help="experiment YAML with platform: and dataset: sections")
+    parser.add_argument("--config-yaml", required=True, help="experiment YAML with platform: and dataset: sections")
     parser.add_argument("--out", help="output file (default: <run_dir>/norm_stats.json)")
-    parser.add_argument("--batch_size", type=int, default=4096, help="rows read at a time (bounds memory)")
+    parser.add_argument("--batch-size", type=int, default=4096, help="rows read at a time (bounds memory)")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["extract", "decode"], help="extract from a dataset, or decode a file")
     parser.add_argument("--ckpt", required=True, help="policy checkpoint directory")
     parser.add_argument("--data", help="extract: LeRobot dataset directory of the demonstrations")
-    parser.add_argument("--dataset_name", help="extract: which of the checkpoint's normalization stats (default: only)")
+    parser.add_argument("--dataset-name", help="extract: which of the checkpoint's normalization stats (default: only)")
     parser.add_argument("--max-samples", type=int, default=4000, help="extract: frames read, spread over the dataset")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--latents", help="decode: the text-latent file")

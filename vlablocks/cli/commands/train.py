@@ -9,7 +9,7 @@ HELP = "train a framework from a config (one process; see README for accelerate 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config_yaml", required=True, help="experiment YAML; overrides follow as --a.b=v")
+    parser.add_argument("--config-yaml", required=True, help="experiment YAML; overrides follow as --a.b=v")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -26,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--source", default="outcome", choices=["outcome", "reward"], help="returns from (default outcome)"
     )
     parser.add_argument("--key", default="next.success", help="success or reward column (default next.success)")
-    parser.add_argument("--first_frames", action="store_true", help="only each episode's first frame (fast AUC)")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--first-frames", action="store_true", help="only each episode's first frame (fast AUC)")
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
-        "--dataset_name", help="the normalization stats to use (default: the checkpoint's, when it has one set)"
+        "--dataset-name", help="the normalization stats to use (default: the checkpoint's, when it has one set)"
     )
 
 
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from vlablocks.core.atomic import atomic_directory
     from vlablocks.core.dataloader.checkpoint_dataset import checkpoint_dataset
-    from vlablocks.methods.value.metrics import calibration_table, plot_calibration, roc_auc
     from vlablocks.core.framework.base import Framework
+    from vlablocks.methods.value.metrics import calibration_table, plot_calibration, roc_auc
 
     model = Framework.from_pretrained(args.ckpt)
     if getattr(model, "kind", "policy") != "value":

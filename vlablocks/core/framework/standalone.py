@@ -7,7 +7,6 @@ shapes are right, and prints one summary line.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from vlablocks.core.config import ExperimentConfig, load_config, merge_overrides, parse_experiment, resolve
+from vlablocks.core.flags import FlagParser
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
@@ -50,9 +50,9 @@ def smoke_test(experiment: ExperimentConfig, batch_size: int = 2, num_views: int
 
 
 def run_standalone(name: str, argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=f"Smoke-test the {name} framework on a synthetic batch.")
-    parser.add_argument("--config_yaml", help="experiment YAML (default: a tiny offline config)")
-    parser.add_argument("--batch_size", type=int, default=2)
+    parser = FlagParser(description=f"Smoke-test the {name} framework on a synthetic batch.")
+    parser.add_argument("--config-yaml", help="experiment YAML (default: a tiny offline config)")
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--views", type=int, default=1)
     args, overrides = parser.parse_known_args(argv)
     try:

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 from vlablocks.core.config import ExperimentConfig, load_config, to_yaml
+from vlablocks.core.config.trainer import TrainerConfig
 from vlablocks.core.dataloader.embodiments import dataset_embodiments
+from vlablocks.core.flags import FlagParser
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.cotraining import check_cotraining
 from vlablocks.core.logs import show_project_logs
@@ -36,7 +38,6 @@ from vlablocks.core.training.components import (
     set_threads,
     set_worker_sharing,
 )
-from vlablocks.core.config.trainer import TrainerConfig
 from vlablocks.core.training.distributed import end_distributed
 from vlablocks.core.training.optim import build_optimizer, freeze_modules, parameter_summary
 from vlablocks.core.training.periodic_eval import PeriodicEval
@@ -179,8 +180,8 @@ def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config_yaml", required=True)
+    parser = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-yaml", required=True)
     args, overrides = parser.parse_known_args(argv)
     show_project_logs()
     train(load_config(args.config_yaml, overrides))

@@ -28,16 +28,17 @@ from vlablocks.core.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.core.envs.vector import make_vector_env
 from vlablocks.core.evaluation.batched_rollout import Episode, GreedyActor, SamplingActor, run_batched_episodes
 from vlablocks.core.evaluation.rollout import wilson_interval
+from vlablocks.core.flags import FlagParser
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.logs import show_project_logs
 from vlablocks.core.training.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
 from vlablocks.core.training.components import make_accelerator, seed_everything, set_threads
 from vlablocks.core.training.distributed import end_distributed
-from vlablocks.methods.rl.grpo import clipped_policy_loss, fill_with_informative_groups
 from vlablocks.core.training.optim import build_optimizer
-from vlablocks.methods.rl.config import RLConfig
-from vlablocks.methods.rl.report import plot_success
 from vlablocks.core.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
+from vlablocks.methods.rl.config import RLConfig
+from vlablocks.methods.rl.grpo import clipped_policy_loss, fill_with_informative_groups
+from vlablocks.methods.rl.report import plot_success
 
 
 class ChoiceLogProbs(nn.Module):
@@ -267,9 +268,9 @@ def load_rl_experiment(config_yaml: str, init_ckpt: str | None, overrides: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config_yaml", required=True)
-    parser.add_argument("--init_ckpt", default=None, help="SFT checkpoint to start from (sets rl.init_ckpt)")
+    parser = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-yaml", required=True)
+    parser.add_argument("--init-ckpt", default=None, help="SFT checkpoint to start from (sets rl.init_ckpt)")
     args, overrides = parser.parse_known_args(argv)
     show_project_logs()
     rl(load_rl_experiment(args.config_yaml, args.init_ckpt, overrides))

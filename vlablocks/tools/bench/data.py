@@ -22,12 +22,12 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from vlablocks.tools.bench.result import Goal, Row, Side
-from vlablocks.tools.bench.settings import BenchSettings, require_checkout
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, load_config
 from vlablocks.core.dataloader.loader import build_dataloader
 from vlablocks.core.registry import DATASETS
+from vlablocks.tools.bench.result import Goal, Row, Side
+from vlablocks.tools.bench.settings import BenchSettings, require_checkout
 
 SEED = 0
 

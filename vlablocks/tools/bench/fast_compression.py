@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from vlablocks.core.dataloader.synthetic_chunks import smooth_chunks
+from vlablocks.core.flags import FlagParser
 from vlablocks.core.processor.fast_tokenizer import FASTTokenizer
 
 
@@ -63,10 +64,10 @@ def run(train: np.ndarray, test: np.ndarray, scales: list[float], vocab_size: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", help="a .npy file of normalized chunks [N, T, D] (loaded without pickle)")
     parser.add_argument("--scales", default="5,10,20,50", help="comma-separated DCT scales")
-    parser.add_argument("--vocab_size", type=int, default=FASTTokenizer.Config.vocab_size)
+    parser.add_argument("--vocab-size", type=int, default=FASTTokenizer.Config.vocab_size)
     parser.add_argument("--train", type=int, default=2000, help="synthetic training chunks")
     parser.add_argument("--test", type=int, default=200, help="synthetic held-out chunks")
     args = parser.parse_args()

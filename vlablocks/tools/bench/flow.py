@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 
 from vlablocks.core.action_model.flow_matching import euler_integrate, random_tensor
+from vlablocks.core.batch import Batch
+from vlablocks.core.framework.qwen_flow_matching import QwenFlowMatching, vlm_conditioning
 from vlablocks.tools.bench.models import bench_examples, bench_experiment, build_on_device, stats_examples
 from vlablocks.tools.bench.result import Goal, Row, Side, interleaved
 from vlablocks.tools.bench.settings import BenchSettings
-from vlablocks.core.framework.qwen_flow_matching import QwenFlowMatching, vlm_conditioning
-from vlablocks.core.batch import Batch
 
 NUM_STEPS = 10
 

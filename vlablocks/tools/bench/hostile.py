@@ -19,11 +19,12 @@ import numpy as np
 import websockets.sync.client
 
 from deployment.client import msgpack_numpy
-from vlablocks.core.serving.policy import FrameworkPolicy
-from vlablocks.core.serving.server import running_server
 from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.flags import FlagParser
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.serving.policy import FrameworkPolicy
+from vlablocks.core.serving.server import running_server
 
 PLATFORM = {"name": "hostile", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 TIMEOUT_S = 5.0
@@ -125,7 +126,7 @@ def _ask(ws, message: bytes | str, counts: dict) -> bytes | str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-class", type=int, default=60, help="messages of each class (20 classes)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

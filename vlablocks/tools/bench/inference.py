@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from vlablocks.core.framework.qwen_fast import QwenFAST
+from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.tools.bench.models import (
     bench_examples,
     bench_experiment,
@@ -22,8 +24,6 @@ from vlablocks.tools.bench.models import (
 )
 from vlablocks.tools.bench.result import Goal, Row, Side, interleaved
 from vlablocks.tools.bench.settings import BenchSettings
-from vlablocks.core.framework.qwen_fast import QwenFAST
-from vlablocks.core.processor.steps import IGNORE_INDEX
 
 # AdamW learning rate for fitting FAST to one chunk: the tiny model needs a large one to do it in seconds.
 FIT_LR = {"tiny": 3e-3, "3b": 1e-4}

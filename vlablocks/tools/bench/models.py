@@ -13,10 +13,10 @@ from dataclasses import asdict
 
 import torch
 
-from vlablocks.tools.bench.settings import BenchSettings, bench_platform
 from vlablocks.core.config import ExperimentConfig, parse_experiment
 from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.tools.bench.settings import BenchSettings, bench_platform
 
 SEED = 0
 

@@ -27,6 +27,7 @@ import websockets.sync.client
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from deployment.client import msgpack_numpy
+from vlablocks.core.flags import FlagParser
 from vlablocks.core.serving.server import MAX_QUEUED_FRAMES, running_server
 
 SAMPLE_S = 0.02
@@ -119,7 +120,7 @@ def serve(max_connections: int, max_payload_mb: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", choices=["attack", "serve"], default="attack", help="serve: the child")
     parser.add_argument("--max-connections", type=int, default=8)
     parser.add_argument("--max-payload-mb", type=float, default=16.0)

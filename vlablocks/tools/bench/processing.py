@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from vlablocks.core.config import ExperimentConfig
+from vlablocks.core.framework.synthetic import synthetic_examples
 from vlablocks.tools.bench.models import SEED, bench_experiment, free_memory
 from vlablocks.tools.bench.result import Goal, Row, Side
 from vlablocks.tools.bench.settings import BenchSettings, bench_platform
 from vlablocks.tools.bench.training import run_train, step_ms
-from vlablocks.core.config import ExperimentConfig
-from vlablocks.core.framework.synthetic import synthetic_examples
 
 
 def processing_experiment(settings: BenchSettings, run_dir: Path, workers: int) -> ExperimentConfig:

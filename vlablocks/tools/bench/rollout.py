@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from vlablocks.tools.bench.models import SEED, vlm_options
-from vlablocks.tools.bench.result import Goal, Row, Side, interleaved
-from vlablocks.tools.bench.settings import BenchSettings
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.envs.vector import make_vector_env
 from vlablocks.core.evaluation.batched_rollout import SamplingActor, run_batched_episodes
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.tools.bench.models import SEED, vlm_options
+from vlablocks.tools.bench.result import Goal, Row, Side, interleaved
+from vlablocks.tools.bench.settings import BenchSettings
 
 ENVS = 32
 TOY = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}

@@ -9,7 +9,6 @@ message with a fixed 8 x 7 float32 reply. Each prints its `ws://HOST:PORT` addre
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
 import subprocess
@@ -19,6 +18,7 @@ import time
 import numpy as np
 
 from deployment.client import msgpack_numpy
+from vlablocks.core.flags import FlagParser
 
 PORT_LINE = re.compile(r"ws://[^\s:]+:(\d+)")
 
@@ -97,7 +97,7 @@ async def serve_policy(port: int, model_ms: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = FlagParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--model-ms", type=float, default=0.0, help="the stand-in policy's time per call")
     parser.add_argument("--echo", action="store_true", help="bare websocket echo instead of the policy server")

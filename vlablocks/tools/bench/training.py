@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from vlablocks.tools.bench.models import SEED, bench_examples, bench_experiment, free_memory
-from vlablocks.tools.bench.result import Goal, Row, Side
-from vlablocks.tools.bench.settings import BenchSettings
 from vlablocks.core.config import ExperimentConfig
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_norm_stats
 from vlablocks.core.training.batches import micro_batches
 from vlablocks.core.training.components import seed_everything
 from vlablocks.core.training.train import train
+from vlablocks.tools.bench.models import SEED, bench_examples, bench_experiment, free_memory
+from vlablocks.tools.bench.result import Goal, Row, Side
+from vlablocks.tools.bench.settings import BenchSettings
 
 LEARNING_RATE = 1e-4
 BETAS = (0.9, 0.95)

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from vlablocks.core.config import load_config
-from vlablocks.tools.toy.toy_scene import COLOURS
+from vlablocks.core.flags import FlagParser
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.training.components import build_train_dataset
+from vlablocks.tools.toy.toy_scene import COLOURS
 
 GROUPS = ("vision", "colour", "other_text", "readout")
 
@@ -192,7 +193,7 @@ def probe(framework: Framework, samples: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="a checkpoint directory, run_dir/checkpoints/step_N")
     parser.add_argument("--data", required=True, help="the training dataset's root")
     parser.add_argument("--frames", type=int, default=64)

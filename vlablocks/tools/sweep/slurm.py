@@ -61,7 +61,7 @@ def job_script(name: str, config_path: Path, run_dir: Path, options: SlurmOption
         *([f"--partition={options.partition}"] if options.partition else []),
         *options.sbatch_options,
     ]
-    command = ["bash", LAUNCH_NODE, "vlablocks/core/training/train.py", "--config_yaml", str(config_path.resolve())]
+    command = ["bash", LAUNCH_NODE, "vlablocks/core/training/train.py", "--config-yaml", str(config_path.resolve())]
     lines = [
         "#!/bin/bash",
         *(f"#SBATCH {option}" for option in header),

@@ -146,7 +146,7 @@ def _run_variant(variant: Variant, out_dir: Path, evaluation: SweepEval | None) 
         print(f"[sweep] {variant.name}: finished before with this config, not rerun (delete {run_dir} to rerun)")
         return _result_row(variant, run_dir, "ok")
     config_path = write_variant(variant, out_dir)
-    command = [sys.executable, "-m", "vlablocks.cli.main", "train", "--config_yaml", str(config_path)]
+    command = [sys.executable, "-m", "vlablocks.cli.main", "train", "--config-yaml", str(config_path)]
     print(f"[sweep] {variant.name}: {' '.join(command)}", flush=True)
     result = subprocess.run(command, capture_output=True, text=True)
     (run_dir / "train.log").write_text(result.stdout + result.stderr)

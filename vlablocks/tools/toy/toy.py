@@ -22,9 +22,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from vlablocks.core.registry import EVAL_ENVS
 from vlablocks.tools.toy import toy_heights, toy_two_stage
 from vlablocks.tools.toy.toy_scene import AGENT_HEIGHT, Camera, Layout, render, sample_layout
-from vlablocks.core.registry import EVAL_ENVS
 
 ACTION_DIM = 2
 STATE_DIM = 2

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlablocks.core.action_model.base import Conditioning
-from vlablocks.core.framework.qwen_fast import answer_logits
 from vlablocks.core.batch import Batch
+from vlablocks.core.framework.answer_tokens import answer_logits
 from vlablocks.core.processor.steps import IGNORE_INDEX
 
 
@@ -63,7 +63,7 @@ def zero_touch(*modules: nn.Module | None) -> torch.Tensor:
 
 def answer_cross_entropy(vlm, out, labels: torch.Tensor | None) -> torch.Tensor | None:
     """Mean cross-entropy of the answer tokens (labels [B, L] not -100), teacher-forced from the VLM pass `out`
-    (vlablocks/core/framework/qwen_fast.py `answer_logits`); None when the batch has no answer token."""
+    (vlablocks/core/framework/answer_tokens.py `answer_logits`); None when the batch has no answer token."""
     if labels is None or not bool((labels != IGNORE_INDEX).any()):
         return None
     logits, targets = answer_logits(vlm, out, labels)

@@ -12,7 +12,8 @@ import torch
 
 from vlablocks.core.action_model.flow_matching import euler_integrate, random_tensor
 from vlablocks.core.batch import Batch
-from vlablocks.core.framework.qwen_flow_matching import QwenFlowMatching, vlm_conditioning
+from vlablocks.core.framework.conditioning import vlm_conditioning
+from vlablocks.core.framework.qwen_flow_matching import QwenFlowMatching
 from vlablocks.tools.bench.models import bench_examples, bench_experiment, build_on_device, stats_examples
 from vlablocks.tools.bench.result import Goal, Row, Side, interleaved
 from vlablocks.tools.bench.settings import BenchSettings

@@ -13,17 +13,18 @@ import torch
 from head_helpers import CONTINUOUS_HEADS, B, D, T, build, make_batch, make_conditioning, wake
 
 from deployment.client import PolicyClient, ProtocolError
-from vlablocks.core.serving.policy import load_policy
-from vlablocks.core.serving.server import running_server
+from vlablocks.cli.main import main as cli
 from vlablocks.core.action_model.masking import hold_last_valid, masked_mean
 from vlablocks.core.build import build as build_component
-from vlablocks.cli.main import main as cli
 from vlablocks.core.config import ConfigError, PlatformConfig, load_config
 from vlablocks.core.dataloader.embodiments import dataset_embodiments
-from vlablocks.tools.toy.toy_arm3 import LOWER_RATE, Z_START, arm3_episode
 from vlablocks.core.framework.base import build_policy
-from vlablocks.core.processor.pipeline import FASTOptions, Processor, ProcessorConfig
+from vlablocks.core.processor.config import FASTOptions, ProcessorConfig
+from vlablocks.core.processor.pipeline import Processor
 from vlablocks.core.registry import DATASETS
+from vlablocks.core.serving.policy import load_policy
+from vlablocks.core.serving.server import running_server
+from vlablocks.tools.toy.toy_arm3 import LOWER_RATE, Z_START, arm3_episode
 
 REPO = Path(__file__).resolve().parents[1]
 # The module that produces each head's raw outputs, and how many outputs each action scalar has there.

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from vlablocks.core.serving.policy import FrameworkPolicy
+from vlablocks.core.batch import Batch
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.core.batch import Batch
-from vlablocks.core.processor.pipeline import Processor, ProcessorConfig
+from vlablocks.core.processor.config import ProcessorConfig
+from vlablocks.core.processor.pipeline import Processor
+from vlablocks.core.serving.policy import FrameworkPolicy
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 SMALL = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from vlablocks.core.processor.pipeline import FASTOptions
+from vlablocks.core.processor.config import FASTOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX, fast_token
 
 

@@ -1,7 +1,8 @@
 """A framework's processor: raw sample dicts -> typed `Batch` (input steps), model output -> actions (output steps).
 
     samples (dataset, env or wire: vlablocks/core/dataloader/sample.py)
-      -> SelectCameras -> Normalize(state, action) -> [DiscretizeState] -> [FASTAnswer] -> VLMTokenize
+      -> the declared sample steps (sample_steps.py; default: [resolve_embodiment] -> select_cameras -> normalize
+         -> [state_tokens] -> [pad_embodiment] -> [fast_answer]) -> VLMTokenize
       -> [GeometryPreprocess] -> Batch
     vision-language samples (co-training: a question and an `answer`, no action, sample.py `is_vl_sample`)
       -> SelectCameras -> VLAnswer (answer + end-of-turn) -> VLMTokenize: answer labels, `is_robot` False,
@@ -24,22 +25,22 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from vlablocks.core.batch import Batch
 from vlablocks.core.config import ExperimentConfig
 from vlablocks.core.dataloader.normalization import Normalizer
 from vlablocks.core.dataloader.sample import is_vl_sample
 from vlablocks.core.manifest import read_json
-from vlablocks.core.batch import Batch
+from vlablocks.core.processor.config import FORMAT_VERSION, ProcessorConfig
 from vlablocks.core.processor.embodiment import EmbodimentPadding, dim_mask_batch, stack_or_list
 from vlablocks.core.processor.fast_tokenizer import FASTTokenizer
+from vlablocks.core.processor.sample_steps import StepContext, build_sample_steps, default_sample_steps
 from vlablocks.core.processor.steps import (
-    DiscretizeState,
     FASTAnswer,
     GeometryPreprocess,
     Normalize,
@@ -54,75 +55,6 @@ CONFIG_FILE = "processor.json"
 NORM_STATS_FILE = "norm_stats.json"
 HF_PROCESSOR_DIR = "hf_processor"
 FAST_DIR = "fast_tokenizer"
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class FASTOptions:
-    """Tokenized actions (QwenFAST): the FAST tokenizer's config and how its ids appear in the prompt."""
-
-    scale: float = 20.0  # DCT coefficients are multiplied by this before rounding (pi0-FAST: 10; see docs)
-    vocab_size: int = 1024  # BPE vocabulary upper bound (alphabet + merges)
-    bpe_merges: bool = True  # false: one token per quantized DCT coefficient, T x D tokens per chunk
-    path: str | None = None  # a directory written by FASTTokenizer.save: use that fitted tokenizer
-    token_prefix: str = "<|fast_"  # FAST id i is the VLM token f"{token_prefix}{i}|>"
-    stop_token: str = "<|im_end|>"  # ends the answer
-    fit_max_chunks: int = 4000  # training chunks sampled to fit the tokenizer
-
-
-@dataclass(frozen=True)
-class StateTokenOptions:
-    """The state in the prompt as text (pi0.5): each normalized dimension's bin, after the instruction."""
-
-    num_bins: int = 256  # over the stats' range ([q01, q99] under q99 normalization); see steps.DiscretizeState
-    label: str = "State:"  # the text before the bins: "...\nState: 131 7;"
-
-
-@dataclass(frozen=True)
-class ProcessorConfig:
-    """Everything the processor needs, and the server's metadata. Written as `processor.json`."""
-
-    camera_keys: tuple[str, ...]
-    action_horizon: int
-    action_dim: int
-    state_dim: int
-    embodiment: str  # the stats that serve requests without a dataset_name
-    image_size: int | tuple[int, ...]  # as configured (metadata for clients)
-    view_size: tuple[int, int]  # every view is resized to this (height, width)
-    patch_size: int
-    prompt_suffix: str = ""  # after the assistant start, e.g. action-query tokens
-    use_state: bool = True
-    fast: FASTOptions | None = None
-    state_tokens: StateTokenOptions | None = None  # the state written into the prompt as bins (DiscretizeState)
-    geometry: dict | None = None  # {"size": [h, w], "use_depth": bool, "fov_degrees": float, "next_frame": bool}
-    vision_language: bool = True  # False: a model without a VLM (state-only baselines): no tokenizing, vlm None
-    # Cross-embodiment mixtures: {name: {"action_dim", "state_dim", "datasets"}}, each robot's own sizes (the
-    # platform's are the largest); None: one embodiment at the platform's sizes. See processor/embodiment.py.
-    embodiments: dict | None = None
-    n_action_steps: int | None = None  # actions of a chunk a client plays before asking again (None: all T)
-
-    def __post_init__(self) -> None:
-        if self.n_action_steps is not None and not 1 <= self.n_action_steps <= self.action_horizon:
-            raise ValueError(
-                f"platform.n_action_steps={self.n_action_steps} must lie in [1, action_horizon={self.action_horizon}]"
-                " (or be null: the whole chunk)"
-            )
-
-    def to_dict(self) -> dict:
-        return {"format": FORMAT_VERSION, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ProcessorConfig:
-        data = {k: v for k, v in data.items() if k != "format"}
-        data["camera_keys"] = tuple(data["camera_keys"])
-        data["view_size"] = tuple(data["view_size"])
-        if isinstance(data.get("image_size"), list):
-            data["image_size"] = tuple(data["image_size"])
-        if data.get("fast") is not None:
-            data["fast"] = FASTOptions(**data["fast"])
-        if data.get("state_tokens") is not None:
-            data["state_tokens"] = StateTokenOptions(**data["state_tokens"])
-        return cls(**data)
 
 
 class Processor:
@@ -135,7 +67,6 @@ class Processor:
         self.hf_processor = hf_processor
         self.normalizer = Normalizer(norm_stats)
         self.select_cameras = SelectCameras(config.camera_keys)
-        self.normalize = Normalize(self.normalizer, config.embodiment)
         self.unnormalize = Unnormalize(self.normalizer)
         self.vl_answer = VLAnswer(config.fast.stop_token if config.fast is not None else "<|im_end|>")
         self.geometry = GeometryPreprocess(**config.geometry) if config.geometry else None
@@ -147,9 +78,6 @@ class Processor:
                     " its tokens mix every dimension; use a continuous or binned action head for cross-embodiment data"
                 )
             self.padding = EmbodimentPadding(config.embodiments, config.action_dim, config.state_dim, config.embodiment)
-        self.state_text = None
-        if config.state_tokens is not None:
-            self.state_text = DiscretizeState(self.normalizer, config.state_tokens.num_bins, config.state_tokens.label)
         self.tokenize, self.special_token_ids = None, frozenset()
         if config.vision_language:
             self.tokenize = VLMTokenize(hf_processor, config.view_size, config.patch_size, config.prompt_suffix)
@@ -165,6 +93,9 @@ class Processor:
                 settings = FASTTokenizer.Config(options.scale, options.vocab_size, options.bpe_merges)
                 fast = FASTTokenizer(settings, action_horizon=config.action_horizon, action_dim=config.action_dim)
             self.fast_answer = FASTAnswer(fast, config.fast.token_prefix, config.fast.stop_token)
+        context = StepContext(config, self.normalizer, self.select_cameras, self.padding, self.fast_answer)
+        self.sample_steps = build_sample_steps(config.sample_steps or default_sample_steps(config), context)
+        self.normalize = Normalize(self.normalizer, config.embodiment)  # what `fit` reads chunks with
 
     # ---- input steps -------------------------------------------------------------------------------
     def __call__(self, samples: Sequence[dict], targets: bool = True) -> Batch:
@@ -188,15 +119,8 @@ class Processor:
                 continue
             if not targets:
                 sample = _without(sample, ("action", "action_is_pad", "return", "next"))
-            if self.padding is not None:
-                sample = self.padding.resolve(sample, index)
-            sample = self.normalize(self.select_cameras(sample, index), index)
-            if self.state_text is not None:
-                sample = self.state_text(sample, index)
-            if self.padding is not None:
-                sample = self.padding.pad(sample, index)
-            if self.fast_answer is not None:
-                sample = self.fast_answer(sample, index)
+            for step in self.sample_steps:  # the declared chain (config.sample_steps)
+                sample = step(sample, index)
             prepared.append(sample)
         robots = [s for s, robot in zip(prepared, is_robot) if robot]
         with_actions = bool(robots) and all(s.get("action") is not None for s in robots)
@@ -394,6 +318,8 @@ def build_processor(
         n_action_steps=platform.n_action_steps,
         **framework.processor_options(),
     )
+    if config.sample_steps is None:  # declared in processor.json: the chain this checkpoint runs
+        config = dataclasses.replace(config, sample_steps=default_sample_steps(config))
     return Processor(config, framework.hf_processor, norm_stats)
 
 

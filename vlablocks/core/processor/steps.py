@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlablocks.core.batch import GeometryInputs, VLMInputs
 from vlablocks.core.dataloader.normalization import Normalizer
 from vlablocks.core.geometry.preprocess import pixel_batch, point_batch
-from vlablocks.core.batch import GeometryInputs, VLMInputs
 from vlablocks.core.processor.fast_tokenizer import FASTTokenizer
 from vlablocks.core.vlm import inputs as vlm_inputs
 

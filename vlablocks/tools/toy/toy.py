@@ -29,11 +29,77 @@ from vlablocks.tools.toy.toy_scene import AGENT_HEIGHT, Camera, Layout, render, 
 ACTION_DIM = 2
 STATE_DIM = 2
 CAMERAS = ("top", "wrist")
-VARIANTS = ("colours", "heights", "two_stage")
-DEFAULT_MAX_STEPS = {"colours": 30, "heights": 30, "two_stage": toy_two_stage.MAX_STEPS}  # max_steps: None
 TOP_HEIGHT = 1.5
 WRIST_HEIGHT = 0.45
 WRIST_HALF_VIEW = 0.2  # half the table width the wrist camera sees
+
+
+class Colours:
+    """The base task: the instruction names the target block's colour. A variant says how a scene is drawn, where
+    the puck may start, what the wrong instruction is and what it adds to an observation."""
+
+    max_steps = 30  # the episode length when `max_steps` is None
+    agent_height = AGENT_HEIGHT
+
+    def sample_layout(self, rng: np.random.Generator, config) -> Layout:
+        return sample_layout(rng, config.grid, config.num_objects)
+
+    def start_is_clear(self, env: ToyTabletopEnv) -> bool:
+        """Whether the puck's start is not already within reach of the target."""
+        return env.distance() > 2 * env.config.success_radius
+
+    def wrong_instruction(self, layout: Layout) -> str:
+        """The instruction naming the next block (in scene order) of another colour."""
+        names = layout.block_names
+        return layout.instruction.replace(names[layout.target], names[(layout.target + 1) % len(names)])
+
+    def extra_observation(self, layout: Layout) -> dict:
+        return {}
+
+
+def away_from_every_block(env: ToyTabletopEnv) -> bool:
+    """The puck starts away from every block (heights: its start says nothing of the target)."""
+    return np.linalg.norm(env.layout.positions - env.agent, axis=1).min() > 2 * env.config.success_radius
+
+
+class Heights(Colours):
+    """Blocks that look identical from the top differ in height: "the tallest / shortest" (toy_heights.py)."""
+
+    agent_height = toy_heights.AGENT_HEIGHT
+
+    def sample_layout(self, rng: np.random.Generator, config) -> Layout:
+        return toy_heights.sample_heights_layout(rng, config.grid, config.num_objects, TOP_HEIGHT, config.block_half)
+
+    def start_is_clear(self, env: ToyTabletopEnv) -> bool:
+        return away_from_every_block(env)
+
+    def wrong_instruction(self, layout: Layout) -> str:
+        """The other extreme."""
+        right = layout.block_names[layout.target]
+        return layout.instruction.replace(right, "shortest" if right == "tallest" else "tallest")
+
+
+class TwoStage(Colours):
+    """Two named blocks in order, eval-only (toy_two_stage.py); the puck starts away from every block."""
+
+    max_steps = toy_two_stage.MAX_STEPS
+
+    def sample_layout(self, rng: np.random.Generator, config) -> Layout:
+        return toy_two_stage.sample_two_stage_layout(rng, config.grid, config.num_objects)
+
+    def start_is_clear(self, env: ToyTabletopEnv) -> bool:
+        return away_from_every_block(env)
+
+    def wrong_instruction(self, layout: Layout) -> str:
+        """A and B swapped ("touch the B block, then the A block")."""
+        return layout.swapped_instruction()
+
+    def extra_observation(self, layout: Layout) -> dict:
+        """Each stage's base-task instruction (text-latent interpolation reads them)."""
+        return {"subtasks": list(toy_two_stage.stage_instructions(layout))}
+
+
+VARIANTS = {"colours": Colours(), "heights": Heights(), "two_stage": TwoStage()}
 
 
 @EVAL_ENVS.register("toy")
@@ -49,7 +115,7 @@ class ToyTabletopEnv:
         grid: int = 4  # blocks sit on the centres of a grid x grid lattice
         num_objects: int = 3
         cameras: list[str] = field(default_factory=lambda: ["top"])  # keys of obs["images"], from CAMERAS
-        max_steps: int | None = None  # None: the variant's default, DEFAULT_MAX_STEPS (30; two_stage 60)
+        max_steps: int | None = None  # None: the variant's default, its `max_steps` (30; two_stage 60)
         max_move: float = 0.1  # action norm cap, in table widths
         success_radius: float = 0.08  # = block_half: the puck centre is over the block (docs/toy_task.md)
         block_half: float = 0.08  # half side of a block
@@ -65,13 +131,14 @@ class ToyTabletopEnv:
             )
         if self.config.variant not in VARIANTS:
             raise ValueError(f"toy env variant must be one of {list(VARIANTS)}, got {self.config.variant!r}")
+        self.variant = VARIANTS[self.config.variant]
         if self.config.max_steps is None:
-            self.config = replace(self.config, max_steps=DEFAULT_MAX_STEPS[self.config.variant])
+            self.config = replace(self.config, max_steps=self.variant.max_steps)
         if self.config.max_steps < 1:
             raise ValueError(
                 f"toy env max_steps must be >= 1 (or None: the variant's default), got {self.config.max_steps}"
             )
-        self.agent_height = toy_heights.AGENT_HEIGHT if self.config.variant == "heights" else AGENT_HEIGHT
+        self.agent_height = self.variant.agent_height
         size = self.config.image_size
         self.cameras = {
             "top": (Camera(size, focal=size / 2 * TOP_HEIGHT / 0.5), TOP_HEIGHT),
@@ -92,21 +159,11 @@ class ToyTabletopEnv:
         heights, two_stage: the puck starts away from every block (heights: its start says nothing of the target).
         """
         rng = np.random.default_rng(seed)
-        c = self.config
-        if c.variant == "heights":
-            self.layout = toy_heights.sample_heights_layout(rng, c.grid, c.num_objects, TOP_HEIGHT, c.block_half)
-        elif c.variant == "two_stage":
-            self.layout = toy_two_stage.sample_two_stage_layout(rng, c.grid, c.num_objects)
-        else:
-            self.layout = sample_layout(rng, c.grid, c.num_objects)
+        self.layout = self.variant.sample_layout(rng, self.config)
         self.stage = 0
         while True:
             self.agent = rng.uniform(0.05, 0.95, size=2)
-            if c.variant != "colours":
-                clear = np.linalg.norm(self.layout.positions - self.agent, axis=1).min() > 2 * c.success_radius
-            else:
-                clear = self.distance() > 2 * c.success_radius
-            if clear:
+            if self.variant.start_is_clear(self):
                 break
         self.steps = 0
         return self.observation()
@@ -144,16 +201,9 @@ class ToyTabletopEnv:
         """The current instruction naming another block of the scene (a control for language use): the next
         block (in scene order) whose name differs, i.e. another colour, or for heights the other extreme;
         two_stage: A and B swapped ("touch the B block, then the A block")."""
-        if self.config.variant == "two_stage":
-            return self.layout.swapped_instruction()
-        layout, names = self.layout, self.layout.block_names
-        if len(names) < 2:
+        if len(self.layout.block_names) < 2:
             raise ValueError("wrong_instruction needs num_objects >= 2")
-        right = names[layout.target]
-        if self.config.variant == "heights":
-            return layout.instruction.replace(right, "shortest" if right == "tallest" else "tallest")
-        wrong = names[(layout.target + 1) % len(names)]
-        return layout.instruction.replace(right, wrong)
+        return self.variant.wrong_instruction(self.layout)
 
     def stage_instructions(self) -> tuple[str, str]:
         """two_stage only: each stage's single-target instruction in the training phrasing, (A's, B's)."""
@@ -211,7 +261,6 @@ class ToyTabletopEnv:
             "prompt": self.layout.instruction,
             "dataset_name": self.config.dataset_name,
             "embodiment": "toy",
+            **self.variant.extra_observation(self.layout),
         }
-        if self.config.variant == "two_stage":  # each stage's base-task instruction (text-latent interpolation)
-            obs["subtasks"] = list(self.stage_instructions())
         return obs

@@ -200,7 +200,7 @@ def test_vlablocks_train_logs_the_scheduled_weights_step_by_step(heights_data, t
         "framework.geometric_encoder.image_size=56",
         "framework.geometric_encoder.output_dim=32",
     ]
-    train(load_config(ROOT / "configs/toy3d/spatial_concat_geo_tokenwise_alg1.yaml", overrides))
+    train(load_config(ROOT / "configs/experiments/toy3d/spatial_concat_geo_tokenwise_alg1.yaml", overrides))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["weight_action"] for r in records] == [0.0, 0.5, 1.0, 1.0]
     assert all({"loss_dyn", "loss_geo", "loss_reg", "loss_action"} <= set(r) for r in records)

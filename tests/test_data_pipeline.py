@@ -166,7 +166,7 @@ def sample_stream(loader, samples: int) -> list[tuple]:
 
 
 def test_dataloader_is_seeded_and_identical_with_workers(toy_root):
-    prompts = f"dataset.prompt_augmentation.path={REPO / 'configs/prompts/toy.yaml'}"
+    prompts = f"dataset.prompt_augmentation.path={REPO / 'configs/experiments/prompts/toy.yaml'}"
     dataset = build(toy_root, prompts, config=REPO / "configs/datasets/toy_prompt_aug.yaml")
     loader = build_dataloader(dataset, batch_size=4, seed=3, num_workers=0)
     batch = next(iter(loader))

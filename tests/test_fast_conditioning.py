@@ -1,4 +1,4 @@
-"""What QwenFAST's answer is conditioned on (docs/toy_root_causes.md, QwenFAST).
+"""What QwenFAST's answer is conditioned on (docs/results/toy_root_causes.md, QwenFAST).
 
 `use_proprio`: the projected state is added to the LM head's input in every path (teacher-forced training, greedy
 decoding, RL sampling and its recomputation), and it is what lets the answer depend on the state: when frames share
@@ -164,7 +164,7 @@ def test_answer_token_dropout_acts_in_training_only_and_is_bounded():
 def test_the_shipped_toy_config_keeps_the_answer_mlp_and_the_state():
     from vlablocks.core.config import load_config
 
-    framework = load_config("configs/toy/qwen_fast.yaml").framework
+    framework = load_config("configs/experiments/toy/qwen_fast.yaml").framework
     assert framework["answer_mlp_hidden"] > 0 and framework["use_proprio"] and framework["state_tokens"]
 
 

@@ -1,4 +1,4 @@
-"""The flow-matching frameworks' root-cause fix (docs/toy_results.md). Under adaLN-Zero every DiT block's
+"""The flow-matching frameworks' root-cause fix (docs/results/toy_results.md). Under adaLN-Zero every DiT block's
 cross-attention gate starts at 0, so at initialization no gradient at all reaches the VLM, and what later
 arrives is weak and noisy: the VLM never learns to ground the instruction. The shipped toy configs open the
 cross-attention gates and add the readout regression (an L1 loss from readout tokens, as QwenOFT's). These
@@ -14,7 +14,7 @@ from vlablocks.core.config import load_config
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
-SHIPPED = ["configs/toy/qwen_flow_matching.yaml", "configs/toy/qwen_layerwise_fm_3d.yaml"]
+SHIPPED = ["configs/experiments/toy/qwen_flow_matching.yaml", "configs/experiments/toy/qwen_layerwise_fm_3d.yaml"]
 
 
 def vlm_gradient_norm(config: str, overrides: list[str]) -> float:
@@ -34,7 +34,7 @@ def test_the_shipped_flow_frameworks_train_the_vlm_from_the_first_step(config):
     assert vlm_gradient_norm(config, head_only) > 1e-3  # the open gates pass the head's gradient
     assert vlm_gradient_norm(config, head_only + ["framework.action_model.cross_attention_gate_init=0.0"]) == 0.0
     # With the readout regression the VLM's gradient is of QwenOFT's order (measured 18.3 at initialization).
-    oft = vlm_gradient_norm("configs/toy/qwen_oft.yaml", [])
+    oft = vlm_gradient_norm("configs/experiments/toy/qwen_oft.yaml", [])
     assert vlm_gradient_norm(config, []) > 0.3 * oft
 
 

@@ -125,7 +125,7 @@ def test_flow_frameworks_sample_invert_and_reconstruct_through_flow_conditioning
 def toy_checkpoint(tmp_path_factory):
     """A tiny untrained QwenFlowMatching for the toy env (one top camera, toy norm stats), saved."""
     experiment = load_config(
-        "configs/toy/qwen_flow_matching.yaml",
+        "configs/experiments/toy/qwen_flow_matching.yaml",
         ["framework.action_model.hidden_dim=32", "framework.action_model.num_layers=2"],
     )
     examples = synthetic_examples(experiment.platform, 8, image_size=112, dataset_name="toy", camera_keys=["top"])
@@ -171,7 +171,7 @@ def test_invert_command_writes_mse_that_a_recomputation_matches(toy_checkpoint, 
 
 
 def test_invert_command_refuses_a_checkpoint_without_a_flow_head(tmp_path, capsys):
-    experiment = load_config("configs/toy/qwen_oft.yaml")
+    experiment = load_config("configs/experiments/toy/qwen_oft.yaml")
     examples = synthetic_examples(experiment.platform, 2, dataset_name="toy", camera_keys=["top"])
     checkpoint = build_policy(experiment, synthetic_norm_stats(examples)).save_pretrained(tmp_path / "oft")
     assert main(["invert", "--ckpt", str(checkpoint), "--env", "toy", "--out", str(tmp_path / "out")]) == 2

@@ -1,4 +1,4 @@
-"""QwenOFT's toy root-cause fix (docs/toy_root_causes.md, "The last colour"). With the initializer's word
+"""QwenOFT's toy root-cause fix (docs/results/toy_root_causes.md, "The last colour"). With the initializer's word
 embeddings (std 0.02, norm ~0.23 at width 128) the instruction's words are ~35x smaller than the vision tokens
 (the sin-cos code alone has norm 8), so the first layer's attention output swamps them in the residual stream and
 one training seed of three learned to read "blue" late (84%). The shipped config draws them at std 0.226: the
@@ -16,7 +16,7 @@ from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_nor
 
 def word_identity_after_first_layer(overrides: list[str]) -> tuple[float, float]:
     """-> (mean cosine of each text token's state after layer 1 with its own embedding, word / vision norm)."""
-    experiment = load_config("configs/toy/qwen_oft.yaml", overrides)
+    experiment = load_config("configs/experiments/toy/qwen_oft.yaml", overrides)
     examples = synthetic_examples(experiment.platform, 4, image_size=112, seed=1, camera_keys=None)
     torch.manual_seed(0)
     framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=list(examples[0]["images"]))

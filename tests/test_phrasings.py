@@ -18,7 +18,7 @@ from vlablocks.methods.language.phrasing import evaluate_phrasings
 from vlablocks.core.evaluation.rollout import ActionChunkBroker, run_episode
 
 REPO = Path(__file__).resolve().parents[1]
-HELD_OUT_FILE = REPO / "configs" / "prompts" / "toy_heldout.yaml"
+HELD_OUT_FILE = REPO / "configs" / "experiments" / "prompts" / "toy_heldout.yaml"
 
 
 def test_colour_parser_reads_whole_words_and_synonyms_and_refuses_ambiguity():
@@ -31,7 +31,7 @@ def test_colour_parser_reads_whole_words_and_synonyms_and_refuses_ambiguity():
 
 def test_every_heldout_phrasing_names_its_originals_colour_and_no_training_config_uses_it():
     training = {t.format(colour=c) for t in INSTRUCTION_TEMPLATES for c in COLOURS}
-    for path in (REPO / "configs" / "prompts").glob("*.yaml"):
+    for path in (REPO / "configs" / "experiments" / "prompts").glob("*.yaml"):
         if path != HELD_OUT_FILE:
             alternatives = load_alternatives(path)
             training |= set(alternatives) | {a for values in alternatives.values() for a in values}

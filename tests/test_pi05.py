@@ -201,9 +201,9 @@ def test_state_text_needs_a_bounded_normalization():
 @pytest.mark.parametrize(
     ("path", "insulated", "readout"),
     [
-        ("configs/toy/qwen_pi05.yaml", True, 1.0),
-        ("configs/toy/qwen_pi05_no_insulation.yaml", False, 1.0),
-        ("configs/toy/qwen_pi05_no_readout.yaml", True, 0.0),
+        ("configs/experiments/toy/qwen_pi05.yaml", True, 1.0),
+        ("configs/experiments/toy/qwen_pi05_no_insulation.yaml", False, 1.0),
+        ("configs/experiments/toy/qwen_pi05_no_readout.yaml", True, 0.0),
     ],
 )
 def test_toy_configs_build(path, insulated, readout):

@@ -108,7 +108,7 @@ def test_replace_prob_out_of_range_is_rejected():
 def test_shipped_toy_prompt_file_is_valid_and_keeps_the_colour():
     from vlablocks.tools.toy.toy_scene import COLOURS, INSTRUCTION_TEMPLATES
 
-    table = load_alternatives(REPO / "configs/prompts/toy.yaml")
+    table = load_alternatives(REPO / "configs/experiments/prompts/toy.yaml")
     instructions = {t.format(colour=c) for t in INSTRUCTION_TEMPLATES for c in COLOURS}
     assert set(table) == instructions
     for instruction, alternatives in table.items():

@@ -22,7 +22,7 @@ from vlablocks.core.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs/frameworks/qwen_layerwise_fm_3d.yaml"
-ABLATIONS = sorted((ROOT / "configs/ablations").glob("spatial_*.yaml"))
+ABLATIONS = sorted((ROOT / "configs/experiments/ablations").glob("spatial_*.yaml"))
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 2, "state_dim": 2}
 SMALL = {
     "action_model": {"num_layers": 2, "hidden_dim": 32, "num_heads": 2, "num_inference_steps": 2},
@@ -140,7 +140,8 @@ def test_ablation_configs_are_small_diffs_over_one_base():
             assert framework["fusion"]["name"] == fusion
     for path in ABLATIONS:
         text = path.read_text()
-        assert "_base_: ../frameworks/qwen_layerwise_fm_3d.yaml" in text
+        variant = path.stem.removeprefix("spatial_")
+        assert f"_base_: [../../frameworks/qwen_layerwise_fm_3d.yaml, ../spatial_variants/{variant}.yaml]" in text
         assert len([line for line in text.splitlines() if line.strip() and not line.startswith("#")]) <= 10
 
 

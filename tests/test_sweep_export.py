@@ -195,7 +195,7 @@ def test_export_vlm_only_gives_a_base_vlm_that_a_value_model_starts_from(tmp_pat
 
 
 def test_a_finished_run_saved_before_an_option_existed_still_counts_as_the_same_experiment(tmp_path):
-    expected = {**load_config(REPO / "configs/toy/qwen_oft.yaml").to_dict(), "run_dir": str(tmp_path)}
+    expected = {**load_config(REPO / "configs/experiments/toy/qwen_oft.yaml").to_dict(), "run_dir": str(tmp_path)}
     saved = tmp_path / "variant.yaml"
     older = {**expected, "trainer": {k: v for k, v in expected["trainer"].items() if k != "ema_decay"}}
     saved.write_text(to_yaml(older))  # written before `trainer.ema_decay` existed: its default applies

@@ -178,7 +178,7 @@ def test_cli_extracts_every_prompt_of_a_dataset_and_decodes_to_a_prompts_file(tm
     from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 
     experiment = load_config(
-        "configs/toy/qwen_flow_matching.yaml",
+        "configs/experiments/toy/qwen_flow_matching.yaml",
         ["framework.action_model.hidden_dim=32", "framework.action_model.num_layers=2"],
     )
     samples = synthetic_examples(experiment.platform, 8, image_size=112, dataset_name="toy", camera_keys=["top"])

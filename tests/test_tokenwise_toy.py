@@ -1,4 +1,4 @@
-"""The tokenwise QwenLayerwiseFM3D toy config's fix (docs/toy_root_causes.md, QwenLayerwiseFM3D): the geometric
+"""The tokenwise QwenLayerwiseFM3D toy config's fix (docs/results/toy_root_causes.md, QwenLayerwiseFM3D): the geometric
 encoder and the fusion, both trained from scratch, learn at a tenth of the base rate. At one rate Adam grows the
 fusion's zero-initialized projection as fast as any other weight, and the geometric features it adds to the vision
 tokens delayed the instruction's grounding (two seeds of three under 90%). The test trains the shipped config's real
@@ -14,7 +14,7 @@ from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.core.training.optim import parameter_groups
 
-SHIPPED = "configs/toy/qwen_layerwise_fm_3d_tokenwise.yaml"
+SHIPPED = "configs/experiments/toy/qwen_layerwise_fm_3d_tokenwise.yaml"
 
 
 def examples_with_depth(platform) -> list[dict]:

@@ -78,7 +78,7 @@ def test_every_sample_keeps_the_contract(toy_root):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs/datasets").glob("toy*.yaml")))
 def test_shipped_toy_configs_build_and_give_the_fields_they_name(toy_root, config):
-    prompts = f"dataset.prompt_augmentation.path={REPO / 'configs/prompts/toy.yaml'}"
+    prompts = f"dataset.prompt_augmentation.path={REPO / 'configs/experiments/prompts/toy.yaml'}"
     dataset, platform = build(toy_root, f"configs/datasets/{config}", *([prompts] if "prompt" in config else []))
     sample = dataset[len(dataset) - 1]
     check(sample, dataset, platform)

@@ -181,7 +181,7 @@ def test_toy3d_variant_configs_build_and_share_one_recipe():
 
     from vlablocks.tools.sweep.sweep import build_variants
 
-    configs = Path(__file__).resolve().parents[1] / "configs/toy3d"
+    configs = Path(__file__).resolve().parents[1] / "configs/experiments/toy3d"
     files = sorted(map(str, configs.glob("spatial_*.yaml")))
     variants = build_variants(str(configs / "qwen_layerwise_fm_3d.yaml"), files, None, [], [0, 1, 2])
     assert len(variants) == 6 * 3

@@ -1,6 +1,6 @@
 """Robustness to phrasing: every episode run under its original instruction and each alternative phrasing of it.
 
-    prompts = load_alternatives("configs/prompts/toy_heldout.yaml")   # original -> alternatives
+    prompts = load_alternatives("configs/experiments/prompts/toy_heldout.yaml")   # original -> alternatives
     summary = evaluate_phrasings(env, policy, episodes=50, seed=1000, out_dir=..., open_loop_horizon=4, prompts=prompts)
 
 Episode i (seed + i) is run once as the env phrases it and once per alternative of that instruction (same

@@ -14,7 +14,7 @@ below; `reorder` picks another order; `distractor` adds, moves, replaces or drop
 colour; `typo` swaps, drops or doubles a letter of a word that is not the colour word. Every rendering
 is checked with the env's parser (`target_colour`): a mutation whose text would not name exactly its
 colour is drawn again, and so is one that would say a word of HELD_OUT_WORDS (what the held-out phrasings of
-configs/prompts/toy_heldout.yaml say that the env never does, "teh" included), so the held-out set stays held
+configs/experiments/prompts/toy_heldout.yaml say that the env never does, "teh" included), so the held-out set stays held
 out from anything trained on the search.
 
 The search's descriptor of a phrase (`descriptor`) is (target colour x length bucket, kinds of change present):

@@ -1,7 +1,7 @@
 """Held-out phrasings of the toy task's instructions, and the parser that says which colour a phrasing names.
 
 The training phrasings are the env's templates (toy_scene.INSTRUCTION_TEMPLATES) and the hand-written
-alternatives of configs/prompts/toy.yaml. The held-out set below (configs/prompts/toy_heldout.yaml is written
+alternatives of configs/experiments/prompts/toy.yaml. The held-out set below (configs/experiments/prompts/toy_heldout.yaml is written
 from it by `write_heldout_prompts`) uses what no training config does, one kind of change per template:
 
     verb        new verbs:                      "slide over to the {c} block"

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 from vlm_helpers import FAMILIES, build, encode, random_views
 
-from vlablocks.core.build import build as build_component
 from vlablocks.cli.main import main as cli_main
+from vlablocks.core.build import build as build_component
 from vlablocks.core.registry import VLMS
 from vlablocks.core.vlm import VLMBackbone
+from vlablocks.core.vlm.decoding import decode, until_stop
 from vlablocks.core.vlm.runtime import resolve_attn_implementation, resolve_dtype
 from vlablocks.core.vlm.tokenizer import QWEN_SPECIAL_TOKENS, tiny_tokenizer
 from vlablocks.core.vlm.vision import sincos_2d
@@ -301,7 +302,7 @@ class ScriptedLogits:
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_generate_constrained_masks_and_stops(name):
+def test_greedy_decoding_masks_and_stops(name):
     vlm = build(name).eval()
     ids = vlm.add_special_tokens(ACTION_TOKENS)
     stop = vlm.token_id("<|im_end|>")
@@ -309,20 +310,22 @@ def test_generate_constrained_masks_and_stops(name):
         ScriptedLogits(vlm.token_id("<|box_start|>"), [ids[2], ids[0], stop])
     )
     try:
-        generated = vlm.generate_constrained(encode(vlm, mixed_batch()), ids[:3], stop, max_new_tokens=6)
+        decoded = decode(vlm, encode(vlm, mixed_batch()), stop, max_new_tokens=6, allowed_token_ids=ids[:3])
     finally:
         handle.remove()
-    assert generated == [[ids[2], ids[0]], [ids[2], ids[0]]]
+    assert until_stop(decoded["tokens"], stop) == [[ids[2], ids[0]], [ids[2], ids[0]]]
+    assert decoded["tokens"][:, 2:].eq(stop).all()  # the stop, then stop padding
+    assert decoded["mask"].tolist() == [[True] * 3 + [False] * 3] * 2
 
 
 @pytest.mark.parametrize("name, encoding", [("qwen2_5_vl", "none"), ("qwen3_vl", "sincos2d")])
-def test_generate_constrained_matches_greedy_forward(name, encoding):
+def test_greedy_decoding_matches_greedy_forward(name, encoding):
     """KV-cached decoding equals re-running the full forward with the decoded tokens as suffix."""
     vlm = build(name, vision_position_encoding=encoding).eval()
     ids = vlm.add_special_tokens(ACTION_TOKENS)
     stop = vlm.token_id("<|im_end|>")
     examples = mixed_batch()
-    generated = vlm.generate_constrained(encode(vlm, examples), ids, stop, max_new_tokens=3)
+    generated = until_stop(decode(vlm, encode(vlm, examples), stop, 3, allowed_token_ids=ids)["tokens"], stop)
     allowed = torch.tensor(ids + [stop])
     for index, example in enumerate(examples):
         expected: list[int] = []

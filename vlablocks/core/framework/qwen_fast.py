@@ -61,8 +61,8 @@ from vlablocks.core.batch import Batch
 from vlablocks.core.processor.pipeline import FASTOptions, StateTokenOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX, fast_token
 from vlablocks.core.registry import FRAMEWORKS, VLMS
+from vlablocks.core.vlm.decoding import allowed_logits, decode, until_stop
 from vlablocks.core.vlm.runtime import allowed_ids, check_temperature, tempered_log_probs
-from vlablocks.core.vlm.decoding import allowed_logits, sample_constrained
 from vlablocks.core.vlm.steering import language_final_norm
 
 
@@ -213,12 +213,14 @@ class QwenFAST(Framework):
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, list[list[int]]]:
         """-> {"action_tokens": per sample the generated FAST ids}; the processor decodes them to actions."""
         with self._state_at_head(batch):
-            generated = self.vlm.generate_constrained(
+            greedy = decode(
+                self.vlm,
                 batch.vlm,
-                allowed_token_ids=self._fast_ids(batch),
                 stop_token_id=self.stop_token_id,
                 max_new_tokens=self._max_new_tokens,
+                allowed_token_ids=self._fast_ids(batch),
             )
+        generated = until_stop(greedy["tokens"], self.stop_token_id)
         return {"action_tokens": [[self._fast_id_of[i] for i in row] for row in generated]}
 
     # ---- a stochastic policy with exact log-probabilities (RL) -----------------------------------------------
@@ -230,20 +232,20 @@ class QwenFAST(Framework):
             "mask": [B, N] bool, True up to and including the stop}, N = T * D + 1 (fixed, so records stack).
         """
         with self._state_at_head(batch):
-            drawn = sample_constrained(
+            drawn = decode(
                 self.vlm,
                 batch.vlm,
-                allowed_token_ids=self._fast_ids(batch),
                 stop_token_id=self.stop_token_id,
                 max_new_tokens=self._max_new_tokens,
+                allowed_token_ids=self._fast_ids(batch),
                 temperature=temperature,
                 generator=generator,
+                return_log_probs=True,
             )
-        tokens = drawn["tokens"]
-        rows = [row[: row.index(self.stop_token_id)] if self.stop_token_id in row else row for row in tokens.tolist()]
+        rows = until_stop(drawn["tokens"], self.stop_token_id)
         return {
             "action_tokens": [[self._fast_id_of[i] for i in row] for row in rows],
-            "choices": tokens,
+            "choices": drawn["tokens"],
             "log_probs": drawn["log_probs"],
             "mask": drawn["mask"],
         }

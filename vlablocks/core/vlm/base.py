@@ -2,7 +2,7 @@
 
 A family (Qwen2.5-VL, Qwen3-VL) subclasses `VLMBackbone` and says which transformers classes it
 uses, its published architectures and its tiny build; everything else (input preparation, vision
-hooks, hidden states, special tokens, LoRA, constrained decoding) lives here, once.
+hooks, hidden states, special tokens, LoRA) lives here, once; decoding is vlablocks/core/vlm/decoding.py.
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
-from transformers import LogitsProcessorList, PretrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from vlablocks.core.batch import VLMInputs
 from vlablocks.core.vlm import inputs as vlm_inputs
 from vlablocks.core.vlm.lora import inject_lora, merge_lora
 from vlablocks.core.vlm.random_init import check_random_init_options, rescale_embedding_rows, set_image_normalization
 from vlablocks.core.vlm.runtime import (
-    AllowedTokens,
-    allowed_ids,
     check_checkpoint_dir,
     enable_checkpointing,
     resolve_attn_implementation,
@@ -303,7 +301,7 @@ class VLMBackbone(nn.Module):
         return features, layout
 
     # ------------------------------------------------------------------------------------------
-    # Forward and decoding.
+    # Forward (decoding: vlablocks/core/vlm/decoding.py).
 
     def forward(
         self,
@@ -352,36 +350,6 @@ class VLMBackbone(nn.Module):
                 "prompt suffix puts it there)"
             )
         return hits.nonzero()[:, 1].view(input_ids.shape[0], -1)
-
-    @torch.no_grad()
-    def generate_constrained(
-        self,
-        inputs: VLMInputs,
-        allowed_token_ids: list[int],
-        stop_token_id: int,
-        max_new_tokens: int,
-        vision_hook: VisionHook | None = None,
-    ) -> list[list[int]]:
-        """Greedy decoding (HF generate, KV cache) restricted to `allowed_token_ids` + `stop_token_id`.
-
-        -> per sample, the generated ids before the first stop token (at most `max_new_tokens`).
-        """
-        vocab_size = self.model.get_output_embeddings().weight.shape[0]
-        allowed = allowed_ids(allowed_token_ids, stop_token_id, vocab_size)
-        features, _ = self.encode_images(inputs, vision_hook)
-        with steer(self, self.steering, inputs.input_ids):  # the prefill pass only: decoding steps are left alone
-            output = self.model.generate(
-                **self.model_kwargs(inputs),
-                mm_encoder_outputs={"image": features},
-                logits_processor=LogitsProcessorList([AllowedTokens(allowed, vocab_size, self.device)]),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                eos_token_id=int(stop_token_id),
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        generated = output[:, inputs.input_ids.shape[1] :].tolist()
-        return [row[: row.index(stop_token_id)] if stop_token_id in row else row for row in generated]
 
     # ------------------------------------------------------------------------------------------
     # LoRA and saving.

@@ -1,9 +1,22 @@
-"""Temperature sampling with exact log-probabilities for constrained decoding (QwenFAST in RL): the stochastic twin
-of `VLMBackbone.generate_constrained`, KV-cached, reproducible with a seeded generator."""
+"""The one decoding loop of a VLMBackbone: KV-cached, constrained to an allowed token set or not, greedy at
+temperature 0 and sampled (reproducibly, with a seeded generator) above it, with the exact log-probability of every
+sampled token on request (QwenFAST's RL policy).
+
+Every step reads the LM head's full-vocabulary logits of the last position (float32), as transformers' `generate`
+does, restricts them to the allowed ids (all others have probability 0) and then
+
+    temperature 0:  token = argmax over the allowed ids (ties: the lowest id)
+    temperature T:  token ~ softmax(logits / T) over the allowed ids,  log pi(token) = log_softmax(logits / T)[token]
+
+The prompt pass holds the images (left-padded attention mask, the prompt's multimodal rope positions); each new
+(text) token's rope position is one past the row's largest. A steering hook on the backbone (vlm/steering.py) edits
+the prompt pass only, as does any `vision_hook` (it changes the image features).
+"""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,39 +30,52 @@ from vlablocks.core.vlm.steering import steer
 
 
 @torch.no_grad()
-def sample_constrained(
+def decode(
     vlm: VLMBackbone,
     inputs: VLMInputs,
-    allowed_token_ids: list[int],
     stop_token_id: int,
     max_new_tokens: int,
-    temperature: float,
+    allowed_token_ids: Sequence[int] | None = None,
+    temperature: float = 0.0,
     generator: torch.Generator | None = None,
     vision_hook: VisionHook | None = None,
+    return_log_probs: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Temperature sampling (KV cache), the stochastic twin of `generate_constrained`: every step draws (with
-    torch.multinomial and `generator`) from softmax(logits / temperature) over `allowed_token_ids` + `stop_token_id`
-    only, all other ids having probability 0.
+    """Decodes after the prompts of `inputs` (input_ids: [B, L], left-padded) until each row has emitted
+    `stop_token_id` or `max_new_tokens` tokens.
 
-    -> {"tokens": [B, N] long, the drawn ids (stop included) right-padded with the stop token,
-        "log_probs": [B, N] float32, log pi of each drawn id under that distribution (0 at padding),
-        "mask": [B, N] bool, True up to and including the first stop}, N = max_new_tokens.
+    allowed_token_ids: the ids decoding may emit besides the stop token; None: the whole vocabulary.
+    temperature: 0 decodes greedily (argmax), > 0 samples with torch.multinomial and `generator`.
+    return_log_probs: also return the log-probabilities (needs temperature > 0).
+
+    -> {"tokens": [B, N] long, the emitted ids (stop included) right-padded with the stop token,
+        "mask": [B, N] bool, True up to and including the first stop,
+        "log_probs": [B, N] float32 (only with return_log_probs), log pi of each token (0 at padding)},
+        N = max_new_tokens.
     """
-    check_temperature(temperature)
+    if return_log_probs:
+        check_temperature(temperature)
+    elif not temperature >= 0:  # also refuses nan
+        raise ValueError(f"decoding temperature must be >= 0 (0 = greedy), got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     vocab_size = vlm.model.get_output_embeddings().weight.shape[0]
-    allowed = torch.tensor(allowed_ids(allowed_token_ids, stop_token_id, vocab_size), device=vlm.device)
+    if allowed_token_ids is None:
+        if not 0 <= stop_token_id < vocab_size:
+            raise ValueError(f"stop_token_id must lie in [0, {vocab_size}), got {stop_token_id}")
+        allowed = None
+    else:
+        allowed = torch.tensor(allowed_ids(allowed_token_ids, stop_token_id, vocab_size), device=vlm.device)
     features, _ = vlm.encode_images(inputs, vision_hook)
     kwargs = vlm.model_kwargs(inputs)
-    base = vlm.model.model
-    # Explicit rope positions: the prompt's multimodal ones, then each new (text) token one past the largest.
-    positions, _ = base.get_rope_index(
+    positions, _ = vlm.model.model.get_rope_index(
         kwargs["input_ids"],
         mm_token_type_ids=kwargs["mm_token_type_ids"],
         image_grid_thw=inputs.image_grid_thw,
         attention_mask=inputs.attention_mask,
-    )
+    )  # [3, B, L]
     next_position = positions.amax(dim=(0, 2)) + 1  # [B]
-    cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    cache_kwarg = "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
     cache = {cache_kwarg: DynamicCache(config=vlm.model.config.get_text_config())}
     step = {**kwargs, "position_ids": positions, "mm_encoder_outputs": {"image": features}}
     size, attention_mask = inputs.input_ids.shape[0], inputs.attention_mask
@@ -59,11 +85,15 @@ def sample_constrained(
     done = torch.zeros(size, dtype=torch.bool, device=vlm.device)
     with steer(vlm, vlm.steering, inputs.input_ids):  # edits the prompt pass only (vlm/steering.py)
         for t in range(max_new_tokens):
-            hidden = base(**step, **cache, use_cache=True, return_dict=True).last_hidden_state[:, -1]  # [B, H]
-            step_log_probs = tempered_log_probs(allowed_logits(vlm, hidden, allowed), temperature)  # [B, K]
-            index = torch.multinomial(step_log_probs.exp(), 1, generator=generator)  # [B, 1]
-            tokens[:, t] = torch.where(done, tokens[:, t], allowed[index[:, 0]])
-            log_probs[:, t] = torch.where(done, 0.0, step_log_probs.gather(1, index)[:, 0])
+            out = vlm.model(**step, **cache, use_cache=True, logits_to_keep=1, return_dict=True)
+            logits = out.logits[:, -1].float()  # [B, V]
+            if allowed is not None:
+                logits = logits[:, allowed]  # [B, K]
+            column, step_log_probs = choose(logits, temperature, generator)  # [B], [B]
+            token = column if allowed is None else allowed[column]
+            tokens[:, t] = torch.where(done, tokens[:, t], token)
+            if return_log_probs:
+                log_probs[:, t] = torch.where(done, 0.0, step_log_probs)
             mask[:, t] = ~done
             done = done | (tokens[:, t] == stop_token_id)
             if done.all():
@@ -71,13 +101,38 @@ def sample_constrained(
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(size, 1)], dim=1)
             position = (next_position + t).view(1, size, 1).expand(3, size, 1)
             step = {"input_ids": tokens[:, t : t + 1], "attention_mask": attention_mask, "position_ids": position}
-    return {"tokens": tokens, "log_probs": log_probs, "mask": mask}
+    result = {"tokens": tokens, "mask": mask}
+    if return_log_probs:
+        result["log_probs"] = log_probs
+    return result
+
+
+def choose(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: [B, K] float32 -> (the chosen column [B] long, its log-probability [B] at `temperature`).
+
+    Temperature 0: the argmax (the first of tied maxima), log-probability 0; > 0: a draw from softmax(logits / T).
+    """
+    if temperature == 0:
+        column = logits.argmax(dim=-1)
+        return column, torch.zeros_like(logits[:, 0])
+    step_log_probs = tempered_log_probs(logits, temperature)  # [B, K]
+    column = torch.multinomial(step_log_probs.exp(), 1, generator=generator)  # [B, 1]
+    return column[:, 0], step_log_probs.gather(1, column)[:, 0]
+
+
+def until_stop(tokens: torch.Tensor, stop_token_id: int) -> list[list[int]]:
+    """tokens: [B, N] -> per row, the ids before its first `stop_token_id` (all N if it has none)."""
+    rows = tokens.tolist()
+    return [row[: row.index(stop_token_id)] if stop_token_id in row else row for row in rows]
 
 
 def allowed_logits(vlm: VLMBackbone, hidden: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """hidden: [..., H] final hidden states, allowed: [K] ids -> float32 LM-head logits of those ids [..., K]."""
+    """hidden: [..., H] final hidden states, allowed: [K] ids -> float32 LM-head logits of those ids [..., K]
+    (teacher-forced recomputation over many positions: only the K rows, no [..., vocab] logits)."""
     head = vlm.model.get_output_embeddings()
-    if type(head) is nn.Linear:  # only the K rows: no [..., vocab] logits
+    if type(head) is nn.Linear:
         bias = head.bias[allowed] if head.bias is not None else None
         return F.linear(hidden, head.weight[allowed], bias).float()
     return head(hidden)[..., allowed].float()

@@ -1,5 +1,5 @@
 """Runtime choices and checks for building a VLM (dtype, attention kernel, checkpoint dir) and constrained decoding
-(the allowed-token mask, the allowed ids, tempered log-probabilities)."""
+(the allowed ids, tempered log-probabilities)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import LogitsProcessor, PreTrainedModel
-
-
-class AllowedTokens(LogitsProcessor):
-    """Keeps only `allowed` ids (everything else -> -inf) for constrained greedy decoding."""
-
-    def __init__(self, allowed: list[int], vocab_size: int, device: torch.device) -> None:
-        self.mask = torch.full((vocab_size,), float("-inf"), device=device)
-        self.mask[torch.tensor(allowed, device=device)] = 0.0
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return scores + self.mask[: scores.shape[-1]].to(scores.dtype)
+from transformers import PreTrainedModel
 
 
 def allowed_ids(allowed_token_ids: Sequence[int], stop_token_id: int, vocab_size: int) -> list[int]:
@@ -89,7 +78,7 @@ def _listing(directory: Path) -> str:
 
 def enable_checkpointing(model: PreTrainedModel) -> None:
     """Activation (gradient) checkpointing of every layer, non-reentrant (works with frozen inputs)."""
-    if hasattr(model, "activation_checkpointing_enable"):
+    if getattr(model, "activation_checkpointing_enable", None) is not None:  # a transformers release's API
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:  # transformers releases before the rename
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

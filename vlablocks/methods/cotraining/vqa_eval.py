@@ -2,7 +2,7 @@
 
 Each question goes through the checkpoint's processor as an inference sample (the same prompt layout as in
 training, answer withheld: chat(views, question) + the framework's prompt suffix), then the VLM decodes greedily
-(`VLMBackbone.generate_constrained` over the whole vocabulary, i.e. unconstrained) until its end-of-turn token.
+(vlablocks/core/vlm/decoding.py `decode` at temperature 0 over the whole vocabulary) until its end-of-turn token.
 A prediction is correct when `normalize_answer(prediction) == normalize_answer(answer)`.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vlablocks.core.vlm.decoding import decode, until_stop
 from vlablocks.methods.cotraining.vqa_dataset import VQADataset, normalize_answer
 
 STOP_TOKEN = "<|im_end|>"
@@ -27,18 +28,18 @@ def answer_questions(framework, samples: Sequence[dict], max_new_tokens: int = 8
     questions = [{**s, "answer": s.get("answer") or "?"} for s in samples]  # marks them VL samples; withheld below
     batch = processor(questions, targets=False).to(framework.device)
     vlm = framework.vlm
-    vocab_size = vlm.model.get_output_embeddings().weight.shape[0]
     was_training = framework.training
     framework.eval()
-    rows = vlm.generate_constrained(
+    stop = vlm.token_id(STOP_TOKEN)
+    decoded = decode(
+        vlm,
         batch.vlm,
-        allowed_token_ids=list(range(vocab_size)),
-        stop_token_id=vlm.token_id(STOP_TOKEN),
+        stop_token_id=stop,
         max_new_tokens=max_new_tokens,
         vision_hook=getattr(framework, "film", None),  # QwenOFT's optional FiLM hook, as in its training pass
     )
     framework.train(was_training)
-    return [vlm.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+    return [vlm.tokenizer.decode(row, skip_special_tokens=True) for row in until_stop(decoded["tokens"], stop)]
 
 
 def vqa_accuracy(framework, dataset: VQADataset, batch_size: int = 32, limit: int | None = None) -> dict:

@@ -15,7 +15,7 @@ from vlm_helpers import FAMILIES, build, encode, random_views
 from vlablocks.core.batch import VLMInputs
 from vlablocks.core.vlm import VLMBackbone
 from vlablocks.core.vlm.decoding import decode, until_stop
-from vlablocks.core.vlm.steering import Steering, steer
+from vlablocks.core.vlm.steering import Steering, steering
 
 ACTION_TOKENS = [f"<|act_{i}|>" for i in range(6)]
 MAX_NEW = 6
@@ -37,7 +37,7 @@ def hf_greedy(vlm: VLMBackbone, inputs: VLMInputs, stop: int, allowed: list[int]
     vocab_size = vlm.model.get_output_embeddings().weight.shape[0]
     processors = LogitsProcessorList([OnlyAllowed([*allowed, stop], vocab_size)] if allowed is not None else [])
     features, _ = vlm.encode_images(inputs)
-    with torch.no_grad(), steer(vlm, vlm.steering, inputs.input_ids):
+    with torch.no_grad():  # a steering context around the call applies to generate's passes too
         output = vlm.model.generate(
             **vlm.model_kwargs(inputs),
             mm_encoder_outputs={"image": features},
@@ -94,13 +94,11 @@ def test_greedy_decoding_equals_hf_generate_under_steering(vlm):
     plain = until_stop(decode(vlm, inputs, stop, MAX_NEW)["tokens"], stop)
     hidden = vlm.model.config.get_text_config().hidden_size
     vectors = 8.0 * torch.randn(3, 1, 1, hidden, generator=torch.Generator().manual_seed(0))
-    vlm.steering = Steering(vectors, (1,), "add", alpha=1.0)
-    try:
+    with steering(vlm, Steering(vectors, (1,), "add", alpha=1.0)):
         steered = until_stop(decode(vlm, inputs, stop, MAX_NEW)["tokens"], stop)
         expected = hf_greedy(vlm, inputs, stop, None)
-    finally:
-        vlm.steering = None
     assert steered == expected
+    assert until_stop(decode(vlm, inputs, stop, MAX_NEW)["tokens"], stop) == plain  # removed on exit
     assert steered != plain  # the steering reached the decoded answer
 
 

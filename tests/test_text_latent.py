@@ -1,5 +1,6 @@
 """Text latents: the residual-stream hook (vlablocks/core/vlm/steering.py), extraction / interpolation / decoding
-(vlablocks/methods/steering/text_latent.py), the steered policy (vlablocks/methods/steering/steered_policy.py) and `vlablocks text-latent`."""
+(vlablocks/methods/steering/text_latent.py), the steered policy (vlablocks/methods/steering/steered_policy.py) and `vlablocks text-latent`.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import yaml
 from head_helpers import wake
 from test_frameworks import built, scaled_examples
 
-from vlablocks.core.serving.policy import FrameworkPolicy
-from vlablocks.methods.steering.steered_policy import LatentOptions, SteeredPolicy, blank_prompt
 from vlablocks.cli.main import main
-from vlablocks.core.vlm.steering import Steering, capture_residuals, instruction_mask, text_positions
+from vlablocks.core.serving.policy import FrameworkPolicy
+from vlablocks.core.vlm.steering import Steering, capture_residuals, instruction_mask, steering, text_positions
+from vlablocks.methods.steering.steered_policy import LatentOptions, SteeredPolicy, blank_prompt
 from vlablocks.methods.steering.text_latent import TextLatents, decode, extract, interpolation_weight
 
 TASKS = ("move to the red block", "go to the blue square")
@@ -56,13 +57,14 @@ def test_alpha_zero_leaves_outputs_bit_identical(name, mode):
         plain = framework.sample_actions(batch, torch.Generator().manual_seed(0))["actions"]
         indices = tuple(range(residual_count(framework)))
         vectors = torch.randn(2, len(indices), 1, framework.vlm.hidden_size) * 10
-        framework.vlm.steering = Steering(vectors, indices, mode, alpha=0.0)
-        steered = framework.sample_actions(batch, torch.Generator().manual_seed(0))["actions"]
-        framework.vlm.steering = Steering(vectors, indices, mode, alpha=1.0)
-        moved = framework.sample_actions(batch, torch.Generator().manual_seed(0))["actions"]
-        framework.vlm.steering = None
+        with steering(framework.vlm, Steering(vectors, indices, mode, alpha=0.0)):
+            steered = framework.sample_actions(batch, torch.Generator().manual_seed(0))["actions"]
+        with steering(framework.vlm, Steering(vectors, indices, mode, alpha=1.0)):
+            moved = framework.sample_actions(batch, torch.Generator().manual_seed(0))["actions"]
+        after = framework.sample_actions(batch, torch.Generator().manual_seed(0))["actions"]  # hooks removed on exit
     assert torch.equal(steered, plain)
     assert not torch.allclose(moved, plain)  # the same vectors at alpha 1 do reach the actions
+    assert torch.equal(after, plain)  # leaving the block removed every hook
 
 
 def test_an_edit_writes_only_the_text_positions_of_its_index():
@@ -76,10 +78,8 @@ def test_an_edit_writes_only_the_text_positions_of_its_index():
     with torch.no_grad():
         with capture_residuals(vlm, plain):
             vlm(batch.vlm)
-        vlm.steering = Steering(vectors, (1,), "blend", alpha=1.0)
-        with capture_residuals(vlm, edited):
+        with steering(vlm, Steering(vectors, (1,), "blend", alpha=1.0)), capture_residuals(vlm, edited):
             vlm(batch.vlm)
-        vlm.steering = None
     assert len(plain) == residual_count(framework)
     torch.testing.assert_close(edited[0], plain[0])  # index 0 (before the edit) untouched
     expected = vectors[:, 0, 0][:, None].expand(-1, mask.shape[1], -1)
@@ -226,13 +226,10 @@ def test_the_hook_edits_only_the_instruction_on_both_qwen_families(family):
     with torch.no_grad():
         with capture_residuals(vlm, plain):
             before = vlm(inputs).last_hidden_state
-        vlm.steering = Steering(vectors, (0, vlm.num_layers), "blend", alpha=0.0)
-        with capture_residuals(vlm, zero):
+        with steering(vlm, Steering(vectors, (0, vlm.num_layers), "blend", alpha=0.0)), capture_residuals(vlm, zero):
             unchanged = vlm(inputs).last_hidden_state
-        vlm.steering = Steering(vectors, (0, vlm.num_layers), "blend", alpha=1.0)
-        with capture_residuals(vlm, edited):
+        with steering(vlm, Steering(vectors, (0, vlm.num_layers), "blend", alpha=1.0)), capture_residuals(vlm, edited):
             vlm(inputs)
-        vlm.steering = None
     assert torch.equal(unchanged, before) and all(torch.equal(a, b) for a, b in zip(zero, plain, strict=True))
     for k, index in enumerate((0, vlm.num_layers)):
         expected = vectors[:, k, 0][:, None].expand(-1, mask.shape[1], -1)

@@ -26,7 +26,6 @@ from vlablocks.core.vlm.runtime import (
     resolve_attn_implementation,
     resolve_dtype,
 )
-from vlablocks.core.vlm.steering import Steering, steer
 from vlablocks.core.vlm.tokenizer import tiny_tokenizer
 from vlablocks.core.vlm.vision import VisionHookInfo, VisionTokens, check_hook_output, sincos_2d, vision_tokens
 
@@ -161,7 +160,6 @@ class VLMBackbone(nn.Module):
         self.num_layers = model.config.text_config.num_hidden_layers
         self.image_token_id = self.token_id(processor.image_token)
         self.__dict__["_lora_model"] = None  # peft's LoraModel; kept out of the module tree (same params)
-        self.steering: Steering | None = None  # residual-stream edit at the instruction's tokens (vlm/steering.py)
         if config.gradient_checkpointing:
             enable_checkpointing(model)
         if config.lora.enabled:
@@ -311,14 +309,13 @@ class VLMBackbone(nn.Module):
     ) -> VLMOutput:
         """inputs: the processor's VLMInputs (on this device) -> hidden states of every layer (see VLMOutput)."""
         features, layout = self.encode_images(inputs, vision_hook)
-        with steer(self, self.steering, inputs.input_ids):
-            out = self.model.model(
-                **self.model_kwargs(inputs),
-                mm_encoder_outputs={"image": features},
-                output_hidden_states=True,
-                use_cache=False,
-                return_dict=True,
-            )
+        out = self.model.model(
+            **self.model_kwargs(inputs),
+            mm_encoder_outputs={"image": features},
+            output_hidden_states=True,
+            use_cache=False,
+            return_dict=True,
+        )
         return VLMOutput(
             last_hidden_state=out.last_hidden_state,
             hidden_states=tuple(out.hidden_states),

@@ -9,7 +9,7 @@ does, restricts them to the allowed ids (all others have probability 0) and then
     temperature T:  token ~ softmax(logits / T) over the allowed ids,  log pi(token) = log_softmax(logits / T)[token]
 
 The prompt pass holds the images (left-padded attention mask, the prompt's multimodal rope positions); each new
-(text) token's rope position is one past the row's largest. A steering hook on the backbone (vlm/steering.py) edits
+(text) token's rope position is one past the row's largest. A steering context (vlm/steering.py `steering`) edits
 the prompt pass only, as does any `vision_hook` (it changes the image features).
 """
 
@@ -26,7 +26,6 @@ from transformers import DynamicCache
 from vlablocks.core.batch import VLMInputs
 from vlablocks.core.vlm.base import VisionHook, VLMBackbone
 from vlablocks.core.vlm.runtime import allowed_ids, check_temperature, tempered_log_probs
-from vlablocks.core.vlm.steering import steer
 
 
 @torch.no_grad()
@@ -83,24 +82,23 @@ def decode(
     log_probs = torch.zeros(size, max_new_tokens, device=vlm.device)
     mask = torch.zeros(size, max_new_tokens, dtype=torch.bool, device=vlm.device)
     done = torch.zeros(size, dtype=torch.bool, device=vlm.device)
-    with steer(vlm, vlm.steering, inputs.input_ids):  # edits the prompt pass only (vlm/steering.py)
-        for t in range(max_new_tokens):
-            out = vlm.model(**step, **cache, use_cache=True, logits_to_keep=1, return_dict=True)
-            logits = out.logits[:, -1].float()  # [B, V]
-            if allowed is not None:
-                logits = logits[:, allowed]  # [B, K]
-            column, step_log_probs = choose(logits, temperature, generator)  # [B], [B]
-            token = column if allowed is None else allowed[column]
-            tokens[:, t] = torch.where(done, tokens[:, t], token)
-            if return_log_probs:
-                log_probs[:, t] = torch.where(done, 0.0, step_log_probs)
-            mask[:, t] = ~done
-            done = done | (tokens[:, t] == stop_token_id)
-            if done.all():
-                break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(size, 1)], dim=1)
-            position = (next_position + t).view(1, size, 1).expand(3, size, 1)
-            step = {"input_ids": tokens[:, t : t + 1], "attention_mask": attention_mask, "position_ids": position}
+    for t in range(max_new_tokens):
+        out = vlm.model(**step, **cache, use_cache=True, logits_to_keep=1, return_dict=True)
+        logits = out.logits[:, -1].float()  # [B, V]
+        if allowed is not None:
+            logits = logits[:, allowed]  # [B, K]
+        column, step_log_probs = choose(logits, temperature, generator)  # [B], [B]
+        token = column if allowed is None else allowed[column]
+        tokens[:, t] = torch.where(done, tokens[:, t], token)
+        if return_log_probs:
+            log_probs[:, t] = torch.where(done, 0.0, step_log_probs)
+        mask[:, t] = ~done
+        done = done | (tokens[:, t] == stop_token_id)
+        if done.all():
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(size, 1)], dim=1)
+        position = (next_position + t).view(1, size, 1).expand(3, size, 1)
+        step = {"input_ids": tokens[:, t : t + 1], "attention_mask": attention_mask, "position_ids": position}
     result = {"tokens": tokens, "mask": mask}
     if return_log_probs:
         result["log_probs"] = log_probs

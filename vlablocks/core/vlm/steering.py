@@ -14,7 +14,8 @@ and leaves every other position untouched; later layers (and the action head) re
 alpha = 0 leaves the model's outputs bit-identical. `capture_residuals` reads the same h_r (what
 `vlablocks text-latent extract` averages), so reading and writing address the very same tensors.
 
-    vlm.steering = Steering(vectors, layers=(0, 1, 2), mode="blend", alpha=1.0)  # VLMBackbone.forward applies it
+    with steering(vlm, Steering(vectors, layers=(0, 1, 2), mode="blend", alpha=1.0)):  # installed, then removed
+        out = vlm(inputs)
 """
 
 from __future__ import annotations
@@ -95,33 +96,47 @@ def scatter_vectors(steering: Steering, mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def steer(vlm, steering: Steering | None, input_ids: torch.Tensor):
-    """Edits the chosen layers' outputs (see the module docstring) for forward passes over `input_ids` [B, L]
-    inside the block; passes of another length (cached decoding steps) are left alone. None: no edit."""
-    if steering is None:
+def steering(vlm, steer: Steering | None):
+    """Installs the edit (see the module docstring) on `vlm` for every forward pass inside the block and removes it
+    on exit: a scoped context, no state left on the model. Each pass of the language model reads its `input_ids`
+    [B, L] (a pre-hook on the multimodal model) to find the instruction's text positions; a pass without any
+    (a cached decoding step) is left alone. None: no edit.
+
+        with steering(vlm, Steering(vectors, layers=(0, 1), mode="blend", alpha=1.0)):
+            actions = policy.predict(samples)
+    """
+    if steer is None:
         yield
         return
     layers = language_layers(vlm)
-    bad = [layer for layer in steering.layers if not 0 <= layer <= len(layers)]
+    bad = [layer for layer in steer.layers if not 0 <= layer <= len(layers)]
     if bad:
         raise ValueError(
             f"steering layers {bad} are out of range: the residual stream has indices 0..{len(layers)} "
             f"(0 = the embeddings, r = the output of decoder layer r - 1)"
         )
-    mask = instruction_mask(vlm, input_ids)
-    full = scatter_vectors(steering, mask)
-    where = mask[..., None]
-    alpha = steering.alpha
+    current: dict = {}  # this pass's instruction mask [B, L] and vectors [K, B, L, H]; empty: leave the pass alone
+
+    def read_prompt(module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        current.clear()
+        if input_ids is not None:
+            mask = instruction_mask(vlm, input_ids)
+            if mask.any():
+                current.update(mask=mask, full=scatter_vectors(steer, mask))
+        return args, kwargs
 
     def edited(k: int, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.shape[:2] != mask.shape:
+        mask = current.get("mask")
+        if mask is None or hidden.shape[:2] != mask.shape:
             return hidden
-        target = full[k].to(hidden.dtype)
-        if steering.mode == "add":
-            return torch.where(where, hidden + alpha * target, hidden)
-        return torch.where(where, (1 - alpha) * hidden + alpha * target, hidden)
+        target, where = current["full"][k].to(hidden.dtype), mask[..., None]
+        if steer.mode == "add":
+            return torch.where(where, hidden + steer.alpha * target, hidden)
+        return torch.where(where, (1 - steer.alpha) * hidden + steer.alpha * target, hidden)
 
-    handles = [attach(layers, index, lambda hidden, k=k: edited(k, hidden)) for k, index in enumerate(steering.layers)]
+    handles = [vlm.model.model.register_forward_pre_hook(read_prompt, with_kwargs=True)]
+    handles += [attach(layers, index, lambda hidden, k=k: edited(k, hidden)) for k, index in enumerate(steer.layers)]
     try:
         yield
     finally:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlablocks.core.vlm.steering import Steering, language_layers
+from vlablocks.core.vlm.steering import Steering, language_layers, steering
 from vlablocks.methods.steering.text_latent import TextLatents, interpolation_weight
 
 AUTO = "auto"
@@ -111,12 +111,9 @@ class SteeredPolicy:
         if self.options.prompt == "blank":  # as many filler tokens as the first task's instruction has
             length = self.latents.vector(self.tasks(obs)[0], "positions").shape[1]
             obs = {**obs, "prompt": blank_prompt(self.framework.vlm.tokenizer, length)}
-        vlm = self.framework.vlm
-        vlm.steering = Steering(
-            vectors[None].to(self.framework.device), self.layers, self.options.mode, self.options.alpha
-        )
+        steer = Steering(vectors[None].to(self.framework.device), self.layers, self.options.mode, self.options.alpha)
         try:
-            return self.policy.infer(obs)
+            with steering(self.framework.vlm, steer):
+                return self.policy.infer(obs)
         finally:
-            vlm.steering = None
             self.calls += 1

@@ -259,7 +259,7 @@ def test_frameworks_without_vl_support_are_refused_in_one_line(oft, mixture):
     class NoVL(torch.nn.Module):
         pass
 
-    with pytest.raises(ValueError, match=r"NoVL cannot co-train on vision-language samples .*\(QwenOFT\)"):
+    with pytest.raises(ValueError, match=r"NoVL lacks the capability VisionLanguageCoTraining .* have it: QwenOFT;"):
         check_cotraining(NoVL(), mixture)
 
 

@@ -94,12 +94,12 @@ NEW_HEAD = textwrap.dedent('''
 def test_new_file_in_package_is_discovered(tmp_path):
     copy = tmp_path / "vlablocks"
     shutil.copytree(REPO / "vlablocks", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "action_model" / "dropped_in_head.py").write_text(NEW_HEAD)
+    (copy / "core" / "action_model" / "dropped_in_head.py").write_text(NEW_HEAD)
     result = run_cli(["list", "action_models"], pythonpath=tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert re.search(r"\n  dropped_in_head +A head added by dropping one file into the package\.\n", result.stdout)
     # The installed tree is untouched: the head exists only in the copy.
-    assert not (REPO / "vlablocks" / "action_model" / "dropped_in_head.py").exists()
+    assert not (REPO / "vlablocks" / "core" / "action_model" / "dropped_in_head.py").exists()
 
 
 def test_entry_point_plugin_registers(tmp_path):

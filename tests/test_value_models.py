@@ -1,4 +1,4 @@
-"""Value models end to end: the contract of every framework of kind "value", mixed-quality toy data with success
+"""Value models end to end: the contract of every model in VALUE_MODELS, mixed-quality toy data with success
 flags, returns at load time, `vlablocks value` and the value-guided dataset that reads its output."""
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from vlablocks.tools.toy.toy_behaviours import assign_behaviours, parse_mix
 from vlablocks.methods.value.metrics import roc_auc
 from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.core.registry import DATASETS, FRAMEWORKS
+from vlablocks.core.registry import DATASETS, FRAMEWORKS, MODELS
+from vlablocks.core.registry import VALUE_MODELS as VALUE_REGISTRY
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 TOY = PlatformConfig(name="toy", action_horizon=4, action_dim=2, state_dim=2)
-VALUE_MODELS = [name for name in FRAMEWORKS.names() if FRAMEWORKS.get(name).kind == "value"]
+VALUE_MODELS = VALUE_REGISTRY.names()
 BEHAVIOURS = "expert,random,wrong"
 
 
@@ -58,8 +59,9 @@ def test_value_model_fits_returns_and_round_trips_a_checkpoint(name, inputs, los
     targets = np.array([e["return"] for e in examples])
     assert predicted.shape == (8,) and np.abs(predicted - targets).max() < 0.1, predicted
     model.save_pretrained(tmp_path / "ckpt")
+    assert "name: " + name in (tmp_path / "ckpt" / "config.yaml").read_text()  # framework: {name: ...}
     loaded = Framework.from_pretrained(tmp_path / "ckpt")
-    assert loaded.kind == "value"
+    assert isinstance(loaded, VALUE_REGISTRY.get(name))
     np.testing.assert_array_equal(loaded.predict_value(examples), predicted)
     with pytest.raises(ValueError, match="value model, not a policy"):
         loaded.predict_action(examples)
@@ -215,3 +217,15 @@ def test_serving_or_evaluating_a_value_model_is_refused_in_one_line(tmp_path):
         == 2
     )
     assert not (tmp_path / "e").exists()
+
+
+def test_value_models_have_their_own_registry_and_configs_name_them_under_framework(tmp_path):
+    assert VALUE_MODELS == ["QwenValue", "StateValueMLP"]
+    assert not set(VALUE_MODELS) & set(FRAMEWORKS.names())  # no policy registry entry predicts no actions
+    assert set(VALUE_MODELS) <= set(MODELS.names()) and set(FRAMEWORKS.names()) <= set(MODELS.names())
+    # the `framework:` section of configs and checkpoints names a value model as before
+    experiment = value_model("StateValueMLP", "state", "mse")
+    assert experiment.framework["name"] == "StateValueMLP" and experiment.framework["hidden_dim"] == 256
+    with pytest.raises(ConfigError, match="unknown model 'QwenValu'; did you mean 'QwenValue'"):
+        parse_experiment({"platform": PLATFORM, "framework": {"name": "QwenValu"}})
+    assert cli(["list", "value_models"]) == 0

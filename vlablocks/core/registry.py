@@ -170,6 +170,41 @@ class Registry:
         return name in self._entries
 
 
+class RegistryUnion(Registry):
+    """A read-only view of several registries, looked up as one: names must be distinct across them.
+
+    A config section whose `name` may come from any of them (`framework:` names a policy or a value model) is
+    validated and built through the union; `registry_of(name)` says which part holds a name.
+    """
+
+    def __init__(self, kind: str, parts: tuple[Registry, ...]) -> None:
+        super().__init__(kind, None)
+        self.parts = parts
+
+    def register(self, name: str, description: str | None = None) -> Callable[[Any], Any]:
+        raise TypeError(f"{self.kind} is a view of {', '.join(p.kind for p in self.parts)}: register into one of them")
+
+    def discover(self) -> None:
+        """Discovers every part, then merges their entries (again on each call: parts may gain plugins)."""
+        merged: dict[str, Entry] = {}
+        for part in self.parts:
+            for entry in part.entries():
+                if entry.name in merged:
+                    raise RegistryError(
+                        f"{entry.name!r} is both a {self.registry_of(entry.name).kind} and a {part.kind}; rename one"
+                    )
+                merged[entry.name] = entry
+        self._entries = merged
+
+    def registry_of(self, name: str) -> Registry:
+        """The part that holds `name` (RegistryError naming every part's components when none does)."""
+        for part in self.parts:
+            if name in part:
+                return part
+        self.entry(name)  # raises the one-line error with a suggestion
+        raise AssertionError("unreachable")
+
+
 FRAMEWORKS = Registry("framework", "vlablocks.core.framework")
 VLMS = Registry("vlm", "vlablocks.core.vlm")
 ACTION_MODELS = Registry("action_model", "vlablocks.core.action_model")
@@ -179,10 +214,16 @@ GEOMETRIC_ENCODERS = Registry("geometric_encoder", "vlablocks.core.geometry")
 FUSIONS = Registry("fusion", "vlablocks.core.geometry")
 # Sections of the experiment config that a method declares (`rl:`); plugins only, no package of the core's.
 CONFIG_SECTIONS = Registry("config_section", None)
+# Models that predict values, not actions (vlablocks/methods/value/); plugins only.
+VALUE_MODELS = Registry("value_model", None)
+# What a config's `framework:` section may name: a policy or a value model. Both kinds of checkpoints keep that
+# section (`framework: {name: QwenValue}`), so configs and checkpoints of value models load unchanged.
+MODELS = RegistryUnion("model", (FRAMEWORKS, VALUE_MODELS))
 
 # Plural names as typed on the command line (`vlablocks list action_models`).
 KINDS: dict[str, Registry] = {
     "frameworks": FRAMEWORKS,
+    "value_models": VALUE_MODELS,
     "vlms": VLMS,
     "action_models": ACTION_MODELS,
     "datasets": DATASETS,
@@ -192,8 +233,14 @@ KINDS: dict[str, Registry] = {
 }
 
 
+# Kinds a config field may name besides those listed (`registry_field("models")`: ExperimentConfig.framework).
+VIEWS: dict[str, Registry] = {"models": MODELS}
+
+
 def kind(name: str) -> Registry:
-    """The registry for a plural kind name, with a suggestion when misspelled."""
+    """The registry for a plural kind name (or a view of several), with a suggestion when misspelled."""
+    if name in VIEWS:
+        return VIEWS[name]
     if name not in KINDS:
         suggestion = closest(name, list(KINDS))
         hint = f"; did you mean {suggestion!r}?" if suggestion else ""

@@ -51,11 +51,12 @@ def build_policy(args: argparse.Namespace, env):
         host, _, port = args.policy.removeprefix("ws://").rstrip("/").rpartition(":")
         client = PolicyClient(host, int(port), api_key=args.api_key)
         return client, client.metadata
+    from vlablocks.core.capabilities import ScriptedExpert
     from vlablocks.core.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds
 
     metadata = {"action_horizon": 1}  # a baseline takes any observation: no camera_keys / state_dim to check
     if args.policy == "expert":
-        if not hasattr(env, "expert_action"):
+        if not isinstance(env, ScriptedExpert):
             raise ValueError(f"env {args.env!r} has no scripted expert; use --ckpt or --policy ws://HOST:PORT")
         return ExpertPolicy(env), metadata
     if args.policy == "random":

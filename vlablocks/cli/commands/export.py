@@ -29,6 +29,7 @@ def export_checkpoint(ckpt: str, out: str, merge_lora: bool, vlm_only: bool = Fa
 
     vlm_only: write the VLM backbone alone (VLMBackbone.save_pretrained), its parameters counted."""
     from vlablocks.core.atomic import atomic_directory
+    from vlablocks.core.capabilities import Steerable
     from vlablocks.core.framework.base import Framework
 
     framework = Framework.from_pretrained(ckpt)
@@ -41,7 +42,7 @@ def export_checkpoint(ckpt: str, out: str, merge_lora: bool, vlm_only: bool = Fa
         framework.config = dataclasses.replace(framework.config, vlm={**vlm, "lora": {**vlm["lora"], "enabled": False}})
         merged = True
     if vlm_only:
-        if not hasattr(framework, "vlm"):
+        if not isinstance(framework, Steerable):  # the capability of having a VLM backbone
             raise ValueError(f"{ckpt} ({type(framework).__name__}) has no VLM backbone to export; drop --vlm-only")
         if framework.vlm.lora_enabled:
             raise ValueError(f"{ckpt} has LoRA adapters: add --merge-lora to export its VLM")

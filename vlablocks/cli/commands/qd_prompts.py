@@ -43,6 +43,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     out = Path(args.out)
     if out.suffix not in (".yaml", ".yml"):
         raise ValueError(f"--out must name a .yaml file (the prompts), got {args.out!r}")
+    from vlablocks.core.capabilities import ValuePredictor
     from vlablocks.core.config import merge_overrides
     from vlablocks.core.evaluation.batched_rollout import GreedyActor
     from vlablocks.core.framework.base import Framework
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     paraphraser = importlib.import_module(PARAPHRASERS[args.env])
     env_config = merge_overrides({"name": args.env}, overrides)
     framework = Framework.from_pretrained(args.ckpt).eval()
-    if getattr(framework, "kind", "policy") != "policy":
-        raise ValueError(f"{args.ckpt} is a {framework.kind} model; qd-prompts needs a policy checkpoint")
+    if isinstance(framework, ValuePredictor):
+        raise ValueError(f"{args.ckpt} is a value model; qd-prompts needs a policy checkpoint")
     actor = GreedyActor(framework)
     colours = sorted({phrase.colour for phrase in paraphraser.originals()})
 

@@ -41,9 +41,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
     import torch
 
+    from vlablocks.core.capabilities import Steerable, require
     from vlablocks.core.framework.base import Framework
 
     framework = Framework.from_pretrained(args.ckpt)
+    require(framework, Steerable, f"vlablocks text-latent {args.action}")
     framework.eval()
     with torch.no_grad():  # scoped: `main` also runs in-process (tests, notebooks)
         if args.action == "extract":

@@ -40,13 +40,13 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from safetensors.numpy import save_file
 
     from vlablocks.core.atomic import atomic_directory
+    from vlablocks.core.capabilities import ValuePredictor, require
     from vlablocks.core.dataloader.checkpoint_dataset import checkpoint_dataset
     from vlablocks.core.framework.base import Framework
     from vlablocks.methods.value.metrics import calibration_table, plot_calibration, roc_auc
 
     model = Framework.from_pretrained(args.ckpt)
-    if getattr(model, "kind", "policy") != "value":
-        raise ValueError(f"{args.ckpt} is a policy ({type(model).__name__}); pass a value model's checkpoint")
+    require(model, ValuePredictor, "vlablocks value", hint=f"{args.ckpt} is a policy: pass a value model's checkpoint")
     returns = {"source": args.source, "key": args.key, "gamma": args.gamma}
     dataset = checkpoint_dataset(model, args.data, args.dataset_name, returns=returns)
     table = dataset.lerobot.hf_dataset

@@ -279,7 +279,7 @@ class ExperimentConfig:
     run_dir: str = "runs/default"
     seed: int = 42
     platform: PlatformConfig = dataclasses.field(default_factory=PlatformConfig)
-    framework: dict | None = registry_field("frameworks")
+    framework: dict | None = registry_field("models")  # a policy (FRAMEWORKS) or a value model (VALUE_MODELS)
     dataset: dict | None = registry_field("datasets")
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     rl: Any = section_field("rl")  # `vlablocks rl` only: vlablocks/methods/rl/config.py registers its schema

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlablocks.core.config import ConfigError, PlatformConfig
+from vlablocks.core.dataloader.base import RawDataset
 
 
 def leaf_sizes(leaf: Any, platform: PlatformConfig) -> tuple[int, int]:
@@ -29,7 +30,7 @@ def dataset_embodiments(dataset: Any, platform: PlatformConfig) -> dict[str, dic
 
     ConfigError when a dataset is larger than the platform, or one embodiment name has two sizes.
     """
-    leaves = dataset.leaves() if hasattr(dataset, "leaves") else []
+    leaves = dataset.leaves() if isinstance(dataset, RawDataset) else []  # a list of sample dicts: one robot
     table: dict[str, dict] = {}
     for leaf in leaves:
         if getattr(leaf, "sample_kind", "robot") != "robot":

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vlablocks.core.dataloader.base import RawDataset
+
 DEFAULT_RESERVOIR = 100_000
 
 
@@ -119,7 +121,7 @@ def stats_for(source: StatsSource, batch_size: int = 4096, reservoir_size: int =
 def compute_norm_stats(dataset: Any, batch_size: int = 4096) -> dict[str, dict]:
     """{dataset_name: entry} for a dataset (a mixture contributes each of its components) or a list of sources.
     Vision-language datasets (`sample_kind` "vl": no actions, no state) have no entry."""
-    sources: Iterable[StatsSource] = dataset.leaves() if hasattr(dataset, "leaves") else dataset
+    sources: Iterable[StatsSource] = dataset.leaves() if isinstance(dataset, RawDataset) else dataset
     stats: dict[str, dict] = {}
     for source in sources:
         if getattr(source, "sample_kind", "robot") == "vl":

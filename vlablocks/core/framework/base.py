@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from vlablocks.core.config import ExperimentConfig, PlatformConfig, load_yaml, p
 from vlablocks.core.manifest import read_json, verify_manifest, write_manifest
 from vlablocks.core.batch import Batch
 from vlablocks.core.processor.pipeline import PROCESSOR_DIR, Processor, build_processor
-from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS
+from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS, MODELS
 from vlablocks.core.framework.ema import load_ema_weights
 
 WEIGHTS_FILE = "model.safetensors"
@@ -44,10 +44,9 @@ class Framework(nn.Module):
       sample_actions(batch, generator) -> {"actions": normalized [B, T, D]} or {"action_tokens": ids per sample}
       processor_options() -> the model-specific fields of its ProcessorConfig (prompt suffix, geometry, ...)
     `predict_action(samples)` is the convenience that runs processor -> sample_actions -> postprocess.
-    `kind` is "policy" (predicts actions), or "value" for value models (qwen_value.py: `predict_value`).
+    Value models (VALUE_MODELS, vlablocks/methods/value/) share this base for checkpoints and processors; what a
+    model can do beyond this contract is declared by Protocols (vlablocks/core/capabilities.py).
     """
-
-    kind: ClassVar[str] = "policy"
 
     def __init__(self, config: Any, *, platform: PlatformConfig) -> None:
         super().__init__()
@@ -179,7 +178,7 @@ def _whole_parameters(module: nn.Module) -> Iterator[None]:
     """Under DeepSpeed ZeRO-3 a model built inside an active ZeRO-3 config holds only its rank's slice of each
     parameter (local shape [0]); inside this block they are whole, and what rank 0 wrote is partitioned again
     on exit (a collective: every rank enters). A no-op for ordinary parameters."""
-    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    partitioned = [p for p in module.parameters() if getattr(p, "ds_id", None) is not None]  # DeepSpeed's mark
     if not partitioned:
         yield
         return
@@ -190,15 +189,16 @@ def _whole_parameters(module: nn.Module) -> Iterator[None]:
 
 
 def policy_names() -> list[str]:
-    """The registered frameworks that predict actions (every kind but value models)."""
-    return [name for name in FRAMEWORKS.names() if FRAMEWORKS.get(name).kind == "policy"]
+    """The registered frameworks: the models that predict actions (value models are in VALUE_MODELS)."""
+    return FRAMEWORKS.names()
 
 
 def build_framework(experiment: ExperimentConfig) -> Framework:
-    """The model selected by `experiment.framework`, without a processor."""
+    """The model selected by `experiment.framework` (a policy or a value model: registry MODELS), without a
+    processor."""
     if not experiment.framework:
         raise ValueError("the config has no `framework:` section; name one, e.g. framework.name: QwenOFT")
-    return build(FRAMEWORKS, experiment.framework, platform=experiment.platform)
+    return build(MODELS, experiment.framework, platform=experiment.platform)
 
 
 def build_policy(

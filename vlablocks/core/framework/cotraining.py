@@ -10,8 +10,8 @@ image question whose answer tokens carry `batch.vlm.labels`). One VLM pass serve
 A VL row never reaches the action head, and a robot row has no answer labels, so each kind of sample reaches
 only its own loss. When a batch lacks one kind, that loss is `zero_touch`: an exact zero that still depends on
 the idle module's parameters (every parameter gets a gradient, exactly zero: DDP's reducer stays complete).
-A framework supports co-training by setting `supports_vl_samples = True` and computing its loss with these
-helpers; `check_cotraining` refuses VL data for any other framework.
+A framework supports co-training by implementing `cotraining_forward(batch)` (the VisionLanguageCoTraining
+capability, vlablocks/core/capabilities.py) with these helpers; `check_cotraining` refuses VL data for any other.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from torch import nn
 
 from vlablocks.core.action_model.base import Conditioning
 from vlablocks.core.batch import Batch
+from vlablocks.core.capabilities import VisionLanguageCoTraining, require
+from vlablocks.core.dataloader.base import RawDataset
 from vlablocks.core.framework.answer_tokens import answer_logits
 from vlablocks.core.processor.steps import IGNORE_INDEX
 
@@ -82,18 +84,12 @@ def cotraining_loss(
     return {"loss": loss, "log": {"action_loss": action_loss.detach(), "answer_loss": answer.detach()}}
 
 
-def check_cotraining(framework: nn.Module, dataset) -> bool:
+def check_cotraining(framework: nn.Module, dataset: RawDataset | list[dict]) -> bool:
     """True when the training data holds vision-language samples (a dataset whose leaves include one of
-    `sample_kind` "vl"); ValueError naming the supported frameworks when `framework` cannot train on them."""
-    from vlablocks.core.registry import FRAMEWORKS
-
-    leaves = dataset.leaves() if hasattr(dataset, "leaves") else []
-    if not any(getattr(leaf, "sample_kind", "robot") == "vl" for leaf in leaves):
+    `sample_kind` "vl"); MissingCapability (a ValueError naming the frameworks that can) when `framework` lacks
+    VisionLanguageCoTraining. An in-memory list of sample dicts holds robot samples only."""
+    leaves = dataset.leaves() if isinstance(dataset, RawDataset) else []
+    if not any(leaf.sample_kind == "vl" for leaf in leaves):
         return False
-    if not getattr(framework, "supports_vl_samples", False):
-        supported = [n for n in FRAMEWORKS.names() if getattr(FRAMEWORKS.get(n), "supports_vl_samples", False)]
-        raise ValueError(
-            f"{type(framework).__name__} cannot co-train on vision-language samples (the dataset mixes in a VL "
-            f"dataset); use a framework that supports it ({', '.join(supported)}) or drop the VL dataset"
-        )
+    require(framework, VisionLanguageCoTraining, "training on a dataset with vision-language samples", "or drop them")
     return True

@@ -61,6 +61,7 @@ from vlablocks.core.batch import Batch
 from vlablocks.core.processor.pipeline import FASTOptions, StateTokenOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX, fast_token
 from vlablocks.core.registry import FRAMEWORKS, VLMS
+from vlablocks.core.vlm.base import VLMBackbone
 from vlablocks.core.vlm.decoding import allowed_logits, decode, until_stop
 from vlablocks.core.vlm.runtime import allowed_ids, check_temperature, tempered_log_probs
 from vlablocks.core.vlm.steering import language_final_norm
@@ -112,6 +113,8 @@ def drop_answer_inputs(inputs, labels: torch.Tensor, mask_token_id: int, probabi
 @FRAMEWORKS.register("QwenFAST")
 class QwenFAST(Framework):
     """Qwen-VL answering with FAST action tokens (pi0-FAST): autoregressive, KV-cached, constrained decoding."""
+
+    vlm: VLMBackbone  # set in __init__; declared for the Steerable capability (core/capabilities.py)
 
     @dataclass(frozen=True)
     class Config:

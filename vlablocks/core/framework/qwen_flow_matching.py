@@ -25,6 +25,7 @@ from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.readout import add_readout_loss, build_readout
 from vlablocks.core.batch import Batch
 from vlablocks.core.registry import FRAMEWORKS, VLMS
+from vlablocks.core.vlm.base import VLMBackbone
 
 
 def vlm_conditioning(out, insulate: bool = False) -> Conditioning:
@@ -45,6 +46,8 @@ def vlm_conditioning(out, insulate: bool = False) -> Conditioning:
 @FRAMEWORKS.register("QwenFlowMatching")
 class QwenFlowMatching(Framework):
     """Qwen-VL prefix encoded once + flow-matching DiT action expert (Euler sampling)."""
+
+    vlm: VLMBackbone  # set in __init__; declared for the Steerable capability (core/capabilities.py)
 
     @dataclass(frozen=True)
     class Config:

@@ -42,6 +42,7 @@ from vlablocks.core.framework.readout import add_readout_loss, build_readout
 from vlablocks.core.geometry.world_losses import WorldLosses
 from vlablocks.core.batch import Batch
 from vlablocks.core.registry import FRAMEWORKS, FUSIONS, GEOMETRIC_ENCODERS, VLMS
+from vlablocks.core.vlm.base import VLMBackbone
 
 
 def default_head() -> dict:
@@ -52,6 +53,8 @@ def default_head() -> dict:
 @FRAMEWORKS.register("QwenLayerwiseFM3D")
 class QwenLayerwiseFM3D(Framework):
     """Qwen-VL with geometric tokens fused into its vision tokens + layerwise flow-matching head on the last K layers."""
+
+    vlm: VLMBackbone  # set in __init__; declared for the Steerable capability (core/capabilities.py)
 
     @dataclass(frozen=True)
     class Config:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.action_model.binned import BinnedActionHead
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
 from vlablocks.core.framework.base import Framework
@@ -35,13 +36,14 @@ from vlablocks.core.framework.cotraining import (
 from vlablocks.core.framework.film import InstructionFiLM
 from vlablocks.core.batch import Batch
 from vlablocks.core.registry import FRAMEWORKS, VLMS
+from vlablocks.core.vlm.base import VLMBackbone
 
 
 @FRAMEWORKS.register("QwenOFT")
 class QwenOFT(Framework):
     """Qwen-VL + parallel-decoded action queries + L1 (or DDIM) head (OpenVLA-OFT)."""
 
-    supports_vl_samples = True  # co-training with vision-language samples (framework/cotraining.py)
+    vlm: VLMBackbone  # set in __init__; declared for the Steerable capability (core/capabilities.py)
 
     @dataclass(frozen=True)
     class Config:
@@ -135,8 +137,8 @@ class QwenOFT(Framework):
         log_probs, entropy = head.evaluate(self.condition(batch), batch.state, bins, temperature)
         return {"log_probs": log_probs.reshape(choices.shape), "entropy": entropy.reshape(choices.shape)}
 
-    def _stochastic_head(self):
-        if not hasattr(self.action_model, "sample"):
+    def _stochastic_head(self) -> BinnedActionHead:
+        if not isinstance(self.action_model, BinnedActionHead):
             raise ValueError(
                 f"QwenOFT with action_model {self.config.action_model.get('name')!r} is deterministic: RL needs "
                 "framework.action_model.name: binned"

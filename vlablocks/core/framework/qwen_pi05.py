@@ -42,6 +42,7 @@ from vlablocks.core.batch import Batch
 from vlablocks.core.processor.pipeline import FASTOptions, StateTokenOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS, VLMS
+from vlablocks.core.vlm.base import VLMBackbone
 
 
 def prefix_conditioning(out, labels: torch.Tensor | None, insulate: bool) -> Conditioning:
@@ -56,6 +57,8 @@ def prefix_conditioning(out, labels: torch.Tensor | None, insulate: bool) -> Con
 @FRAMEWORKS.register("QwenPI05")
 class QwenPI05(Framework):
     """Qwen-VL trained on FAST tokens + an insulated flow-matching action expert (pi0.5); the expert acts."""
+
+    vlm: VLMBackbone  # set in __init__; declared for the Steerable capability (core/capabilities.py)
 
     @dataclass(frozen=True)
     class Config:

@@ -52,12 +52,13 @@ def load_policy(checkpoint_dir: str | os.PathLike, device: str = "cpu", weights:
     """A checkpoint written by `save_pretrained` -> a servable policy on `device` (weights "ema": the average)."""
     import torch
 
+    from vlablocks.core.capabilities import ValuePredictor
     from vlablocks.core.framework.base import Framework
 
     framework = Framework.from_pretrained(checkpoint_dir, weights=weights)
-    if framework.kind != "policy":
+    if isinstance(framework, ValuePredictor):
         raise ValueError(
-            f"{checkpoint_dir} holds a {framework.kind} model ({type(framework).__name__}), which predicts no actions: "
+            f"{checkpoint_dir} holds a value model ({type(framework).__name__}), which predicts no actions: "
             "serve or evaluate a policy checkpoint (value models: `vlablocks value --ckpt ...`)"
         )
     framework.to(torch.device(device))

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from vlablocks.core.atomic import atomic_write_text
 from vlablocks.core.build import build
 from vlablocks.core.config import ExperimentConfig
+from vlablocks.core.dataloader.base import RawDataset
 from vlablocks.core.registry import DATASETS
 
 
@@ -97,7 +98,7 @@ def resolve_norm_stats(experiment: ExperimentConfig, dataset, run_dir: Path) -> 
         return json.loads(path.read_text())
     if named:
         raise FileNotFoundError(f"dataset.norm_stats file not found: {path}; run `vlablocks stats` to create it")
-    if hasattr(dataset, "leaves"):
+    if isinstance(dataset, RawDataset):
         stats = compute_norm_stats(dataset.leaves())
     else:  # an in-memory list of sample dicts
         from vlablocks.core.framework.synthetic import synthetic_norm_stats

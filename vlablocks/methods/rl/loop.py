@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlablocks.core.capabilities import StochasticPolicy, require
 from vlablocks.core.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.core.envs.vector import make_vector_env
 from vlablocks.core.evaluation.batched_rollout import Episode, GreedyActor, SamplingActor, run_batched_episodes
@@ -82,6 +83,7 @@ def rl(experiment: ExperimentConfig) -> dict:
     resume_from = latest_checkpoint(run_dir) if trainer.resume else None
     source = resume_from or cfg.init_ckpt
     framework = Framework.from_pretrained(source).to(accelerator.device)
+    require(framework, StochasticPolicy, "vlablocks rl")
     framework.eval()  # no dropout: the update's log-probs must be those of the policy that acted
     reference = None
     if cfg.kl_coef > 0:  # the initial policy, frozen (a fresh load is its own copy)

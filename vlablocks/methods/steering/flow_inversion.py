@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from vlablocks.core.action_model.flow_matching import FlowMatchingHead, random_tensor
 from vlablocks.core.build import build
+from vlablocks.core.capabilities import FlowInvertible, models_with, require
 from vlablocks.core.evaluation.rollout import success_summary
 from vlablocks.core.registry import EVAL_ENVS
 
@@ -60,14 +62,27 @@ class InversionOptions:
 
 
 def flow_head(framework) -> FlowMatchingHead:
-    """The framework's flow head; ValueError when it has none (or no `flow_conditioning`)."""
+    """The framework's flow head: MissingCapability (a one-line ValueError) unless it is FlowInvertible, ValueError
+    when its action head is not a flow-matching one."""
+    require(framework, FlowInvertible, "vlablocks invert")
     head = getattr(framework, "action_model", None)
-    if not isinstance(head, FlowMatchingHead) or not hasattr(framework, "flow_conditioning"):
+    if not isinstance(head, FlowMatchingHead):
         raise ValueError(
-            f"{type(framework).__name__} has no flow-matching head to invert; use a checkpoint of QwenFlowMatching, "
-            "QwenLayerwiseFM3D or QwenPI05"
+            f"{type(framework).__name__} has no flow-matching head to invert; use a checkpoint of "
+            f"{', '.join(models_with(FlowInvertible))}"
         )
     return head
+
+
+@runtime_checkable
+class EditableLayout(Protocol):
+    """An env whose block layout an edited instruction can point at (the toy env): the layout, the agent's
+    position and an instruction naming another block than the target."""
+
+    layout: Any  # `block_names`, `target`, `positions`, `target_position`
+    agent: np.ndarray  # [2]
+
+    def wrong_instruction(self) -> str: ...
 
 
 def check_options(options: InversionOptions) -> None:
@@ -192,7 +207,7 @@ def run_inversion(framework, env_config: dict, options: InversionOptions) -> tup
     for start in range(0, options.episodes, options.batch_size):
         seeds = list(range(options.seed + start, options.seed + min(start + options.batch_size, options.episodes)))
         envs = [build(EVAL_ENVS, env_config) for _ in seeds]
-        if not all(hasattr(env, name) for env in envs[:1] for name in ("layout", "agent", "wrong_instruction")):
+        if not isinstance(envs[0], EditableLayout):
             raise ValueError(f"env {env_config.get('name')!r} has no block layout to edit towards; use --env toy")
         observations = [env.reset(seed=seed) for env, seed in zip(envs, seeds)]
         edited_prompts = [env.wrong_instruction() for env in envs]  # the layout is fixed for the episode

@@ -34,9 +34,13 @@ def steered(policy, args: argparse.Namespace):
     """`policy` wrapped in a SteeredPolicy when --text-latent is given, else unchanged."""
     if not args.text_latent:
         return policy
-    if not hasattr(policy, "framework"):
-        raise ValueError("--text-latent steers an in-process checkpoint: use --ckpt, not a remote or baseline policy")
+    from vlablocks.core.capabilities import Steerable, require
+    from vlablocks.core.serving.policy import FrameworkPolicy
     from vlablocks.methods.steering.steered_policy import LatentOptions, SteeredPolicy
+
+    if not isinstance(policy, FrameworkPolicy):
+        raise ValueError("--text-latent steers an in-process checkpoint: use --ckpt, not a remote or baseline policy")
+    require(policy.framework, Steerable, "--text-latent")
     from vlablocks.methods.steering.text_latent import TextLatents
 
     options = LatentOptions(

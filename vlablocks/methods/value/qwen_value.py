@@ -24,14 +24,17 @@ from vlablocks.core.config import PlatformConfig, registry_field
 from vlablocks.methods.value.value_head import ValueHeadConfig
 from vlablocks.methods.value.value_model import ValueModel
 from vlablocks.core.batch import Batch
-from vlablocks.core.registry import FRAMEWORKS, VLMS
+from vlablocks.core.registry import VALUE_MODELS, VLMS
+from vlablocks.core.vlm.base import VLMBackbone
 
 VALUE_TOKEN = "<|value|>"
 
 
-@FRAMEWORKS.register("QwenValue")
+@VALUE_MODELS.register("QwenValue")
 class QwenValue(ValueModel):
     """Qwen-VL + a value token + an MSE or HL-Gauss value head: V(s) (`inputs: state`) or Q(s, a) (`state_action`)."""
+
+    vlm: VLMBackbone  # set in __init__; declared for the Steerable capability (core/capabilities.py)
 
     @dataclass(frozen=True)
     class Config:

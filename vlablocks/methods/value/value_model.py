@@ -1,4 +1,4 @@
-"""Value models: what every framework of kind "value" shares, and `StateValueMLP`, the cheap baseline.
+"""Value models (the VALUE_MODELS registry): what every one shares, and `StateValueMLP`, the cheap baseline.
 
 A value model maps a sample to features of the state (`state_features`: the VLM's in QwenValue, the
 robot state alone here), optionally joined with the embedded action chunk for Q(s, a), and reads a value
@@ -7,14 +7,15 @@ from them with a `ValueHead` (MSE or HL-Gauss, value_head.py) trained on the sam
     V(s)    = head(f(s))
     Q(s, a) = head([f(s), W_a vec(a_{t:t+T})])      (normalized chunk, padded steps zeroed)
 
-They are trained (`vlablocks train`), checkpointed and loaded like policies; `predict_value(samples)`
-replaces `predict_action`. docs/value_functions.md.
+They are trained (`vlablocks train`), checkpointed and loaded like policies (a config's `framework:` section
+names them; vlablocks/core/registry.py `MODELS`); `predict_value(samples)` replaces `predict_action`.
+docs/value_functions.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,14 +25,12 @@ from vlablocks.core.config import PlatformConfig
 from vlablocks.core.framework.base import Framework
 from vlablocks.methods.value.value_head import ValueHead, ValueHeadConfig
 from vlablocks.core.batch import Batch
-from vlablocks.core.registry import FRAMEWORKS
+from vlablocks.core.registry import VALUE_MODELS
 
 
 class ValueModel(Framework):
     """Base of value models: subclasses implement `state_features(batch) -> [B, F]` and call
     `build_value_head(F)` in their constructor."""
-
-    kind: ClassVar[str] = "value"
 
     def build_value_head(self, feature_dim: int) -> None:
         platform, config = self.platform, self.config
@@ -81,7 +80,7 @@ class ValueModel(Framework):
         )
 
 
-@FRAMEWORKS.register("StateValueMLP")
+@VALUE_MODELS.register("StateValueMLP")
 class StateValueMLP(ValueModel):
     """The cheap baseline: V(s) or Q(s, a) from the normalized robot state alone (no images, no instruction)."""
 

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from vlablocks.core.dataloader.sample import SampleError
-from vlablocks.tools.toy.toy import ToyTabletopEnv
-from vlablocks.core.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds, evaluate, wilson_interval
+from vlablocks.core.evaluation.baselines import ExpertPolicy, RandomPolicy, action_bounds
+from vlablocks.core.evaluation.rollout import evaluate
+from vlablocks.core.evaluation.summary import wilson_interval
 from vlablocks.core.evaluation.video import BAND, FAILURE_RGB, SUCCESS_RGB, annotate, outcome_text
+from vlablocks.tools.toy.toy import ToyTabletopEnv
 
 
 @pytest.mark.parametrize(

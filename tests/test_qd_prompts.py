@@ -11,19 +11,25 @@ import numpy as np
 import pytest
 import yaml
 
-from vlablocks.core.build import build as build_component
 from vlablocks.cli.main import main as cli
+from vlablocks.core.build import build as build_component
 from vlablocks.core.config import PlatformConfig, load_config, parse_experiment
 from vlablocks.core.dataloader.prompt_augmentation import load_alternatives
-from vlablocks.tools.toy import toy_paraphrase as paraphrase
-from vlablocks.tools.toy.toy_phrasings import target_colour
 from vlablocks.core.envs.vector import make_vector_env
-from vlablocks.core.evaluation.batched_rollout import run_batched_episodes
-from vlablocks.methods.language.qd_archive import Archive
-from vlablocks.methods.language.qd_search import ClosedLoopFailure, QDConfig, run_search, scenes_by_colour, write_prompts
+from vlablocks.core.evaluation.rollout import run_episodes
 from vlablocks.core.framework.synthetic import synthetic_examples
 from vlablocks.core.registry import DATASETS
 from vlablocks.core.training.train import train
+from vlablocks.methods.language.qd_archive import Archive
+from vlablocks.methods.language.qd_search import (
+    ClosedLoopFailure,
+    QDConfig,
+    run_search,
+    scenes_by_colour,
+    write_prompts,
+)
+from vlablocks.tools.toy import toy_paraphrase as paraphrase
+from vlablocks.tools.toy.toy_phrasings import target_colour
 
 REPO = Path(__file__).resolve().parents[1]
 PLATFORM = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}
@@ -157,7 +163,7 @@ def test_an_archive_written_as_prompts_round_trips_into_training_prompt_augmenta
 class PromptLengthActor:
     """Drives at full speed in a direction set by the instruction's length: success depends on words and scene."""
 
-    def __call__(self, observations):
+    def __call__(self, observations, episodes):
         angles = np.array([0.9 * len(obs["prompt"]) for obs in observations])
         step = 0.2 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         return np.repeat(step[:, None, :], 4, axis=1).astype(np.float32), [{} for _ in observations]
@@ -172,15 +178,12 @@ def test_closed_loop_failure_matches_episodes_run_by_hand():
     prompts = [("the red box: go to it", "red"), ("go to the red block", "red"), ("approach the blue tile", "blue")]
     rates = ClosedLoopFailure(PromptLengthActor(), env_config, scenes, max_envs=4)(prompts)
     by_hand = [
-        1
-        - np.mean(
-            [run_batched_episodes(envs, [s], PromptLengthActor(), instructions=[t])[0].success for s in scenes[c]]
-        )
+        1 - np.mean([run_episodes(envs, [s], PromptLengthActor(), instructions=[t])[0].success for s in scenes[c]])
         for t, c in prompts
     ]
     assert rates == pytest.approx(by_hand)
     with pytest.raises(ValueError, match="one per episode"):
-        run_batched_episodes(envs, [1], PromptLengthActor(), instructions=["a", "b"])
+        run_episodes(envs, [1], PromptLengthActor(), instructions=["a", "b"])
 
 
 @pytest.fixture(scope="module")

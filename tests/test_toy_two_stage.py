@@ -173,12 +173,12 @@ def test_reaching_only_a_fails_at_stage_1():
 
 def test_batched_rollouts_run_both_stages_and_the_swapped_control():
     from vlablocks.core.envs.vector import make_vector_env
-    from vlablocks.core.evaluation.batched_rollout import run_batched_episodes
+    from vlablocks.core.evaluation.rollout import run_episodes
 
     envs = make_vector_env({"name": "toy", "variant": "two_stage"}, count=6)
     seen: set[tuple[int, str]] = set()  # (env index, prompt the policy was given)
 
-    def expert_actor(requests: list[dict]) -> tuple[np.ndarray, list[dict]]:
+    def expert_actor(requests: list[dict], episodes: list) -> tuple[np.ndarray, list[dict]]:
         """The expert of the env whose puck is where the request's state says (chunks of 2)."""
         chunks = []
         for request in requests:
@@ -190,11 +190,11 @@ def test_batched_rollouts_run_both_stages_and_the_swapped_control():
         return np.asarray(chunks, np.float32), [{} for _ in requests]
 
     seeds = list(range(100, 106))
-    episodes = run_batched_episodes(envs, seeds, expert_actor, open_loop_horizon=1)
+    episodes = run_episodes(envs, seeds, expert_actor, open_loop_horizon=1)
     assert all(e.success for e in episodes) and all(e.steps > 1 for e in episodes)
     assert seen == {(i, env.layout.instruction) for i, env in enumerate(envs.envs)}
     seen.clear()
-    run_batched_episodes(envs, seeds, expert_actor, open_loop_horizon=1, wrong_instruction=True)
+    run_episodes(envs, seeds, expert_actor, open_loop_horizon=1, wrong_instruction=True)
     assert seen == {(i, env.wrong_instruction()) for i, env in enumerate(envs.envs)}
 
 

@@ -48,7 +48,8 @@ def start_server(checkpoint: Path, log: Path) -> tuple[subprocess.Popen, str]:
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from deployment.client import PolicyClient
     from vlablocks.core.config import load_config
-    from vlablocks.core.evaluation.rollout import RandomPolicy, action_bounds, evaluate, played_per_chunk
+    from vlablocks.core.evaluation.baselines import RandomPolicy, action_bounds
+    from vlablocks.core.evaluation.rollout import evaluate, played_per_chunk
     from vlablocks.core.training.train import train
     from vlablocks.tools.toy.toy import ToyTabletopEnv
     from vlablocks.tools.toy.toy_dataset import write_toy_dataset

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlablocks.core.build import build
 from vlablocks.methods.steering.latent_arguments import add_latent_arguments
 
 NAME = "eval"
@@ -28,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--wrong-instruction", action="store_true", help="control: instruct a different object")
     parser.add_argument("--videos", type=int, default=3, help="episodes saved as GIF")
+    parser.add_argument(
+        "--num-envs",
+        type=int,
+        default=1,
+        help="episodes run at once, one env each: a --ckpt checkpoint serves them in one batched call, a server or "
+        "the random baseline is queried per env (default 1: one episode after another)",
+    )
     parser.add_argument("--out", default="runs/eval", help="directory for summary.json and videos")
     parser.add_argument(
         "--prompts",
@@ -52,7 +58,7 @@ def build_policy(args: argparse.Namespace, env):
         client = PolicyClient(host, int(port), api_key=args.api_key)
         return client, client.metadata
     from vlablocks.core.capabilities import ScriptedExpert
-    from vlablocks.core.evaluation.rollout import ExpertPolicy, RandomPolicy, action_bounds
+    from vlablocks.core.evaluation.baselines import ExpertPolicy, RandomPolicy, action_bounds
 
     metadata = {"action_horizon": 1}  # a baseline takes any observation: no camera_keys / state_dim to check
     if args.policy == "expert":
@@ -66,21 +72,40 @@ def build_policy(args: argparse.Namespace, env):
     raise ValueError(f"--policy must be ws://HOST:PORT, 'expert' or 'random', got {args.policy!r}")
 
 
+def rollout_actor(args: argparse.Namespace, policy):
+    """The policy as the rollout engine runs it: over several envs a checkpoint is one batched framework call,
+    anything else is queried per env (`PolicyActor`); over one env the policy itself, as it is served."""
+    if args.num_envs == 1:
+        return policy
+    if args.policy == "expert":
+        raise ValueError("the scripted expert drives one env: use --num-envs 1")
+    if args.text_latent:
+        raise ValueError("--text-latent steers per episode (its schedule counts calls): use --num-envs 1")
+    if args.ckpt:
+        from vlablocks.core.evaluation.actors import GreedyActor
+
+        return GreedyActor(policy.framework)
+    return policy
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.core.config import merge_overrides
+    from vlablocks.core.envs.vector import make_vector_env
     from vlablocks.core.evaluation.rollout import evaluate, played_per_chunk
-    from vlablocks.core.registry import EVAL_ENVS
 
     options = merge_overrides({"name": args.env}, overrides)  # env options as --key=value overrides
-    env = build(EVAL_ENVS, options)
+    if args.num_envs < 1:
+        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
+    envs = make_vector_env(options, args.num_envs)
     if args.text_latent and not args.ckpt:
         raise ValueError("--text-latent steers an in-process checkpoint: pass --ckpt DIR (not --policy)")
-    policy, metadata = build_policy(args, env)
+    policy, metadata = build_policy(args, envs.envs[0])
+    actor = rollout_actor(args, policy)
     if args.prompts:
-        return run_phrasings(args, env, policy, metadata)
+        return run_phrasings(args, envs, actor, metadata)
     summary = evaluate(
-        env,
-        policy,
+        envs,
+        actor,
         args.episodes,
         args.seed,
         Path(args.out),
@@ -96,7 +121,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def run_phrasings(args: argparse.Namespace, env, policy, metadata: dict) -> int:
+def run_phrasings(args: argparse.Namespace, envs, policy, metadata: dict) -> int:
     from vlablocks.core.dataloader.prompt_augmentation import load_alternatives
     from vlablocks.core.evaluation.rollout import played_per_chunk
     from vlablocks.methods.language.phrasing import evaluate_phrasings
@@ -105,7 +130,7 @@ def run_phrasings(args: argparse.Namespace, env, policy, metadata: dict) -> int:
         raise ValueError("--prompts and --wrong-instruction exclude each other; run them separately")
     horizon = args.open_loop or played_per_chunk(metadata)
     prompts = load_alternatives(args.prompts)
-    summary = evaluate_phrasings(env, policy, args.episodes, args.seed, Path(args.out), horizon, prompts)
+    summary = evaluate_phrasings(envs, policy, args.episodes, args.seed, Path(args.out), horizon, prompts)
     original, alternatives = summary["original"], summary["alternatives"]
     print(
         f"original phrasing {original['success_rate']:.1%} ({original['successes']}/{original['episodes']}), "

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"--out must name a .yaml file (the prompts), got {args.out!r}")
     from vlablocks.core.capabilities import ValuePredictor
     from vlablocks.core.config import merge_overrides
-    from vlablocks.core.evaluation.batched_rollout import GreedyActor
+    from vlablocks.core.evaluation.actors import GreedyActor
     from vlablocks.core.framework.base import Framework
     from vlablocks.methods.language.qd_search import (
         ClosedLoopFailure,

@@ -2,7 +2,7 @@
 
     envs = make_vector_env({"name": "toy"}, count=32)        # in-process (numpy envs)
     envs = make_vector_env({"name": "pusht"}, count=8, workers=True)   # one worker process per env
-    observations = envs.reset([seed_0, ..., seed_31])
+    observations = envs.reset([seed_0, ..., seed_31])     # or fewer seeds: the first envs only
     results = envs.step({i: action_i for the live i})        # -> {i: (obs, reward, done, info)}
 
 `InProcessEnvs` steps plain Python envs in a loop (the toy env costs microseconds a step). `WorkerEnvs` runs
@@ -32,14 +32,26 @@ class InProcessEnvs:
     def __init__(self, env_config: dict, count: int) -> None:
         if count < 1:
             raise ValueError(f"a vector env needs count >= 1, got {count}")
-        self.envs = [build(EVAL_ENVS, env_config) for _ in range(count)]
-        self.can_skip_render = "observe" in inspect.signature(self.envs[0].step).parameters  # one env class
+        self._set_envs([build(EVAL_ENVS, env_config) for _ in range(count)])
+
+    @classmethod
+    def wrap(cls, envs: list) -> InProcessEnvs:
+        """Envs built already (of one class) behind the vector interface, e.g. `InProcessEnvs.wrap([env])`."""
+        if not envs:
+            raise ValueError("a vector env needs count >= 1, got 0")
+        vector = cls.__new__(cls)
+        vector._set_envs(list(envs))
+        return vector
+
+    def _set_envs(self, envs: list) -> None:
+        self.envs = envs
+        self.can_skip_render = "observe" in inspect.signature(envs[0].step).parameters  # one env class
 
     def __len__(self) -> int:
         return len(self.envs)
 
     def reset(self, seeds: list[int]) -> list[dict]:
-        """seeds: one per env (len == count) -> first observations."""
+        """seeds: one per env to reset, envs 0 .. len(seeds) - 1 (1 <= len <= count) -> their first observations."""
         self._check_count(seeds)
         return [env.reset(seed=int(seed)) for env, seed in zip(self.envs, seeds)]
 
@@ -61,8 +73,8 @@ class InProcessEnvs:
                 close()
 
     def _check_count(self, seeds: list[int]) -> None:
-        if len(seeds) != len(self):
-            raise ValueError(f"reset takes one seed per env: {len(self)} envs, got {len(seeds)} seeds")
+        if not 1 <= len(seeds) <= len(self):
+            raise ValueError(f"reset takes one seed per env to reset: {len(self)} envs, got {len(seeds)} seeds")
 
 
 def _worker(connection, env_config: dict) -> None:
@@ -115,7 +127,7 @@ class WorkerEnvs(InProcessEnvs):
         self._check_count(seeds)
         for connection, seed in zip(self.connections, seeds):
             connection.send_bytes(packb(["reset", int(seed)]))
-        return [unpackb(connection.recv_bytes()) for connection in self.connections]
+        return [unpackb(connection.recv_bytes()) for connection in self.connections[: len(seeds)]]
 
     def step(self, actions: dict[int, np.ndarray], observe: bool = True) -> dict[int, StepResult]:
         for i, action in actions.items():  # all sent first: the workers step at the same time

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlablocks.core.serving.policy import FrameworkPolicy
 from vlablocks.core.build import build
 from vlablocks.core.evaluation.rollout import evaluate, played_per_chunk
 from vlablocks.core.registry import EVAL_ENVS
+from vlablocks.core.serving.policy import FrameworkPolicy
 
 
 class PeriodicEval:

@@ -4,8 +4,9 @@
     summary = evaluate_phrasings(env, policy, episodes=50, seed=1000, out_dir=..., open_loop_horizon=4, prompts=prompts)
 
 Episode i (seed + i) is run once as the env phrases it and once per alternative of that instruction (same
-scene, same start: only the words differ). Reported: success on the originals, on all alternatives, per
-alternative position (one kind of change per position in the held-out file) and per phrasing.
+scene, same start: only the words differ), through the rollout engine (an env, or a vector env running that many
+runs at once). Reported: success on the originals, on all alternatives, per alternative position (one kind of
+change per position in the held-out file) and per phrasing.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tqdm import tqdm
-
-from vlablocks.core.evaluation.rollout import ActionChunkBroker, run_episode, success_summary
+from vlablocks.core.evaluation.rollout import Actor, InferencePolicy, as_actor, as_vector, run_episodes
+from vlablocks.core.evaluation.summary import success_summary
 
 
 def evaluate_phrasings(
-    env,
-    policy,
+    envs,
+    policy: InferencePolicy | Actor,
     episodes: int,
     seed: int,
     out_dir: Path,
@@ -30,18 +30,32 @@ def evaluate_phrasings(
 ) -> dict:
     """-> summary (also written to out_dir/summary.json); an instruction the file does not list is an error."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    broker = ActionChunkBroker(policy, open_loop_horizon)
-    runs = []
-    for i in tqdm(range(episodes), desc="eval phrasings", disable=not progress, dynamic_ncols=True):
-        original = env.reset(seed=seed + i)["prompt"]
+    envs = as_vector(envs)
+    seeds, positions, texts = [], [], []
+    for episode_seed in range(seed, seed + episodes):
+        original = envs.reset([episode_seed])[0]["prompt"]
         if original not in prompts:
             raise ValueError(
-                f"the prompts file has no alternatives for the instruction {original!r} (episode seed {seed + i}); "
+                f"the prompts file has no alternatives for the instruction {original!r} (episode seed {episode_seed}); "
                 "list every instruction the env gives"
             )
         for position, text in enumerate([original, *prompts[original]]):
-            result, _, _, given = run_episode(env, broker, seed + i, False, False, instruction=text)
-            runs.append({"seed": seed + i, "position": position, "instruction": given, "success": result.success})
+            seeds.append(episode_seed)
+            positions.append(position)
+            texts.append(text)
+    results = run_episodes(
+        envs,
+        seeds,
+        as_actor(policy),
+        open_loop_horizon,
+        instructions=texts,
+        keep_calls=False,
+        progress="eval phrasings" if progress else None,
+    )
+    runs = [
+        {"seed": r.seed, "position": position, "instruction": r.given, "success": r.success}
+        for r, position in zip(results, positions)
+    ]
     originals = [r for r in runs if r["position"] == 0]
     alternatives = [r for r in runs if r["position"] > 0]
     summary = {

@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from vlablocks.core.build import build
 from vlablocks.core.envs.vector import make_vector_env
-from vlablocks.core.evaluation.batched_rollout import run_batched_episodes
-from vlablocks.methods.language.qd_archive import Archive
+from vlablocks.core.evaluation.rollout import run_episodes
 from vlablocks.core.registry import EVAL_ENVS
+from vlablocks.methods.language.qd_archive import Archive
 
 _SEARCH_STREAM, _VALIDATION_STREAM = 0x51D, 0x7A1
 
@@ -80,15 +80,11 @@ class ClosedLoopFailure:
     def __call__(self, prompts: list[tuple[str, str]]) -> list[float]:
         seeds = [seed for _, colour in prompts for seed in self.scenes[colour]]
         instructions = [text for text, colour in prompts for _ in self.scenes[colour]]
-        successes = []
-        for start in range(0, len(seeds), self.max_envs):
-            part = seeds[start : start + self.max_envs]
-            if self._envs is None or len(self._envs) != len(part):
-                self._envs = make_vector_env(self.env_config, count=len(part))
-            episodes = run_batched_episodes(
-                self._envs, part, self.actor, instructions=instructions[start : start + len(part)]
-            )
-            successes += [episode.success for episode in episodes]
+        count = min(self.max_envs, len(seeds))  # episodes run `max_envs` at a time
+        if self._envs is None or len(self._envs) < count:
+            self._envs = make_vector_env(self.env_config, count=count)
+        episodes = run_episodes(self._envs, seeds, self.actor, instructions=instructions, keep_calls=False)
+        successes = [episode.success for episode in episodes]
         rates, start = [], 0
         for _, colour in prompts:
             count = len(self.scenes[colour])

@@ -27,8 +27,9 @@ from torch import nn
 from vlablocks.core.capabilities import StochasticPolicy, require
 from vlablocks.core.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.core.envs.vector import make_vector_env
-from vlablocks.core.evaluation.batched_rollout import Episode, GreedyActor, SamplingActor, run_batched_episodes
-from vlablocks.core.evaluation.rollout import wilson_interval
+from vlablocks.core.evaluation.actors import GreedyActor, SamplingActor
+from vlablocks.core.evaluation.rollout import Episode, run_episodes
+from vlablocks.core.evaluation.summary import success_summary
 from vlablocks.core.flags import FlagParser
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.logs import show_project_logs
@@ -210,16 +211,17 @@ def _minibatch_loss(model, framework, reference, calls, cfg: RLConfig, accelerat
 
 def evaluate_greedy(framework, envs, cfg: RLConfig, wrong_instruction_too: bool = False) -> dict:
     """The served (greedy) policy on `eval_episodes` fresh seeds over `envs` (that many), batched
-    -> {"success_rate", "ci95", ...}."""
+    -> success_summary ({"episodes", "successes", "success_rate", "ci95"}) + "seeds" [first, last], and with the
+    control its figures prefixed "wrong_instruction_"."""
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     summary = {}
     for control in (False, True) if wrong_instruction_too else (False,):
-        episodes = run_batched_episodes(envs, seeds, GreedyActor(framework), cfg.open_loop_horizon, control)
-        wins = sum(e.success for e in episodes)
-        prefix = "wrong_instruction_" if control else ""
-        summary[f"{prefix}success_rate"] = wins / len(episodes)
-        summary[f"{prefix}ci95"] = list(wilson_interval(wins, len(episodes)))
-    summary["episodes"], summary["seeds"] = cfg.eval_episodes, [seeds[0], seeds[-1]]
+        episodes = run_episodes(envs, seeds, GreedyActor(framework), cfg.open_loop_horizon, control, keep_calls=False)
+        figures = success_summary(sum(e.success for e in episodes), len(episodes))
+        if control:
+            figures = {f"wrong_instruction_{key}": figures[key] for key in ("successes", "success_rate", "ci95")}
+        summary.update(figures)
+    summary["seeds"] = [seeds[0], seeds[-1]]
     return summary
 
 
@@ -233,7 +235,7 @@ def _rollout_round(
     generator = torch.Generator(device).manual_seed(_key(seed, iteration, round_index, rank))
     actor = SamplingActor(framework, cfg.temperature, generator)
     group = cfg.group_size
-    episodes = run_batched_episodes(envs, np.repeat(seeds, group).tolist(), actor, cfg.open_loop_horizon)
+    episodes = run_episodes(envs, np.repeat(seeds, group).tolist(), actor, cfg.open_loop_horizon)
     rounds.append(episodes)
     rewards = torch.tensor([e.success for e in episodes], dtype=torch.float32) * cfg.verifier_reward_coef
     return [episodes[g * group : (g + 1) * group] for g in range(len(seeds))], rewards.reshape(len(seeds), group)

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from vlablocks.core.action_model.flow_matching import FlowMatchingHead, random_tensor
-from vlablocks.core.build import build
 from vlablocks.core.capabilities import FlowInvertible, models_with, require
-from vlablocks.core.evaluation.rollout import success_summary
-from vlablocks.core.registry import EVAL_ENVS
+from vlablocks.core.envs.vector import make_vector_env
+from vlablocks.core.evaluation.rollout import run_episodes
+from vlablocks.core.evaluation.summary import success_summary
 
 PER_STEP_KEYS = (
     "mse_normalized",
@@ -195,44 +195,48 @@ def chunk_records(call: dict, envs: list, edited_prompts: list[str], steps: tupl
     return records
 
 
+class InversionActor:
+    """The rollout engine's actor for inversion: per call, `invert_call` over the live episodes' requests, one
+    record per chunk (kept in call order), and the S = `execute_steps` same-prompt reconstructions a' as the chunks
+    executed. The edited prompt of an episode is its env's `wrong_instruction()` (the layout is fixed per episode)."""
+
+    def __init__(self, framework, envs, steps: tuple[int, ...], execute_steps: int, generator: torch.Generator):
+        self.framework, self.envs, self.steps, self.execute_steps = framework, envs, steps, execute_steps
+        self.generator = generator
+        self.records: list[dict] = []
+        self.sampled: list[np.ndarray] = []  # every sampled normalized chunk [T, D]
+        self.edited: dict[int, str] = {}  # env index -> its episode's edited prompt
+
+    def __call__(self, requests: list[dict], episodes: list) -> tuple[np.ndarray, list[dict]]:
+        envs = [self.envs.envs[episode.index] for episode in episodes]
+        for env, episode in zip(envs, episodes):
+            if episode.policy_calls == 0:
+                self.edited[episode.index] = env.wrong_instruction()
+        prompts = [self.edited[episode.index] for episode in episodes]
+        call = invert_call(self.framework, requests, prompts, self.steps, self.generator)
+        for k, (episode, record) in enumerate(zip(episodes, chunk_records(call, envs, prompts, self.steps))):
+            self.records.append({"seed": episode.seed, "call": episode.policy_calls, **record})
+            self.sampled.append(call["sampled"][k])
+        return call["same_raw"][self.execute_steps], [{} for _ in requests]
+
+
 def run_inversion(framework, env_config: dict, options: InversionOptions) -> tuple[dict, list[dict]]:
     """Closed-loop episodes on `env_config` (an EVAL_ENVS section with a toy-like `layout`, `agent` and
-    `wrong_instruction`) -> (summary, one record per chunk: episode seed, call index, metrics per S)."""
+    `wrong_instruction`), `batch_size` at a time through the rollout engine -> (summary, one record per chunk:
+    episode seed, call index, metrics per S)."""
     check_options(options)
     flow_head(framework)
     framework.eval()
     steps = tuple(options.steps)
     generator = torch.Generator(device=framework.device).manual_seed(options.seed)
-    records, sampled, successes = [], [], 0
-    for start in range(0, options.episodes, options.batch_size):
-        seeds = list(range(options.seed + start, options.seed + min(start + options.batch_size, options.episodes)))
-        envs = [build(EVAL_ENVS, env_config) for _ in seeds]
-        if not isinstance(envs[0], EditableLayout):
-            raise ValueError(f"env {env_config.get('name')!r} has no block layout to edit towards; use --env toy")
-        observations = [env.reset(seed=seed) for env, seed in zip(envs, seeds)]
-        edited_prompts = [env.wrong_instruction() for env in envs]  # the layout is fixed for the episode
-        live, calls = list(range(len(envs))), [0] * len(envs)
-        while live:
-            call = invert_call(
-                framework, [observations[i] for i in live], [edited_prompts[i] for i in live], steps, generator
-            )
-            live_envs, live_prompts = [envs[i] for i in live], [edited_prompts[i] for i in live]
-            for k, (i, record) in enumerate(zip(live, chunk_records(call, live_envs, live_prompts, steps))):
-                records.append({"seed": seeds[i], "call": calls[i], **record})
-                sampled.append(call["sampled"][k])
-                calls[i] += 1
-            still = []
-            for k, i in enumerate(live):
-                for action in call["same_raw"][options.execute_steps][k]:
-                    observation, _, done, info = envs[i].step(action)
-                    if done:
-                        successes += bool(info["success"])
-                        break
-                else:
-                    observations[i] = observation
-                    still.append(i)
-            live = still
-    return summarize(records, np.stack(sampled), successes, options), records
+    envs = make_vector_env(env_config, min(options.batch_size, options.episodes))
+    if not isinstance(envs.envs[0], EditableLayout):
+        raise ValueError(f"env {env_config.get('name')!r} has no block layout to edit towards; use --env toy")
+    actor = InversionActor(framework, envs, steps, options.execute_steps, generator)
+    seeds = range(options.seed, options.seed + options.episodes)
+    episodes = run_episodes(envs, seeds, actor, keep_calls=False)
+    successes = sum(episode.success for episode in episodes)
+    return summarize(actor.records, np.stack(actor.sampled), successes, options), actor.records
 
 
 def summarize(records: list[dict], sampled: np.ndarray, successes: int, options: InversionOptions) -> dict:

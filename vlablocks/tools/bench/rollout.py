@@ -11,7 +11,8 @@ import torch
 
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.envs.vector import make_vector_env
-from vlablocks.core.evaluation.batched_rollout import SamplingActor, run_batched_episodes
+from vlablocks.core.evaluation.actors import SamplingActor
+from vlablocks.core.evaluation.rollout import run_episodes
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.tools.bench.models import SEED, vlm_options
@@ -38,11 +39,11 @@ def rollout_row(settings: BenchSettings) -> Row:
 
     def batched() -> None:
         actor = SamplingActor(policy, 1.6, torch.Generator(settings.device).manual_seed(0))
-        steps["batched"] = sum(e.steps for e in run_batched_episodes(batched_envs, seeds, actor))
+        steps["batched"] = sum(e.steps for e in run_episodes(batched_envs, seeds, actor))
 
     def single() -> None:
         actor = SamplingActor(policy, 1.6, torch.Generator(settings.device).manual_seed(0))
-        steps["single"] = sum(run_batched_episodes(single_env, [seed], actor)[0].steps for seed in seeds)
+        steps["single"] = sum(e.steps for e in run_episodes(single_env, seeds, actor))  # the engine with N = 1
 
     times = interleaved({"batched": batched, "single": single}, 1, max(2, settings.repeats // 5), settings.device)
     rates = {name: [steps[name] / (ms / 1e3) for ms in values] for name, values in times.items()}

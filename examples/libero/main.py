@@ -1,13 +1,16 @@
 """Evaluates a served vlablocks policy on a LIBERO task suite; runs inside a LIBERO install, not in vlablocks.
 
-LIBERO's scene assets cannot be installed next to vlablocks here, so this client runs in LIBERO's own Python
-(>= 3.10, with `pip install <vlablocks>/deployment/client`) and queries `vlablocks serve` over the websocket.
-Modelled on openpi's examples/libero/main.py: per task, `--trials` episodes from LIBERO's fixed initial
-states; each episode first waits `--wait-steps` no-op steps for objects to settle, then plays chunks through
-`ActionChunkBroker` until LIBERO reports the goal reached (`done`) or the suite's step budget runs out.
+LIBERO's scene assets cannot be installed next to vlablocks here, so this script runs in LIBERO's own Python
+(>= 3.11, with `pip install <vlablocks>/deployment/client pyyaml omegaconf` and the vlablocks checkout on
+PYTHONPATH: it imports vlablocks' rollout engine, which needs no torch) and queries `vlablocks serve` over the
+websocket. Modelled on openpi's examples/libero/main.py: per task, `--trials` episodes from LIBERO's fixed
+initial states; `LiberoTaskEnv` adapts a task to the eval-env interface (reset to initial state `seed` after
+`--wait-steps` no-op steps for objects to settle; done when LIBERO reports the goal reached or the suite's step
+budget runs out), and vlablocks' rollout engine (vlablocks/core/evaluation/rollout.py) plays the chunks, as
+`vlablocks eval` does: the server queried per env, `--open-loop` actions played per chunk.
 
     # GPU host:   vlablocks serve --ckpt runs/qwen_oft_libero/checkpoints/step_30000 --host 0.0.0.0 --port 8000
-    # LIBERO env: python examples/libero/main.py --host GPU_HOST --port 8000 --task-suite libero_spatial
+    # LIBERO env: PYTHONPATH=<vlablocks> python examples/libero/main.py --host GPU_HOST --port 8000 --task-suite libero_spatial
 
 Observation sent per query (the server's metadata says which camera keys and image size it wants):
     images:  {camera_keys[0]: agentview, camera_keys[1]: wrist}, uint8 [H, W, 3], rotated 180 degrees as in
@@ -30,9 +33,13 @@ import numpy as np
 from vlablocks.core.flags import FlagParser
 
 try:
-    from vlablocks_client import ActionChunkBroker, PolicyClient, resize_with_pad
+    from vlablocks_client import PolicyClient, resize_with_pad
 except ImportError:  # run from a vlablocks checkout, where the client is `deployment.client`
-    from deployment.client import ActionChunkBroker, PolicyClient, resize_with_pad
+    from deployment.client import PolicyClient, resize_with_pad
+
+from vlablocks.core.envs.vector import InProcessEnvs
+from vlablocks.core.evaluation.rollout import PolicyActor, played_per_chunk, run_episodes
+from vlablocks.core.evaluation.summary import success_summary
 
 logger = logging.getLogger("libero_eval")
 
@@ -78,22 +85,35 @@ def wire_observation(
     return {"images": images, "state": libero_state(obs), "prompt": prompt}
 
 
-def run_episode(env, initial_state, broker, meta: dict, prompt: str, args: argparse.Namespace):
-    """One episode from a fixed initial state -> (success, agentview frames as sent)."""
-    env.reset()
-    broker.reset()
-    obs = env.set_init_state(initial_state)
-    for _ in range(args.wait_steps):
-        obs, _, _, _ = env.step(NOOP_ACTION)
-    frames = []
-    for _ in range(MAX_STEPS[args.task_suite]):
-        request = wire_observation(obs, meta["camera_keys"], meta["image_size"], prompt, not args.no_rotate)
-        frames.append(request["images"][meta["camera_keys"][0]])
-        action = np.asarray(broker.infer(request)["actions"], dtype=np.float64)
-        obs, _, done, _ = env.step(action.tolist())
-        if done:
-            return True, frames
-    return False, frames
+class LiberoTaskEnv:
+    """One LIBERO task as an eval env of the rollout engine: `reset(seed)` starts from initial state `seed` (after
+    `wait_steps` no-op steps), observations are the server's requests (`wire_observation`), an episode ends when
+    LIBERO reports the goal reached (success) or after `max_steps` policy steps."""
+
+    def __init__(self, env, initial_states, prompt: str, meta: dict, max_steps: int, wait_steps: int, rotate: bool):
+        self.env, self.initial_states, self.prompt, self.meta = env, initial_states, prompt, meta
+        self.max_steps, self.wait_steps, self.rotate = max_steps, wait_steps, rotate
+        self.steps = 0
+
+    def request(self, obs: dict) -> dict:
+        return wire_observation(obs, self.meta["camera_keys"], self.meta["image_size"], self.prompt, self.rotate)
+
+    def reset(self, seed: int) -> dict:
+        self.env.reset()
+        obs = self.env.set_init_state(self.initial_states[seed])
+        for _ in range(self.wait_steps):
+            obs, _, _, _ = self.env.step(NOOP_ACTION)
+        self.steps = 0
+        return self.request(obs)
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
+        """action [7] -> (request, reward, done, {"success"})."""
+        obs, _, done, _ = self.env.step(np.asarray(action, dtype=np.float64).tolist())
+        self.steps += 1
+        return self.request(obs), float(done), bool(done) or self.steps >= self.max_steps, {"success": bool(done)}
+
+    def wrong_instruction(self) -> str:
+        raise NotImplementedError("LIBERO has no wrong-instruction control here")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,7 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--task-suite", default="libero_spatial", choices=sorted(MAX_STEPS))
     parser.add_argument("--trials", type=int, default=50, help="episodes per task (LIBERO has 50 initial states)")
-    parser.add_argument("--open-loop", type=int, default=None, help="actions played per chunk (default: all)")
+    parser.add_argument(
+        "--open-loop",
+        type=int,
+        default=None,
+        help="actions played per chunk (default: the server's n_action_steps, else the whole chunk)",
+    )
     parser.add_argument("--wait-steps", type=int, default=10, help="no-op steps while objects settle")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -123,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     client = PolicyClient(args.host, args.port, api_key=args.api_key)
     meta = client.metadata
-    broker = ActionChunkBroker(client, args.open_loop or meta["action_horizon"])
+    actor, played = PolicyActor(client), args.open_loop or played_per_chunk(meta)
     suite = benchmark.get_benchmark_dict()[args.task_suite]()
     per_task = []
     for task_id in range(suite.n_tasks):
@@ -132,25 +157,30 @@ def main(argv: list[str] | None = None) -> None:
         bddl = Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
         env = OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=ENV_RESOLUTION, camera_widths=ENV_RESOLUTION)
         env.seed(args.seed)
-        successes = 0
-        for trial in range(min(args.trials, len(initial_states))):
-            start = time.perf_counter()
-            success, frames = run_episode(env, initial_states[trial], broker, meta, task.language, args)
-            successes += success
-            logger.info("task %d trial %d: %s in %.0f s", task_id, trial, success, time.perf_counter() - start)
+        task_env = LiberoTaskEnv(
+            env, initial_states, task.language, meta, MAX_STEPS[args.task_suite], args.wait_steps, not args.no_rotate
+        )
+        trials = min(args.trials, len(initial_states))
+        start = time.perf_counter()
+        episodes = run_episodes(
+            InProcessEnvs.wrap([task_env]), range(trials), actor, played, videos=trials if args.videos else 0
+        )
+        env.close()
+        for episode in episodes:
+            logger.info("task %d trial %d: %s in %d steps", task_id, episode.seed, episode.success, episode.steps)
             if args.videos:
                 import imageio
 
-                name = f"task{task_id:02d}_trial{trial:02d}_{'success' if success else 'failure'}.mp4"
-                imageio.mimwrite(out / name, frames, fps=10)
-        env.close()
-        trials = min(args.trials, len(initial_states))
-        per_task.append({"task": task.language, "successes": successes, "episodes": trials})
-        logger.info("task %d (%s): %d/%d", task_id, task.language, successes, trials)
+                name = f"task{task_id:02d}_trial{episode.seed:02d}_{'success' if episode.success else 'failure'}.mp4"
+                imageio.mimwrite(out / name, episode.frames, fps=10)
+        successes = sum(episode.success for episode in episodes)
+        per_task.append({"task": task.language, **success_summary(successes, trials)})
+        logger.info(
+            "task %d (%s): %d/%d in %.0f s", task_id, task.language, successes, trials, time.perf_counter() - start
+        )
     total = sum(t["successes"] for t in per_task)
     episodes = sum(t["episodes"] for t in per_task)
-    summary = {"suite": args.task_suite, "successes": total, "episodes": episodes, "per_task": per_task}
-    summary["success_rate"] = total / max(episodes, 1)
+    summary = {"suite": args.task_suite, **success_summary(total, episodes), "per_task": per_task}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"{args.task_suite}: success rate {summary['success_rate']:.1%} ({total}/{episodes}); {out / 'summary.json'}")
 

@@ -66,9 +66,15 @@ def test_a_model_with_the_members_passes_and_a_class_declares_them():
     class WithVLM(Bare):
         vlm: torch.nn.Module  # declared: the class has the capability before any instance sets it
 
+    class SetsVLM(WithVLM):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vlm = torch.nn.Linear(2, 2)  # kept by nn.Module in _modules, not in the instance __dict__
+
     require(Sampler(), StochasticPolicy, command="vlablocks rl")  # no error
     assert provides(Sampler, StochasticPolicy) and not provides(Bare, StochasticPolicy)
     assert provides(WithVLM, Steerable) and not isinstance(WithVLM(), Steerable)  # the instance sets no vlm
+    assert isinstance(SetsVLM(), Steerable) and not isinstance(SetsVLM(), ValuePredictor)
 
 
 def test_commands_refuse_a_model_without_the_capability():

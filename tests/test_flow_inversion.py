@@ -175,4 +175,6 @@ def test_invert_command_refuses_a_checkpoint_without_a_flow_head(tmp_path, capsy
     examples = synthetic_examples(experiment.platform, 2, dataset_name="toy", camera_keys=["top"])
     checkpoint = build_policy(experiment, synthetic_norm_stats(examples)).save_pretrained(tmp_path / "oft")
     assert main(["invert", "--ckpt", str(checkpoint), "--env", "toy", "--out", str(tmp_path / "out")]) == 2
-    assert "QwenOFT has no flow-matching head to invert" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "vlablocks invert: QwenOFT lacks the capability FlowInvertible" in error
+    assert error.rstrip().endswith("models that have it: QwenFlowMatching, QwenLayerwiseFM3D, QwenPI05")

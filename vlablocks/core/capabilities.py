@@ -33,8 +33,28 @@ if TYPE_CHECKING:
     from vlablocks.core.vlm.base import VLMBackbone
 
 
+_MISSING = object()
+
+
+class CapabilityMeta(type(Protocol)):
+    """The metaclass of capabilities: `isinstance` also finds a member that is a registered submodule.
+
+    Since Python 3.12 `isinstance(x, RuntimeCheckableProtocol)` looks members up statically, which misses what
+    `nn.Module` keeps in `_modules` (`self.vlm = build(VLMS, ...)`); those count as present here.
+    """
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        if super().__instancecheck__(instance):
+            return True
+        submodules = getattr(instance, "__dict__", {}).get("_modules") or {}
+        return all(
+            submodules.get(name) is not None or inspect.getattr_static(instance, name, _MISSING) is not _MISSING
+            for name in members(cls)
+        )
+
+
 @runtime_checkable
-class StochasticPolicy(Protocol):
+class StochasticPolicy(Protocol, metaclass=CapabilityMeta):
     """stochastic sampling with exact log-probabilities, what RL needs"""
 
     def sample_with_log_probs(
@@ -49,7 +69,7 @@ class StochasticPolicy(Protocol):
 
 
 @runtime_checkable
-class FlowInvertible(Protocol):
+class FlowInvertible(Protocol, metaclass=CapabilityMeta):
     """a flow-matching head conditioned once per batch, what flow inversion needs"""
 
     def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, torch.Tensor | None]:
@@ -58,7 +78,7 @@ class FlowInvertible(Protocol):
 
 
 @runtime_checkable
-class VisionLanguageCoTraining(Protocol):
+class VisionLanguageCoTraining(Protocol, metaclass=CapabilityMeta):
     """co-training on vision-language samples, VQA rows in the training batches"""
 
     def cotraining_forward(self, batch: Batch) -> dict:
@@ -67,14 +87,14 @@ class VisionLanguageCoTraining(Protocol):
 
 
 @runtime_checkable
-class Steerable(Protocol):
+class Steerable(Protocol, metaclass=CapabilityMeta):
     """steering hooks: a VLM backbone whose residual stream text-latent steering reads and writes"""
 
     vlm: VLMBackbone  # `vlm.steering` edits the instruction's residual stream; capture_residuals reads it
 
 
 @runtime_checkable
-class ValuePredictor(Protocol):
+class ValuePredictor(Protocol, metaclass=CapabilityMeta):
     """value prediction: values of states, not actions"""
 
     def predict_value(self, samples: list[dict]) -> np.ndarray:
@@ -83,7 +103,7 @@ class ValuePredictor(Protocol):
 
 
 @runtime_checkable
-class ScriptedExpert(Protocol):
+class ScriptedExpert(Protocol, metaclass=CapabilityMeta):
     """An environment with a scripted expert (`vlablocks eval --policy expert`)."""
 
     def expert_action(self) -> np.ndarray:

@@ -12,12 +12,12 @@ import torch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.dataloader.normalization import compute_norm_stats
-from vlablocks.tools.toy.toy import ToyTabletopEnv
-from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.phase_schedule import PhaseSchedule
 from vlablocks.core.geometry.world_losses import WorldLosses, cell_geometry
 from vlablocks.core.registry import DATASETS
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PLATFORM = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}

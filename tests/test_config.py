@@ -130,7 +130,9 @@ def test_the_registry_is_a_leaf():
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlablocks.cli.main", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vlablocks.cli.main", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture

@@ -14,16 +14,16 @@ from vlablocks.core.build import build as build_component
 from vlablocks.core.config import ConfigError, PlatformConfig, parse_experiment
 from vlablocks.core.dataloader.sample import SampleError, is_vl_sample, validate_sample, validate_vl_sample
 from vlablocks.core.dataloader.stats import compute_norm_stats
-from vlablocks.methods.cotraining.vqa_dataset import VQADataset, normalize_answer, write_vqa_dataset
-from vlablocks.tools.toy.toy_dataset import write_toy_dataset
-from vlablocks.tools.toy.toy_scene import COLOURS
-from vlablocks.tools.toy.toy_vqa import make_toy_vqa
-from vlablocks.methods.cotraining.vqa_eval import answer_questions, vqa_accuracy
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.cotraining import check_cotraining
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import DATASETS
+from vlablocks.methods.cotraining.vqa_dataset import VQADataset, normalize_answer, write_vqa_dataset
+from vlablocks.methods.cotraining.vqa_eval import answer_questions, vqa_accuracy
+from vlablocks.tools.toy.toy_dataset import write_toy_dataset
+from vlablocks.tools.toy.toy_scene import COLOURS
+from vlablocks.tools.toy.toy_vqa import make_toy_vqa
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 TOY = PlatformConfig(name="toy", action_horizon=4, action_dim=2, state_dim=2)

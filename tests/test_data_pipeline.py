@@ -10,14 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import chisquare
 
-from vlablocks.core.build import build as build_component
 from vlablocks.cli.main import main as cli
+from vlablocks.core.build import build as build_component
 from vlablocks.core.config import ConfigError, PlatformConfig, load_config
 from vlablocks.core.dataloader.loader import build_dataloader
 from vlablocks.core.dataloader.normalization import Normalizer
 from vlablocks.core.dataloader.sample import validate_sample
-from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 from vlablocks.core.registry import DATASETS
+from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TOY_CONFIG = REPO / "configs/datasets/toy.yaml"

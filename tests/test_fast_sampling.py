@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from vlablocks.core.batch import Batch
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.qwen_fast import QwenFAST
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.core.batch import Batch
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 N = 4 * 3 + 1  # tokens decoding may emit: T * D FAST tokens + the stop token

@@ -14,9 +14,9 @@ from test_frameworks import built, scaled_examples
 
 from vlablocks.cli.main import main
 from vlablocks.core.config import load_config
-from vlablocks.tools.toy.toy import ToyTabletopEnv
 from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.tools.toy.toy import ToyTabletopEnv
 
 FLOW_FRAMEWORKS = ["QwenFlowMatching", "QwenLayerwiseFM3D", "QwenPI05"]
 

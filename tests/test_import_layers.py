@@ -52,7 +52,9 @@ def test_the_checker_finds_a_planted_upward_import(tmp_path):
     # an import inside a function of the core, reaching up to a method
     plant(tmp_path, {"proj/core/vlm/base.py": "def f():\n    from proj.methods.rl.loop import y\n"})
     problems = layer_violations(import_edges(tmp_path, "proj", ("leaf",)), ("leaf",))
-    assert problems == ["proj/core/vlm/base.py:2: proj.core.vlm (core) imports proj.methods.rl (methods), a higher layer"]
+    assert problems == [
+        "proj/core/vlm/base.py:2: proj.core.vlm (core) imports proj.methods.rl (methods), a higher layer"
+    ]
 
 
 def test_the_checker_finds_a_planted_relative_import_and_a_leaf_reaching_up(tmp_path):

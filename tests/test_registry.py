@@ -77,7 +77,12 @@ def run_cli(args: list[str], pythonpath: Path | None = None, cwd: Path | None = 
     if pythonpath is not None:
         env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{env.get('PYTHONPATH', '')}"
     return subprocess.run(
-        [sys.executable, "-m", "vlablocks.cli.main", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+        [sys.executable, "-m", "vlablocks.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
     )
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from deployment.client import PolicyClient, ProtocolError
-from vlablocks.core.serving.policy import load_policy
-from vlablocks.core.serving.server import running_server
 from vlablocks.core.config import load_config
 from vlablocks.core.framework.base import Framework, build_policy
+from vlablocks.core.serving.policy import load_policy
+from vlablocks.core.serving.server import running_server
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = np.array([0.5, -0.5]), np.array([2.0, 3.0])

@@ -14,8 +14,8 @@ from test_server import CAMERAS, ChecksumPolicy, ask, connect_raw, make_obs
 
 from deployment.client import PolicyClient, ProtocolError, msgpack_numpy
 from deployment.client.protocol import MAX_MESSAGE_CHARS
-from vlablocks.core.serving.server import BUSY, exposure_warning, running_server
 from vlablocks.cli.commands.serve import read_api_key
+from vlablocks.core.serving.server import BUSY, exposure_warning, running_server
 
 
 class NaNPolicy(ChecksumPolicy):

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from deployment.client import ActionChunkBroker, PolicyClient
-from vlablocks.core.serving.policy import load_policy
-from vlablocks.core.serving.server import running_server
-from vlablocks.core.serving.validation import validate_observation
 from vlablocks.core.build import build
 from vlablocks.core.config import load_config, parse_experiment, validate
 from vlablocks.core.evaluation.rollout import evaluate
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.registry import EVAL_ENVS
+from vlablocks.core.serving.policy import load_policy
+from vlablocks.core.serving.server import running_server
+from vlablocks.core.serving.validation import validate_observation
 
 REPO = Path(__file__).resolve().parents[1]
 SIM_EXTRA = "the sim extra is not installed (pip install -e .[sim])"

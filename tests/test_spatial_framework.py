@@ -10,15 +10,15 @@ import torch
 from safetensors import safe_open
 
 from vlablocks.core.config import PlatformConfig, load_config, parse_experiment
-from vlablocks.tools.toy.toy import ToyTabletopEnv
-from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.qwen_layerwise_fm_3d import QwenLayerwiseFM3D
 from vlablocks.core.framework.standalone import run_standalone
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.core.geometry.preprocess import default_intrinsics
-from vlablocks.tools.sweep.sweep import build_variants
 from vlablocks.core.training.train import train
+from vlablocks.tools.sweep.sweep import build_variants
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs/frameworks/qwen_layerwise_fm_3d.yaml"

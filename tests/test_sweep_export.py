@@ -16,8 +16,8 @@ from vlablocks.cli.commands.export import export_checkpoint
 from vlablocks.core.config import load_config, parse_experiment, to_yaml
 from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.tools.sweep.sweep import SweepEval, evaluate_run, same_experiment
 from vlablocks.tools.sweep.report import write_results
+from vlablocks.tools.sweep.sweep import SweepEval, evaluate_run, same_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,18 @@ def test_two_variant_sweep_trains_evaluates_and_tabulates(tmp_path, toy_dataset)
     (tmp_path / "film.yaml").write_text("framework: {use_film: true}\n")
     (tmp_path / "no_proprio.yaml").write_text("framework: {use_proprio: false}\n")
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "vlablocks.cli.main", "sweep", "--base", str(base), "--out", str(out), "--jobs", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "vlablocks.cli.main",
+        "sweep",
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+    ]
     command += ["--variants", str(tmp_path / "film.yaml"), str(tmp_path / "no_proprio.yaml")]
     command += ["--eval-env", "toy", "--eval-episodes", "3", "--eval-seed", "7", "--eval-option", "max_steps=4"]
     command += ["--eval-wrong-instruction"]
@@ -71,7 +82,18 @@ def test_seeds_axis_runs_each_variant_per_seed_and_reports_mean_and_spread(tmp_p
     )
     (tmp_path / "oft.yaml").write_text("framework: {use_film: false}\n")
     out, report = tmp_path / "sweep", tmp_path / "report.md"
-    command = [sys.executable, "-m", "vlablocks.cli.main", "sweep", "--base", str(base), "--out", str(out), "--jobs", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "vlablocks.cli.main",
+        "sweep",
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+    ]
     command += ["--variants", str(tmp_path / "oft.yaml"), "--seeds", "3", "4", "--report", str(report)]
     command += ["--eval-env", "toy", "--eval-episodes", "4", "--eval-option", "max_steps=3", "--eval-wrong-instruction"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -103,7 +125,14 @@ def test_seeds_axis_runs_each_variant_per_seed_and_reports_mean_and_spread(tmp_p
 
 
 def test_sweep_rejects_an_unknown_eval_env_before_training(tmp_path):
-    command = [sys.executable, "-m", "vlablocks.cli.main", "sweep", "--base", f"{REPO}/configs/frameworks/qwen_oft.yaml"]
+    command = [
+        sys.executable,
+        "-m",
+        "vlablocks.cli.main",
+        "sweep",
+        "--base",
+        f"{REPO}/configs/frameworks/qwen_oft.yaml",
+    ]
     command += ["--variants", f"{REPO}/configs/frameworks/qwen_oft.yaml", "--out", str(tmp_path), "--eval-env", "tyo"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from deployment.client.protocol import ERROR_TYPES, ProtocolError
-from vlablocks.core.serving.validation import validate_observation
-from vlablocks.core.build import build as build_component
 from vlablocks.cli.main import main as cli
+from vlablocks.core.build import build as build_component
 from vlablocks.core.config import PlatformConfig, load_config
 from vlablocks.core.dataloader.sample import ERROR_CODES, SampleError, validate_sample
-from vlablocks.tools.toy.toy import ToyTabletopEnv
 from vlablocks.core.registry import DATASETS
+from vlablocks.core.serving.validation import validate_observation
+from vlablocks.tools.toy.toy import ToyTabletopEnv
 
 REPO = Path(__file__).resolve().parent.parent
 EPISODES, SEED = 6, 0

@@ -10,9 +10,9 @@ import pytest
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, load_yaml, to_dataclass
 from vlablocks.core.dataloader.sample import validate_sample
+from vlablocks.core.registry import EVAL_ENVS
 from vlablocks.tools.toy.toy import ToyTabletopEnv
 from vlablocks.tools.toy.toy_scene import AGENT_HEIGHT, AGENT_RGB, BLOCK_HEIGHT, COLOURS
-from vlablocks.core.registry import EVAL_ENVS
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = to_dataclass(PlatformConfig, load_yaml(REPO / "configs/platforms/toy.yaml")["platform"])

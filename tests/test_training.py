@@ -178,8 +178,8 @@ def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_p
 
 
 def test_worker_sharing_is_set_only_when_workers_hand_batches_over():
-    from vlablocks.core.training.components import set_worker_sharing
     from vlablocks.core.config.trainer import TrainerConfig
+    from vlablocks.core.training.components import set_worker_sharing
 
     before = torch.multiprocessing.get_sharing_strategy()
     try:

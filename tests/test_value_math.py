@@ -12,8 +12,8 @@ import torch
 
 from vlablocks.core.config import ConfigError
 from vlablocks.core.dataloader.returns import ReturnsConfig, dataset_returns, discounted_returns, outcome_rewards
-from vlablocks.methods.value.value_guided import AdvantageConfig, advantage_weights
 from vlablocks.methods.value.metrics import calibration_table, roc_auc
+from vlablocks.methods.value.value_guided import AdvantageConfig, advantage_weights
 from vlablocks.methods.value.value_head import ValueHead, ValueHeadConfig
 
 

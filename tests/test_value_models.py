@@ -11,17 +11,17 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from vlablocks.core.build import build
 from vlablocks.cli.main import main as cli
+from vlablocks.core.build import build
 from vlablocks.core.config import ConfigError, PlatformConfig, parse_experiment
 from vlablocks.core.dataloader.returns import discounted_returns
-from vlablocks.tools.toy.toy import ToyTabletopEnv
-from vlablocks.tools.toy.toy_behaviours import assign_behaviours, parse_mix
-from vlablocks.methods.value.metrics import roc_auc
 from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.core.registry import DATASETS, FRAMEWORKS, MODELS
 from vlablocks.core.registry import VALUE_MODELS as VALUE_REGISTRY
+from vlablocks.methods.value.metrics import roc_auc
+from vlablocks.tools.toy.toy import ToyTabletopEnv
+from vlablocks.tools.toy.toy_behaviours import assign_behaviours, parse_mix
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 TOY = PlatformConfig(name="toy", action_horizon=4, action_dim=2, state_dim=2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vlablocks.core.build import build as build_component
 from vlablocks.core.batch import VLMInputs
+from vlablocks.core.build import build as build_component
 from vlablocks.core.processor.steps import VLMTokenize
 from vlablocks.core.registry import VLMS
 from vlablocks.core.vlm import VLMBackbone

@@ -212,6 +212,8 @@ DATASETS = Registry("dataset", "vlablocks.core.dataloader")
 EVAL_ENVS = Registry("eval_env", "vlablocks.core.envs")
 GEOMETRIC_ENCODERS = Registry("geometric_encoder", "vlablocks.core.geometry")
 FUSIONS = Registry("fusion", "vlablocks.core.geometry")
+# The per-sample steps a processor chains, by the names `ProcessorConfig.sample_steps` lists.
+PROCESSOR_STEPS = Registry("processor_step", "vlablocks.core.processor")
 # Sections of the experiment config that a method declares (`rl:`); plugins only, no package of the core's.
 CONFIG_SECTIONS = Registry("config_section", None)
 # Models that predict values, not actions (vlablocks/methods/value/); plugins only.

@@ -1,6 +1,6 @@
 """The methods' registered components, imported by the core's registries as the `vlablocks.plugins` entry point
 `methods` (setup.py): importing each module runs its `@REGISTRY.register` decorators."""
 
-from vlablocks.methods.rl import config  # noqa: F401  config section "rl"
 from vlablocks.methods.cotraining import vqa_dataset  # noqa: F401  dataset "vqa"
+from vlablocks.methods.rl import config  # noqa: F401  config section "rl"
 from vlablocks.methods.value import qwen_value, value_guided, value_model  # noqa: F401  value models, "value_guided"

@@ -29,7 +29,8 @@ class TrainerConfig:
     # Intra-op threads per process (None: torch's default). Tiny CPU models run fastest with 1: thread
     # hand-offs cost more than the matmuls they split.
     torch_threads: int | None = None
-    log_every: int = 10  # steps between tensorboard / wandb / progress-bar points (window means); metrics.jsonl: every step
+    # Steps between tensorboard / wandb / progress-bar points (the window's means); metrics.jsonl has every step.
+    log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
     resume: bool = False

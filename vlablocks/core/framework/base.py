@@ -23,13 +23,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlablocks.core.atomic import atomic_directory
+from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import ExperimentConfig, PlatformConfig, load_yaml, parse_experiment, to_yaml
+from vlablocks.core.framework.ema import load_ema_weights
 from vlablocks.core.manifest import read_json, verify_manifest, write_manifest
-from vlablocks.core.batch import Batch
 from vlablocks.core.processor.pipeline import PROCESSOR_DIR, Processor, build_processor
 from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS, MODELS
-from vlablocks.core.framework.ema import load_ema_weights
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"

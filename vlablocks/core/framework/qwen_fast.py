@@ -53,32 +53,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlablocks.core.action_model.hl_gauss import hl_gauss_targets
+from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
+from vlablocks.core.framework.answer_tokens import add_fast_tokens, answer_logits
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.readout import add_readout_loss, build_readout
-from vlablocks.core.batch import Batch
-from vlablocks.core.processor.pipeline import FASTOptions, StateTokenOptions
-from vlablocks.core.processor.steps import IGNORE_INDEX, fast_token
+from vlablocks.core.processor.config import FASTOptions, StateTokenOptions
+from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import FRAMEWORKS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
 from vlablocks.core.vlm.decoding import allowed_logits, decode, until_stop
 from vlablocks.core.vlm.runtime import allowed_ids, check_temperature, tempered_log_probs
 from vlablocks.core.vlm.steering import language_final_norm
-
-
-def add_fast_tokens(vlm, fast: FASTOptions) -> list[int]:
-    """One VLM special token per possible FAST id (so the embedding size never depends on the fitted
-    vocabulary) -> their VLM ids, FAST id i at index i."""
-    return vlm.add_special_tokens([fast_token(fast.token_prefix, i) for i in range(fast.vocab_size)])
-
-
-def answer_logits(vlm, out, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher-forced answer: (logits [N, vocab] float32, targets [N] VLM ids) at the N positions whose
-    `labels` [B, L] are not -100, each predicted from the hidden state one position before it."""
-    rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
-    hidden = out.last_hidden_state[rows, cols - 1]
-    return vlm.model.lm_head(hidden).float(), labels[rows, cols]
 
 
 class AnswerMLP(nn.Module):

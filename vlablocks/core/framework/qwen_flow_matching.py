@@ -19,28 +19,14 @@ from dataclasses import dataclass
 import torch
 
 from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
 from vlablocks.core.framework.base import Framework
+from vlablocks.core.framework.conditioning import vlm_conditioning
 from vlablocks.core.framework.readout import add_readout_loss, build_readout
-from vlablocks.core.batch import Batch
 from vlablocks.core.registry import FRAMEWORKS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
-
-
-def vlm_conditioning(out, insulate: bool = False) -> Conditioning:
-    """VLMOutput -> the head's Conditioning (all layers, padding mask, vision-token positions).
-
-    insulate: the hidden states are detached, so the head's loss does not train the VLM (knowledge insulation).
-    """
-    cut = (lambda x: x.detach()) if insulate else (lambda x: x)
-    return Conditioning(
-        tokens=cut(out.last_hidden_state),
-        mask=out.attention_mask.bool(),
-        layers=[cut(layer) for layer in out.hidden_states],
-        vision_mask=out.vision_mask,
-        vision_positions=out.vision_positions,
-    )
 
 
 @FRAMEWORKS.register("QwenFlowMatching")

@@ -33,14 +33,14 @@ from dataclasses import dataclass
 import torch
 
 from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
 from vlablocks.core.framework.base import Framework
+from vlablocks.core.framework.conditioning import vlm_conditioning
 from vlablocks.core.framework.phase_schedule import PhaseSchedule
-from vlablocks.core.framework.qwen_flow_matching import vlm_conditioning
 from vlablocks.core.framework.readout import add_readout_loss, build_readout
 from vlablocks.core.geometry.world_losses import WorldLosses
-from vlablocks.core.batch import Batch
 from vlablocks.core.registry import FRAMEWORKS, FUSIONS, GEOMETRIC_ENCODERS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
 

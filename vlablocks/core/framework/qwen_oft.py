@@ -22,6 +22,7 @@ from torch import nn
 
 from vlablocks.core.action_model.base import Conditioning
 from vlablocks.core.action_model.binned import BinnedActionHead
+from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
 from vlablocks.core.framework.base import Framework
@@ -34,7 +35,6 @@ from vlablocks.core.framework.cotraining import (
     zero_touch,
 )
 from vlablocks.core.framework.film import InstructionFiLM
-from vlablocks.core.batch import Batch
 from vlablocks.core.registry import FRAMEWORKS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
 

@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
+from vlablocks.core.framework.answer_tokens import add_fast_tokens, answer_logits
 from vlablocks.core.framework.base import Framework
-from vlablocks.core.framework.qwen_fast import add_fast_tokens, answer_logits
-from vlablocks.core.framework.qwen_flow_matching import vlm_conditioning
+from vlablocks.core.framework.conditioning import vlm_conditioning
 from vlablocks.core.framework.readout import build_readout
-from vlablocks.core.batch import Batch
-from vlablocks.core.processor.pipeline import FASTOptions, StateTokenOptions
+from vlablocks.core.processor.config import FASTOptions, StateTokenOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
+from vlablocks.core.batch import GeometryInputs
 from vlablocks.core.geometry.info_sharing import MultiViewTransformer
 from vlablocks.core.geometry.tokens import GeometricTokens
-from vlablocks.core.batch import GeometryInputs
 from vlablocks.core.registry import GEOMETRIC_ENCODERS
 
 

@@ -29,9 +29,9 @@ from deployment.client.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
 )
+from vlablocks.core.processor.embodiment import embodiment_sizes
 from vlablocks.core.serving.policy import METADATA_KEYS, Policy
 from vlablocks.core.serving.validation import validate_observation
-from vlablocks.core.processor.embodiment import embodiment_sizes
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
-from vlablocks.methods.value.value_head import ValueHeadConfig
-from vlablocks.methods.value.value_model import ValueModel
-from vlablocks.core.batch import Batch
 from vlablocks.core.registry import VALUE_MODELS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
+from vlablocks.methods.value.value_head import ValueHeadConfig
+from vlablocks.methods.value.value_model import ValueModel
 
 VALUE_TOKEN = "<|value|>"
 

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlablocks.core.batch import Batch
 from vlablocks.core.config import PlatformConfig
 from vlablocks.core.framework.base import Framework
-from vlablocks.methods.value.value_head import ValueHead, ValueHeadConfig
-from vlablocks.core.batch import Batch
 from vlablocks.core.registry import VALUE_MODELS
+from vlablocks.methods.value.value_head import ValueHead, ValueHeadConfig
 
 
 class ValueModel(Framework):

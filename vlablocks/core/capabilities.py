@@ -97,8 +97,8 @@ class Steerable(Protocol, metaclass=CapabilityMeta):
 class ValuePredictor(Protocol, metaclass=CapabilityMeta):
     """value prediction: values of states, not actions"""
 
-    def predict_value(self, samples: list[dict]) -> np.ndarray:
-        """Raw samples -> values [B] float32."""
+    def predict_value(self, batch: Batch) -> np.ndarray:
+        """A processed batch -> values [B] float32."""
         ...
 
 

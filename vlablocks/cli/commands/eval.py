@@ -84,7 +84,7 @@ def rollout_actor(args: argparse.Namespace, policy):
     if args.ckpt:
         from vlablocks.core.evaluation.actors import GreedyActor
 
-        return GreedyActor(policy.framework)
+        return GreedyActor(policy)
     return policy
 
 

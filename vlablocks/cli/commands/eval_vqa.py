@@ -26,18 +26,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
     import torch
 
-    from vlablocks.core.framework.base import Framework
+    from vlablocks.core.policy.policy import Policy
     from vlablocks.methods.cotraining.vqa_dataset import VQADataset
     from vlablocks.methods.cotraining.vqa_eval import vqa_accuracy
 
     torch.set_num_threads(args.torch_threads)
-    model = Framework.from_pretrained(args.ckpt)
-    cameras = list(model.processor.config.camera_keys)
-    dataset = VQADataset(VQADataset.Config(root=args.data, camera_keys=cameras), platform=model.platform)
+    policy = Policy.from_pretrained(args.ckpt)
+    cameras = list(policy.processor.config.camera_keys)
+    dataset = VQADataset(VQADataset.Config(root=args.data, camera_keys=cameras), platform=policy.model.platform)
     summary = {
         "ckpt": str(args.ckpt),
         "data": str(args.data),
-        **vqa_accuracy(model, dataset, args.batch_size, args.limit),
+        **vqa_accuracy(policy, dataset, args.batch_size, args.limit),
     }
     per_kind = ", ".join(f"{kind} {value:.3f}" for kind, value in summary["per_kind"].items())
     print(f"VQA accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['total']}; {per_kind})")

@@ -30,9 +30,10 @@ def export_checkpoint(ckpt: str, out: str, merge_lora: bool, vlm_only: bool = Fa
     vlm_only: write the VLM backbone alone (VLMBackbone.save_pretrained), its parameters counted."""
     from vlablocks.core.atomic import atomic_directory
     from vlablocks.core.capabilities import Steerable
-    from vlablocks.core.framework.base import Framework
+    from vlablocks.core.policy.policy import Policy
 
-    framework = Framework.from_pretrained(ckpt)
+    policy = Policy.from_pretrained(ckpt)
+    framework = policy.model
     merged = False
     if merge_lora:
         if not framework.vlm.lora_enabled:
@@ -49,7 +50,7 @@ def export_checkpoint(ckpt: str, out: str, merge_lora: bool, vlm_only: bool = Fa
         with atomic_directory(out) as tmp:
             framework.vlm.save_pretrained(tmp)
         return {"parameters": sum(p.numel() for p in framework.vlm.parameters()), "merged": merged}
-    framework.save_pretrained(out)
+    policy.save_pretrained(out)
     return {"parameters": sum(p.numel() for p in framework.parameters()), "merged": merged}
 
 

@@ -33,20 +33,20 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     import torch
 
     from vlablocks.core.config import merge_overrides
-    from vlablocks.core.framework.base import Framework
+    from vlablocks.core.policy.policy import Policy
     from vlablocks.methods.steering.flow_inversion import InversionOptions, check_options, flow_head, run_inversion
 
     options = InversionOptions(
         tuple(args.steps), args.execute_steps, args.episodes, args.seed, args.batch_size
     )  # checked before the checkpoint loads
     check_options(options)
-    framework = Framework.from_pretrained(args.ckpt)
+    policy = Policy.from_pretrained(args.ckpt)
     try:
-        flow_head(framework)
+        flow_head(policy.model)
     except ValueError as error:
         raise ValueError(f"{args.ckpt}: {error}") from None
-    framework.to(torch.device(args.device))
-    summary, records = run_inversion(framework, merge_overrides({"name": args.env}, overrides), options)
+    policy.to(torch.device(args.device))
+    summary, records = run_inversion(policy, merge_overrides({"name": args.env}, overrides), options)
     summary["checkpoint"] = str(args.ckpt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

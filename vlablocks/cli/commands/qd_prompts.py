@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.core.capabilities import ValuePredictor
     from vlablocks.core.config import merge_overrides
     from vlablocks.core.evaluation.actors import GreedyActor
-    from vlablocks.core.framework.base import Framework
+    from vlablocks.core.policy.policy import Policy
     from vlablocks.methods.language.qd_search import (
         ClosedLoopFailure,
         QDConfig,
@@ -69,10 +69,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     )
     paraphraser = importlib.import_module(PARAPHRASERS[args.env])
     env_config = merge_overrides({"name": args.env}, overrides)
-    framework = Framework.from_pretrained(args.ckpt).eval()
-    if isinstance(framework, ValuePredictor):
+    policy = Policy.from_pretrained(args.ckpt).eval()
+    if isinstance(policy.model, ValuePredictor):
         raise ValueError(f"{args.ckpt} is a value model; qd-prompts needs a policy checkpoint")
-    actor = GreedyActor(framework)
+    actor = GreedyActor(policy)
     colours = sorted({phrase.colour for phrase in paraphraser.originals()})
 
     def failure_on(first_seed: int, episodes: int) -> ClosedLoopFailure:

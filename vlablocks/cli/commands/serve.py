@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         handle = await server.start()
         meta = policy.metadata
         print(
-            f"serving {args.ckpt} ({type(policy.framework).__name__} on {device}, {meta['embodiment']}: "
+            f"serving {args.ckpt} ({type(policy.model).__name__} on {device}, {meta['embodiment']}: "
             f"actions [{meta['action_horizon']}, {meta['action_dim']}], cameras {meta['camera_keys']}) "
             f"on ws://{server.host}:{server.port} (health: http://{server.host}:{server.port}/healthz, "
             f"API key {'required' if server.api_key else 'off'})",

@@ -42,18 +42,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     import torch
 
     from vlablocks.core.capabilities import Steerable, require
-    from vlablocks.core.framework.base import Framework
+    from vlablocks.core.policy.policy import Policy
 
-    framework = Framework.from_pretrained(args.ckpt)
-    require(framework, Steerable, f"vlablocks text-latent {args.action}")
-    framework.eval()
+    policy = Policy.from_pretrained(args.ckpt)
+    require(policy.model, Steerable, f"vlablocks text-latent {args.action}")
+    policy.eval()
     with torch.no_grad():  # scoped: `main` also runs in-process (tests, notebooks)
         if args.action == "extract":
-            return run_extract(args, framework)
-        return run_decode(args, framework)
+            return run_extract(args, policy)
+        return run_decode(args, policy.model)
 
 
-def run_extract(args: argparse.Namespace, framework) -> int:
+def run_extract(args: argparse.Namespace, policy) -> int:
     import numpy as np
 
     from vlablocks.core.dataloader.checkpoint_dataset import checkpoint_dataset
@@ -61,13 +61,13 @@ def run_extract(args: argparse.Namespace, framework) -> int:
 
     if not args.data or not args.out:
         raise ValueError("text-latent extract needs --data (a LeRobot dataset directory) and --out FILE.safetensors")
-    dataset = checkpoint_dataset(framework, args.data, args.dataset_name)
+    dataset = checkpoint_dataset(policy, args.data, args.dataset_name)
     count = min(args.max_samples, len(dataset))
     rows = np.linspace(0, len(dataset) - 1, count).round().astype(int)
     batches = (
         [dataset[int(i)] for i in rows[start : start + args.batch_size]] for start in range(0, count, args.batch_size)
     )
-    latents = extract(framework, batches)
+    latents = extract(policy, batches)
     latents.save(args.out)
     print(
         f"{len(latents.tasks)} tasks from {count} frames ({min(latents.counts)}-{max(latents.counts)} each) -> {args.out}"

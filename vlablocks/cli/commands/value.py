@@ -42,13 +42,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.core.atomic import atomic_directory
     from vlablocks.core.capabilities import ValuePredictor, require
     from vlablocks.core.dataloader.checkpoint_dataset import checkpoint_dataset
-    from vlablocks.core.framework.base import Framework
+    from vlablocks.core.policy.policy import Policy
     from vlablocks.methods.value.metrics import calibration_table, plot_calibration, roc_auc
 
-    model = Framework.from_pretrained(args.ckpt)
+    policy = Policy.from_pretrained(args.ckpt)
+    model, processor = policy.model, policy.processor
     require(model, ValuePredictor, "vlablocks value", hint=f"{args.ckpt} is a policy: pass a value model's checkpoint")
     returns = {"source": args.source, "key": args.key, "gamma": args.gamma}
-    dataset = checkpoint_dataset(model, args.data, args.dataset_name, returns=returns)
+    dataset = checkpoint_dataset(policy, args.data, args.dataset_name, returns=returns)
     table = dataset.lerobot.hf_dataset
     columns = [c for c in ("episode_index", "behaviour_policy") if c in table.column_names]
     meta = table.with_format("numpy", columns=columns)[:]
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     rows = np.flatnonzero(first) if args.first_frames else np.arange(len(episodes))
     values = np.concatenate(
         [
-            model.predict_value([dataset[int(i)] for i in rows[start : start + args.batch_size]])
+            model.predict_value(processor([dataset[int(i)] for i in rows[start : start + args.batch_size]]))
             for start in range(0, len(rows), args.batch_size)
         ]
     )

@@ -11,7 +11,7 @@ plus one record per request (RL: the sampled choices and their log-probabilities
 for `open_loop_horizon` steps (the whole chunk by default), the episodes that end drop out of the next call.
 
 An actor is either batched (actors.py: `GreedyActor`, `SamplingActor`, one framework call for all) or a policy with
-`infer(request) -> {"actions": [T, D]}` (the websocket `PolicyClient`, `FrameworkPolicy`, the baselines) wrapped in
+`infer(request) -> {"actions": [T, D]}` (the websocket `PolicyClient`, a `Policy`, the baselines) wrapped in
 `PolicyActor`, queried once per live env: the chunk broker's semantics, the open-loop horizon being the actions
 played per chunk. Requests are the env observations (the sample.py contract), with the instruction replaced when
 the episode is given another one (the wrong-instruction control, a rephrasing); the first request of each episode

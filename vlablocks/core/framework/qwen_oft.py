@@ -83,7 +83,7 @@ class QwenOFT(Framework):
         if self.proprio is not None:
             if batch.state is None:
                 raise ValueError("QwenOFT.use_proprio needs a `state` in every sample; set use_proprio: false")
-            # In the projector's own dtype: a bf16 VLM feeds this fp32 layer outside autocast (predict_action).
+            # In the projector's own dtype: a bf16 VLM feeds this fp32 layer outside autocast (Policy.predict).
             projected = self.proprio(batch.state.to(self.proprio.weight.dtype))
             queries = queries + projected.to(queries.dtype).unsqueeze(1)
         return Conditioning(tokens=queries)

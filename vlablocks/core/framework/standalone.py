@@ -1,7 +1,7 @@
 """Standalone smoke test shared by every framework file (`python vlablocks/framework/<file>.py`).
 
 Builds the framework from a tiny offline default (or `--config_yaml F`), applies dotlist overrides,
-runs processor -> forward + backward on a synthetic batch and `predict_action`, checks the loss is finite and the
+runs processor -> forward + backward on a synthetic batch and the processor -> sample_actions -> postprocess chain, checks the loss is finite and the
 shapes are right, and prints one summary line.
 """
 
@@ -15,8 +15,9 @@ import torch
 
 from vlablocks.core.config import ExperimentConfig, load_config, merge_overrides, parse_experiment, resolve
 from vlablocks.core.flags import FlagParser
-from vlablocks.core.framework.base import build_policy
+from vlablocks.core.framework.base import build_framework
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.processor.pipeline import build_processor
 
 
 def smoke_experiment(name: str, config_yaml: str | None, overrides: list[str]) -> ExperimentConfig:
@@ -27,17 +28,20 @@ def smoke_experiment(name: str, config_yaml: str | None, overrides: list[str]) -
 
 
 def smoke_test(experiment: ExperimentConfig, batch_size: int = 2, num_views: int = 1, seed: int = 0) -> dict:
-    """forward + backward + predict_action on a synthetic batch; raises AssertionError on a broken contract."""
+    """forward + backward + a prediction on a synthetic batch; raises AssertionError on a broken contract."""
     torch.manual_seed(seed)
     platform = experiment.platform
     examples = synthetic_examples(platform, batch_size, num_views, seed=seed)
     cameras = list(examples[0]["images"])  # the smoke batch's cameras, whatever the config's dataset has
-    framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=cameras)
-    framework.processor.fit(examples)
+    framework = build_framework(experiment)
+    processor = build_processor(experiment, framework, synthetic_norm_stats(examples), camera_keys=cameras)
+    processor.fit(examples)
     start = time.perf_counter()
-    loss = framework(framework.processor(examples))["loss"]
+    loss = framework(processor(examples))["loss"]
     loss.backward()
-    predicted = framework.predict_action(examples)
+    with torch.no_grad():  # what Policy.predict does (core/policy/policy.py; the framework layer sits below it)
+        batch = processor(examples, targets=False)
+        predicted = processor.postprocess(framework.eval().sample_actions(batch, torch.Generator().manual_seed(0)), batch)
     elapsed = time.perf_counter() - start
     expected = (batch_size, platform.action_horizon, platform.action_dim)
     assert torch.isfinite(loss), f"loss is not finite: {loss.item()}"

@@ -30,7 +30,7 @@ from deployment.client.protocol import (
     ProtocolError,
 )
 from vlablocks.core.processor.embodiment import embodiment_sizes
-from vlablocks.core.serving.policy import METADATA_KEYS, Policy
+from vlablocks.core.serving.policy import METADATA_KEYS, ServedPolicy
 from vlablocks.core.serving.validation import validate_observation
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class PolicyServer:
 
     def __init__(
         self,
-        policy: Policy,
+        policy: ServedPolicy,
         host: str = "127.0.0.1",
         port: int = 8000,
         api_key: str | None = None,
@@ -209,7 +209,7 @@ class PolicyServer:
 
 
 @contextlib.contextmanager
-def running_server(policy: Policy, *, timeout: float = 10.0, **kwargs: object) -> Iterator[PolicyServer]:
+def running_server(policy: ServedPolicy, *, timeout: float = 10.0, **kwargs: object) -> Iterator[PolicyServer]:
     """Runs a `PolicyServer` in a background thread for the `with` block (tests, benchmarks, notebooks).
 
     Binds 127.0.0.1 on a free port unless `host`/`port` say otherwise; `server.port` is the bound port.

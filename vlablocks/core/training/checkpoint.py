@@ -1,7 +1,7 @@
 """Training checkpoints: `run_dir/checkpoints/step_<N>/` = a loadable framework checkpoint + resumable state.
 
 Layout of one checkpoint:
-    model.safetensors, config.yaml, processor/ ...   (Framework.write_files: servable as is)
+    model.safetensors, config.yaml, processor/ ...   (Policy.write_files: servable as is)
     manifest.json                   size and SHA-256 of every file, written last (vlablocks/core/manifest.py)
     trainer_state/optimizer.pt      optimizer state (tensors and numbers only; loaded with weights_only=True)
     trainer_state/zero_rank_<r>.*   instead, under DeepSpeed ZeRO: each rank's optimizer partition, pickle-free
@@ -82,7 +82,7 @@ def _set_rng_state(portable: dict, tensors: dict[str, torch.Tensor]) -> None:
 def save_training_checkpoint(
     run_dir: str | Path,
     step: int,
-    framework,
+    policy,
     optimizer: torch.optim.Optimizer | None,
     scheduler,
     trainer_state: dict,
@@ -97,7 +97,7 @@ def save_training_checkpoint(
     """
     target = Path(run_dir) / "checkpoints" / f"step_{step}"
     with atomic_directory(target) as tmp:
-        framework.write_files(tmp, state_dict)
+        policy.write_files(tmp, state_dict)
         state_dir = tmp / STATE_DIR
         state_dir.mkdir()
         if optimizer is not None:

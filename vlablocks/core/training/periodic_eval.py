@@ -1,6 +1,6 @@
 """Closed-loop evaluation during training (`trainer.eval_every`): the current weights, in process, on seeded episodes.
 
-The policy is the framework with its processor (`FrameworkPolicy`, as served), so the figure is what
+The policy is the model with its processor (`Policy`, as served), so the figure is what
 `vlablocks eval --ckpt` would report for a checkpoint of this step; episodes use fixed seeds (eval_seed,
 eval_seed + 1, ...) so the curve compares like with like. Runs on the main process only.
 """
@@ -12,11 +12,10 @@ from pathlib import Path
 from vlablocks.core.build import build
 from vlablocks.core.evaluation.rollout import evaluate, played_per_chunk
 from vlablocks.core.registry import EVAL_ENVS
-from vlablocks.core.serving.policy import FrameworkPolicy
 
 
 class PeriodicEval:
-    """Builds the env once; `__call__(framework, step)` -> success rate of this step's weights."""
+    """Builds the env once; `__call__(policy, step)` -> success rate of this step's weights."""
 
     def __init__(self, trainer, run_dir: Path) -> None:
         if not trainer.eval_env:
@@ -27,8 +26,7 @@ class PeriodicEval:
         self.trainer = trainer
         self.out = run_dir / "eval"
 
-    def __call__(self, framework, step: int) -> float:
-        policy = FrameworkPolicy(framework)
+    def __call__(self, policy, step: int) -> float:
         summary = evaluate(
             self.env,
             policy,

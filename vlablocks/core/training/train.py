@@ -17,9 +17,10 @@ from vlablocks.core.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.core.config.trainer import TrainerConfig
 from vlablocks.core.dataloader.embodiments import dataset_embodiments
 from vlablocks.core.flags import FlagParser
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.cotraining import check_cotraining
 from vlablocks.core.logs import show_project_logs
+from vlablocks.core.policy.checkpoint import load_weights
+from vlablocks.core.policy.policy import build_policy
 from vlablocks.core.training.batches import micro_batches
 from vlablocks.core.training.checkpoint import (
     STATE_DIR,
@@ -69,8 +70,8 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     dataset = dataset if dataset is not None else build_train_dataset(experiment)
     norm_stats = resolve_norm_stats(experiment, dataset, run_dir)
     embodiments = dataset_embodiments(dataset, experiment.platform)  # None unless robots of different sizes mix
-    framework = build_policy(experiment, norm_stats, camera_keys=dataset_cameras(dataset), embodiments=embodiments)
-    processor = framework.processor  # raw samples -> Batch, in the DataLoader workers; saved with every checkpoint
+    policy = build_policy(experiment, norm_stats, camera_keys=dataset_cameras(dataset), embodiments=embodiments)
+    framework, processor = policy.model, policy.processor  # processor: raw samples -> Batch, in the DataLoader workers
     cotraining = check_cotraining(framework, dataset)  # VL samples in the data: a framework that trains on them
     processor.fit(dataset)
     load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)
@@ -83,7 +84,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     sharded = accelerator.state.deepspeed_plugin is not None  # ZeRO: each rank holds part of the optimizer
     resume_from = latest_checkpoint(run_dir) if trainer.resume else None
     if resume_from is not None:
-        framework.load_weights(resume_from)
+        load_weights(framework, resume_from)
         record = load_training_state(resume_from, None if sharded else optimizer, scheduler)
         start_step, losses = record["step"], record["losses"]
         if main:
@@ -148,17 +149,17 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
         samples = trainer.batch_size * accum * accelerator.num_processes
         metrics = {"loss": step_loss, "lr": lr, "data_ms": 1e3 * data_wait, **logged}
         if periodic_eval is not None and step % trainer.eval_every == 0:
-            metrics["eval_success"] = periodic_eval(framework, step)
+            metrics["eval_success"] = periodic_eval(policy, step)
         logger.log(step, metrics, samples)
         if step % trainer.save_every == 0 or step == trainer.max_steps:
-            last_checkpoint = _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer, ema)
+            last_checkpoint = _save(accelerator, model, policy, run_dir, step, optimizer, scheduler, losses, trainer, ema)
     logger.close(losses)
     del model, optimizer
     end_distributed(accelerator)
     return {"losses": losses, "checkpoint": last_checkpoint, "run_dir": run_dir}
 
 
-def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, trainer, ema) -> Path:
+def _save(accelerator, model, policy, run_dir, step, optimizer, scheduler, losses, trainer, ema) -> Path:
     state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; collective on every rank
     path = Path(run_dir) / "checkpoints" / f"step_{step}"
     shard_dir = None
@@ -169,11 +170,10 @@ def _save(accelerator, model, run_dir, step, optimizer, scheduler, losses, train
     if accelerator.is_main_process:
         if shard_dir is not None:
             check_all_shards(shard_dir, accelerator.num_processes)  # a run_dir the nodes do not share fails here
-        framework = accelerator.unwrap_model(model)
         optimizer_state = None if shard_dir else optimizer.optimizer
         record = {"losses": losses}
         save_training_checkpoint(
-            run_dir, step, framework, optimizer_state, scheduler, record, trainer.keep_last, state_dict, ema, shard_dir
+            run_dir, step, policy, optimizer_state, scheduler, record, trainer.keep_last, state_dict, ema, shard_dir
         )
     accelerator.wait_for_everyone()
     return path

@@ -20,11 +20,9 @@ STOP_TOKEN = "<|im_end|>"
 
 
 @torch.no_grad()
-def answer_questions(framework, samples: Sequence[dict], max_new_tokens: int = 8) -> list[str]:
+def answer_questions(policy, samples: Sequence[dict], max_new_tokens: int = 8) -> list[str]:
     """samples: VL samples (images, prompt = the question; any `answer` is withheld) -> the decoded answers."""
-    processor = framework.processor
-    if processor is None:
-        raise ValueError("this framework has no processor: load a checkpoint with Framework.from_pretrained")
+    processor, framework = policy.processor, policy.model
     questions = [{**s, "answer": s.get("answer") or "?"} for s in samples]  # marks them VL samples; withheld below
     batch = processor(questions, targets=False).to(framework.device)
     vlm = framework.vlm
@@ -42,7 +40,7 @@ def answer_questions(framework, samples: Sequence[dict], max_new_tokens: int = 8
     return [vlm.tokenizer.decode(row, skip_special_tokens=True) for row in until_stop(decoded["tokens"], stop)]
 
 
-def vqa_accuracy(framework, dataset: VQADataset, batch_size: int = 32, limit: int | None = None) -> dict:
+def vqa_accuracy(policy, dataset: VQADataset, batch_size: int = 32, limit: int | None = None) -> dict:
     """-> {"accuracy", "correct", "total", "per_kind": {kind: accuracy}, "examples": the first 20 questions with their
     predictions, "predictions": every prediction, in dataset order}.
 
@@ -56,7 +54,7 @@ def vqa_accuracy(framework, dataset: VQADataset, batch_size: int = 32, limit: in
     for start in range(0, total, batch_size):
         indices = range(start, min(start + batch_size, total))
         samples = [dataset[i] for i in indices]
-        predictions = answer_questions(framework, samples)
+        predictions = answer_questions(policy, samples)
         predicted_all.extend(predictions)
         for index, sample, predicted in zip(indices, samples, predictions):
             correct = normalize_answer(predicted) == normalize_answer(sample["answer"])

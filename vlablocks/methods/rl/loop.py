@@ -33,6 +33,7 @@ from vlablocks.core.evaluation.summary import success_summary
 from vlablocks.core.flags import FlagParser
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.logs import show_project_logs
+from vlablocks.core.policy.policy import Policy
 from vlablocks.core.training.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
 from vlablocks.core.training.components import make_accelerator, seed_everything, set_threads
 from vlablocks.core.training.distributed import end_distributed
@@ -83,12 +84,13 @@ def rl(experiment: ExperimentConfig) -> dict:
 
     resume_from = latest_checkpoint(run_dir) if trainer.resume else None
     source = resume_from or cfg.init_ckpt
-    framework = Framework.from_pretrained(source).to(accelerator.device)
+    policy = Policy.from_pretrained(source, device=accelerator.device)
+    framework = policy.model
     require(framework, StochasticPolicy, "vlablocks rl")
     framework.eval()  # no dropout: the update's log-probs must be those of the policy that acted
     reference = None
     if cfg.kl_coef > 0:  # the initial policy, frozen (a fresh load is its own copy)
-        reference = Framework.from_pretrained(cfg.init_ckpt).to(accelerator.device).eval().requires_grad_(False)
+        reference = Policy.from_pretrained(cfg.init_ckpt, device=accelerator.device).model.eval().requires_grad_(False)
     optimizer, scheduler = build_optimizer(framework, trainer)
     start, history = 0, []
     if resume_from is not None:
@@ -102,7 +104,7 @@ def rl(experiment: ExperimentConfig) -> dict:
     evaluates = main and (cfg.eval_every > 0 or cfg.val_only)  # the main process evaluates, on envs built once
     eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, cfg.env_workers) if evaluates else None
     if cfg.val_only:
-        summary = evaluate_greedy(framework, eval_envs, cfg, wrong_instruction_too=True) if main else {}
+        summary = evaluate_greedy(policy, eval_envs, cfg, wrong_instruction_too=True) if main else {}
         if main:
             eval_envs.close()
             (run_dir / "val_only.json").write_text(json.dumps(summary, indent=1))
@@ -117,7 +119,7 @@ def rl(experiment: ExperimentConfig) -> dict:
         rollout_start = time.perf_counter()
         rounds: list[list[Episode]] = []  # every episode rolled out this iteration, for the success rate
         sample_round = functools.partial(
-            _rollout_round, framework, envs, cfg, (experiment.seed, iteration, rank), accelerator.device, rounds
+            _rollout_round, policy, envs, cfg, (experiment.seed, iteration, rank), accelerator.device, rounds
         )
         kept, sampled = fill_with_informative_groups(
             sample_round, cfg.groups_per_iteration, cfg.max_sampling_rounds, cfg.dynamic_sampling
@@ -137,7 +139,7 @@ def rl(experiment: ExperimentConfig) -> dict:
         parts = np.array_split(np.tile(order, cfg.update_epochs), steps) if steps else []
         stats = []
         for part in parts:
-            loss, numbers = _minibatch_loss(model, framework, reference, [calls[i] for i in part], cfg, accelerator)
+            loss, numbers = _minibatch_loss(model, policy, reference, [calls[i] for i in part], cfg, accelerator)
             accelerator.backward(loss)
             if cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -163,7 +165,7 @@ def rl(experiment: ExperimentConfig) -> dict:
             "update_s": update_s,
         }
         if main and cfg.eval_every and (iteration % cfg.eval_every == 0 or iteration == cfg.iterations):
-            metrics["eval_success"] = evaluate_greedy(framework, eval_envs, cfg)["success_rate"]
+            metrics["eval_success"] = evaluate_greedy(policy, eval_envs, cfg)["success_rate"]
         if main:
             history.append(metrics)
             with open(run_dir / "metrics.jsonl", "a") as f:
@@ -173,7 +175,7 @@ def rl(experiment: ExperimentConfig) -> dict:
             accelerator.wait_for_everyone()
             if main:
                 checkpoint = save_training_checkpoint(
-                    run_dir, iteration, framework, optimizer.optimizer, scheduler, {"history": history}, cfg.keep_last
+                    run_dir, iteration, policy, optimizer.optimizer, scheduler, {"history": history}, cfg.keep_last
                 )
             accelerator.wait_for_everyone()
     envs.close()
@@ -188,10 +190,10 @@ def rl(experiment: ExperimentConfig) -> dict:
 _STAT_KEYS = ("loss", "clip_fraction", "approx_kl", "entropy")
 
 
-def _minibatch_loss(model, framework, reference, calls, cfg: RLConfig, accelerator) -> tuple[torch.Tensor, dict]:
+def _minibatch_loss(model, policy, reference, calls, cfg: RLConfig, accelerator) -> tuple[torch.Tensor, dict]:
     """calls: [(PolicyCall, advantage)] -> (the clipped loss, its numbers)."""
     device = accelerator.device
-    batch = framework.processor([c.observation for c, _ in calls], targets=False).to(device)
+    batch = policy.processor([c.observation for c, _ in calls], targets=False).to(device)
     choices = torch.stack([c.record["choices"] for c, _ in calls]).to(device)
     old = torch.stack([c.record["log_probs"] for c, _ in calls]).to(device)
     mask = torch.stack([c.record["mask"] for c, _ in calls]).to(device)
@@ -209,14 +211,14 @@ def _minibatch_loss(model, framework, reference, calls, cfg: RLConfig, accelerat
     return result.loss, {**numbers, "approx_kl": result.approx_kl, "entropy": result.entropy}
 
 
-def evaluate_greedy(framework, envs, cfg: RLConfig, wrong_instruction_too: bool = False) -> dict:
+def evaluate_greedy(policy, envs, cfg: RLConfig, wrong_instruction_too: bool = False) -> dict:
     """The served (greedy) policy on `eval_episodes` fresh seeds over `envs` (that many), batched
     -> success_summary ({"episodes", "successes", "success_rate", "ci95"}) + "seeds" [first, last], and with the
     control its figures prefixed "wrong_instruction_"."""
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     summary = {}
     for control in (False, True) if wrong_instruction_too else (False,):
-        episodes = run_episodes(envs, seeds, GreedyActor(framework), cfg.open_loop_horizon, control, keep_calls=False)
+        episodes = run_episodes(envs, seeds, GreedyActor(policy), cfg.open_loop_horizon, control, keep_calls=False)
         figures = success_summary(sum(e.success for e in episodes), len(episodes))
         if control:
             figures = {f"wrong_instruction_{key}": figures[key] for key in ("successes", "success_rate", "ci95")}
@@ -226,14 +228,14 @@ def evaluate_greedy(framework, envs, cfg: RLConfig, wrong_instruction_too: bool 
 
 
 def _rollout_round(
-    framework, envs, cfg: RLConfig, key: tuple[int, int, int], device, rounds: list, round_index: int
+    policy, envs, cfg: RLConfig, key: tuple[int, int, int], device, rounds: list, round_index: int
 ) -> tuple[list[list[Episode]], torch.Tensor]:
     """One round of B groups x G sampled episodes -> (the groups' episodes [B][G], rewards [B, G]); appends them to
     `rounds`. key = (seed, iteration, process): the initial states and the sampling noise depend on it alone."""
     seed, iteration, rank = key
     seeds = _initial_states(cfg, seed, iteration, round_index, rank)
     generator = torch.Generator(device).manual_seed(_key(seed, iteration, round_index, rank))
-    actor = SamplingActor(framework, cfg.temperature, generator)
+    actor = SamplingActor(policy, cfg.temperature, generator)
     group = cfg.group_size
     episodes = run_episodes(envs, np.repeat(seeds, group).tolist(), actor, cfg.open_loop_horizon)
     rounds.append(episodes)

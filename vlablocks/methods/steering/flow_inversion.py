@@ -96,13 +96,13 @@ def check_options(options: InversionOptions) -> None:
 
 @torch.no_grad()
 def invert_call(
-    framework, observations: list[dict], edited_prompts: list[str], steps: tuple[int, ...], generator: torch.Generator
+    policy, observations: list[dict], edited_prompts: list[str], steps: tuple[int, ...], generator: torch.Generator
 ) -> dict:
     """One policy call over N observations -> normalized and raw chunks (numpy [N, T, D]):
     {"sampled", "sampled_raw", "noise" (z0), "reprompted" (a_q), "resampled" (a_1), and per S: "inverted"[S] (z), "same"[S] / "same_raw"[S] (a'),
     "edited"[S] / "edited_raw"[S] (a'')}."""
+    framework, processor, device = policy.model, policy.processor, policy.device
     head = flow_head(framework)
-    processor, device = framework.processor, framework.device
     batch = processor(observations, targets=False).to(device)
     edited_batch = processor([{**o, "prompt": q} for o, q in zip(observations, edited_prompts)], targets=False)
     conditioning, state = framework.flow_conditioning(batch)
@@ -200,8 +200,8 @@ class InversionActor:
     record per chunk (kept in call order), and the S = `execute_steps` same-prompt reconstructions a' as the chunks
     executed. The edited prompt of an episode is its env's `wrong_instruction()` (the layout is fixed per episode)."""
 
-    def __init__(self, framework, envs, steps: tuple[int, ...], execute_steps: int, generator: torch.Generator):
-        self.framework, self.envs, self.steps, self.execute_steps = framework, envs, steps, execute_steps
+    def __init__(self, policy, envs, steps: tuple[int, ...], execute_steps: int, generator: torch.Generator):
+        self.policy, self.envs, self.steps, self.execute_steps = policy, envs, steps, execute_steps
         self.generator = generator
         self.records: list[dict] = []
         self.sampled: list[np.ndarray] = []  # every sampled normalized chunk [T, D]
@@ -213,26 +213,26 @@ class InversionActor:
             if episode.policy_calls == 0:
                 self.edited[episode.index] = env.wrong_instruction()
         prompts = [self.edited[episode.index] for episode in episodes]
-        call = invert_call(self.framework, requests, prompts, self.steps, self.generator)
+        call = invert_call(self.policy, requests, prompts, self.steps, self.generator)
         for k, (episode, record) in enumerate(zip(episodes, chunk_records(call, envs, prompts, self.steps))):
             self.records.append({"seed": episode.seed, "call": episode.policy_calls, **record})
             self.sampled.append(call["sampled"][k])
         return call["same_raw"][self.execute_steps], [{} for _ in requests]
 
 
-def run_inversion(framework, env_config: dict, options: InversionOptions) -> tuple[dict, list[dict]]:
+def run_inversion(policy, env_config: dict, options: InversionOptions) -> tuple[dict, list[dict]]:
     """Closed-loop episodes on `env_config` (an EVAL_ENVS section with a toy-like `layout`, `agent` and
     `wrong_instruction`), `batch_size` at a time through the rollout engine -> (summary, one record per chunk:
     episode seed, call index, metrics per S)."""
     check_options(options)
-    flow_head(framework)
-    framework.eval()
+    flow_head(policy.model)
+    policy.eval()
     steps = tuple(options.steps)
-    generator = torch.Generator(device=framework.device).manual_seed(options.seed)
+    generator = torch.Generator(device=policy.device).manual_seed(options.seed)
     envs = make_vector_env(env_config, min(options.batch_size, options.episodes))
     if not isinstance(envs.envs[0], EditableLayout):
         raise ValueError(f"env {env_config.get('name')!r} has no block layout to edit towards; use --env toy")
-    actor = InversionActor(framework, envs, steps, options.execute_steps, generator)
+    actor = InversionActor(policy, envs, steps, options.execute_steps, generator)
     seeds = range(options.seed, options.seed + options.episodes)
     episodes = run_episodes(envs, seeds, actor, keep_calls=False)
     successes = sum(episode.success for episode in episodes)

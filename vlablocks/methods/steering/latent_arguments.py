@@ -35,12 +35,12 @@ def steered(policy, args: argparse.Namespace):
     if not args.text_latent:
         return policy
     from vlablocks.core.capabilities import Steerable, require
-    from vlablocks.core.serving.policy import FrameworkPolicy
+    from vlablocks.core.policy.policy import Policy
     from vlablocks.methods.steering.steered_policy import LatentOptions, SteeredPolicy
 
-    if not isinstance(policy, FrameworkPolicy):
+    if not isinstance(policy, Policy):
         raise ValueError("--text-latent steers an in-process checkpoint: use --ckpt, not a remote or baseline policy")
-    require(policy.framework, Steerable, "--text-latent")
+    require(policy.model, Steerable, "--text-latent")
     from vlablocks.methods.steering.text_latent import TextLatents
 
     options = LatentOptions(

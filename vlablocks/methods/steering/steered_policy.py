@@ -1,7 +1,7 @@
 """A policy steered by text latents: the model's residual stream at the instruction's tokens is written with
 the latent of a task, or of two tasks interpolated over the episode (vlablocks/methods/steering/text_latent.py).
 
-Wraps a `FrameworkPolicy`; `vlablocks eval --text-latent F ...` and `vlablocks serve --text-latent F ...` build
+Wraps a `Policy` (core/policy/policy.py); `vlablocks eval --text-latent F ...` and `vlablocks serve --text-latent F ...` build
 it. The schedule counts policy calls since `reset()` (the eval loop calls it at every episode start; a served
 robot sends `"episode_start": true` in the first observation of an episode).
 """
@@ -54,11 +54,11 @@ class LatentOptions:
 
 
 class SteeredPolicy:
-    """FrameworkPolicy + a text-latent steering per call. metadata: the wrapped policy's."""
+    """A Policy + a text-latent steering per call. metadata and the prompt checks: the wrapped policy's."""
 
     def __init__(self, policy, latents: TextLatents, options: LatentOptions) -> None:
         self.policy = policy
-        self.framework = policy.framework
+        self.framework = policy.model
         self.metadata = policy.metadata
         self.latents = latents
         self.options = options
@@ -73,6 +73,10 @@ class SteeredPolicy:
 
     def reset(self) -> None:
         self.calls = 0
+
+    def check_prompt(self, prompt: str, max_tokens: int) -> None:
+        """The wrapped policy's checks: a steered server refuses what an unsteered one refuses."""
+        self.policy.check_prompt(prompt, max_tokens)
 
     def tasks(self, obs: dict) -> tuple[str, str | None]:
         """The (first, second or None) task strings for this observation."""

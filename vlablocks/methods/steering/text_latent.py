@@ -100,21 +100,22 @@ class TextLatents:
 
 
 @torch.no_grad()
-def extract(framework, batches: Iterable[list[dict]]) -> TextLatents:
+def extract(policy, batches: Iterable[list[dict]]) -> TextLatents:
     """Averages, per instruction string, the residual stream at its text positions over every frame given.
 
-    framework: a policy with a VLM and a processor; batches: lists of raw samples (observations or training
+    policy: a Policy whose model has a VLM; batches: lists of raw samples (observations or training
     samples). -> TextLatents (tasks in order of first appearance).
     """
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+    vlm = policy.model.vlm
     for samples in batches:
-        batch = framework.processor(samples, targets=False).to(framework.device)
+        batch = policy.processor(samples, targets=False).to(policy.device)
         store: list[torch.Tensor] = []
-        with capture_residuals(framework.vlm, store):
-            framework.vlm(batch.vlm)
+        with capture_residuals(vlm, store):
+            vlm(batch.vlm)
         stream = torch.stack(store, dim=1).float()  # [B, R, T, H]
-        mask = instruction_mask(framework.vlm, batch.vlm.input_ids)
+        mask = instruction_mask(vlm, batch.vlm.input_ids)
         for row, sample in enumerate(samples):
             task = sample["prompt"]
             states = stream[row][:, mask[row]]  # [R, P, H]

@@ -8,7 +8,7 @@ from them with a `ValueHead` (MSE or HL-Gauss, value_head.py) trained on the sam
     Q(s, a) = head([f(s), W_a vec(a_{t:t+T})])      (normalized chunk, padded steps zeroed)
 
 They are trained (`vlablocks train`), checkpointed and loaded like policies (a config's `framework:` section
-names them; vlablocks/core/registry.py `MODELS`); `predict_value(samples)` replaces `predict_action`.
+names them; vlablocks/core/registry.py `MODELS`); `predict_value(batch)` replaces `sample_actions`.
 docs/value_functions.md.
 """
 
@@ -64,13 +64,12 @@ class ValueModel(Framework):
         return {"loss": out["loss"], "value_mae": (out["value"] - returns).abs().mean().detach()}
 
     @torch.no_grad()
-    def predict_value(self, samples: list[dict]) -> np.ndarray:
-        """Raw samples (with their `action` chunk for Q) -> values [B] float32."""
-        if self.processor is None:
-            raise ValueError("this value model has no processor: build it with build_policy() or load a checkpoint")
+    def predict_value(self, batch: Batch) -> np.ndarray:
+        """A processed batch (samples with their `action` chunk for Q; Policy.processor makes it) -> values [B]
+        float32."""
         was_training = self.training
         self.eval()
-        value = self.head(self.features(self.processor(samples).to(self.device)))["value"]
+        value = self.head(self.features(batch.to(self.device)))["value"]
         self.train(was_training)
         return value.float().cpu().numpy()
 

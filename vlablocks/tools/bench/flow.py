@@ -62,8 +62,9 @@ def flow_row(settings: BenchSettings) -> Row:
     _, stats = stats_examples(settings)
     examples = bench_examples(settings, 1, seed=0)
     experiment = bench_experiment({"name": "QwenFlowMatching", "action_model": head_options(settings)}, settings)
-    model = build_on_device(experiment, stats, settings.device).eval()
-    batch = model.processor(examples).to(settings.device)
+    policy = build_on_device(experiment, stats, settings.device).eval()
+    model = policy.model
+    batch = policy.processor(examples).to(settings.device)
     difference = (sample_encoded_once(model, batch, 0) - sample_recomputed(model, batch, 0)).abs().max()
     times = interleaved(
         {

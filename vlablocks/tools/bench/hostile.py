@@ -21,9 +21,8 @@ import websockets.sync.client
 from deployment.client import msgpack_numpy
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.flags import FlagParser
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.core.serving.policy import FrameworkPolicy
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.serving.server import running_server
 
 PLATFORM = {"name": "hostile", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
@@ -69,11 +68,10 @@ def message_classes(valid: dict, rng: np.random.Generator) -> dict[str, Callable
     }
 
 
-def tiny_policy() -> FrameworkPolicy:
+def tiny_policy() -> Policy:
     experiment = parse_experiment({"platform": PLATFORM, "framework": {"name": "QwenOFT"}})
     samples = synthetic_examples(experiment.platform, 4, image_size=32, dataset_name="hostile")
-    framework = build_policy(experiment, synthetic_norm_stats(samples), camera_keys=["image"])
-    return FrameworkPolicy(framework.eval())
+    return build_policy(experiment, synthetic_norm_stats(samples), camera_keys=["image"]).eval()
 
 
 def run(per_class: int, seed: int = 0) -> dict:

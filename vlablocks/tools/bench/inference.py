@@ -1,6 +1,6 @@
 """Row 3: chunk latency of QwenFAST (autoregressive, KV cache) vs QwenOFT (parallel, one pass), same VLM.
 
-Both are `predict_action` on the same single example (batch 1, 1 view, an 8 x 7 LIBERO chunk).
+Both are `Policy.predict` on the same single example (batch 1, 1 view, an 8 x 7 LIBERO chunk).
 A random-init QwenFAST never picks its stop token, so it would always emit the cap of T * D + 1 tokens,
 about twice what the FAST tokenizer needs for such a chunk; that would overstate its latency. So it is
 first trained on the benchmark example (its real `forward`, AdamW) until greedy decoding emits that
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from vlablocks.core.framework.qwen_fast import QwenFAST
+from vlablocks.core.policy.policy import Policy
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.tools.bench.models import (
     bench_examples,
@@ -31,23 +31,23 @@ FIT_LOSS = 0.05  # mean cross-entropy under which greedy decoding is checked
 OFT_GOAL_MS = 25.0  # OFT chunk latency on an H100 at 3B, 1 view, bf16
 
 
-def fast_target_tokens(fast: QwenFAST, example: dict) -> int:
+def fast_target_tokens(fast: Policy, example: dict) -> int:
     """FAST tokens of the example's own (normalized) chunk, without the stop token."""
     labels = fast.processor([example]).vlm.labels
     return int((labels != IGNORE_INDEX).sum()) - 1
 
 
-def fit_fast_to_example(fast: QwenFAST, example: dict, max_steps: int, lr: float) -> dict:
+def fit_fast_to_example(fast: Policy, example: dict, max_steps: int, lr: float) -> dict:
     """Trains `fast` on one example until greedy decoding emits its FAST sequence -> fit summary.
 
     -> {"steps", "target_tokens", "emitted_tokens"} (emitted counts FAST tokens, stop excluded).
     """
     target = fast_target_tokens(fast, example)
-    optimizer = torch.optim.AdamW([p for p in fast.parameters() if p.requires_grad], lr=lr)
+    optimizer = torch.optim.AdamW([p for p in fast.model.parameters() if p.requires_grad], lr=lr)
     batch = fast.processor([example]).to(fast.device)
     emitted, steps = None, 0
     for steps in range(1, max_steps + 1):
-        loss = fast(batch)["loss"]
+        loss = fast.model(batch)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -59,12 +59,12 @@ def fit_fast_to_example(fast: QwenFAST, example: dict, max_steps: int, lr: float
     return {"steps": steps, "target_tokens": target, "emitted_tokens": emitted}
 
 
-def emitted_tokens(fast: QwenFAST, example: dict) -> int:
-    """FAST tokens `predict_action` emits: one LLM call per generated token; the last is the stop token
+def emitted_tokens(fast: Policy, example: dict) -> int:
+    """FAST tokens `predict` emits: one LLM call per generated token; the last is the stop token
     unless decoding hit the cap of T * D + 1."""
-    cap = fast.platform.action_horizon * fast.platform.action_dim + 1
-    with count_calls(fast.vlm.model) as calls:
-        fast.predict_action([example])
+    cap = fast.model.platform.action_horizon * fast.model.platform.action_dim + 1
+    with count_calls(fast.model.vlm.model) as calls:
+        fast.predict([example])
     return calls[0] if calls[0] >= cap else calls[0] - 1
 
 
@@ -81,7 +81,7 @@ def inference_row(settings: BenchSettings) -> Row:
     fast.eval(), oft.eval()
 
     times = interleaved(
-        {"fast": lambda: fast.predict_action([example]), "oft": lambda: oft.predict_action([example])},
+        {"fast": lambda: fast.predict([example]), "oft": lambda: oft.predict([example])},
         settings.warmup,
         settings.repeats,
         device,

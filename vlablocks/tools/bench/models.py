@@ -14,8 +14,8 @@ from dataclasses import asdict
 import torch
 
 from vlablocks.core.config import ExperimentConfig, parse_experiment
-from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.tools.bench.settings import BenchSettings, bench_platform
 
 SEED = 0
@@ -47,8 +47,8 @@ def bench_examples(settings: BenchSettings, count: int, seed: int) -> list[dict]
     return synthetic_examples(bench_platform(), count, num_views=1, image_size=settings.image_size, seed=seed)
 
 
-def build_on_device(experiment: ExperimentConfig, norm_stats: dict, device: str) -> Framework:
-    """The framework (with its processor) built directly on `device` (random init on a GPU takes seconds, not minutes on CPU)."""
+def build_on_device(experiment: ExperimentConfig, norm_stats: dict, device: str) -> Policy:
+    """The policy (model and processor) built directly on `device` (random init on a GPU takes seconds, not minutes on CPU)."""
     torch.manual_seed(SEED)
     with torch.device(device):
         return build_policy(experiment, norm_stats)

@@ -1,7 +1,7 @@
 """Row 9: chunk latency of QwenPI05 (the prompt through the VLM once, then the action expert integrates) vs
 QwenFAST decoding the same chunk token by token, same VLM.
 
-Both are `predict_action` on the same single example (batch 1, 1 view, an 8 x 7 LIBERO chunk). QwenFAST is
+Both are `Policy.predict` on the same single example (batch 1, 1 view, an 8 x 7 LIBERO chunk). QwenFAST is
 first fitted to the example until greedy decoding emits that chunk's FAST sequence and the stop token, the
 length a trained policy emits (as in the inference row, inference.py). QwenPI05's cost does not depend on
 its training: one VLM pass over its prompt (which also holds the state tokens) and `NUM_STEPS` Euler steps of
@@ -42,17 +42,17 @@ def pi05_row(settings: BenchSettings) -> Row:
     pi05 = build_on_device(experiment, stats, device)
     pi05.processor.fit(train_examples)  # its FAST tokenizer makes training targets only; the processor wants it
     fast.eval(), pi05.eval()
-    with count_calls(pi05.vlm.model.model) as calls:
-        pi05.predict_action([example])
+    with count_calls(pi05.model.vlm.model.model) as calls:
+        pi05.predict([example])
 
     times = interleaved(
-        {"fast": lambda: fast.predict_action([example]), "pi05": lambda: pi05.predict_action([example])},
+        {"fast": lambda: fast.predict([example]), "pi05": lambda: pi05.predict([example])},
         settings.warmup,
         settings.repeats,
         device,
     )
-    expert = pi05.action_model
-    vlm_params = sum(p.numel() for p in pi05.vlm.parameters())
+    expert = pi05.model.action_model
+    vlm_params = sum(p.numel() for p in pi05.model.vlm.parameters())
     expert_params = sum(p.numel() for p in expert.parameters())
     notes = [
         f"Batch 1, 1 view {settings.image_size}x{settings.image_size}, chunk 8 x 7, Qwen2.5-VL arch {settings.arch}"

@@ -13,8 +13,8 @@ from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.envs.vector import make_vector_env
 from vlablocks.core.evaluation.actors import SamplingActor
 from vlablocks.core.evaluation.rollout import run_episodes
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import build_policy
 from vlablocks.tools.bench.models import SEED, vlm_options
 from vlablocks.tools.bench.result import Goal, Row, Side, interleaved
 from vlablocks.tools.bench.settings import BenchSettings

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from vlablocks.core.config import ExperimentConfig
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_norm_stats
+from vlablocks.core.policy.policy import build_policy
 from vlablocks.core.training.batches import micro_batches
 from vlablocks.core.training.components import seed_everything
 from vlablocks.core.training.train import train
@@ -95,7 +95,8 @@ def bare_loop(experiment: ExperimentConfig, examples: list[dict], device: str) -
     """Forward, backward, AdamW step on the same model and batches -> (ms per step, losses)."""
     trainer = experiment.trainer
     seed_everything(experiment.seed)  # as train() does before building, so the weights are the same
-    model = build_policy(experiment, synthetic_norm_stats(examples)).to(device)
+    policy = build_policy(experiment, synthetic_norm_stats(examples)).to(device)
+    model = policy.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=trainer.learning_rate, betas=BETAS, weight_decay=0.0)
     batches = list(islice(micro_batches(examples, trainer.batch_size, experiment.seed), trainer.max_steps))
     # train() runs the processor in this process too (trainer.num_workers 0): the bare loop does the same.
@@ -105,7 +106,7 @@ def bare_loop(experiment: ExperimentConfig, examples: list[dict], device: str) -
     for batch in batches:
         start = time.perf_counter()
         with autocast:
-            loss = model(model.processor(batch).to(device))["loss"]
+            loss = model(policy.processor(batch).to(device))["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from vlablocks.core.config import load_config
 from vlablocks.core.flags import FlagParser
-from vlablocks.core.framework.base import Framework
+from vlablocks.core.policy.policy import Policy
 from vlablocks.core.training.components import build_train_dataset
 from vlablocks.tools.toy.toy_scene import COLOURS
 
@@ -51,30 +51,30 @@ def rolled_prompts(samples: list[dict]) -> list[dict]:
 
 
 @torch.no_grad()
-def seeded_loss(framework: Framework, samples: list[dict], seed: int) -> float:
+def seeded_loss(policy: Policy, samples: list[dict], seed: int) -> float:
     """The action head's training loss on `samples` (without auxiliary terms such as the readout regression),
     with the noise and time draws fixed by `seed`."""
-    batch = framework.processor(samples)
+    batch = policy.processor(samples)
     torch.manual_seed(seed)
-    losses = framework(batch)
+    losses = policy.model(batch)
     return losses.get("head_loss", losses["loss"]).item()
 
 
-def instruction_loss_ratio(framework: Framework, samples: list[dict], draws: int = 4) -> dict[str, float]:
+def instruction_loss_ratio(policy: Policy, samples: list[dict], draws: int = 4) -> dict[str, float]:
     """Mean over `draws` seeded draws of the own-prompt and rolled-prompt losses, and their ratio."""
-    own = float(np.mean([seeded_loss(framework, samples, d) for d in range(draws)]))
-    swapped = float(np.mean([seeded_loss(framework, rolled_prompts(samples), d) for d in range(draws)]))
+    own = float(np.mean([seeded_loss(policy, samples, d) for d in range(draws)]))
+    swapped = float(np.mean([seeded_loss(policy, rolled_prompts(samples), d) for d in range(draws)]))
     return {"loss_own": own, "loss_swapped": swapped, "ratio": swapped / own}
 
 
-def token_groups(framework: Framework, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+def token_groups(policy: Policy, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """[B, L] bool masks of the vision tokens, the colour words, the readout tokens and the other text."""
-    vlm = framework.vlm
+    vlm = policy.model.vlm
     colour_ids = {i for c in COLOURS for word in (c, f" {c}") for i in vlm.tokenizer.encode(word)}
     vision = input_ids == vlm.image_token_id
     colour = torch.isin(input_ids, torch.tensor(sorted(colour_ids)))
-    readout_module = getattr(framework, "readout", None)
-    readouts = getattr(readout_module, "token_ids", None) or getattr(framework, "query_token_ids", None) or [-1]
+    readout_module = getattr(policy.model, "readout", None)
+    readouts = getattr(readout_module, "token_ids", None) or getattr(policy.model, "query_token_ids", None) or [-1]
     readout = torch.isin(input_ids, torch.tensor(readouts))  # readout tokens, or QwenOFT's action queries
     padding = input_ids == vlm.tokenizer.pad_token_id
     return {
@@ -92,13 +92,13 @@ def _shares(weights: torch.Tensor, groups: dict[str, torch.Tensor]) -> dict[str,
 
 
 @torch.no_grad()
-def context_attention_mass(framework: Framework, samples: list[dict]) -> list[dict[str, float]]:
+def context_attention_mass(policy: Policy, samples: list[dict]) -> list[dict[str, float]]:
     """Per DiT block, the share of the head's cross-attention on each token group (attend: all only)."""
-    blocks = getattr(getattr(framework, "action_model", None), "blocks", None)
+    blocks = getattr(getattr(policy.model, "action_model", None), "blocks", None)
     if blocks is None:
         return []
-    batch = framework.processor(samples)
-    groups = token_groups(framework, batch.vlm.input_ids)
+    batch = policy.processor(samples)
+    groups = token_groups(policy, batch.vlm.input_ids)
     captured: list[torch.Tensor] = []
 
     def capture(module, args) -> None:
@@ -111,7 +111,7 @@ def context_attention_mass(framework: Framework, samples: list[dict]) -> list[di
     hooks = [block.cross_attn.register_forward_pre_hook(capture) for block in blocks]
     try:
         torch.manual_seed(0)
-        framework(batch)
+        policy.model(batch)
     finally:
         for hook in hooks:
             hook.remove()
@@ -119,11 +119,11 @@ def context_attention_mass(framework: Framework, samples: list[dict]) -> list[di
     return [_shares(w.view(len(samples), repeats, -1).mean(1), groups) for w in captured]
 
 
-def hidden_gradient_share(framework: Framework, samples: list[dict]) -> dict[str, float]:
+def hidden_gradient_share(policy: Policy, samples: list[dict]) -> dict[str, float]:
     """Shares of |dL/dh| (last VLM hidden state) over the token groups."""
-    batch = framework.processor(samples)
+    batch = policy.processor(samples)
     captured: dict[str, torch.Tensor] = {}
-    forward: Callable = framework.vlm.forward
+    forward: Callable = policy.model.vlm.forward
 
     def keep_grad(*args, **kwargs):
         out = forward(*args, **kwargs)
@@ -131,26 +131,26 @@ def hidden_gradient_share(framework: Framework, samples: list[dict]) -> dict[str
         captured["h"] = out.last_hidden_state
         return out
 
-    framework.vlm.forward = keep_grad
+    policy.model.vlm.forward = keep_grad
     try:
         torch.manual_seed(0)
-        framework.zero_grad(set_to_none=True)
-        framework(batch)["loss"].backward()
+        policy.model.zero_grad(set_to_none=True)
+        policy.model(batch)["loss"].backward()
     finally:
-        del framework.vlm.forward
+        del policy.model.vlm.forward
     grad = captured["h"].grad.norm(dim=-1)  # [B, L]
-    return _shares(grad, token_groups(framework, batch.vlm.input_ids))
+    return _shares(grad, token_groups(policy, batch.vlm.input_ids))
 
 
-def vlm_gradient_agreement(framework: Framework, samples: list[dict], draws: int = 4) -> dict[str, float]:
+def vlm_gradient_agreement(policy: Policy, samples: list[dict], draws: int = 4) -> dict[str, float]:
     """Mean pairwise cosine of the VLM's flattened parameter gradients over `draws` seeded draws, and their norm."""
-    batch = framework.processor(samples)
+    batch = policy.processor(samples)
     gradients = []
     for draw in range(draws):
-        framework.zero_grad(set_to_none=True)
+        policy.model.zero_grad(set_to_none=True)
         torch.manual_seed(draw)
-        framework(batch)["loss"].backward()
-        gradients.append(torch.cat([p.grad.flatten() for p in framework.vlm.parameters() if p.grad is not None]))
+        policy.model(batch)["loss"].backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in policy.model.vlm.parameters() if p.grad is not None]))
     stacked = F.normalize(torch.stack(gradients), dim=1)
     cosine = stacked @ stacked.T
     pairs = cosine[~torch.eye(draws, dtype=torch.bool)]
@@ -158,9 +158,9 @@ def vlm_gradient_agreement(framework: Framework, samples: list[dict], draws: int
 
 
 @torch.no_grad()
-def branch_gates(framework: Framework, samples: list[dict]) -> list[dict[str, float]]:
+def branch_gates(policy: Policy, samples: list[dict]) -> list[dict[str, float]]:
     """Per DiT block: mean |gate| of the self-attention, cross-attention and MLP branches on this batch."""
-    blocks = getattr(getattr(framework, "action_model", None), "blocks", None)
+    blocks = getattr(getattr(policy.model, "action_model", None), "blocks", None)
     if blocks is None:
         return []
     gates: list[dict[str, float]] = []
@@ -172,23 +172,23 @@ def branch_gates(framework: Framework, samples: list[dict]) -> list[dict[str, fl
     hooks = [block.register_forward_pre_hook(capture) for block in blocks]
     try:
         torch.manual_seed(0)
-        framework(framework.processor(samples))
+        policy.model(policy.processor(samples))
     finally:
         for hook in hooks:
             hook.remove()
     return gates
 
 
-def probe(framework: Framework, samples: list[dict]) -> dict:
-    framework.eval()
-    groups = token_groups(framework, framework.processor(samples).vlm.input_ids)
+def probe(policy: Policy, samples: list[dict]) -> dict:
+    policy.model.eval()
+    groups = token_groups(policy, policy.processor(samples).vlm.input_ids)
     return {
         "tokens_per_frame": {name: float(groups[name].sum()) / len(samples) for name in GROUPS},
-        "instruction_loss": instruction_loss_ratio(framework, samples),
-        "attention_mass_per_block": context_attention_mass(framework, samples),
-        "hidden_gradient_share": hidden_gradient_share(framework, samples),
-        "vlm_gradient_agreement": vlm_gradient_agreement(framework, samples),
-        "branch_gates": branch_gates(framework, samples),
+        "instruction_loss": instruction_loss_ratio(policy, samples),
+        "attention_mass_per_block": context_attention_mass(policy, samples),
+        "hidden_gradient_share": hidden_gradient_share(policy, samples),
+        "vlm_gradient_agreement": vlm_gradient_agreement(policy, samples),
+        "branch_gates": branch_gates(policy, samples),
     }
 
 
@@ -200,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    framework = Framework.from_pretrained(args.ckpt)
+    policy = Policy.from_pretrained(args.ckpt)
     run_config = Path(args.ckpt).resolve().parents[1] / "config.yaml"  # the run's, with its dataset section
     experiment = load_config(run_config, [f"dataset.root={args.data}"])
     samples = probe_samples(build_train_dataset(experiment), args.frames, args.seed)
-    print(json.dumps(probe(framework, samples), indent=1))
+    print(json.dumps(probe(policy, samples), indent=1))
     return 0
 
 

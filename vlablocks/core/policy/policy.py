@@ -1,0 +1,113 @@
+"""`Policy`: a model with its processor, as openpi has it. The model (a Framework nn.Module) does loss and
+sampling on typed batches; the policy owns the rest:
+
+    samples / observations (core/dataloader/sample.py)
+      -> processor (normalization, tokenization, images)           policy.processor(samples) -> Batch
+      -> model.sample_actions(batch, generator)                    normalized actions or action tokens
+      -> processor.postprocess                                     {"actions": robot units [B, T, D], ...}
+
+`predict(samples)` runs that chain, `infer(obs)` serves one observation (what the websocket server and the rollout
+engine call), `metadata` is what the server tells clients, and `save_pretrained` / `Policy.from_pretrained` are the
+checkpoint I/O (checkpoint.py).
+
+    policy = Policy.from_pretrained("runs/demo/checkpoints/step_2500")
+    actions = policy.predict([{"images": {"top": img}, "state": state, "prompt": "move to the red block"}])["actions"]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlablocks.core.atomic import atomic_directory
+from vlablocks.core.config import ExperimentConfig
+from vlablocks.core.framework.base import Framework, build_framework
+from vlablocks.core.manifest import write_manifest
+from vlablocks.core.policy.checkpoint import load_checkpoint, write_checkpoint
+from vlablocks.core.processor.pipeline import Processor, build_processor
+
+
+class Policy:
+    """model: the Framework (nn.Module); processor: its Processor. Calls are not thread-safe (the server runs
+    them one at a time)."""
+
+    def __init__(self, model: Framework, processor: Processor) -> None:
+        self.model = model
+        self.processor = processor
+
+    # ---- inference -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, samples: list[dict], seed: int | None = 0) -> dict[str, np.ndarray]:
+        """Raw samples -> {"actions": robot units [B, T, D], "normalized_actions": [B, T, D]} (numpy float32).
+
+        A cross-embodiment policy answers each sample at its robot's own [T, D_e] (a list when the batch mixes sizes).
+        """
+        model = self.model
+        batch = self.processor(samples, targets=False)
+        was_training = model.training
+        model.eval()
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        output = model.sample_actions(batch.to(self.device), generator)
+        model.train(was_training)
+        return self.processor.postprocess(output, batch)
+
+    def infer(self, obs: dict) -> dict:
+        """One validated observation -> {"actions": float32 [T, D]} (the served call)."""
+        # Decoded arrays are read-only views on the network buffer; the processor may want to write.
+        sample = {**obs, "images": {key: np.array(view) for key, view in obs["images"].items()}}
+        actions = np.asarray(self.predict([sample])["actions"], dtype=np.float32)
+        return {"actions": actions[0]}
+
+    def check_prompt(self, prompt: str, max_tokens: int) -> None:
+        """ValueError naming the problem when the instruction is empty, too long or holds control tokens."""
+        self.processor.check_prompt(prompt, max_tokens)
+
+    @property
+    def metadata(self) -> dict:
+        """What the server tells clients: cameras, T, D, S, image size, embodiment(s), n_action_steps."""
+        return self.processor.metadata
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def to(self, device: str | torch.device) -> Policy:
+        self.model.to(torch.device(device))
+        return self
+
+    def eval(self) -> Policy:
+        self.model.eval()
+        return self
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def write_files(self, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Weights, config and processor into an existing directory (the training checkpoint adds its state)."""
+        write_checkpoint(Path(directory), self.model, self.processor, state_dict)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Writes the checkpoint atomically: a kill mid-save leaves any previous one intact."""
+        with atomic_directory(directory) as tmp:
+            self.write_files(tmp)
+            write_manifest(tmp)
+        return Path(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, weights: str = "model", device: str | None = None) -> Policy:
+        """The policy a checkpoint holds (weights "ema": the moving average), on `device` (None: the CPU)."""
+        policy = cls(*load_checkpoint(directory, weights))
+        return policy.to(device) if device is not None else policy
+
+
+def build_policy(
+    experiment: ExperimentConfig,
+    norm_stats: dict,
+    camera_keys: list[str] | None = None,
+    embodiments: dict | None = None,
+) -> Policy:
+    """The model plus its processor (built from the same config, the normalization stats and, when given, the
+    training dataset's camera keys and, for a cross-embodiment mixture, its embodiments' own sizes)."""
+    model = build_framework(experiment)
+    return Policy(model, build_processor(experiment, model, norm_stats, camera_keys, embodiments))

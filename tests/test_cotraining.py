@@ -14,9 +14,9 @@ from vlablocks.core.build import build as build_component
 from vlablocks.core.config import ConfigError, PlatformConfig, parse_experiment
 from vlablocks.core.dataloader.sample import SampleError, is_vl_sample, validate_sample, validate_vl_sample
 from vlablocks.core.dataloader.stats import compute_norm_stats
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.cotraining import check_cotraining
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import build_policy
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import DATASETS
 from vlablocks.methods.cotraining.vqa_dataset import VQADataset, normalize_answer, write_vqa_dataset
@@ -186,20 +186,20 @@ def oft():
 
 
 def test_processor_marks_vl_samples_and_labels_only_their_answers(oft):
-    framework, robot = oft
-    batch = framework.processor([robot[0], *vl_samples(2), robot[1]])
+    policy, robot = oft
+    batch = policy.processor([robot[0], *vl_samples(2), robot[1]])
     assert batch.is_robot.tolist() == [True, False, False, True]
     assert torch.equal(batch.action_is_pad[1:3], torch.ones(2, 4, dtype=torch.bool))
     assert not batch.action_is_pad[[0, 3]].any()
     assert torch.equal(batch.actions[1:3], torch.zeros(2, 4, 3)) and torch.equal(batch.state[1:3], torch.zeros(2, 2))
     labels = batch.vlm.labels
     assert (labels[[0, 3]] == IGNORE_INDEX).all()
-    tokenizer = framework.vlm.tokenizer
+    tokenizer = policy.model.vlm.tokenizer
     for row, answer in ((1, "red"), (2, "none")):
         assert tokenizer.decode(labels[row][labels[row] != IGNORE_INDEX]) == answer + "<|im_end|>"
-    inference = framework.processor(vl_samples(2), targets=False)
+    inference = policy.processor(vl_samples(2), targets=False)
     assert inference.vlm.labels is None and inference.is_robot.tolist() == [False, False]
-    query = framework.query_token_ids[-1]
+    query = policy.model.query_token_ids[-1]
     assert (inference.vlm.input_ids[:, -1] == query).all()  # the prompt ends at the suffix: the answer is withheld
 
 
@@ -208,10 +208,11 @@ def grads(module) -> list[torch.Tensor]:
 
 
 def test_vl_batch_reaches_only_the_answer_loss(oft):
-    framework, robot = oft
+    policy, robot = oft
+    framework = policy.model
     framework.train()
     framework.zero_grad(set_to_none=True)
-    out = framework(framework.processor(vl_samples(3)))
+    out = framework(policy.processor(vl_samples(3)))
     out["loss"].backward()
     head = [*grads(framework.action_model), *grads(framework.proprio)]
     assert head and all(g is not None and torch.count_nonzero(g) == 0 for g in head)
@@ -221,11 +222,12 @@ def test_vl_batch_reaches_only_the_answer_loss(oft):
 
 
 def test_robot_rows_reach_only_the_action_loss(oft):
-    framework, robot = oft
+    policy, robot = oft
+    framework, processor = policy.model, policy.processor
     framework.train()
-    robot_only = framework(framework.processor(robot[:2]))
-    vl_only = framework(framework.processor(vl_samples(2)))
-    mixed = framework(framework.processor([robot[0], *vl_samples(2), robot[1]]))
+    robot_only = framework(processor(robot[:2]))
+    vl_only = framework(processor(vl_samples(2)))
+    mixed = framework(processor([robot[0], *vl_samples(2), robot[1]]))
     # each term of the mixed batch is the one its own kind of samples gives alone: no cross-talk
     torch.testing.assert_close(mixed["log"]["action_loss"], robot_only["loss"].detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(mixed["log"]["answer_loss"], vl_only["log"]["answer_loss"], atol=1e-5, rtol=1e-5)
@@ -233,28 +235,28 @@ def test_robot_rows_reach_only_the_action_loss(oft):
     # a robot-only batch: the plain action loss, no answer term at all
     assert "log" not in robot_only
     head_only = framework.action_model.compute_loss(
-        framework.condition(framework.processor(robot[:2])), *_targets(framework, robot[:2])
+        framework.condition(processor(robot[:2])), *_targets(processor, robot[:2])
     )["loss"]
     assert robot_only["loss"].item() == head_only.item()
     # moving the robot targets changes only the action loss; a different answer changes only the answer loss
     shifted = [{**s, "action": s["action"] + 1.0} for s in robot[:2]]
     other = [{**s, "answer": "blue"} for s in vl_samples(2)]
-    moved = framework(framework.processor([shifted[0], *other, shifted[1]]))
+    moved = framework(processor([shifted[0], *other, shifted[1]]))
     assert abs(float(moved["log"]["action_loss"]) - float(mixed["log"]["action_loss"])) > 1e-3
     assert abs(float(moved["log"]["answer_loss"]) - float(mixed["log"]["answer_loss"])) > 1e-3
-    again = framework(framework.processor([shifted[0], *vl_samples(2), shifted[1]]))
+    again = framework(processor([shifted[0], *vl_samples(2), shifted[1]]))
     torch.testing.assert_close(again["log"]["answer_loss"], mixed["log"]["answer_loss"], atol=1e-5, rtol=1e-5)
 
 
-def _targets(framework, samples):
-    batch = framework.processor(samples)
+def _targets(processor, samples):
+    batch = processor(samples)
     return batch.actions, batch.action_is_pad, batch.state
 
 
 def test_frameworks_without_vl_support_are_refused_in_one_line(oft, mixture):
-    framework, _ = oft
-    assert check_cotraining(framework, mixture) is True
-    assert check_cotraining(framework, mixture.components[0]) is False
+    policy, _ = oft
+    assert check_cotraining(policy.model, mixture) is True
+    assert check_cotraining(policy.model, mixture.components[0]) is False
 
     class NoVL(torch.nn.Module):
         pass
@@ -286,7 +288,7 @@ def test_training_logs_the_vl_share_of_every_step(mixture, tmp_path):
 # ---- the VQA evaluation ---------------------------------------------------------------------------------------
 def test_vqa_eval_decodes_what_the_model_learned(oft, tmp_path):
     """Overfit two questions through the training path, then greedy decoding must return their answers."""
-    framework, robot = oft
+    policy, robot = oft
     scenes = [{"image": np.full((56, 56, 3), c, np.uint8)} for c in (30, 220)]
     records = [
         {"scene": 0, "question": "is there a red block?", "answer": "yes", "kind": "exists"},
@@ -294,16 +296,17 @@ def test_vqa_eval_decodes_what_the_model_learned(oft, tmp_path):
     ]
     write_vqa_dataset(tmp_path, scenes, records, "vqa")
     dataset = VQADataset(VQADataset.Config(root=str(tmp_path)), platform=PlatformConfig(**PLATFORM))
-    assert vqa_accuracy(framework, dataset)["total"] == 2
+    assert vqa_accuracy(policy, dataset)["total"] == 2
     torch.manual_seed(0)
+    framework = policy.model
     optimizer = torch.optim.AdamW(framework.parameters(), lr=3e-3)
-    batch = framework.processor([dataset[0], dataset[1], robot[0]])
+    batch = policy.processor([dataset[0], dataset[1], robot[0]])
     framework.train()
     for _ in range(60):
         optimizer.zero_grad()
         framework(batch)["loss"].backward()
         optimizer.step()
-    assert answer_questions(framework, [dataset[0], dataset[1]]) == ["yes", "3"]
-    result = vqa_accuracy(framework, dataset)
+    assert answer_questions(policy, [dataset[0], dataset[1]]) == ["yes", "3"]
+    result = vqa_accuracy(policy, dataset)
     assert result["accuracy"] == 1.0 and result["per_kind"] == {"count": 1.0, "exists": 1.0}
     assert result["predictions"] == ["yes", "3"]

@@ -17,21 +17,23 @@ import pytest
 import torch
 
 from vlablocks.core.config import PlatformConfig, parse_experiment
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.qwen_fast import MASK_TOKEN, QwenFAST, drop_answer_inputs
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.processor.steps import IGNORE_INDEX
 
 PLATFORM = {"name": "test", "action_horizon": 2, "action_dim": 2, "state_dim": 2}
 
 
-def build(examples: list[dict], use_proprio: bool, **options) -> QwenFAST:
+def build(examples: list[dict], use_proprio: bool, **options) -> Policy:
+    """A tiny QwenFAST policy (its model: `.model`) with its FAST tokenizer fitted to `examples`."""
     torch.manual_seed(0)
     framework = {"name": "QwenFAST", "fast": {"vocab_size": 256, "bpe_merges": False}, "use_proprio": use_proprio}
     framework.update(options)
     policy = build_policy(
         parse_experiment({"platform": PLATFORM, "framework": framework}), synthetic_norm_stats(examples)
     )
+    assert isinstance(policy.model, QwenFAST)
     policy.processor.fit(examples)
     return policy
 
@@ -50,9 +52,10 @@ def state_only_examples() -> list[dict]:
 def test_the_state_reaches_the_answer_loss_only_with_use_proprio(use_proprio):
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 3, seed=1)
     policy = build(examples, use_proprio).eval()
+    model, processor = policy.model, policy.processor
     moved = [{**e, "state": e["state"] + 0.5} for e in examples]
     with torch.no_grad():
-        loss, moved_loss = policy(policy.processor(examples))["loss"], policy(policy.processor(moved))["loss"]
+        loss, moved_loss = model(processor(examples))["loss"], model(processor(moved))["loss"]
     assert torch.equal(loss, moved_loss) is not use_proprio
 
 
@@ -60,28 +63,29 @@ def test_the_state_reaches_the_answer_loss_only_with_use_proprio(use_proprio):
 def test_sampling_and_its_recomputation_both_see_the_state_at_every_decoding_step(answer_mlp_hidden):
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 4, seed=2)
     policy = build(examples, use_proprio=True, answer_mlp_hidden=answer_mlp_hidden).eval()
+    model = policy.model
     with torch.no_grad():
-        policy.proprio.weight.mul_(20.0)  # a state term that dominates the logits: a missed step shows at once
+        model.proprio.weight.mul_(20.0)  # a state term that dominates the logits: a missed step shows at once
         if answer_mlp_hidden:
-            torch.nn.init.normal_(policy.answer_mlp.down.weight, std=1.0)  # an MLP that changes the logits
+            torch.nn.init.normal_(model.answer_mlp.down.weight, std=1.0)  # an MLP that changes the logits
         batch = policy.processor(examples, targets=False)
-        drawn = policy.sample_with_log_probs(batch, 1.0, torch.Generator().manual_seed(0))
-        again = policy.choice_log_probs(batch, drawn["choices"], 1.0)
-        greedy = policy.sample_actions(batch, None)["action_tokens"]
-        coldest = policy.sample_with_log_probs(batch, 1e-4, torch.Generator().manual_seed(0))["action_tokens"]
+        drawn = model.sample_with_log_probs(batch, 1.0, torch.Generator().manual_seed(0))
+        again = model.choice_log_probs(batch, drawn["choices"], 1.0)
+        greedy = model.sample_actions(batch, None)["action_tokens"]
+        coldest = model.sample_with_log_probs(batch, 1e-4, torch.Generator().manual_seed(0))["action_tokens"]
     mask = drawn["mask"]
     assert int(mask.sum()) > len(examples)  # answers longer than one token: cached steps are compared too
     torch.testing.assert_close(again["log_probs"][mask], drawn["log_probs"][mask], atol=1e-5, rtol=0)
     assert greedy == coldest
 
 
-def fitted_loss(policy: QwenFAST, examples: list[dict], steps: int) -> float:
+def fitted_loss(policy: Policy, examples: list[dict], steps: int) -> float:
     """The training loss after `steps` Adam steps on `examples` (one batch)."""
-    policy.train()
+    model = policy.model.train()
     batch = policy.processor(examples)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(steps):
-        loss = policy(batch)["loss"]
+        loss = model(batch)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -125,7 +129,9 @@ def test_the_answer_mlp_is_the_identity_at_initialization_and_is_refused_negativ
     plain, with_mlp = build(examples, True), build(examples, True, answer_mlp_hidden=32)
     batch = plain.processor(examples)
     with torch.no_grad():
-        torch.testing.assert_close(with_mlp.eval()(batch)["loss"], plain.eval()(batch)["loss"], atol=0, rtol=0)
+        torch.testing.assert_close(
+            with_mlp.model.eval()(batch)["loss"], plain.model.eval()(batch)["loss"], atol=0, rtol=0
+        )
     with pytest.raises(ValueError, match="answer_mlp_hidden"):
         build(examples, True, answer_mlp_hidden=-1)
 
@@ -133,12 +139,13 @@ def test_the_answer_mlp_is_the_identity_at_initialization_and_is_refused_negativ
 def test_answer_token_dropout_masks_answer_inputs_only_at_its_rate_and_keeps_the_labels():
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 4, seed=5)
     policy = build(examples, use_proprio=False, answer_token_dropout=0.3)
-    assert policy.mask_token_id == policy.vlm.token_id(MASK_TOKEN)
+    mask_token_id = policy.model.mask_token_id
+    assert mask_token_id == policy.model.vlm.token_id(MASK_TOKEN)
     inputs = policy.processor(examples).vlm
     is_answer = inputs.labels != IGNORE_INDEX
     torch.manual_seed(0)
-    draws = [drop_answer_inputs(inputs, inputs.labels, policy.mask_token_id, 0.3) for _ in range(400)]
-    masked = torch.stack([d.input_ids == policy.mask_token_id for d in draws]).float()  # [400, B, L]
+    draws = [drop_answer_inputs(inputs, inputs.labels, mask_token_id, 0.3) for _ in range(400)]
+    masked = torch.stack([d.input_ids == mask_token_id for d in draws]).float()  # [400, B, L]
     assert not bool(masked[:, ~is_answer].any())  # the prompt is never touched
     rate = masked[:, is_answer].mean().item()
     assert abs(rate - 0.3) < 0.02  # 400 x 20 answer tokens: 3 standard deviations = 0.015
@@ -148,7 +155,8 @@ def test_answer_token_dropout_masks_answer_inputs_only_at_its_rate_and_keeps_the
 
 def test_answer_token_dropout_acts_in_training_only_and_is_bounded():
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 3, seed=6)
-    plain, dropping = build(examples, use_proprio=False), build(examples, use_proprio=False, answer_token_dropout=0.9)
+    plain = build(examples, use_proprio=False)
+    dropping = build(examples, use_proprio=False, answer_token_dropout=0.9).model
     batch = plain.processor(examples)
     with torch.no_grad():
         dropping.eval()

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from vlablocks.core.config import ExperimentConfig, PlatformConfig, parse_experiment
-from vlablocks.core.framework.base import Framework, build_policy, policy_names
+from vlablocks.core.framework.base import policy_names
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.registry import FRAMEWORKS
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
@@ -43,28 +44,30 @@ def scaled_examples(batch_size: int, seed: int = 0) -> list[dict]:
     return examples
 
 
-def built(name: str, examples: list[dict]) -> Framework:
+def built(name: str, examples: list[dict]) -> Policy:
+    """The policy of framework `name` (its model: `.model`), its processor fitted to `examples`."""
     torch.manual_seed(0)
-    framework = build_policy(experiment_for(name), norm_stats=synthetic_norm_stats(examples))
-    framework.processor.fit(examples)
-    return framework
+    policy = build_policy(experiment_for(name), norm_stats=synthetic_norm_stats(examples))
+    policy.processor.fit(examples)
+    return policy
 
 
 @pytest.mark.parametrize("name", policy_names())
 def test_forward_backward_and_predict_shapes(name):
     examples = scaled_examples(2)
-    framework = built(name, examples)
+    policy = built(name, examples)
+    framework = policy.model
     optimizer = torch.optim.SGD(framework.parameters(), lr=1e-2)
     # Two steps: zero-initialised output gates (adaLN-Zero DiTs) pass no gradient upstream at step 0.
     for _ in range(2):
         optimizer.zero_grad()
-        loss = framework(framework.processor(examples))["loss"]
+        loss = framework(policy.processor(examples))["loss"]
         assert loss.ndim == 0 and torch.isfinite(loss)
         loss.backward()
         optimizer.step()
     with_grad = [n for n, p in framework.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
     assert any(n.startswith("vlm.") for n in with_grad), "no gradient reached the VLM"
-    out = framework.predict_action(examples)
+    out = policy.predict(examples)
     assert out["actions"].shape == (2, 4, 3) and out["normalized_actions"].shape == (2, 4, 3)
     assert out["actions"].dtype == np.float32 and np.isfinite(out["actions"]).all()
 
@@ -79,26 +82,25 @@ BF16_CASES = {name: (name, {}) for name in policy_names()} | {
 
 
 @pytest.mark.parametrize(("name", "options"), list(BF16_CASES.values()), ids=list(BF16_CASES))
-def test_predict_action_with_a_bf16_vlm_and_fp32_heads(name, options):
+def test_predict_with_a_bf16_vlm_and_fp32_heads(name, options):
     """A bf16 VLM feeding the fp32 heads and projectors outside autocast: how `vlablocks bench --device cuda`
-    (and a GPU server) calls predict_action. Each fp32 layer must read its input in its own dtype."""
+    (and a GPU server) calls Policy.predict. Each fp32 layer must read its input in its own dtype."""
     examples = scaled_examples(2)
     vlm = {**FRAMEWORKS.get(name).Config().vlm, "dtype": "bfloat16"}
     torch.manual_seed(0)
-    framework = build_policy(experiment_for(name, vlm=vlm, **options), synthetic_norm_stats(examples))
-    framework.processor.fit(examples)
-    assert next(framework.vlm.parameters()).dtype == torch.bfloat16
-    head = getattr(framework, "action_model", None)  # QwenFAST decodes tokens: no head
+    policy = build_policy(experiment_for(name, vlm=vlm, **options), synthetic_norm_stats(examples))
+    policy.processor.fit(examples)
+    assert next(policy.model.vlm.parameters()).dtype == torch.bfloat16
+    head = getattr(policy.model, "action_model", None)  # QwenFAST decodes tokens: no head
     assert head is None or next(head.parameters()).dtype == torch.float32
-    out = framework.predict_action(examples)
+    out = policy.predict(examples)
     assert out["actions"].shape == (2, 4, 3) and np.isfinite(out["actions"]).all()
 
 
 @pytest.mark.parametrize("name", policy_names())
 def test_predictions_are_unnormalized_with_the_dataset_stats(name):
     examples = scaled_examples(2)
-    framework = built(name, examples)
-    out = framework.predict_action(examples)
+    out = built(name, examples).predict(examples)
     stats = synthetic_norm_stats(examples)["synthetic"]["action"]
     low, high = np.asarray(stats["q01"]), np.asarray(stats["q99"])
     # q99 mode maps [q01, q99] <-> [-1, 1]; the inverse written out independently of the normalizer.
@@ -110,14 +112,14 @@ def test_predictions_are_unnormalized_with_the_dataset_stats(name):
 @pytest.mark.parametrize("name", policy_names())
 def test_save_load_gives_identical_predictions(name, tmp_path):
     examples = scaled_examples(2)
-    framework = built(name, examples)
-    before = framework.predict_action(examples, seed=3)
-    framework.save_pretrained(tmp_path / "ckpt")
+    policy = built(name, examples)
+    before = policy.predict(examples, seed=3)
+    policy.save_pretrained(tmp_path / "ckpt")
     assert {"model.safetensors", "config.yaml", "processor"} <= {p.name for p in (tmp_path / "ckpt").iterdir()}
-    loaded = Framework.from_pretrained(tmp_path / "ckpt")
-    assert type(loaded) is type(framework)
-    assert loaded.processor.config == framework.processor.config
-    after = loaded.predict_action(examples, seed=3)
+    loaded = Policy.from_pretrained(tmp_path / "ckpt")
+    assert type(loaded.model) is type(policy.model)
+    assert loaded.processor.config == policy.processor.config
+    after = loaded.predict(examples, seed=3)
     np.testing.assert_array_equal(before["actions"], after["actions"])
 
 
@@ -126,23 +128,24 @@ def test_a_checkpoint_written_before_processors_still_loads(name, tmp_path):
     """The old layout: norm_stats.json beside the weights, no processor/ and no manifest. (Frameworks with FAST
     tokens postdate it: their fitted FAST tokenizer lives only in processor/.)"""
     examples = scaled_examples(2)
-    framework = built(name, examples)
-    before = framework.predict_action(examples, seed=3)
-    framework.save_pretrained(tmp_path / "ckpt")
+    policy = built(name, examples)
+    before = policy.predict(examples, seed=3)
+    policy.save_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "processor" / "norm_stats.json").rename(tmp_path / "ckpt" / "norm_stats.json")
     shutil.rmtree(tmp_path / "ckpt" / "processor")
     (tmp_path / "ckpt" / "manifest.json").unlink()
-    after = Framework.from_pretrained(tmp_path / "ckpt").predict_action(examples, seed=3)
+    after = Policy.from_pretrained(tmp_path / "ckpt").predict(examples, seed=3)
     np.testing.assert_array_equal(before["actions"], after["actions"])
 
 
 @pytest.mark.parametrize("name", policy_names())
 def test_overfits_eight_samples(name):
     examples = scaled_examples(8, seed=1)
-    framework = built(name, examples)
+    policy = built(name, examples)
+    framework = policy.model
     optimizer = torch.optim.AdamW([p for p in framework.parameters() if p.requires_grad], lr=2e-3)
     losses = []
-    batch = framework.processor(examples)
+    batch = policy.processor(examples)
     for _ in range(150):
         loss = framework(batch)["loss"]
         optimizer.zero_grad()

@@ -9,9 +9,10 @@ import torch
 
 from vlablocks.core.config import PlatformConfig, load_config, parse_experiment
 from vlablocks.core.dataloader.normalization import Normalizer
-from vlablocks.core.framework.base import build_framework, build_policy
+from vlablocks.core.framework.base import build_framework
 from vlablocks.core.framework.qwen_pi05 import QwenPI05
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.processor.steps import IGNORE_INDEX, DiscretizeState
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
@@ -20,14 +21,16 @@ PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2
 EXPERT = {"name": "flow_matching", "hidden_dim": 32, "num_layers": 2, "num_heads": 2, "cross_attention_gate_init": 1.0}
 
 
-def tiny(**options) -> tuple[QwenPI05, list[dict]]:
+def tiny(**options) -> tuple[Policy, list[dict]]:
+    """A tiny QwenPI05 policy (its model: `.model`) with its processor fitted to three examples."""
     framework = {"name": "QwenPI05", "action_model": EXPERT, "fast": {"vocab_size": 256}, **options}
     experiment = parse_experiment({"platform": PLATFORM, "framework": framework})
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 3, seed=4)
     torch.manual_seed(0)
-    model = build_policy(experiment, synthetic_norm_stats(examples))
-    model.processor.fit(examples)
-    return model, examples
+    policy = build_policy(experiment, synthetic_norm_stats(examples))
+    assert isinstance(policy.model, QwenPI05)
+    policy.processor.fit(examples)
+    return policy, examples
 
 
 def grads(loss: torch.Tensor, module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -46,8 +49,9 @@ def nonzero(gradients: dict[str, torch.Tensor]) -> set[str]:
 
 @pytest.mark.parametrize("readout_loss_weight", [0.0, 1.0])
 def test_insulated_flow_loss_leaves_every_vlm_parameter_at_exactly_zero(readout_loss_weight):
-    model, examples = tiny(readout_loss_weight=readout_loss_weight)
-    terms = model.loss_terms(model.processor(examples))
+    policy, examples = tiny(readout_loss_weight=readout_loss_weight)
+    model = policy.model
+    terms = model.loss_terms(policy.processor(examples))
     flow_on_vlm = grads(terms["flow"], model.vlm)
     assert len(flow_on_vlm) > 10 and all(torch.equal(g, torch.zeros_like(g)) for g in flow_on_vlm.values())
     fast_on_expert = grads(terms["fast"], model.action_model)
@@ -58,8 +62,9 @@ def test_insulated_flow_loss_leaves_every_vlm_parameter_at_exactly_zero(readout_
 
 
 def test_insulated_total_loss_trains_the_vlm_with_the_fast_loss_alone():
-    model, examples = tiny()
-    batch = model.processor(examples)
+    policy, examples = tiny()
+    model = policy.model
+    batch = policy.processor(examples)
     torch.manual_seed(1)
     losses = model(batch)
     torch.manual_seed(1)
@@ -74,8 +79,9 @@ def test_insulated_total_loss_trains_the_vlm_with_the_fast_loss_alone():
 
 
 def test_without_insulation_the_flow_loss_reaches_the_whole_backbone():
-    model, examples = tiny(insulate_vlm=False)
-    terms = model.loss_terms(model.processor(examples))
+    policy, examples = tiny(insulate_vlm=False)
+    model = policy.model
+    terms = model.loss_terms(policy.processor(examples))
     flow_on_vlm = nonzero(grads(terms["flow"], model.vlm))
     fast_on_vlm = nonzero(grads(terms["fast"], model.vlm))
     # Both losses train the VLM: through the LLM's decoder layers and down into the vision tower.
@@ -98,10 +104,10 @@ def test_insulated_vlm_without_a_vlm_loss_is_refused():
 
 
 def test_the_expert_reads_the_prompt_only_so_training_and_inference_agree():
-    model, examples = tiny(readout_loss_weight=1.0)
-    model.eval()
-    train_batch = model.processor(examples)  # prompt + FAST answer
-    infer_batch = model.processor(examples, targets=False)  # prompt only
+    policy, examples = tiny(readout_loss_weight=1.0)
+    model = policy.eval().model
+    train_batch = policy.processor(examples)  # prompt + FAST answer
+    infer_batch = policy.processor(examples, targets=False)  # prompt only
     answer = train_batch.vlm.labels != IGNORE_INDEX
     assert answer.any() and infer_batch.vlm.labels is None
     with torch.no_grad():
@@ -120,16 +126,16 @@ def test_the_expert_reads_the_prompt_only_so_training_and_inference_agree():
 
 
 def test_changing_only_the_state_changes_the_prompt_tokens_and_the_actions():
-    model, examples = tiny()
+    policy, examples = tiny()
     sample = examples[0]
     moved = {**sample, "state": (sample["state"] + 0.5).astype(np.float32)}
-    tokenizer = model.vlm.tokenizer
-    ids = [model.processor([s], targets=False).vlm.input_ids[0].tolist() for s in (sample, moved, dict(sample))]
+    tokenizer = policy.model.vlm.tokenizer
+    ids = [policy.processor([s], targets=False).vlm.input_ids[0].tolist() for s in (sample, moved, dict(sample))]
     assert ids[0] != ids[1] and ids[0] == ids[2]
     texts = [tokenizer.decode(i) for i in ids[:2]]
     assert all("State: " in t for t in texts)
     assert texts[0].split("State: ")[0] == texts[1].split("State: ")[0]  # views and instruction unchanged
-    before, after, again = (model.predict_action([s], seed=0)["actions"] for s in (sample, moved, dict(sample)))
+    before, after, again = (policy.predict([s], seed=0)["actions"] for s in (sample, moved, dict(sample)))
     np.testing.assert_array_equal(before, again)  # same state, same noise: the same chunk
     assert np.abs(before - after).max() > 1e-4  # the expert has no state input: the tokens carried the change
 

@@ -14,11 +14,10 @@ from torch.utils.data import DataLoader
 
 from vlablocks.core.batch import Batch
 from vlablocks.core.config import PlatformConfig, parse_experiment
-from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.processor.config import ProcessorConfig
 from vlablocks.core.processor.pipeline import Processor
-from vlablocks.core.serving.policy import FrameworkPolicy
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 SMALL = {
@@ -56,12 +55,12 @@ def with_depth(batch: list[dict], seed: int = 0) -> list[dict]:
     return batch
 
 
-def policy(name: str, data: list[dict], norm_stats: dict | None = None, camera_keys=None) -> Framework:
+def policy(name: str, data: list[dict], norm_stats: dict | None = None, camera_keys=None) -> Policy:
     torch.manual_seed(0)
     experiment = parse_experiment({"platform": PLATFORM, "framework": {"name": name, **SMALL[name]}})
-    framework = build_policy(experiment, norm_stats or synthetic_norm_stats(data), camera_keys=camera_keys)
-    framework.processor.fit(data)
-    return framework.eval()
+    built = build_policy(experiment, norm_stats or synthetic_norm_stats(data), camera_keys=camera_keys)
+    built.processor.fit(data)
+    return built.eval()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def oft_data() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def oft(oft_data) -> Framework:
+def oft(oft_data) -> Policy:
     return policy("QwenOFT", oft_data, camera_keys=CAMERAS)
 
 
@@ -80,7 +79,7 @@ def spatial_data() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def spatial(spatial_data) -> Framework:
+def spatial(spatial_data) -> Policy:
     return policy("QwenLayerwiseFM3D", spatial_data, camera_keys=CAMERAS)
 
 
@@ -114,20 +113,20 @@ def set_tensors(batch: Batch) -> set[str]:
 
 @pytest.mark.parametrize("which", ["oft", "spatial"])
 def test_collate_in_worker_processes_equals_in_process(which, request):
-    framework = request.getfixturevalue(which)
+    processor = request.getfixturevalue(which).processor
     data = request.getfixturevalue(f"{which}_data")
-    loader = DataLoader(data, batch_size=2, shuffle=False, num_workers=2, collate_fn=framework.processor)
+    loader = DataLoader(data, batch_size=2, shuffle=False, num_workers=2, collate_fn=processor)
     batches = list(loader)
     assert len(batches) == 2 and all(isinstance(b, Batch) for b in batches)
     for index, batch in enumerate(batches):
-        expected = framework.processor(data[2 * index : 2 * index + 2])
+        expected = processor(data[2 * index : 2 * index + 2])
         assert_same(batch, expected)
     expected_tensors = {"state", "actions", "action_is_pad", "vlm.input_ids", "vlm.pixel_patches"}
     if which == "spatial":
         expected_tensors |= {"geometry.pixels", "geometry.view_mask", "geometry.points"}
     assert expected_tensors <= set_tensors(batches[0])
     # What a spawned worker receives: the pickled processor (no model, no GPU state) collates identically.
-    assert_same(pickle.loads(pickle.dumps(framework.processor))(data[:2]), framework.processor(data[:2]))
+    assert_same(pickle.loads(pickle.dumps(processor))(data[:2]), processor(data[:2]))
 
 
 # ---- (2) save_pretrained -> from_pretrained ---------------------------------------------------------
@@ -251,21 +250,20 @@ def test_bad_batches_are_refused(oft, oft_data):
 # ---- (5) serving: a dataset sample minus its action ------------------------------------------------
 
 
-def test_framework_policy_infers_from_a_dataset_sample_without_action():
+def test_the_served_policy_infers_from_a_dataset_sample_without_action():
     data = samples(2, seed=5)  # one camera "image", like the toy dataset
-    framework = policy("QwenOFT", data)
-    assert framework.processor.config.camera_keys == ("image",)
+    served = policy("QwenOFT", data)
+    assert served.processor.config.camera_keys == ("image",)
     obs = drop(data[0], "action", "action_is_pad")
-    served = FrameworkPolicy(framework)
     out = served.infer(obs)
     assert set(out) == {"actions"}
     assert out["actions"].dtype == np.float32 and out["actions"].shape == (4, 3)
     assert np.isfinite(out["actions"]).all()
-    np.testing.assert_array_equal(out["actions"], framework.predict_action([obs])["actions"][0])
-    batch = framework.processor([obs])
+    np.testing.assert_array_equal(out["actions"], served.predict([obs])["actions"][0])
+    batch = served.processor([obs])
     assert batch.actions is None and batch.action_is_pad is None and batch.state.shape == (1, 2)
     # Without a dataset_name the processor uses its embodiment's stats (the only dataset here).
-    assert framework.processor([drop(obs, "dataset_name")]).dataset_names == ("synthetic",)
+    assert served.processor([drop(obs, "dataset_name")]).dataset_names == ("synthetic",)
     with pytest.raises(ValueError, match=r"sample\[0\]\['images'\] lacks camera\(s\) \['image'\]"):
         served.infer({**obs, "images": {"front": obs["images"]["image"]}})
 
@@ -278,8 +276,9 @@ def test_metadata_comes_from_the_processor_config(spatial, tmp_path):
     assert config.camera_keys == tuple(CAMERAS)
     assert (config.action_horizon, config.action_dim, config.state_dim) == (4, 3, 2)
     assert config.embodiment == "synthetic"
-    assert config.geometry == spatial.geometric_encoder.preprocess_options()
-    assert config.view_size == tuple(spatial.vlm.view_size) and config.patch_size == spatial.vlm.patch_size
+    model = spatial.model
+    assert config.geometry == model.geometric_encoder.preprocess_options()
+    assert config.view_size == tuple(model.vlm.view_size) and config.patch_size == model.vlm.patch_size
     expected = {
         "action_horizon": 4,
         "action_dim": 3,
@@ -290,7 +289,7 @@ def test_metadata_comes_from_the_processor_config(spatial, tmp_path):
         "n_action_steps": 4,  # platform.n_action_steps null: the whole chunk
     }
     assert spatial.processor.metadata == expected
-    assert FrameworkPolicy(spatial).metadata == expected
+    assert spatial.metadata == expected
     # The metadata follows the config alone: a changed config changes it, the model is not consulted.
     changed = dataclasses.replace(config, camera_keys=("top",), state_dim=5, use_state=False)
     other = Processor(changed, spatial.processor.hf_processor, spatial.processor.normalizer.to_dict())
@@ -308,7 +307,7 @@ def test_metadata_comes_from_the_processor_config(spatial, tmp_path):
 
 
 def test_inference_never_sees_the_targets():
-    """predict_action processes with targets=False: a FAST answer built from the sample's action would otherwise
+    """Policy.predict processes with targets=False: a FAST answer built from the sample's action would otherwise
     sit in the prompt, and generation would start after it."""
     data = samples(2, seed=3)
     fast = policy("QwenFAST", data)
@@ -318,18 +317,18 @@ def test_inference_never_sees_the_targets():
     assert without.vlm.labels is None and without.actions is None and without.action_is_pad is None
     assert without.vlm.input_ids.shape[1] < with_targets.vlm.input_ids.shape[1]
     stripped = [{k: v for k, v in s.items() if k not in ("action", "action_is_pad")} for s in data]
-    np.testing.assert_array_equal(fast.predict_action(data)["actions"], fast.predict_action(stripped)["actions"])
+    np.testing.assert_array_equal(fast.predict(data)["actions"], fast.predict(stripped)["actions"])
 
 
 def test_a_multi_dataset_policy_names_the_missing_dataset_name(oft_data):
     first = [{**s, "dataset_name": "first"} for s in oft_data]
     second = [{**s, "dataset_name": "second"} for s in oft_data]
     stats = {**synthetic_norm_stats(first), **synthetic_norm_stats(second)}
-    framework = policy("QwenOFT", first + second, norm_stats=stats, camera_keys=CAMERAS)
+    mixed = policy("QwenOFT", first + second, norm_stats=stats, camera_keys=CAMERAS)
     request = {k: v for k, v in oft_data[0].items() if k not in ("action", "action_is_pad", "dataset_name")}
     with pytest.raises(ValueError, match=r"no dataset_name, so the default 'test'.*one of \['first', 'second'\]"):
-        framework.predict_action([request])
-    assert framework.predict_action([{**request, "dataset_name": "second"}])["actions"].shape == (1, 4, 3)
+        mixed.predict([request])
+    assert mixed.predict([{**request, "dataset_name": "second"}])["actions"].shape == (1, 4, 3)
 
 
 def test_check_prompt_uses_the_models_tokenizer(oft):
@@ -354,9 +353,10 @@ def test_the_platforms_n_action_steps_is_served_saved_and_played(oft_data, tmp_p
     experiment = parse_experiment(
         {"platform": {**PLATFORM, "n_action_steps": 2}, "framework": {"name": "QwenOFT", **SMALL["QwenOFT"]}}
     )
-    framework = build_policy(experiment, synthetic_norm_stats(oft_data), camera_keys=CAMERAS)
-    assert framework.processor.metadata["n_action_steps"] == 2
-    framework.processor.save_pretrained(tmp_path / "processor")
+    replanning = build_policy(experiment, synthetic_norm_stats(oft_data), camera_keys=CAMERAS)
+    assert replanning.processor.metadata["n_action_steps"] == 2
+    assert replanning.metadata["n_action_steps"] == 2
+    replanning.processor.save_pretrained(tmp_path / "processor")
     loaded = Processor.from_pretrained(tmp_path / "processor").metadata
     assert played_per_chunk(loaded) == 2
     assert played_per_chunk({"action_horizon": 4}) == 4  # a server that does not send it: the whole chunk

@@ -35,19 +35,19 @@ def oft():
 
 
 def test_the_checkpoint_declares_its_chain_and_runs_it_as_saved(oft, tmp_path):
-    framework, data = oft
-    assert framework.processor.config.sample_steps == ("select_cameras", "normalize")
-    framework.processor.save_pretrained(tmp_path)
+    policy, data = oft
+    assert policy.processor.config.sample_steps == ("select_cameras", "normalize")
+    policy.processor.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "processor.json").read_text())
     assert saved["sample_steps"] == ["select_cameras", "normalize"]
     reloaded = Processor.from_pretrained(tmp_path)
     assert reloaded.config.sample_steps == ("select_cameras", "normalize")
-    np.testing.assert_array_equal(reloaded(data).state.numpy(), framework.processor(data).state.numpy())
+    np.testing.assert_array_equal(reloaded(data).state.numpy(), policy.processor(data).state.numpy())
 
 
 def test_a_registered_step_runs_where_the_list_puts_it(oft):
-    framework, data = oft
-    base = framework.processor
+    policy, data = oft
+    base = policy.processor
     make = lambda steps: Processor(  # noqa: E731
         dataclasses.replace(base.config, sample_steps=steps), base.hf_processor, base.normalizer.stats
     )
@@ -72,8 +72,8 @@ def test_a_registered_step_runs_where_the_list_puts_it(oft):
 
 
 def test_an_unknown_step_or_a_missing_option_is_a_one_line_error(oft):
-    framework, _ = oft
-    base = framework.processor
+    policy, _ = oft
+    base = policy.processor
     with pytest.raises(ValueError, match="processor.sample_steps: unknown processor_step 'normalise'; did you mean"):
         Processor(
             dataclasses.replace(base.config, sample_steps=("normalise",)), base.hf_processor, base.normalizer.stats

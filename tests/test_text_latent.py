@@ -12,7 +12,7 @@ from head_helpers import wake
 from test_frameworks import built, scaled_examples
 
 from vlablocks.cli.main import main
-from vlablocks.core.serving.policy import FrameworkPolicy
+from vlablocks.core.policy.policy import Policy
 from vlablocks.core.vlm.steering import Steering, capture_residuals, instruction_mask, steering, text_positions
 from vlablocks.methods.steering.steered_policy import LatentOptions, SteeredPolicy, blank_prompt
 from vlablocks.methods.steering.text_latent import TextLatents, decode, extract, interpolation_weight
@@ -27,11 +27,11 @@ def examples_with(prompts: list[str], seed: int = 0) -> list[dict]:
     return examples
 
 
-def awake(name: str, examples: list[dict]):
-    """A tiny framework whose head's zero-initialized gates are randomized, so its actions read the VLM."""
-    framework = built(name, examples).eval()
-    wake(framework.action_model)
-    return framework
+def awake(name: str, examples: list[dict]) -> Policy:
+    """A tiny policy whose head's zero-initialized gates are randomized, so its actions read the VLM."""
+    policy = built(name, examples).eval()
+    wake(policy.model.action_model)
+    return policy
 
 
 def residual_count(framework) -> int:
@@ -51,8 +51,9 @@ def test_text_positions_by_hand():
 @pytest.mark.parametrize("mode", ["add", "blend"])
 def test_alpha_zero_leaves_outputs_bit_identical(name, mode):
     examples = examples_with(list(TASKS))
-    framework = awake(name, examples)
-    batch = framework.processor(examples, targets=False)
+    policy = awake(name, examples)
+    framework = policy.model
+    batch = policy.processor(examples, targets=False)
     with torch.no_grad():
         plain = framework.sample_actions(batch, torch.Generator().manual_seed(0))["actions"]
         indices = tuple(range(residual_count(framework)))
@@ -69,9 +70,10 @@ def test_alpha_zero_leaves_outputs_bit_identical(name, mode):
 
 def test_an_edit_writes_only_the_text_positions_of_its_index():
     examples = examples_with(list(TASKS))
-    framework = built("QwenFlowMatching", examples).eval()
+    policy = built("QwenFlowMatching", examples).eval()
+    framework = policy.model
     vlm = framework.vlm
-    batch = framework.processor(examples, targets=False)
+    batch = policy.processor(examples, targets=False)
     mask = instruction_mask(vlm, batch.vlm.input_ids)
     vectors = torch.randn(2, 1, 1, vlm.hidden_size)
     plain, edited = [], []
@@ -91,11 +93,11 @@ def test_an_edit_writes_only_the_text_positions_of_its_index():
 def test_extraction_on_a_two_task_batch_equals_a_hand_computed_mean():
     prompts = [TASKS[0], TASKS[1], TASKS[0], TASKS[1]]
     examples = examples_with(prompts)
-    framework = built("QwenFlowMatching", examples).eval()
-    latents = extract(framework, [examples[:3], examples[3:]])  # two batches: sums carry across them
+    policy = built("QwenFlowMatching", examples).eval()
+    latents = extract(policy, [examples[:3], examples[3:]])  # two batches: sums carry across them
     assert latents.tasks == list(TASKS) and latents.counts == [2, 2]
-    vlm, tokenizer = framework.vlm, framework.vlm.tokenizer
-    batch = framework.processor(examples, targets=False)
+    vlm, tokenizer = policy.model.vlm, policy.model.vlm.tokenizer
+    batch = policy.processor(examples, targets=False)
     with torch.no_grad():
         hidden = vlm(batch.vlm).hidden_states  # transformers' own record: indices 0..L-1 are the residual stream
     for t, task in enumerate(TASKS):
@@ -114,12 +116,11 @@ def test_extraction_on_a_two_task_batch_equals_a_hand_computed_mean():
 
 def test_the_latent_of_one_frame_on_a_blank_prompt_reproduces_its_actions(tmp_path):
     examples = examples_with([TASKS[0]])
-    framework = awake("QwenFlowMatching", examples)
-    latents = extract(framework, [examples])
+    policy = awake("QwenFlowMatching", examples)
+    latents = extract(policy, [examples])
     latents.save(tmp_path / "latents.safetensors")
     loaded = TextLatents.load(tmp_path / "latents.safetensors")
     assert loaded.tasks == latents.tasks and torch.equal(loaded.positions[0], latents.positions[0])
-    policy = FrameworkPolicy(framework)
     obs = {key: value for key, value in examples[0].items() if key not in ("action", "action_is_pad")}
     real = policy.infer(obs)["actions"]
     steered = SteeredPolicy(policy, loaded, LatentOptions(mode="blend", alpha=1.0))
@@ -136,11 +137,11 @@ def test_interpolation_weight_and_the_steered_schedule(tmp_path):
     with pytest.raises(ValueError, match="switch-at"):
         interpolation_weight(0, "step", 0)
     examples = examples_with(list(TASKS))
-    framework = built("QwenFlowMatching", examples).eval()
-    latents = extract(framework, [examples])
+    policy = built("QwenFlowMatching", examples).eval()
+    latents = extract(policy, [examples])
     a, b = latents.vector(TASKS[0], "mean"), latents.vector(TASKS[1], "mean")
     options = LatentOptions(task="auto", task_2="auto", schedule="linear", switch_at=2, kind="mean")
-    steered = SteeredPolicy(FrameworkPolicy(framework), latents, options)
+    steered = SteeredPolicy(policy, latents, options)
     obs = {"prompt": "touch the red block, then the blue block", "subtasks": list(TASKS)}
     seen = []
     for _ in range(3):
@@ -157,25 +158,25 @@ def test_interpolation_weight_and_the_steered_schedule(tmp_path):
 
 def test_decoding_the_embedding_latent_of_one_frame_gives_back_its_tokens():
     examples = examples_with([TASKS[1]])
-    framework = built("QwenFlowMatching", examples).eval()
-    latents = extract(framework, [examples])
-    nearest = decode(framework, latents.vector(TASKS[1])[0], top_k=2)
-    tokens = framework.vlm.tokenizer.tokenize(TASKS[1])
+    policy = built("QwenFlowMatching", examples).eval()
+    latents = extract(policy, [examples])
+    nearest = decode(policy.model, latents.vector(TASKS[1])[0], top_k=2)
+    tokens = policy.model.vlm.tokenizer.tokenize(TASKS[1])
     assert [row[0][0] for row in nearest] == tokens
     assert all(abs(row[0][1] - 1.0) < 1e-5 and row[1][1] < row[0][1] for row in nearest)
 
 
 def test_blank_prompt_has_exactly_the_requested_tokens():
     examples = examples_with([TASKS[0]])
-    tokenizer = built("QwenFlowMatching", examples).vlm.tokenizer
+    tokenizer = built("QwenFlowMatching", examples).model.vlm.tokenizer
     for length in (1, 5, 17):
         assert len(tokenizer(blank_prompt(tokenizer, length), add_special_tokens=False)["input_ids"]) == length
 
 
 def test_cli_extracts_every_prompt_of_a_dataset_and_decodes_to_a_prompts_file(tmp_path, toy_dataset, capsys):
     from vlablocks.core.config import load_config
-    from vlablocks.core.framework.base import build_policy
     from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+    from vlablocks.core.policy.policy import build_policy
 
     experiment = load_config(
         "configs/experiments/toy/qwen_flow_matching.yaml",
@@ -191,9 +192,8 @@ def test_cli_extracts_every_prompt_of_a_dataset_and_decodes_to_a_prompts_file(tm
     )
     latents = TextLatents.load(out)
     from vlablocks.core.dataloader.checkpoint_dataset import checkpoint_dataset
-    from vlablocks.core.framework.base import Framework
 
-    dataset = checkpoint_dataset(Framework.from_pretrained(checkpoint), str(toy_dataset))
+    dataset = checkpoint_dataset(Policy.from_pretrained(checkpoint), str(toy_dataset))
     prompts = [dataset[i]["prompt"] for i in range(len(dataset))]
     assert sorted(latents.tasks) == sorted(set(prompts))
     assert latents.counts == [prompts.count(task) for task in latents.tasks]
@@ -243,15 +243,15 @@ def test_a_served_steered_policy_answers_like_the_local_one():
     from vlablocks.core.serving.server import running_server
 
     examples = examples_with([TASKS[0]])
-    framework = awake("QwenFlowMatching", examples)
-    latents = extract(framework, [examples])
+    policy = awake("QwenFlowMatching", examples)
+    latents = extract(policy, [examples])
     obs = {key: value for key, value in examples[0].items() if key not in ("action", "action_is_pad")}
-    local = SteeredPolicy(FrameworkPolicy(framework), latents, LatentOptions()).infer(obs)["actions"]
-    served = SteeredPolicy(FrameworkPolicy(framework), latents, LatentOptions())
+    local = SteeredPolicy(policy, latents, LatentOptions()).infer(obs)["actions"]
+    served = SteeredPolicy(policy, latents, LatentOptions())
     with running_server(served) as server, PolicyClient("127.0.0.1", server.port) as client:
         remote = client.infer({**obs, "episode_start": True})["actions"]
         assert served.calls == 1
     np.testing.assert_allclose(remote, local, atol=1e-6)
-    blank = blank_prompt(framework.vlm.tokenizer, latents.positions[0].shape[1])
-    plain = FrameworkPolicy(framework).infer({**obs, "prompt": blank})["actions"]
+    blank = blank_prompt(policy.model.vlm.tokenizer, latents.positions[0].shape[1])
+    plain = policy.infer({**obs, "prompt": blank})["actions"]
     assert np.abs(remote - plain).max() > 1e-3

@@ -15,8 +15,8 @@ from vlablocks.cli.main import main as cli
 from vlablocks.core.build import build
 from vlablocks.core.config import ConfigError, PlatformConfig, parse_experiment
 from vlablocks.core.dataloader.returns import discounted_returns
-from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.registry import DATASETS, FRAMEWORKS, MODELS
 from vlablocks.core.registry import VALUE_MODELS as VALUE_REGISTRY
 from vlablocks.methods.value.metrics import roc_auc
@@ -41,30 +41,36 @@ def examples_with_returns(count: int, seed: int = 0) -> list[dict]:
     return examples
 
 
+def predict_values(policy: Policy, samples: list[dict]) -> np.ndarray:
+    """Raw samples (with their `action` chunk for Q) -> the value model's values [B]."""
+    return policy.model.predict_value(policy.processor(samples))
+
+
 @pytest.mark.parametrize("name", VALUE_MODELS)
 @pytest.mark.parametrize("inputs", ["state", "state_action"])
 @pytest.mark.parametrize("loss", ["mse", "hl_gauss"])
 def test_value_model_fits_returns_and_round_trips_a_checkpoint(name, inputs, loss, tmp_path):
     examples = examples_with_returns(8)
     torch.manual_seed(0)
-    model = build_policy(value_model(name, inputs, loss), synthetic_norm_stats(examples))
+    policy = build_policy(value_model(name, inputs, loss), synthetic_norm_stats(examples))
+    model = policy.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    batch = model.processor(examples)
+    batch = policy.processor(examples)
     for _ in range(120):
         loss_value = model(batch)["loss"]
         optimizer.zero_grad()
         loss_value.backward()
         optimizer.step()
-    predicted = model.predict_value(examples)
+    predicted = predict_values(policy, examples)
     targets = np.array([e["return"] for e in examples])
     assert predicted.shape == (8,) and np.abs(predicted - targets).max() < 0.1, predicted
-    model.save_pretrained(tmp_path / "ckpt")
+    policy.save_pretrained(tmp_path / "ckpt")
     assert "name: " + name in (tmp_path / "ckpt" / "config.yaml").read_text()  # framework: {name: ...}
-    loaded = Framework.from_pretrained(tmp_path / "ckpt")
-    assert isinstance(loaded, VALUE_REGISTRY.get(name))
-    np.testing.assert_array_equal(loaded.predict_value(examples), predicted)
+    loaded = Policy.from_pretrained(tmp_path / "ckpt")
+    assert isinstance(loaded.model, VALUE_REGISTRY.get(name))
+    np.testing.assert_array_equal(predict_values(loaded, examples), predicted)
     with pytest.raises(ValueError, match="value model, not a policy"):
-        loaded.predict_action(examples)
+        loaded.predict(examples)
 
 
 def test_q_reads_the_action_chunk_and_v_does_not():
@@ -74,8 +80,8 @@ def test_q_reads_the_action_chunk_and_v_does_not():
     q = build_policy(value_model("QwenValue", "state_action", "mse"), synthetic_norm_stats(examples))
     torch.manual_seed(0)
     v = build_policy(value_model("QwenValue", "state", "mse"), synthetic_norm_stats(examples))
-    assert not np.allclose(q.predict_value(examples), q.predict_value(moved))
-    np.testing.assert_array_equal(v.predict_value(examples), v.predict_value(moved))
+    assert not np.allclose(predict_values(q, examples), predict_values(q, moved))
+    np.testing.assert_array_equal(predict_values(v, examples), predict_values(v, moved))
 
 
 def test_q_with_a_bf16_vlm_predicts_outside_autocast():
@@ -84,16 +90,16 @@ def test_q_with_a_bf16_vlm_predicts_outside_autocast():
     options = {"name": "QwenValue", "inputs": "state_action", "vlm": {"name": "qwen2_5_vl", "dtype": "bfloat16"}}
     torch.manual_seed(0)
     q = build_policy(parse_experiment({"platform": PLATFORM, "framework": options}), synthetic_norm_stats(examples))
-    assert next(q.vlm.parameters()).dtype == torch.bfloat16 and q.proprio.weight.dtype == torch.float32
-    values = q.predict_value(examples)
+    assert next(q.model.vlm.parameters()).dtype == torch.bfloat16 and q.model.proprio.weight.dtype == torch.float32
+    values = predict_values(q, examples)
     assert values.shape == (2,) and np.isfinite(values).all()
 
 
 def test_training_without_returns_names_the_option():
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 2)
-    model = build_policy(value_model("QwenValue", "state", "hl_gauss"), synthetic_norm_stats(examples))
+    policy = build_policy(value_model("QwenValue", "state", "hl_gauss"), synthetic_norm_stats(examples))
     with pytest.raises(ValueError, match="set dataset.returns"):
-        model(model.processor(examples))
+        policy.model(policy.processor(examples))
 
 
 def test_behaviour_mix_is_split_exactly_and_bad_mixes_are_refused():
@@ -148,8 +154,8 @@ def test_value_command_writes_aligned_values_that_value_guided_bc_samples_by_adv
         {"platform": vars(TOY), "framework": {"name": "QwenValue", "value_head": {"hidden_dim": 32}}}
     )
     torch.manual_seed(0)
-    model = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=["top"])
-    model.save_pretrained(tmp_path / "v")
+    policy = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=["top"])
+    policy.save_pretrained(tmp_path / "v")
     out = tmp_path / "values"
     assert cli(["value", "--ckpt", str(tmp_path / "v"), "--data", str(mixed_root), "--out", str(out)]) == 0
     values = load_file(str(out / "values.safetensors"))
@@ -157,7 +163,7 @@ def test_value_command_writes_aligned_values_that_value_guided_bc_samples_by_adv
     dataset = mixed_dataset(mixed_root)
     np.testing.assert_array_equal(values["index"], dataset.frame_indices())
     np.testing.assert_allclose(values["return"], dataset.returns)
-    np.testing.assert_allclose(values["value"][:3], model.predict_value([dataset[i] for i in range(3)]), atol=1e-5)
+    np.testing.assert_allclose(values["value"][:3], predict_values(policy, [dataset[i] for i in range(3)]), atol=1e-5)
     first = np.r_[True, values["episode_index"][1:] != values["episode_index"][:-1]]
     assert summary["first_frame_auc"] == pytest.approx(roc_auc(values["value"][first], values["return"][first] > 0))
     assert (out / "calibration.png").stat().st_size > 1000 and summary["episodes"] == 6
@@ -206,8 +212,8 @@ def test_discounted_returns_of_the_recorded_rewards_equal_the_outcome_returns(mi
 
 def test_serving_or_evaluating_a_value_model_is_refused_in_one_line(tmp_path):
     examples = examples_with_returns(2)
-    model = build_policy(value_model("QwenValue", "state", "mse"), synthetic_norm_stats(examples))
-    model.save_pretrained(tmp_path / "v")
+    policy = build_policy(value_model("QwenValue", "state", "mse"), synthetic_norm_stats(examples))
+    policy.save_pretrained(tmp_path / "v")
     with pytest.raises(ValueError, match="predicts no actions"):
         from vlablocks.core.serving.policy import load_policy
 

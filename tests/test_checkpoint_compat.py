@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from vlablocks.core.framework.base import Framework
+from vlablocks.core.policy.policy import Policy
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_before_layers"
 FRAMEWORKS = ["QwenOFT", "QwenFlowMatching", "QwenFAST", "QwenPI05", "QwenLayerwiseFM3D"]
@@ -34,8 +34,8 @@ def observations(directory: Path) -> tuple[list[dict], np.ndarray]:
 def test_old_checkpoint_predicts_the_same_actions(name):
     directory = FIXTURES / name
     samples, expected = observations(directory)
-    policy = Framework.from_pretrained(directory)
-    assert type(policy).__name__ == name
-    actions = policy.predict_action(samples, seed=0)["actions"]
+    policy = Policy.from_pretrained(directory)
+    assert type(policy.model).__name__ == name
+    actions = policy.predict(samples, seed=0)["actions"]
     assert actions.shape == expected.shape
     np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-5)

@@ -11,8 +11,8 @@ import torch
 
 from vlablocks.core.action_model.dit import DiTBlock
 from vlablocks.core.config import load_config
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import build_policy
 
 SHIPPED = ["configs/experiments/toy/qwen_flow_matching.yaml", "configs/experiments/toy/qwen_layerwise_fm_3d.yaml"]
 
@@ -21,9 +21,10 @@ def vlm_gradient_norm(config: str, overrides: list[str]) -> float:
     experiment = load_config(config, overrides)
     examples = synthetic_examples(experiment.platform, 4, image_size=56, seed=1, camera_keys=None)
     torch.manual_seed(0)
-    framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=list(examples[0]["images"]))
+    policy = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=list(examples[0]["images"]))
+    framework = policy.model
     torch.manual_seed(0)
-    framework(framework.processor(examples))["loss"].backward()
+    framework(policy.processor(examples))["loss"].backward()
     grads = [p.grad.flatten() for p in framework.vlm.parameters() if p.grad is not None]
     return float(torch.cat(grads).norm()) if grads else 0.0
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from vlablocks.core.config import load_config
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import build_policy
 
 
 def word_identity_after_first_layer(overrides: list[str]) -> tuple[float, float]:
@@ -19,9 +19,9 @@ def word_identity_after_first_layer(overrides: list[str]) -> tuple[float, float]
     experiment = load_config("configs/experiments/toy/qwen_oft.yaml", overrides)
     examples = synthetic_examples(experiment.platform, 4, image_size=112, seed=1, camera_keys=None)
     torch.manual_seed(0)
-    framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=list(examples[0]["images"]))
+    policy = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=list(examples[0]["images"]))
     with torch.no_grad():
-        out = framework.eval().vlm(framework.processor(examples).vlm)
+        out = policy.model.eval().vlm(policy.processor(examples).vlm)
     words = ~out.vision_mask & out.attention_mask.bool()
     embedded, after = out.hidden_states[0], out.hidden_states[1]
     cosine = torch.nn.functional.cosine_similarity(embedded[words], after[words], dim=-1).mean()

@@ -100,8 +100,8 @@ def test_frozen_parameters_need_no_gradients_or_optimizer_states():
 
 def test_activation_estimate_matches_what_autograd_keeps():
     """The tiny QwenOFT backbone, fp32: bytes of the (non-parameter) tensors saved for backward vs the formula."""
-    from vlablocks.core.framework.base import build_policy
     from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+    from vlablocks.core.policy.policy import build_policy
 
     torch.manual_seed(0)
     platform = {"name": "t", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
@@ -111,8 +111,8 @@ def test_activation_estimate_matches_what_autograd_keeps():
         {"platform": platform, "framework": {"name": "QwenOFT", "vlm": vlm, "action_model": head}}
     )
     data = synthetic_examples(PlatformConfig(**platform), 3, num_views=2, image_size=112)
-    framework = build_policy(experiment, synthetic_norm_stats(data), camera_keys=["image", "image_1"])
-    batch = framework.processor(data)
+    policy = build_policy(experiment, synthetic_norm_stats(data), camera_keys=["image", "image_1"])
+    framework, batch = policy.model, policy.processor(data)
     parameters = {p.untyped_storage().data_ptr() for p in framework.parameters()}
     saved: dict[int, int] = {}
 

@@ -8,8 +8,8 @@ import torch
 
 from vlablocks.core.action_model.masking import masked_mean
 from vlablocks.core.config import PlatformConfig, parse_experiment
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import build_policy
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 HEAD = {"name": "flow_matching", "hidden_dim": 32, "num_layers": 1, "num_heads": 2, "cross_attention_gate_init": 1.0}
@@ -21,7 +21,7 @@ def tiny(**options):
     )
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 3, seed=4)
     torch.manual_seed(0)
-    return build_policy(experiment, synthetic_norm_stats(examples)), examples
+    return build_policy(experiment, synthetic_norm_stats(examples)), examples  # (Policy, samples)
 
 
 def vlm_grads(framework, loss: torch.Tensor) -> torch.Tensor:
@@ -31,8 +31,8 @@ def vlm_grads(framework, loss: torch.Tensor) -> torch.Tensor:
 
 
 def test_readout_loss_is_the_l1_of_the_readout_states_projection_added_to_the_flow_loss():
-    framework, examples = tiny(readout_loss_weight=0.5)
-    batch = framework.processor(examples)
+    policy, examples = tiny(readout_loss_weight=0.5)
+    framework, batch = policy.model, policy.processor(examples)
     assert batch.vlm.input_ids[0, -4:].tolist() == framework.readout.token_ids  # the readouts close the prompt
     torch.manual_seed(1)
     losses = framework(batch)
@@ -44,15 +44,15 @@ def test_readout_loss_is_the_l1_of_the_readout_states_projection_added_to_the_fl
 
 
 def test_insulated_vlm_learns_from_the_readout_loss_alone():
-    framework, examples = tiny(readout_loss_weight=1.0, insulate_vlm=True)
-    batch = framework.processor(examples)
+    policy, examples = tiny(readout_loss_weight=1.0, insulate_vlm=True)
+    framework, batch = policy.model, policy.processor(examples)
     torch.manual_seed(1)
     losses = framework(batch)
     total, readout = vlm_grads(framework, losses["loss"]), None
     out = framework.vlm(batch.vlm, requested_token_ids=framework.readout.token_ids)
     readout = vlm_grads(framework, framework.readout.loss(out, batch.actions, batch.action_is_pad, batch.state))
     torch.testing.assert_close(total, readout)
-    open_framework, _ = tiny(readout_loss_weight=1.0)
+    open_framework = tiny(readout_loss_weight=1.0)[0].model
     torch.manual_seed(1)
     open_losses = open_framework(batch)
     open_total = vlm_grads(open_framework, open_losses["loss"])

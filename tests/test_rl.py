@@ -13,8 +13,8 @@ from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.envs.vector import make_vector_env
 from vlablocks.core.evaluation.actors import SamplingActor
 from vlablocks.core.evaluation.rollout import run_episodes
-from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.synthetic import synthetic_examples
+from vlablocks.core.policy.policy import Policy
 from vlablocks.core.training.train import train
 from vlablocks.methods.rl.grpo import fill_with_informative_groups
 from vlablocks.methods.rl.loop import rl
@@ -61,11 +61,12 @@ def rl_experiment(run_dir, init_ckpt, **options):
 
 
 def test_logprobs_stored_at_rollout_equal_those_recomputed_in_a_mixed_batch(sft_checkpoint):
-    framework = Framework.from_pretrained(sft_checkpoint).eval()
+    policy = Policy.from_pretrained(sft_checkpoint).eval()
+    framework = policy.model
     envs = make_vector_env(SHORT_TOY, 6)
-    episodes = run_episodes(envs, [11, 12, 13, 14, 15, 16], SamplingActor(framework, 1.6, torch.Generator()))
+    episodes = run_episodes(envs, [11, 12, 13, 14, 15, 16], SamplingActor(policy, 1.6, torch.Generator()))
     calls = [call for episode in episodes for call in episode.calls][::-1]  # other batch-mates, other padding
-    batch = framework.processor([c.observation for c in calls], targets=False)
+    batch = policy.processor([c.observation for c in calls], targets=False)
     choices = torch.stack([c.record["choices"] for c in calls])
     with torch.no_grad():
         recomputed = framework.choice_log_probs(batch, choices, 1.6)["log_probs"]

@@ -13,7 +13,7 @@ import pytest
 
 from deployment.client import PolicyClient, ProtocolError
 from vlablocks.core.config import load_config
-from vlablocks.core.framework.base import Framework, build_policy
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.serving.policy import load_policy
 from vlablocks.core.serving.server import running_server
 
@@ -73,12 +73,12 @@ def test_metadata_comes_from_the_checkpoint(checkpoint):
 
 
 def test_served_actions_are_the_frameworks_unnormalized_prediction(checkpoint):
-    reference = Framework.from_pretrained(checkpoint)
+    reference = Policy.from_pretrained(checkpoint)
     with running_server(load_policy(checkpoint)) as srv, PolicyClient("127.0.0.1", srv.port) as client:
         for seed in range(2):
             obs = observation(seed)
             served = client.infer(obs)["actions"]
-            direct = reference.predict_action([obs])  # the wire observation is a sample without its action
+            direct = reference.predict([obs])  # the wire observation is a sample without its action
             assert served.shape == (4, 2) and served.dtype == np.float32
             np.testing.assert_allclose(served, direct["actions"][0], rtol=1e-5, atol=1e-5)
             # un-normalized with the checkpoint's stats: x = normalized * std + mean

@@ -18,7 +18,7 @@ from deployment.client import ActionChunkBroker, PolicyClient
 from vlablocks.core.build import build
 from vlablocks.core.config import load_config, parse_experiment, validate
 from vlablocks.core.evaluation.rollout import evaluate
-from vlablocks.core.framework.base import build_policy
+from vlablocks.core.policy.policy import build_policy
 from vlablocks.core.registry import EVAL_ENVS
 from vlablocks.core.serving.policy import load_policy
 from vlablocks.core.serving.server import running_server

@@ -37,14 +37,14 @@ def test_framework_file_runs_standalone(path):
 
 
 def test_override_is_applied():
-    path = REPO / "vlablocks" / "framework" / "qwen_oft.py"
+    path = REPO / "vlablocks" / "core" / "framework" / "qwen_oft.py"
     default = run(path)
     smaller = run(path, "--framework.action_model.hidden_dim=64")
     assert int(smaller.group(2).replace(",", "")) < int(default.group(2).replace(",", ""))
 
 
 def test_config_file_and_misspelled_override(tmp_path):
-    path = REPO / "vlablocks" / "framework" / "qwen_oft.py"
+    path = REPO / "vlablocks" / "core" / "framework" / "qwen_oft.py"
     match = run(path, "--config_yaml", str(REPO / "configs/frameworks/qwen_oft.yaml"))
     assert (int(match.group(5)), int(match.group(6))) == (4, 2)  # the toy platform of that config
     result = subprocess.run(

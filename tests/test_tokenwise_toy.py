@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from vlablocks.core.config import load_config
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import build_policy
 from vlablocks.core.training.optim import parameter_groups
 
 SHIPPED = "configs/experiments/toy/qwen_layerwise_fm_3d_tokenwise.yaml"
@@ -31,9 +31,10 @@ def fusion_shift_after_training(overrides: list[str], steps: int = 8) -> float:
     experiment = load_config(SHIPPED, overrides)
     examples = examples_with_depth(experiment.platform)
     torch.manual_seed(0)
-    framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=["top"])
+    policy = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=["top"])
+    framework = policy.model
     optimizer = torch.optim.AdamW(parameter_groups(framework, experiment.trainer.learning_rate, 0.0))
-    batch = framework.processor(examples)
+    batch = policy.processor(examples)
     for _ in range(steps):
         optimizer.zero_grad()
         framework(batch)["loss"].backward()
@@ -49,7 +50,7 @@ def test_the_shipped_groups_put_only_the_geometric_branch_at_a_tenth_of_the_rate
     experiment = load_config(SHIPPED, [])
     torch.manual_seed(0)
     examples = examples_with_depth(experiment.platform)
-    framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=["top"])
+    framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=["top"]).model
     rates = {
         id(p): group["lr"]
         for group in parameter_groups(framework, experiment.trainer.learning_rate, 0.0)

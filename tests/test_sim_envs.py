@@ -21,8 +21,7 @@ from vlablocks.core.evaluation.rollout import evaluate
 from vlablocks.core.policy.policy import build_policy
 from vlablocks.core.registry import EVAL_ENVS
 from vlablocks.core.serving.policy import load_policy
-from vlablocks.core.serving.server import running_server
-from vlablocks.core.serving.validation import validate_observation
+from vlablocks.core.serving.server import running_server, validate_observation
 
 REPO = Path(__file__).resolve().parents[1]
 SIM_EXTRA = "the sim extra is not installed (pip install -e .[sim])"

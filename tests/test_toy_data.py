@@ -14,7 +14,7 @@ from vlablocks.core.build import build as build_component
 from vlablocks.core.config import PlatformConfig, load_config
 from vlablocks.core.dataloader.sample import ERROR_CODES, SampleError, validate_sample
 from vlablocks.core.registry import DATASETS
-from vlablocks.core.serving.validation import validate_observation
+from vlablocks.core.serving.server import validate_observation
 from vlablocks.tools.toy.toy import ToyTabletopEnv
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ import torch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.dataloader.normalization import compute_norm_stats
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.phase_schedule import PhaseSchedule
 from vlablocks.core.geometry.world_losses import WorldLosses, cell_geometry
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.registry import DATASETS
 from vlablocks.tools.toy.toy import ToyTabletopEnv
 from vlablocks.tools.toy.toy_dataset import write_toy_dataset
@@ -76,7 +76,8 @@ def test_dataset_gives_the_next_frames_depth_and_marks_the_episode_end(samples):
     assert all(s["next"]["intrinsics"]["top"].shape == (3, 3) for s in samples)
 
 
-def framework_for(samples: list[dict], **options):
+def policy_for(samples: list[dict], **options) -> Policy:
+    """A small QwenLayerwiseFM3D policy (its model: `.model`) with norm stats of `samples`."""
     torch.manual_seed(0)
     experiment = parse_experiment(
         {"platform": PLATFORM, "framework": {"name": "QwenLayerwiseFM3D", **SMALL, **options}}
@@ -104,12 +105,12 @@ class _InMemory:
 
 
 def test_processor_prepares_next_points_only_for_training(samples):
-    framework = framework_for(samples, loss_w_dyn=1.0)
-    batch = framework.processor(samples[:4])
+    policy = policy_for(samples, loss_w_dyn=1.0)
+    batch = policy.processor(samples[:4])
     geometry = batch.geometry
     assert geometry.next_points.shape == geometry.points.shape == (4, 1, 4, 56, 56)
     assert geometry.next_valid.tolist() == [s["next"]["valid"] for s in samples[:4]]
-    assert framework.processor(samples[:4], targets=False).geometry.next_points is None  # inference never sees it
+    assert policy.processor(samples[:4], targets=False).geometry.next_points is None  # inference never sees it
 
 
 def test_cell_geometry_is_the_mean_of_each_cells_points():
@@ -120,8 +121,9 @@ def test_cell_geometry_is_the_mean_of_each_cells_points():
 
 
 def test_phase_weights_reach_the_loss_step_exact(samples):
-    framework = framework_for(samples, loss_w_geo=0.5, sagr_phase_a_steps=2, sagr_phase_b_ramp_steps=2)
-    batch = framework.processor(samples[:4])
+    policy = policy_for(samples, loss_w_geo=0.5, sagr_phase_a_steps=2, sagr_phase_b_ramp_steps=2)
+    framework = policy.model
+    batch = policy.processor(samples[:4])
     for step, weight in {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0}.items():
         framework.set_training_step(step)
         torch.manual_seed(1)
@@ -137,10 +139,11 @@ def test_phase_weights_reach_the_loss_step_exact(samples):
 @pytest.mark.parametrize("name", NAMES)
 def test_a_loss_of_weight_zero_adds_exactly_zero_gradient(samples, name):
     weights = {f"loss_w_{n}": 0.0 if n == name else 1.0 for n in NAMES}
-    framework = framework_for(samples, **weights, sagr_phase_a_steps=5)
+    policy = policy_for(samples, **weights, sagr_phase_a_steps=5)
+    framework = policy.model
     torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.05)  # a non-identity fusion: L_reg is not 0
     framework.set_training_step(1)  # phase A: only the auxiliary losses
-    out = framework(framework.processor(samples[:4]))
+    out = framework(policy.processor(samples[:4]))
     assert f"loss_{name}" not in out and f"loss_{name}" not in out["log"]
     head = {"dyn": framework.world_losses.dynamics_head, "geo": framework.world_losses.geometry_head}.get(name)
     assert head is None  # weight 0 builds no head: nothing to train, nothing to save
@@ -163,10 +166,11 @@ def test_a_loss_of_weight_zero_adds_exactly_zero_gradient(samples, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_each_auxiliary_loss_falls_when_trained_alone_on_toy_depth(samples, name):
-    framework = framework_for(samples, **{f"loss_w_{name}": 1.0}, sagr_phase_a_steps=1000)
+    policy = policy_for(samples, **{f"loss_w_{name}": 1.0}, sagr_phase_a_steps=1000)
+    framework = policy.model
     if name == "reg":  # the fusion starts as the identity (L_reg = 0): start it away from it
         torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.05)
-    batch = framework.processor(samples[:8])
+    batch = policy.processor(samples[:8])
     optimizer = torch.optim.Adam(framework.parameters(), lr=2e-3)
     history = []
     for step in range(1, 16):

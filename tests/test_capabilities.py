@@ -80,10 +80,11 @@ def test_a_model_with_the_members_passes_and_a_class_declares_them():
 def test_commands_refuse_a_model_without_the_capability():
     from vlablocks.core.evaluation.actors import SamplingActor
     from vlablocks.core.framework.cotraining import check_cotraining
+    from vlablocks.core.policy.policy import Policy
     from vlablocks.methods.steering.flow_inversion import flow_head
 
     with pytest.raises(MissingCapability, match=r"^sampling rollouts: Bare lacks the capability StochasticPolicy"):
-        SamplingActor(Bare(), temperature=1.0)
+        SamplingActor(Policy(Bare(), processor=None), temperature=1.0)
     with pytest.raises(
         MissingCapability, match=r"^vlablocks invert: Bare lacks .* QwenFlowMatching, QwenLayerwiseFM3D"
     ):
@@ -104,18 +105,14 @@ def test_commands_refuse_a_model_without_the_capability():
 def test_text_latent_steering_refuses_a_served_model_without_a_vlm():
     import argparse
 
-    from vlablocks.core.serving.policy import FrameworkPolicy
+    from vlablocks.core.policy.policy import Policy
     from vlablocks.methods.steering.latent_arguments import steered
-
-    class Served(FrameworkPolicy):
-        def __init__(self, framework):
-            self.framework, self.metadata = framework, {}
 
     args = argparse.Namespace(text_latent="latents.safetensors")
     with pytest.raises(MissingCapability, match=r"^--text-latent: Bare lacks the capability Steerable"):
-        steered(Served(Bare()), args)
+        steered(Policy(Bare(), processor=None), args)
     with pytest.raises(ValueError, match="steers an in-process checkpoint"):
-        steered(object(), args)  # a remote client or a baseline: not a FrameworkPolicy
+        steered(object(), args)  # a remote client or a baseline: not a vlablocks Policy
 
 
 def test_the_toy_env_has_a_scripted_expert():

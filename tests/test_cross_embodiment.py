@@ -17,8 +17,9 @@ from vlablocks.cli.main import main as cli
 from vlablocks.core.action_model.masking import hold_last_valid, masked_mean
 from vlablocks.core.build import build as build_component
 from vlablocks.core.config import ConfigError, PlatformConfig, load_config
+from vlablocks.core.dataloader.base import RawDataset
 from vlablocks.core.dataloader.embodiments import dataset_embodiments
-from vlablocks.core.framework.base import build_policy
+from vlablocks.core.policy.policy import build_policy
 from vlablocks.core.processor.config import FASTOptions, ProcessorConfig
 from vlablocks.core.processor.pipeline import Processor
 from vlablocks.core.registry import DATASETS
@@ -229,16 +230,26 @@ def leaf(name: str, embodiment: str, action_dim: int, state_dim: int) -> SimpleN
     return SimpleNamespace(name=name, embodiment=embodiment, action_dim=action_dim, state_dim=state_dim)
 
 
+class Mixture(RawDataset):
+    """A mixture dataset of stand-in leaves (no samples): what `dataset_embodiments` reads."""
+
+    def __init__(self, *leaves: SimpleNamespace) -> None:
+        self.parts = list(leaves)
+
+    def leaves(self) -> list:
+        return self.parts
+
+
 def test_dataset_embodiments_of_a_mixture():
     platform = PlatformConfig(name="toy", action_horizon=T, action_dim=3, state_dim=3)
-    mixture = SimpleNamespace(leaves=lambda: [leaf("toy", "toy", 2, 2), leaf("toy_arm3", "toy_arm3", 3, 3)])
+    mixture = Mixture(leaf("toy", "toy", 2, 2), leaf("toy_arm3", "toy_arm3", 3, 3))
     assert dataset_embodiments(mixture, platform) == EMBODIMENTS
-    same = SimpleNamespace(leaves=lambda: [leaf("a", "toy", 3, 3), leaf("b", "toy", 3, 3)])
+    same = Mixture(leaf("a", "toy", 3, 3), leaf("b", "toy", 3, 3))
     assert dataset_embodiments(same, platform) is None
-    clash = SimpleNamespace(leaves=lambda: [leaf("a", "toy", 3, 3), leaf("b", "toy", 2, 3)])
+    clash = Mixture(leaf("a", "toy", 3, 3), leaf("b", "toy", 2, 3))
     with pytest.raises(ConfigError, match="embodiment 'toy' has datasets of two sizes"):
         dataset_embodiments(clash, platform)
-    too_big = SimpleNamespace(leaves=lambda: [leaf("a", "big", 4, 3)])
+    too_big = Mixture(leaf("a", "big", 4, 3))
     with pytest.raises(ConfigError, match="set platform.action_dim"):
         dataset_embodiments(too_big, platform)
 

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 from test_training import examples, experiment
 
-from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.ema import EMA, EMA_FILE, STEP_KEY
+from vlablocks.core.policy.policy import Policy
 from vlablocks.core.training.train import train
 
 
@@ -46,21 +46,21 @@ def test_ema_is_saved_resumed_exactly_and_served_by_choice(tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
-    model = Framework.from_pretrained(straight["checkpoint"])
-    averaged = Framework.from_pretrained(straight["checkpoint"], weights="ema")
-    parameters = dict(averaged.named_parameters())
+    latest = Policy.from_pretrained(straight["checkpoint"])
+    averaged = Policy.from_pretrained(straight["checkpoint"], weights="ema")
+    parameters = dict(averaged.model.named_parameters())
     for key, value in a.items():
         if key != STEP_KEY:
             torch.testing.assert_close(parameters[key].detach(), value, rtol=0, atol=0)
-    differs = [k for k, v in model.named_parameters() if k in a and not torch.equal(v.detach(), a[k])]
+    differs = [k for k, v in latest.model.named_parameters() if k in a and not torch.equal(v.detach(), a[k])]
     assert differs  # the average is not the last weights
     sample = data[:2]
-    assert not np.allclose(model.predict_action(sample)["actions"], averaged.predict_action(sample)["actions"])
+    assert not np.allclose(latest.predict(sample)["actions"], averaged.predict(sample)["actions"])
     with pytest.raises(ValueError, match="weights must be 'model' or 'ema'"):
-        Framework.from_pretrained(straight["checkpoint"], weights="best")
+        Policy.from_pretrained(straight["checkpoint"], weights="best")
 
 
 def test_serving_ema_from_a_run_without_it_names_the_fix(tmp_path):
     result = train(experiment(tmp_path / "plain", max_steps=1), dataset=examples())
     with pytest.raises(FileNotFoundError, match="trained without trainer.ema_decay"):
-        Framework.from_pretrained(result["checkpoint"], weights="ema")
+        Policy.from_pretrained(result["checkpoint"], weights="ema")

@@ -16,15 +16,16 @@ import torch
 
 from vlablocks.core.batch import Batch
 from vlablocks.core.config import PlatformConfig, parse_experiment
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.qwen_fast import QwenFAST
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import Policy, build_policy
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 N = 4 * 3 + 1  # tokens decoding may emit: T * D FAST tokens + the stop token
 
 
-def build_fast(examples: list[dict], vlm: str) -> QwenFAST:
+def build_fast(examples: list[dict], vlm: str) -> Policy:
+    """A QwenFAST policy (its model: `.model`) with the FAST tokenizer fitted to `examples`."""
     torch.manual_seed(0)
     framework = {"name": "QwenFAST", "vlm": {"name": vlm}, "fast": {"vocab_size": 256}}
     policy = build_policy(
@@ -34,20 +35,20 @@ def build_fast(examples: list[dict], vlm: str) -> QwenFAST:
     return policy.eval()
 
 
-def stopping(policy: QwenFAST) -> QwenFAST:
+def stopping(model: QwenFAST) -> QwenFAST:
     """A copy whose stop-token logit is 40x larger: its sign decides, so some answers stop early, others hit the cap."""
-    policy = copy.deepcopy(policy)
+    model = copy.deepcopy(model)
     with torch.no_grad():
-        policy.vlm.model.get_output_embeddings().weight[policy.stop_token_id] *= 40.0
-    return policy
+        model.vlm.model.get_output_embeddings().weight[model.stop_token_id] *= 40.0
+    return model
 
 
-def draw(policy: QwenFAST, batch: Batch, temperature: float, seed: int) -> dict:
-    return policy.sample_with_log_probs(batch, temperature, torch.Generator().manual_seed(seed))
+def draw(model: QwenFAST, batch: Batch, temperature: float, seed: int) -> dict:
+    return model.sample_with_log_probs(batch, temperature, torch.Generator().manual_seed(seed))
 
 
-def allowed_ids(policy: QwenFAST, batch: Batch) -> list[int]:
-    return sorted([*policy.fast_token_ids[: batch.action_vocab], policy.stop_token_id])
+def allowed_ids(model: QwenFAST, batch: Batch) -> list[int]:
+    return sorted([*model.fast_token_ids[: batch.action_vocab], model.stop_token_id])
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +57,18 @@ def examples() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def policy(examples) -> QwenFAST:
+def fast_policy(examples) -> Policy:
     return build_fast(examples, "qwen2_5_vl")
 
 
 @pytest.fixture(scope="module")
-def batch(policy, examples) -> Batch:
-    batch = policy.processor(examples, targets=False).to(policy.device)
+def model(fast_policy) -> QwenFAST:
+    return fast_policy.model
+
+
+@pytest.fixture(scope="module")
+def batch(fast_policy, examples) -> Batch:
+    batch = fast_policy.processor(examples, targets=False).to(fast_policy.device)
     assert len(set(batch.vlm.attention_mask.sum(1).tolist())) >= 3  # different left padding
     return batch
 
@@ -70,39 +76,40 @@ def batch(policy, examples) -> Batch:
 @pytest.mark.parametrize("vlm", ["qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampled_log_probs_equal_the_teacher_forced_recomputation(examples, vlm, temperature):
-    policy = stopping(build_fast(examples, vlm))
-    batch = policy.processor(examples, targets=False).to(policy.device)
+    fast_policy = build_fast(examples, vlm)
+    model = stopping(fast_policy.model)
+    batch = fast_policy.processor(examples, targets=False).to(model.device)
     lengths = batch.vlm.attention_mask.sum(1)
     assert len(set(lengths.tolist())) == len(examples)  # every prompt has its own left padding
     for seed in range(10):  # a draw where some answers stop early and others run to the cap
-        drawn = draw(policy, batch, temperature, seed)
+        drawn = draw(model, batch, temperature, seed)
         generated = drawn["mask"].sum(1)
         if generated.min() < N and generated.max() == N and len(set(generated.tolist())) > 2:
             break
     else:
         pytest.fail(f"no draw with answers of different lengths, last: {generated.tolist()}")
-    recomputed = policy.choice_log_probs(batch, drawn["choices"], temperature)
+    recomputed = model.choice_log_probs(batch, drawn["choices"], temperature)
     assert recomputed["log_probs"].shape == recomputed["entropy"].shape == (len(examples), N)
     assert torch.isfinite(recomputed["log_probs"]).all() and torch.isfinite(recomputed["entropy"]).all()
     mask = drawn["mask"]
     assert (recomputed["log_probs"] - drawn["log_probs"])[mask].abs().max() < 1e-5
     # whatever fills the padding after the stop (here id 0, not an allowed one): the same, finite log-probs
-    zero_padded = policy.choice_log_probs(batch, drawn["choices"].masked_fill(~mask, 0), temperature)
+    zero_padded = model.choice_log_probs(batch, drawn["choices"].masked_fill(~mask, 0), temperature)
     assert torch.isfinite(zero_padded["log_probs"]).all() and torch.isfinite(zero_padded["entropy"]).all()
     assert (zero_padded["log_probs"] - drawn["log_probs"])[mask].abs().max() < 1e-5
     # differentiable: the log-probs of the drawn answers send a gradient into the VLM
     recomputed["log_probs"][mask].sum().backward()
-    grads = [p.grad for p in policy.vlm.parameters() if p.grad is not None]
+    grads = [p.grad for p in model.vlm.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
-def test_every_sample_is_an_allowed_token_and_the_action_tokens_are_the_choices(policy, batch):
-    policy = stopping(policy)
-    drawn = draw(policy, batch, 1.0, seed=0)
-    choices, mask, stop = drawn["choices"], drawn["mask"], policy.stop_token_id
+def test_every_sample_is_an_allowed_token_and_the_action_tokens_are_the_choices(fast_policy, model, batch):
+    model = stopping(model)
+    drawn = draw(model, batch, 1.0, seed=0)
+    choices, mask, stop = drawn["choices"], drawn["mask"], model.stop_token_id
     assert choices.shape == mask.shape == drawn["log_probs"].shape == (len(batch), N)
     assert choices.dtype == torch.long and mask.dtype == torch.bool
-    assert set(choices[mask].tolist()) <= set(allowed_ids(policy, batch))
+    assert set(choices[mask].tolist()) <= set(allowed_ids(model, batch))
     stopped = 0
     for k in range(len(batch)):
         row = choices[k].tolist()
@@ -110,20 +117,20 @@ def test_every_sample_is_an_allowed_token_and_the_action_tokens_are_the_choices(
         stopped += stop in row
         assert mask[k].tolist() == [True] * length + [False] * (N - length)
         assert row[length:] == [stop] * (N - length)  # right-padded with the stop token
-        fast = [policy.fast_token_ids.index(i) for i in row[:length] if i != stop]
+        fast = [model.fast_token_ids.index(i) for i in row[:length] if i != stop]
         assert drawn["action_tokens"][k] == fast and all(0 <= i < batch.action_vocab for i in fast)
     assert 0 < stopped < len(batch)  # both kinds of answer were checked
     assert (drawn["log_probs"][~mask] == 0).all() and (drawn["log_probs"][mask] < 0).all()
     output = {"action_tokens": drawn["action_tokens"]}
-    actions = policy.processor.postprocess(output, batch)["actions"]
+    actions = fast_policy.processor.postprocess(output, batch)["actions"]
     assert actions.shape == (len(batch), 4, 3) and np.isfinite(actions).all()
 
 
-def test_a_seeded_generator_reproduces_the_draw_and_another_seed_changes_it(policy, batch):
+def test_a_seeded_generator_reproduces_the_draw_and_another_seed_changes_it(model, batch):
     first, again, other = (
-        draw(policy, batch, 1.0, seed=0),
-        draw(policy, batch, 1.0, seed=0),
-        draw(policy, batch, 1.0, 1),
+        draw(model, batch, 1.0, seed=0),
+        draw(model, batch, 1.0, seed=0),
+        draw(model, batch, 1.0, 1),
     )
     assert torch.equal(first["choices"], again["choices"]) and torch.equal(first["log_probs"], again["log_probs"])
     assert first["action_tokens"] == again["action_tokens"]
@@ -131,8 +138,8 @@ def test_a_seeded_generator_reproduces_the_draw_and_another_seed_changes_it(poli
 
 
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
-def test_log_probs_are_the_log_softmax_of_the_constrained_logits_over_the_temperature(policy, batch, temperature):
-    drawn = draw(policy, batch, temperature, seed=0)
+def test_log_probs_are_the_log_softmax_of_the_constrained_logits_over_the_temperature(model, batch, temperature):
+    drawn = draw(model, batch, temperature, seed=0)
     choices, mask = drawn["choices"], drawn["mask"]
     # Reference: the full-vocabulary LM-head logits of the prompt + answer, -inf outside FAST + stop, / temperature.
     prompt = batch.vlm
@@ -142,10 +149,10 @@ def test_log_probs_are_the_log_softmax_of_the_constrained_logits_over_the_temper
         attention_mask=torch.cat([prompt.attention_mask, mask.long()], dim=1),
     )
     with torch.no_grad():
-        hidden = policy.vlm(inputs).last_hidden_state[:, prompt.input_ids.shape[1] - 1 : -1]  # [B, N, H]
-        logits = policy.vlm.model.lm_head(hidden).float()  # [B, N, V]
+        hidden = model.vlm(inputs).last_hidden_state[:, prompt.input_ids.shape[1] - 1 : -1]  # [B, N, H]
+        logits = model.vlm.model.lm_head(hidden).float()  # [B, N, V]
     constrained = torch.full_like(logits, float("-inf"))
-    allowed = allowed_ids(policy, batch)
+    allowed = allowed_ids(model, batch)
     constrained[..., allowed] = logits[..., allowed]
     reference = (constrained / temperature).log_softmax(-1)  # [B, N, V]
     expected = reference.gather(-1, choices.unsqueeze(-1)).squeeze(-1)
@@ -153,25 +160,25 @@ def test_log_probs_are_the_log_softmax_of_the_constrained_logits_over_the_temper
     assert (drawn["log_probs"].exp() <= 1.0).all()
     p = reference[..., allowed].exp()
     entropy = -(p * reference[..., allowed]).sum(-1)
-    recomputed = policy.choice_log_probs(batch, choices, temperature)
+    recomputed = model.choice_log_probs(batch, choices, temperature)
     assert (recomputed["entropy"] - entropy)[mask].abs().max() < 1e-4
     # the temperature matters: the same answer has other log-probs at another temperature
-    assert (policy.choice_log_probs(batch, choices, 1.0)["log_probs"] - expected)[mask].abs().max() > 1e-3
+    assert (model.choice_log_probs(batch, choices, 1.0)["log_probs"] - expected)[mask].abs().max() > 1e-3
 
 
-def test_a_near_zero_temperature_samples_the_greedy_answer(policy, batch):
+def test_a_near_zero_temperature_samples_the_greedy_answer(model, batch):
     """1e-4, not 0.01: on a random-init model the top two allowed logits differ by as little as ~3e-3."""
-    greedy = policy.sample_actions(batch, None)["action_tokens"]
-    drawn = draw(policy, batch, 1e-4, seed=0)
+    greedy = model.sample_actions(batch, None)["action_tokens"]
+    drawn = draw(model, batch, 1e-4, seed=0)
     assert drawn["action_tokens"] == greedy
     assert drawn["log_probs"][drawn["mask"]].min() > -1e-3  # each token all but certain
 
 
-def test_the_entropy_lies_between_zero_and_the_log_of_the_allowed_count(policy, batch):
-    choices = draw(policy, batch, 1.0, seed=0)["choices"]
-    most = math.log(len(allowed_ids(policy, batch)))
+def test_the_entropy_lies_between_zero_and_the_log_of_the_allowed_count(model, batch):
+    choices = draw(model, batch, 1.0, seed=0)["choices"]
+    most = math.log(len(allowed_ids(model, batch)))
     temperatures = (1e-4, 0.1, 1.0, 100.0)
-    entropies = [policy.choice_log_probs(batch, choices, t)["entropy"].detach() for t in temperatures]
+    entropies = [model.choice_log_probs(batch, choices, t)["entropy"].detach() for t in temperatures]
     for entropy in entropies:
         assert (entropy >= -1e-6).all() and (entropy <= most + 1e-5).all()
     for colder, warmer in zip(entropies, entropies[1:]):  # softmax(z / T) spreads out as T grows
@@ -181,16 +188,16 @@ def test_the_entropy_lies_between_zero_and_the_log_of_the_allowed_count(policy, 
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0])
-def test_a_non_positive_temperature_is_refused(policy, batch, temperature):
+def test_a_non_positive_temperature_is_refused(model, batch, temperature):
     with pytest.raises(ValueError, match="temperature must be > 0.*pass a positive temperature"):
-        policy.sample_with_log_probs(batch, temperature, None)
-    choices = torch.full((len(batch), N), policy.stop_token_id)
+        model.sample_with_log_probs(batch, temperature, None)
+    choices = torch.full((len(batch), N), model.stop_token_id)
     with pytest.raises(ValueError, match="temperature must be > 0.*pass a positive temperature"):
-        policy.choice_log_probs(batch, choices, temperature)
+        model.choice_log_probs(batch, choices, temperature)
 
 
-def test_choices_outside_the_fast_tokens_and_stop_are_refused(policy, batch):
-    choices = torch.full((len(batch), N), policy.stop_token_id)
-    choices[0, 0] = policy.vlm.token_id("<|image_pad|>")
+def test_choices_outside_the_fast_tokens_and_stop_are_refused(model, batch):
+    choices = torch.full((len(batch), N), model.stop_token_id)
+    choices[0, 0] = model.vlm.token_id("<|image_pad|>")
     with pytest.raises(ValueError, match="outside the FAST tokens"):
-        policy.choice_log_probs(batch, choices, 1.0)
+        model.choice_log_probs(batch, choices, 1.0)

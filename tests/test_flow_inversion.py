@@ -14,8 +14,8 @@ from test_frameworks import built, scaled_examples
 
 from vlablocks.cli.main import main
 from vlablocks.core.config import load_config
-from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.tools.toy.toy import ToyTabletopEnv
 
 FLOW_FRAMEWORKS = ["QwenFlowMatching", "QwenLayerwiseFM3D", "QwenPI05"]
@@ -96,8 +96,9 @@ def test_invert_then_reconstruct_error_shrinks_first_order_on_a_real_head():
 @pytest.mark.parametrize("name", FLOW_FRAMEWORKS)
 def test_flow_frameworks_sample_invert_and_reconstruct_through_flow_conditioning(name):
     examples = scaled_examples(2)
-    framework = built(name, examples).eval()
-    batch = framework.processor(examples, targets=False)
+    policy = built(name, examples).eval()
+    framework = policy.model
+    batch = policy.processor(examples, targets=False)
     with torch.no_grad():
         sampled = framework.sample_actions(batch, torch.Generator().manual_seed(3))["actions"]
         conditioning, state = framework.flow_conditioning(batch)
@@ -113,7 +114,7 @@ def test_flow_frameworks_sample_invert_and_reconstruct_through_flow_conditioning
             )
             for S in (5, 50)
         ]
-        edited = framework.processor([{**e, "prompt": "push the blue cube left"} for e in examples], targets=False)
+        edited = policy.processor([{**e, "prompt": "push the blue cube left"} for e in examples], targets=False)
         edited_conditioning, _ = framework.flow_conditioning(edited)
         noise = head.invert(conditioning, sampled, state, 50)
         moved = float((head.reconstruct(edited_conditioning, noise, state, 50) - sampled).abs().max())
@@ -132,8 +133,8 @@ def toy_checkpoint(tmp_path_factory):
     for e in examples:
         e["action"] = e["action"] * 0.05  # raw units unlike normalized ones, so the raw MSE differs
     torch.manual_seed(0)
-    framework = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=["top"])
-    return framework.save_pretrained(tmp_path_factory.mktemp("ckpt") / "flow")
+    policy = build_policy(experiment, synthetic_norm_stats(examples), camera_keys=["top"])
+    return policy.save_pretrained(tmp_path_factory.mktemp("ckpt") / "flow")
 
 
 def test_invert_command_writes_mse_that_a_recomputation_matches(toy_checkpoint, tmp_path, capsys):
@@ -152,16 +153,17 @@ def test_invert_command_writes_mse_that_a_recomputation_matches(toy_checkpoint, 
         ratio = summary["per_steps"][s]["mse_normalized"] / summary["variance_normalized"]
         assert summary["per_steps"][s]["mse_over_variance"] == pytest.approx(ratio)
     # Recompute the first call of both episodes: seeded noise through predict, invert, reconstruct, postprocess.
-    framework = Framework.from_pretrained(toy_checkpoint).eval()
+    policy = Policy.from_pretrained(toy_checkpoint).eval()
+    framework = policy.model
     observations = [ToyTabletopEnv().reset(seed=seed) for seed in (1000, 1001)]
-    batch = framework.processor(observations, targets=False)
+    batch = policy.processor(observations, targets=False)
     head = framework.action_model
     with torch.no_grad():
         conditioning, state = framework.flow_conditioning(batch)
         sampled = head.predict(conditioning, state, torch.Generator().manual_seed(1000))
         for S in (1, 4):
             same = head.reconstruct(conditioning, head.invert(conditioning, sampled, state, S), state, S)
-            raw = [framework.processor.postprocess({"actions": x}, batch)["actions"] for x in (sampled, same)]
+            raw = [policy.processor.postprocess({"actions": x}, batch)["actions"] for x in (sampled, same)]
             for k, seed in enumerate((1000, 1001)):
                 record = next(r for r in records if r["seed"] == seed and r["call"] == 0)
                 normalized = float((same[k] - sampled[k]).pow(2).mean())

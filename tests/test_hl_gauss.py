@@ -7,8 +7,8 @@ import torch
 
 from vlablocks.core.action_model.hl_gauss import hl_gauss_targets
 from vlablocks.core.config import PlatformConfig, parse_experiment
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import build_policy
 
 
 def test_targets_match_the_normal_mass_per_bin_by_hand():
@@ -27,9 +27,10 @@ def test_fast_soft_targets_spread_over_neighbouring_coefficients_and_keep_the_st
     framework_options = {"name": "QwenFAST", "fast": {"scale": 5.0, "bpe_merges": False}, "hl_gauss_sigma": 0.75}
     experiment = parse_experiment({"platform": platform, "framework": framework_options})
     examples = synthetic_examples(PlatformConfig(**platform), 8, seed=2)
-    framework = build_policy(experiment, synthetic_norm_stats(examples))
-    framework.processor.fit(examples)
-    batch = framework.processor(examples)
+    policy = build_policy(experiment, synthetic_norm_stats(examples))
+    policy.processor.fit(examples)
+    framework = policy.model
+    batch = policy.processor(examples)
     labels = batch.vlm.labels[batch.vlm.labels != -100]
     soft = framework.soft_targets(labels, batch.action_vocab)
     fast = torch.tensor(framework.fast_token_ids[: batch.action_vocab])

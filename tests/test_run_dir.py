@@ -11,9 +11,9 @@ from test_frameworks import experiment_for, scaled_examples
 from test_training import examples, experiment
 
 from vlablocks.core.config import ConfigError, to_yaml
-from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_norm_stats
 from vlablocks.core.manifest import CorruptCheckpointError, read_json, verify_manifest, write_manifest
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.training.checkpoint import latest_checkpoint
 from vlablocks.core.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
 from vlablocks.core.training.train import train
@@ -55,8 +55,8 @@ def test_stale_save_folders_are_removed_and_metrics_are_keyed_by_step(tmp_path):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     data = scaled_examples(2)
-    framework = build_policy(experiment_for("QwenOFT"), synthetic_norm_stats(data))
-    return framework.save_pretrained(tmp_path_factory.mktemp("ckpt") / "ckpt"), data
+    policy = build_policy(experiment_for("QwenOFT"), synthetic_norm_stats(data))
+    return policy.save_pretrained(tmp_path_factory.mktemp("ckpt") / "ckpt"), data
 
 
 @pytest.mark.parametrize(
@@ -74,10 +74,10 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(saved, damage, named, t
     source, data = saved
     copy = shutil.copytree(source, tmp_path / "copy")
     assert verify_manifest(copy) is True
-    Framework.from_pretrained(copy)
+    Policy.from_pretrained(copy)
     damage(copy)
     with pytest.raises(CorruptCheckpointError, match=named):
-        Framework.from_pretrained(copy)
+        Policy.from_pretrained(copy)
 
 
 def _flip_byte(path):

@@ -10,11 +10,11 @@ import torch
 from safetensors import safe_open
 
 from vlablocks.core.config import PlatformConfig, load_config, parse_experiment
-from vlablocks.core.framework.base import build_policy
 from vlablocks.core.framework.qwen_layerwise_fm_3d import QwenLayerwiseFM3D
 from vlablocks.core.framework.standalone import run_standalone
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.core.geometry.preprocess import default_intrinsics
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.training.train import train
 from vlablocks.tools.sweep.sweep import build_variants
 from vlablocks.tools.toy.toy import ToyTabletopEnv
@@ -42,7 +42,8 @@ def examples_with_depth(batch_size: int = 2, views: int = 2) -> list[dict]:
     return examples
 
 
-def build(examples: list[dict], **framework) -> QwenLayerwiseFM3D:
+def build(examples: list[dict], **framework) -> Policy:
+    """A QwenLayerwiseFM3D policy (its model: `.model`)."""
     torch.manual_seed(0)
     options = {"name": "QwenLayerwiseFM3D", **{k: dict(v) for k, v in SMALL.items()}}
     for key, value in framework.items():
@@ -51,12 +52,13 @@ def build(examples: list[dict], **framework) -> QwenLayerwiseFM3D:
     return build_policy(experiment, norm_stats=synthetic_norm_stats(examples), camera_keys=list(examples[0]["images"]))
 
 
-def train_steps(framework: QwenLayerwiseFM3D, examples: list[dict], steps: int) -> list[str]:
+def train_steps(policy: Policy, examples: list[dict], steps: int) -> list[str]:
     """Names of the parameters with a non-zero gradient after `steps` Adam steps."""
+    framework: QwenLayerwiseFM3D = policy.model
     optimizer = torch.optim.Adam(framework.parameters(), lr=1e-3)
     for _ in range(steps):
         optimizer.zero_grad()
-        framework(framework.processor(examples))["loss"].backward()
+        framework(policy.processor(examples))["loss"].backward()
         optimizer.step()
     return [n for n, p in framework.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
 
@@ -64,9 +66,9 @@ def train_steps(framework: QwenLayerwiseFM3D, examples: list[dict], steps: int) 
 @pytest.mark.parametrize("fusion", ["mean_broadcast", "tokenwise", "cross_attention"])
 def test_gradients_reach_the_geometric_encoder(fusion):
     examples = examples_with_depth()
-    framework = build(examples, fusion={"name": fusion})
+    policy = build(examples, fusion={"name": fusion})
     # Step 1 opens the head's zero-init gates, step 2 the fusion's zero-init output; step 3 reaches the encoder.
-    with_grad = train_steps(framework, examples, 3)
+    with_grad = train_steps(policy, examples, 3)
     for part in ("geometric_encoder.backbone.", "geometric_encoder.info_sharing.", "geometric_encoder.depth_embed."):
         assert any(n.startswith(part) for n in with_grad), f"{fusion}: no gradient reached {part}"
     assert any(n.startswith("fusion.") for n in with_grad)
@@ -74,9 +76,10 @@ def test_gradients_reach_the_geometric_encoder(fusion):
 
 def test_the_geometric_branch_changes_what_the_llm_reads():
     examples = examples_with_depth()
-    framework = build(examples)
+    policy = build(examples)
+    framework = policy.model
     torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.1)
-    batch = framework.processor(examples)
+    batch = policy.processor(examples)
     assert batch.geometry is not None and batch.geometry.points is not None  # the processor prepared the depth
     assert batch.geometry.pixels.shape[:2] == batch.geometry.view_mask.shape == (2, 2)
     with torch.no_grad():
@@ -89,26 +92,27 @@ def test_the_geometric_branch_changes_what_the_llm_reads():
 
 def test_no_geometric_branch_builds_no_geometric_parameters():
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 2)
-    with_geometry = build(examples)
-    without = build(examples, use_geometric_branch=False)
+    with_geometry_policy = build(examples)
+    without_policy = build(examples, use_geometric_branch=False)
+    with_geometry, without = with_geometry_policy.model, without_policy.model
     assert without.geometric_encoder is None and without.fusion is None
     names = [n for n, _ in without.named_parameters()]
     assert names and not any(n.startswith(("geometric_encoder.", "fusion.")) for n in names)
     geometric = sum(p.numel() for n, p in with_geometry.named_parameters() if n.startswith(("geometric_", "fusion.")))
     total = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     assert geometric > 0 and total(with_geometry) - total(without) == geometric
-    assert with_geometry.processor.config.geometry == with_geometry.geometric_encoder.preprocess_options()
-    assert without.processor.config.geometry is None and without.processor(examples).geometry is None
+    assert with_geometry_policy.processor.config.geometry == with_geometry.geometric_encoder.preprocess_options()
+    assert without_policy.processor.config.geometry is None and without_policy.processor(examples).geometry is None
 
 
 def test_depth_is_optional_per_batch():
     examples = synthetic_examples(PlatformConfig(**PLATFORM), 2, 2)  # no depth, no intrinsics
-    framework = build(examples)
-    assert framework.processor(examples).geometry.points is None
-    with_grad = train_steps(framework, examples, 3)
+    policy = build(examples)
+    assert policy.processor(examples).geometry.points is None
+    with_grad = train_steps(policy, examples, 3)
     assert any(n.startswith("geometric_encoder.backbone.") for n in with_grad)
     assert not any(n.startswith("geometric_encoder.depth_embed.") for n in with_grad)
-    actions = framework.predict_action(examples)["actions"]
+    actions = policy.predict(examples)["actions"]
     assert actions.shape == (2, 4, 2) and np.isfinite(actions).all()
 
 

@@ -14,8 +14,8 @@ import torch
 
 from vlablocks.cli.commands.export import export_checkpoint
 from vlablocks.core.config import load_config, parse_experiment, to_yaml
-from vlablocks.core.framework.base import Framework, build_policy
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.tools.sweep.report import write_results
 from vlablocks.tools.sweep.sweep import SweepEval, evaluate_run, same_experiment
 
@@ -182,18 +182,18 @@ def test_export_merges_lora_into_a_plain_checkpoint(tmp_path):
     from vlablocks.core.config import PlatformConfig
 
     examples = synthetic_examples(PlatformConfig(**platform), 2, image_size=56)
-    framework = build_policy(experiment, synthetic_norm_stats(examples))
-    for name, param in framework.named_parameters():  # make the adapters non-trivial
+    policy = build_policy(experiment, synthetic_norm_stats(examples))
+    for name, param in policy.model.named_parameters():  # make the adapters non-trivial
         if "lora_B" in name:
             param.data.normal_(0, 0.05)
-    framework.save_pretrained(tmp_path / "lora")
-    before = framework.predict_action(examples)["actions"]
+    policy.save_pretrained(tmp_path / "lora")
+    before = policy.predict(examples)["actions"]
     result = export_checkpoint(str(tmp_path / "lora"), str(tmp_path / "merged"), merge_lora=True)
     assert result["merged"]
-    merged = Framework.from_pretrained(tmp_path / "merged")
-    assert not merged.vlm.lora_enabled
-    assert not any("lora" in name for name in merged.state_dict())
-    np.testing.assert_allclose(merged.predict_action(examples)["actions"], before, atol=1e-5)
+    merged = Policy.from_pretrained(tmp_path / "merged")
+    assert not merged.model.vlm.lora_enabled
+    assert not any("lora" in name for name in merged.model.state_dict())
+    np.testing.assert_allclose(merged.predict(examples)["actions"], before, atol=1e-5)
 
 
 def test_export_vlm_only_gives_a_base_vlm_that_a_value_model_starts_from(tmp_path):
@@ -201,15 +201,16 @@ def test_export_vlm_only_gives_a_base_vlm_that_a_value_model_starts_from(tmp_pat
 
     platform = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
     vlm = {"name": "qwen2_5_vl", "image_size": 56}
-    policy = {"name": "QwenOFT", "vlm": vlm, "action_model": {"name": "l1_regression", "hidden_dim": 32}}
+    oft = {"name": "QwenOFT", "vlm": vlm, "action_model": {"name": "l1_regression", "hidden_dim": 32}}
     examples = synthetic_examples(PlatformConfig(**platform), 2, image_size=56)
-    framework = build_policy(
-        parse_experiment({"platform": platform, "framework": policy}), synthetic_norm_stats(examples)
-    )
-    framework.save_pretrained(tmp_path / "policy")
+    policy = build_policy(parse_experiment({"platform": platform, "framework": oft}), synthetic_norm_stats(examples))
+    framework = policy.model
+    policy.save_pretrained(tmp_path / "policy")
     export_checkpoint(str(tmp_path / "policy"), str(tmp_path / "vlm"), merge_lora=False, vlm_only=True)
     value = {"name": "QwenValue", "vlm": {**vlm, "base_vlm": str(tmp_path / "vlm")}, "value_head": {"hidden_dim": 16}}
-    model = build_policy(parse_experiment({"platform": platform, "framework": value}), synthetic_norm_stats(examples))
+    model = build_policy(
+        parse_experiment({"platform": platform, "framework": value}), synthetic_norm_stats(examples)
+    ).model
     policy_weights = framework.vlm.state_dict()
     value_weights = model.vlm.state_dict()
     for key, tensor in policy_weights.items():  # every trained weight arrives; the token table grows by <|value|>

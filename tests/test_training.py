@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from vlablocks.core.config import ExperimentConfig, PlatformConfig, parse_experiment
-from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.synthetic import synthetic_examples
+from vlablocks.core.policy.policy import Policy
 from vlablocks.core.training.checkpoint import checkpoint_dirs, latest_checkpoint
 from vlablocks.core.training.train import train
 
@@ -47,7 +47,7 @@ def examples(n: int = 16) -> list[dict]:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return Framework.from_pretrained(latest_checkpoint(run_dir)).state_dict()
+    return Policy.from_pretrained(latest_checkpoint(run_dir)).model.state_dict()
 
 
 def test_gradient_accumulation_matches_the_large_batch(tmp_path):
@@ -85,7 +85,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 3.*step_2"):
         train(experiment(tmp_path, max_steps=4, save_every=1, resume=True), dataset=poisoned)
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_2"]
-    Framework.from_pretrained(tmp_path / "checkpoints" / "step_2")
+    Policy.from_pretrained(tmp_path / "checkpoints" / "step_2")
 
 
 # ---- subprocess runs: SIGKILL mid-run and mid-save ---------------------------------------------------
@@ -144,7 +144,7 @@ def test_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     assert result.returncode == -signal.SIGKILL
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_2"]
     assert any(p.name.startswith(".step_4.tmp-") for p in (run_dir / "checkpoints").iterdir())
-    Framework.from_pretrained(run_dir / "checkpoints" / "step_2")
+    Policy.from_pretrained(run_dir / "checkpoints" / "step_2")
     # Resuming ignores the half-written directory and finishes the run.
     resumed = run_worker(tmp_path, str(run_dir), "4", "2", "1", "0")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -152,15 +152,16 @@ def test_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
 
 
 def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_path):
-    from vlablocks.core.framework.base import build_policy
     from vlablocks.core.framework.synthetic import synthetic_norm_stats
+    from vlablocks.core.policy.policy import build_policy
     from vlablocks.core.training.components import load_pretrained_modules
 
     data = examples(4)
-    source = build_policy(experiment(tmp_path / "a"), synthetic_norm_stats(data))
-    source.save_pretrained(tmp_path / "source")
+    source_policy = build_policy(experiment(tmp_path / "a"), synthetic_norm_stats(data))
+    source_policy.save_pretrained(tmp_path / "source")
+    source = source_policy.model
     torch.manual_seed(123)
-    target = build_policy(experiment(tmp_path / "b"), synthetic_norm_stats(data))
+    target = build_policy(experiment(tmp_path / "b"), synthetic_norm_stats(data)).model
     loaded = load_pretrained_modules(target, str(tmp_path / "source"), [r"^action_model\."])
     assert loaded and all(k.startswith("action_model.") for k in loaded)
     for key in loaded:
@@ -170,7 +171,7 @@ def test_partial_reload_copies_matching_modules_and_lists_shape_mismatches(tmp_p
 
     wider = experiment(tmp_path / "c").to_dict()
     wider["framework"]["action_model"]["hidden_dim"] = 48
-    mismatched = build_policy(parse_experiment(wider), synthetic_norm_stats(data))
+    mismatched = build_policy(parse_experiment(wider), synthetic_norm_stats(data)).model
     with pytest.raises(ValueError, match=r"shape mismatch .*action_model\.mlp\..*checkpoint \(32.*vs model \(48"):
         load_pretrained_modules(mismatched, str(tmp_path / "source"), [r"^action_model\."])
     with pytest.raises(ValueError, match="matches no key"):

@@ -33,8 +33,8 @@ def main() -> None:
     if args.kill_after_save:
         save = train_module._save
 
-        def save_then_die(accelerator, model, run_dir, step, *rest):
-            path = save(accelerator, model, run_dir, step, *rest)
+        def save_then_die(accelerator, model, policy, run_dir, step, *rest):
+            path = save(accelerator, model, policy, run_dir, step, *rest)
             if step == args.kill_after_save:
                 os.kill(os.getpid(), signal.SIGKILL)
             return path

@@ -106,7 +106,7 @@ class DiTBlock(nn.Module):
     the identity (DiT's adaLN-Zero), which keeps deep stacks stable from the first step.
     `cross_gate_init` starts the cross-attention gate elsewhere: at 1 the block reads its context from
     the first step, so the loss's gradient reaches the context (and the VLM behind it) from the start
-    instead of only as fast as a zero gate grows (docs/toy_results.md: why flow matching ignored language).
+    instead of only as fast as a zero gate grows (docs/results/toy_results.md: why flow matching ignored language).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cross_gate_init: float = 0.0) -> None:

@@ -20,7 +20,7 @@ regression of the chunk from their hidden states that grounds the instruction (v
     h'[b, l] = h[b, l] + W_s s[b]          logits[b, l] = lm_head(h'[b, l])
 
 as QwenOFT adds it to its action head's input. Without it the answer can read the robot's own position only from
-the image (docs/toy_root_causes.md: the first FAST token, the chunk's mean x displacement, was right for 33% of
+the image (docs/results/toy_root_causes.md: the first FAST token, the chunk's mean x displacement, was right for 33% of
 training frames while the readout regression, which has the state, predicted the chunk's direction to cosine 0.97).
 `answer_mlp_hidden` W > 0: a residual MLP, per position, between the final hidden states (+ the state) and the LM
 head, in every path alike:
@@ -30,13 +30,13 @@ head, in every path alike:
 The LM head's logits are linear in their input; QwenOFT's L1 head is an MLP over the same kind of states. On the toy
 task the chunk is the step toward the named block, a nonlinear function of the block's and the robot's positions,
 and the tiny 2-layer LLM's final states carry it only coarsely: without the MLP the first FAST token (the mean x step)
-was off by 2.8 bins on training frames, with it 1.5 (docs/toy_root_causes.md, QwenFAST).
+was off by 2.8 bins on training frames, with it 1.5 (docs/results/toy_root_causes.md, QwenFAST).
 `state_tokens`: the normalized state is also written into the prompt as bins after the instruction
 ("State: 131 7;", the processor's DiscretizeState, as pi0-FAST and QwenPI05 do), so the LLM's own layers can
 combine it with the image and the instruction before the answer, not only the head.
 `answer_token_dropout` p: in training, each answer token is replaced *as an input* by `<|fast_mask|>` with
 probability p (its label stays), so a later token cannot be predicted from the earlier ones alone and must be
-read from the prompt; inference feeds the true tokens (docs/toy_root_causes.md: the second token, the chunk's mean
+read from the prompt; inference feeds the true tokens (docs/results/toy_root_causes.md: the second token, the chunk's mean
 y displacement, was 92% right on training frames and 27% on fresh ones, i.e. memorized given the first).
 Run this file to smoke-test it: `python vlablocks/core/framework/qwen_fast.py [--config_yaml F] [overrides]`.
 """

@@ -1,5 +1,5 @@
 """Readout regression: an auxiliary, deterministic action loss that teaches the VLM to ground the instruction,
-for frameworks whose own loss does not (flow matching; FAST tokens). docs/toy_results.md gives the evidence.
+for frameworks whose own loss does not (flow matching; FAST tokens). docs/results/toy_results.md gives the evidence.
 
     prompt = chat(views..., instruction) + <|readout_0|> ... <|readout_{T-1}|>
     VLM    -> hidden states h_t of the T readout tokens [B, T, H] (+ proprio: W_s state, as QwenOFT)

@@ -74,7 +74,7 @@ class VLMConfig:
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
     # Random-init builds only: the std of the token-embedding rows (None: the family's initializer_range, 0.02), for
-    # the prompt's words to hold their own against the vision tokens in the residual stream (docs/toy_root_causes.md).
+    # the prompt's words to hold their own against the vision tokens in the residual stream (docs/results/toy_root_causes.md).
     text_embedding_init_std: float | None = None
     # Random-init builds only: extra built-in corpora the tiny tokenizer is trained on (vlm/tokenizer.py
     # EXTRA_CORPORA; "vqa" makes question words and one-word answers single tokens). None: the robot corpus alone.

@@ -1,7 +1,7 @@
 """Options that only a random-init build takes: its image normalization and the scale of its word embeddings.
 
 A pretrained VLM keeps the normalization and the embeddings it was trained with, so `base_vlm` refuses them.
-The tiny random-init builds (tests, demo, the toy experiments) need them: docs/toy_root_causes.md, "The last
+The tiny random-init builds (tests, demo, the toy experiments) need them: docs/results/toy_root_causes.md, "The last
 colour", measures why the word embeddings' scale decides whether the instruction survives the residual stream.
 """
 

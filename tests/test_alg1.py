@@ -12,10 +12,10 @@ import torch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.dataloader.normalization import compute_norm_stats
-from vlablocks.core.framework.phase_schedule import PhaseSchedule
 from vlablocks.core.geometry.world_losses import WorldLosses, cell_geometry
 from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.registry import DATASETS
+from vlablocks.core.training.loss_schedule import PhaseSchedule, scheduled_loss
 from vlablocks.tools.toy.toy import ToyTabletopEnv
 from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 
@@ -121,29 +121,48 @@ def test_cell_geometry_is_the_mean_of_each_cells_points():
 
 
 def test_phase_weights_reach_the_loss_step_exact(samples):
-    policy = policy_for(samples, loss_w_geo=0.5, sagr_phase_a_steps=2, sagr_phase_b_ramp_steps=2)
+    """The model reports loss = action_loss + aux; trainer.loss_schedule weights the action part by the step."""
+    policy = policy_for(samples, loss_w_geo=0.5)
     framework = policy.model
     batch = policy.processor(samples[:4])
+    schedule = PhaseSchedule(phase_a_steps=2, ramp_steps=2)
+    torch.manual_seed(1)
+    out = framework(batch)
+    assert float(out["action_loss"].detach()) == pytest.approx(out["log"]["loss_action"])
     for step, weight in {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0}.items():
-        framework.set_training_step(step)
-        torch.manual_seed(1)
-        out = framework(batch)
-        assert out["log"]["weight_action"] == weight
         expected = weight * out["log"]["loss_action"] + 0.5 * out["log"]["loss_geo"]
-        assert float(out["loss"].detach()) == pytest.approx(expected, rel=1e-6)
-    framework.training_step = None
-    with pytest.raises(ValueError, match="set_training_step"):
-        framework(batch)
+        assert float(scheduled_loss(out, schedule, step).detach()) == pytest.approx(expected, rel=1e-6)
+    assert scheduled_loss(out, PhaseSchedule(), 1) is out["loss"]  # no schedule: the model's loss as it is
+    no_aux = policy_for(samples).model(batch)  # no auxiliary losses: nothing to schedule
+    with pytest.raises(ValueError, match="reports no `action_loss`"):
+        scheduled_loss(no_aux, schedule, 1)
+
+
+def test_the_schedule_left_the_model_for_the_trainer(samples, tmp_path):
+    with pytest.raises(ValueError, match="sagr_phase_a_steps moved to trainer.loss_schedule.phase_a_steps"):
+        policy_for(samples, sagr_phase_a_steps=2)
+    # a checkpoint written before the move (its framework section still has the keys) loads without them
+    from vlablocks.core.manifest import write_manifest
+    from vlablocks.core.policy.policy import Policy
+
+    policy = policy_for(samples, loss_w_geo=0.5)
+    policy.save_pretrained(tmp_path / "ckpt")
+    config = tmp_path / "ckpt" / "config.yaml"
+    old_section = config.read_text().replace("framework:\n", "framework:\n  sagr_phase_a_steps: 300\n", 1)
+    config.write_text(old_section)
+    write_manifest(tmp_path / "ckpt")  # as an old checkpoint's own manifest lists it
+    loaded = Policy.from_pretrained(tmp_path / "ckpt")
+    assert type(loaded.model) is type(policy.model)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_loss_of_weight_zero_adds_exactly_zero_gradient(samples, name):
     weights = {f"loss_w_{n}": 0.0 if n == name else 1.0 for n in NAMES}
-    policy = policy_for(samples, **weights, sagr_phase_a_steps=5)
+    policy = policy_for(samples, **weights)
     framework = policy.model
     torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.05)  # a non-identity fusion: L_reg is not 0
-    framework.set_training_step(1)  # phase A: only the auxiliary losses
     out = framework(policy.processor(samples[:4]))
+    out["loss"] = scheduled_loss(out, PhaseSchedule(phase_a_steps=5), 1)  # phase A: only the auxiliary losses
     assert f"loss_{name}" not in out and f"loss_{name}" not in out["log"]
     head = {"dyn": framework.world_losses.dynamics_head, "geo": framework.world_losses.geometry_head}.get(name)
     assert head is None  # weight 0 builds no head: nothing to train, nothing to save
@@ -166,18 +185,17 @@ def test_a_loss_of_weight_zero_adds_exactly_zero_gradient(samples, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_each_auxiliary_loss_falls_when_trained_alone_on_toy_depth(samples, name):
-    policy = policy_for(samples, **{f"loss_w_{name}": 1.0}, sagr_phase_a_steps=1000)
+    policy = policy_for(samples, **{f"loss_w_{name}": 1.0})
     framework = policy.model
     if name == "reg":  # the fusion starts as the identity (L_reg = 0): start it away from it
         torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.05)
     batch = policy.processor(samples[:8])
     optimizer = torch.optim.Adam(framework.parameters(), lr=2e-3)
-    history = []
+    history, phase_a = [], PhaseSchedule(phase_a_steps=1000)
     for step in range(1, 16):
-        framework.set_training_step(step)
         out = framework(batch)
         optimizer.zero_grad()
-        out["loss"].backward()
+        scheduled_loss(out, phase_a, step).backward()
         if step == 1:  # phase A: the action head gets no gradient
             assert all(p.grad is None or not p.grad.any() for p in framework.action_model.parameters())
         optimizer.step()
@@ -198,8 +216,8 @@ def test_vlablocks_train_logs_the_scheduled_weights_step_by_step(heights_data, t
         "trainer.batch_size=2",
         "trainer.num_workers=0",
         "trainer.warmup_steps=0",
-        "framework.sagr_phase_a_steps=1",
-        "framework.sagr_phase_b_ramp_steps=2",
+        "trainer.loss_schedule.phase_a_steps=1",
+        "trainer.loss_schedule.ramp_steps=2",
         "framework.action_model.hidden_dim=32",
         "framework.geometric_encoder.image_size=56",
         "framework.geometric_encoder.output_dim=32",

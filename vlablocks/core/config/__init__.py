@@ -189,7 +189,10 @@ def validate(data: Any, schema: type, path: str = "") -> dict:
         raise ConfigError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(schema)}
     hints = typing.get_type_hints(schema)
+    moved = vars(schema).get("MOVED", {})  # a Config's keys that went elsewhere: {old key: its new place}
     for key in data:
+        if key in moved:
+            raise ConfigError(f"{prefix}{key} moved to {moved[key]}; set it there")
         if key not in fields:
             suggestion = closest(str(key), list(fields))
             hint = f" — did you mean {prefix}{suggestion}?" if suggestion else f" (valid keys: {', '.join(fields)})"

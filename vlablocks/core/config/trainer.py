@@ -7,6 +7,15 @@ from typing import Literal
 
 
 @dataclass(frozen=True)
+class LossScheduleConfig:
+    """`trainer.loss_schedule` (vlablocks/core/training/loss_schedule.py): the action loss off for the first
+    `phase_a_steps` optimizer steps, then ramped in linearly over `ramp_steps` (alg1); both 0: no schedule."""
+
+    phase_a_steps: int = 0
+    ramp_steps: int = 0
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     max_steps: int = 1000
     batch_size: int = 8  # per process, per micro-step
@@ -31,6 +40,7 @@ class TrainerConfig:
     torch_threads: int | None = None
     # Steps between tensorboard / wandb / progress-bar points (the window's means); metrics.jsonl has every step.
     log_every: int = 10
+    loss_schedule: LossScheduleConfig = field(default_factory=LossScheduleConfig)
     save_every: int = 500
     keep_last: int = 2
     resume: bool = False

@@ -51,10 +51,6 @@ class Framework(nn.Module):
         return next(self.parameters()).device
 
     # ---- the contract ------------------------------------------------------------------------------
-    def set_training_step(self, step: int) -> None:
-        """Called by `vlablocks train` before each optimizer step (1-based); frameworks with step-dependent
-        losses (QwenLayerwiseFM3D's phased schedule) override it."""
-
     def processor_options(self) -> dict:
         """The VLM's input geometry; frameworks add their prompt suffix, geometry or FAST options."""
         image_size = self.vlm.config.image_size

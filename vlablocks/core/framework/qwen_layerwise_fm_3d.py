@@ -14,14 +14,13 @@ instruction in the VLM, as for QwenFlowMatching (vlablocks/core/framework/readou
 framework is then plain layerwise flow matching, the ablation baseline. Depth is optional per batch:
 without it the encoder uses the images alone.
 alg1 (`loss_w_dyn`, `loss_w_geo`, `loss_w_reg` > 0; needs the geometric branch): auxiliary world-model losses on
-the fused vision tokens (vlablocks/core/geometry/world_losses.py, equations there), added to the action loss, which
-the phased schedule (`sagr_phase_a_steps` N, `sagr_phase_b_ramp_steps` M; vlablocks/core/framework/phase_schedule.py)
-weights 0 for the first N steps and ramps in over the next M:
+the fused vision tokens (vlablocks/core/geometry/world_losses.py, equations there), added to the action loss:
 
-    loss = w_action(step) * (flow matching [+ readout]) + w_dyn L_dyn + w_geo L_geo + w_reg L_reg
+    loss = action_loss + w_dyn L_dyn + w_geo L_geo + w_reg L_reg,     action_loss = flow matching [+ readout]
 
-`vlablocks train` tells the framework its step (`set_training_step`); `forward` also returns the terms under
-"log" (metrics.jsonl). L_dyn needs the depth of a later frame: `dataset.next_frame_offset: k`.
+`forward` reports `action_loss` beside the total, and the terms under "log" (metrics.jsonl). alg1's phased schedule
+(the action loss off for N steps, then ramped in over M) is the training loop's, not the model's:
+`trainer.loss_schedule: {phase_a_steps: N, ramp_steps: M}` (vlablocks/core/training/loss_schedule.py). L_dyn needs the depth of a later frame: `dataset.next_frame_offset: k`.
 Run this file to smoke-test it: `python vlablocks/core/framework/qwen_layerwise_fm_3d.py [--config_yaml F] [overrides]`.
 """
 
@@ -29,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -38,7 +38,6 @@ from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.conditioning import vlm_conditioning
-from vlablocks.core.framework.phase_schedule import PhaseSchedule
 from vlablocks.core.framework.readout import add_readout_loss, build_readout
 from vlablocks.core.geometry.world_losses import WorldLosses
 from vlablocks.core.registry import FRAMEWORKS, FUSIONS, GEOMETRIC_ENCODERS, VLMS
@@ -71,8 +70,11 @@ class QwenLayerwiseFM3D(Framework):
         loss_w_geo: float = 0.0  # this frame's geometric tokens reconstructed from the fused tokens
         loss_w_reg: float = 0.0  # fused tokens kept near the 2-D vision tokens
         world_hidden_dim: int = 128  # width of the L_dyn / L_geo MLP heads
-        sagr_phase_a_steps: int = 0  # phase A: the first N steps train the auxiliary losses only
-        sagr_phase_b_ramp_steps: int = 0  # phase B: the action loss ramps 0 -> 1 linearly over the next M steps
+        # Keys this section no longer has -> where they went (a config that sets them is told; a checkpoint drops them).
+        MOVED: ClassVar[dict[str, str]] = {
+            "sagr_phase_a_steps": "trainer.loss_schedule.phase_a_steps",
+            "sagr_phase_b_ramp_steps": "trainer.loss_schedule.ramp_steps",
+        }
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
@@ -88,8 +90,6 @@ class QwenLayerwiseFM3D(Framework):
             self.fusion = build(
                 FUSIONS, config.fusion, vision_dim=self.vlm.hidden_size, geometric_dim=self.geometric_encoder.output_dim
             )
-        self.schedule = PhaseSchedule(config.sagr_phase_a_steps, config.sagr_phase_b_ramp_steps)
-        self.training_step: int | None = None
         self.world_losses = None
         if max(config.loss_w_dyn, config.loss_w_geo, config.loss_w_reg) > 0:
             if not config.use_geometric_branch:
@@ -102,21 +102,6 @@ class QwenLayerwiseFM3D(Framework):
                 config.loss_w_reg,
                 config.world_hidden_dim,
             )
-
-    def set_training_step(self, step: int) -> None:
-        """The optimizer step about to be taken (1-based), which the phased schedule reads."""
-        self.training_step = int(step)
-
-    def action_weight(self) -> float:
-        """w_action at the current training step (1.0 outside training or without a schedule)."""
-        if not self.schedule.active or not self.training:
-            return 1.0
-        if self.training_step is None:
-            raise ValueError(
-                "QwenLayerwiseFM3D: sagr_phase_* is set but the training step is unknown; call "
-                "framework.set_training_step(step) before each optimizer step (vlablocks train does)"
-            )
-        return self.schedule.action_weight(self.training_step)
 
     def processor_options(self) -> dict:
         """The geometric encoder's pixels (and depth points) are prepared by the processor too; the readout
@@ -152,25 +137,23 @@ class QwenLayerwiseFM3D(Framework):
         return out, vlm_conditioning(out, insulate=self.config.insulate_vlm)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """-> {"loss", ..., "log": {name: float}} (the action loss, each auxiliary loss and w_action)."""
+        """-> {"loss", ...}; with auxiliary losses also "action_loss" and "log": {name: float} (each term)."""
         capture = {} if self.world_losses is not None else None
         out, conditioning = self.encode_prefix(batch, capture)
         losses = self.action_model.compute_loss(
             conditioning, batch.actions, batch.action_is_pad, batch.state, action_dim_mask=batch.action_dim_mask
         )
         losses = add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
-        if self.world_losses is None and not self.schedule.active:
+        if self.world_losses is None:
             return losses
-        weight = self.action_weight()
         action_loss = losses["loss"]
-        log = {"loss_action": float(action_loss.detach()), "weight_action": weight}
-        losses["loss"] = weight * action_loss
-        if self.world_losses is not None:
-            auxiliary = self.world_losses(capture, batch, self.geometric_encoder.grid_hw)
-            losses.update(auxiliary)
-            losses["loss"] = losses["loss"] + self.world_losses.weighted_sum(auxiliary)
-            log.update({name: float(value.detach()) for name, value in auxiliary.items()})
-        losses["log"] = log
+        auxiliary = self.world_losses(capture, batch, self.geometric_encoder.grid_hw)
+        losses.update(auxiliary)
+        losses["action_loss"] = action_loss  # what trainer.loss_schedule weights
+        losses["loss"] = action_loss + self.world_losses.weighted_sum(auxiliary)
+        losses["log"] = {"loss_action": float(action_loss.detach())} | {
+            name: float(value.detach()) for name, value in auxiliary.items()
+        }
         return losses
 
     def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, torch.Tensor | None]:

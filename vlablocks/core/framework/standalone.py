@@ -41,7 +41,9 @@ def smoke_test(experiment: ExperimentConfig, batch_size: int = 2, num_views: int
     loss.backward()
     with torch.no_grad():  # what Policy.predict does (core/policy/policy.py; the framework layer sits below it)
         batch = processor(examples, targets=False)
-        predicted = processor.postprocess(framework.eval().sample_actions(batch, torch.Generator().manual_seed(0)), batch)
+        predicted = processor.postprocess(
+            framework.eval().sample_actions(batch, torch.Generator().manual_seed(0)), batch
+        )
     elapsed = time.perf_counter() - start
     expected = (batch_size, platform.action_horizon, platform.action_dim)
     assert torch.isfinite(loss), f"loss is not finite: {loss.item()}"

@@ -26,6 +26,7 @@ from vlablocks.core.framework.base import Framework, build_framework
 from vlablocks.core.framework.ema import load_ema_weights
 from vlablocks.core.manifest import read_json, verify_manifest
 from vlablocks.core.processor.pipeline import PROCESSOR_DIR, Processor, build_processor
+from vlablocks.core.registry import MODELS
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -61,12 +62,22 @@ def load_checkpoint(directory: str | os.PathLike, weights: str = "model") -> tup
     if weights not in ("model", "ema"):
         raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
     verify_manifest(directory)  # a truncated config or corrupt weights are refused, the file named
-    experiment = parse_experiment(load_yaml(directory / CONFIG_FILE))
+    experiment = parse_experiment(without_moved_keys(load_yaml(directory / CONFIG_FILE)))
     model = build_framework(experiment)
     load_weights(model, directory)
     if weights == "ema":
         load_ema_weights(model, directory)
     return model, load_processor(directory, experiment, model)
+
+
+def without_moved_keys(sections: dict) -> dict:
+    """The checkpoint's sections without the framework keys its model's Config lists as MOVED (training options
+    that moved elsewhere, e.g. alg1's schedule to trainer.loss_schedule): a model is rebuilt without them."""
+    framework = sections.get("framework")
+    if not isinstance(framework, dict) or "name" not in framework:
+        return sections
+    moved = vars(MODELS.get(framework["name"]).Config).get("MOVED", {})
+    return {**sections, "framework": {k: v for k, v in framework.items() if k not in moved}}
 
 
 def load_processor(directory: Path, experiment: ExperimentConfig, model: Framework) -> Processor:

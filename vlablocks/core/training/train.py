@@ -40,6 +40,7 @@ from vlablocks.core.training.components import (
     set_worker_sharing,
 )
 from vlablocks.core.training.distributed import end_distributed
+from vlablocks.core.training.loss_schedule import PhaseSchedule, scheduled_loss
 from vlablocks.core.training.optim import build_optimizer, freeze_modules, parameter_summary
 from vlablocks.core.training.periodic_eval import PeriodicEval
 from vlablocks.core.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
@@ -99,6 +100,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     if ema is not None and resume_from is not None:
         ema.load(resume_from)
     accum = trainer.gradient_accumulation_steps
+    schedule = PhaseSchedule(trainer.loss_schedule.phase_a_steps, trainer.loss_schedule.ramp_steps)
     batches = micro_batches(
         dataset,
         trainer.batch_size,
@@ -115,7 +117,6 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     model.train()
     for step in range(start_step + 1, trainer.max_steps + 1):
         step_loss, data_wait, logged = 0.0, 0.0, {}
-        framework.set_training_step(step)  # step-dependent loss weights (a pure function of the step)
         for _ in range(accum):
             with accelerator.accumulate(model):
                 fetch_start = time.perf_counter()  # waiting for the processor (the hand-over, with workers)
@@ -126,8 +127,9 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
                         logged.get("vl_share", 0.0) + (1 - batch.is_robot.float().mean().item()) / accum
                     )
                 outputs = model(batch.to(accelerator.device))
-                accelerator.backward(outputs["loss"])
-                step_loss += accelerator.reduce(outputs["loss"].detach(), "mean").item() / accum
+                loss = scheduled_loss(outputs, schedule, step)  # trainer.loss_schedule (a pure function of the step)
+                accelerator.backward(loss)
+                step_loss += accelerator.reduce(loss.detach(), "mean").item() / accum
                 for key, value in outputs.get("log", {}).items():  # loss terms: this rank's, mean over micro-batches
                     logged[key] = logged.get(key, 0.0) + float(value) / accum
                 if accelerator.sync_gradients and trainer.max_grad_norm:
@@ -148,11 +150,15 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
         losses.append(step_loss)
         samples = trainer.batch_size * accum * accelerator.num_processes
         metrics = {"loss": step_loss, "lr": lr, "data_ms": 1e3 * data_wait, **logged}
+        if schedule.active:
+            metrics["weight_action"] = schedule.action_weight(step)
         if periodic_eval is not None and step % trainer.eval_every == 0:
             metrics["eval_success"] = periodic_eval(policy, step)
         logger.log(step, metrics, samples)
         if step % trainer.save_every == 0 or step == trainer.max_steps:
-            last_checkpoint = _save(accelerator, model, policy, run_dir, step, optimizer, scheduler, losses, trainer, ema)
+            last_checkpoint = _save(
+                accelerator, model, policy, run_dir, step, optimizer, scheduler, losses, trainer, ema
+            )
     logger.close(losses)
     del model, optimizer
     end_distributed(accelerator)

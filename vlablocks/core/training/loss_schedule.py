@@ -1,14 +1,20 @@
-"""The alg1 phased schedule: auxiliary losses first, then the action loss ramped in (docs/spatial_fusion.md).
+"""A loss schedule the training loop applies (`trainer.loss_schedule`): alg1's phased schedule, auxiliary losses
+first, then the action loss ramped in (docs/spatial_fusion.md). The model knows nothing of steps: its forward
+reports its total `loss` and the `action_loss` part, and the loop weights that part by the step.
 
 With s the optimizer step being taken (1-based, as `vlablocks train` counts: step 1 is the first update),
-N = `sagr_phase_a_steps` and M = `sagr_phase_b_ramp_steps`, the action loss's weight is
+N = `phase_a_steps` and M = `ramp_steps` (alg1's sagr_phase_a_steps / sagr_phase_b_ramp_steps), the action loss's
+weight is
 
     w_action(s) = 0                    s <= N               (phase A: only the auxiliary losses train)
                 = (s - N) / M          N < s < N + M        (phase B: a linear ramp; M = 0 skips it)
                 = 1                    s >= N + M           (after: full weight)
 
-and the auxiliary weights (`loss_w_dyn`, `loss_w_geo`, `loss_w_reg`) are constant at their configured
-values in every phase. So step N is the last without the action loss, step N + 1 has 1 / M of it and
+and the auxiliary losses keep their configured weights (`loss_w_dyn`, `loss_w_geo`, `loss_w_reg`) in every phase:
+
+    loss(s) = w_action(s) * action_loss + (loss - action_loss)      (loss, action_loss: the model's forward)
+
+So step N is the last without the action loss, step N + 1 has 1 / M of it and
 step N + M the whole of it. The schedule is a pure function of s: resuming at step s gives the weights
 an uninterrupted run had, and every micro-batch of an accumulated step shares them.
 
@@ -20,10 +26,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class PhaseSchedule:
-    """phase_a_steps N >= 0, ramp_steps M >= 0 (both 0: the action loss at full weight from step 1)."""
+    """phase_a_steps N >= 0, ramp_steps M >= 0 (both 0: no schedule, the model's loss as it is)."""
 
     phase_a_steps: int = 0
     ramp_steps: int = 0
@@ -31,7 +39,7 @@ class PhaseSchedule:
     def __post_init__(self) -> None:
         if self.phase_a_steps < 0 or self.ramp_steps < 0:
             raise ValueError(
-                f"sagr_phase_a_steps and sagr_phase_b_ramp_steps must be >= 0, got {self.phase_a_steps} and "
+                f"trainer.loss_schedule.phase_a_steps and ramp_steps must be >= 0, got {self.phase_a_steps} and "
                 f"{self.ramp_steps}"
             )
 
@@ -54,3 +62,17 @@ class PhaseSchedule:
         if step <= self.phase_a_steps:
             return "A"
         return "B" if step < self.phase_a_steps + self.ramp_steps else "C"
+
+
+def scheduled_loss(outputs: dict, schedule: PhaseSchedule, step: int) -> torch.Tensor:
+    """The loss to back-propagate at step s: the model's own without a schedule, else w_action(s) * action_loss +
+    the rest (module docstring). A model whose forward reports no `action_loss` cannot be scheduled."""
+    if not schedule.active:
+        return outputs["loss"]
+    if "action_loss" not in outputs:
+        raise ValueError(
+            "trainer.loss_schedule weights the action loss, but this framework's forward reports no `action_loss` "
+            "beside its loss (QwenLayerwiseFM3D with auxiliary losses does); drop trainer.loss_schedule"
+        )
+    action = outputs["action_loss"]
+    return schedule.action_weight(step) * action + (outputs["loss"] - action)

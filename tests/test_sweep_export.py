@@ -22,6 +22,11 @@ from vlablocks.tools.sweep.sweep import SweepEval, evaluate_run, same_experiment
 REPO = Path(__file__).resolve().parents[1]
 
 
+def sweep_command(base, out) -> list[str]:
+    """`vlablocks sweep --base BASE --out OUT --jobs 2`, run as a module in a fresh process."""
+    return [sys.executable, "-m", "vlablocks.cli.main", "sweep", "--base", str(base), "--out", str(out), "--jobs", "2"]
+
+
 def test_two_variant_sweep_trains_evaluates_and_tabulates(tmp_path, toy_dataset):
     base = tmp_path / "base.yaml"
     base.write_text(
@@ -33,18 +38,7 @@ def test_two_variant_sweep_trains_evaluates_and_tabulates(tmp_path, toy_dataset)
     (tmp_path / "film.yaml").write_text("framework: {use_film: true}\n")
     (tmp_path / "no_proprio.yaml").write_text("framework: {use_proprio: false}\n")
     out = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        "-m",
-        "vlablocks.cli.main",
-        "sweep",
-        "--base",
-        str(base),
-        "--out",
-        str(out),
-        "--jobs",
-        "2",
-    ]
+    command = sweep_command(base, out)
     command += ["--variants", str(tmp_path / "film.yaml"), str(tmp_path / "no_proprio.yaml")]
     command += ["--eval-env", "toy", "--eval-episodes", "3", "--eval-seed", "7", "--eval-option", "max_steps=4"]
     command += ["--eval-wrong-instruction"]
@@ -82,18 +76,7 @@ def test_seeds_axis_runs_each_variant_per_seed_and_reports_mean_and_spread(tmp_p
     )
     (tmp_path / "oft.yaml").write_text("framework: {use_film: false}\n")
     out, report = tmp_path / "sweep", tmp_path / "report.md"
-    command = [
-        sys.executable,
-        "-m",
-        "vlablocks.cli.main",
-        "sweep",
-        "--base",
-        str(base),
-        "--out",
-        str(out),
-        "--jobs",
-        "2",
-    ]
+    command = sweep_command(base, out)
     command += ["--variants", str(tmp_path / "oft.yaml"), "--seeds", "3", "4", "--report", str(report)]
     command += ["--eval-env", "toy", "--eval-episodes", "4", "--eval-option", "max_steps=3", "--eval-wrong-instruction"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

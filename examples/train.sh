@@ -11,7 +11,7 @@ shift
 gpus=${NUM_GPUS:-1}
 if [ "$gpus" -gt 1 ]; then
   exec accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes "$gpus" \
-    vlablocks/core/training/train.py --config_yaml "$config" "$@"
+    vlablocks/core/training/train.py --config-yaml "$config" "$@"
 fi
 VLABLOCKS=${VLABLOCKS:-$(command -v vlablocks || echo .venv/bin/vlablocks)}
-exec "$VLABLOCKS" train --config_yaml "$config" "$@"
+exec "$VLABLOCKS" train --config-yaml "$config" "$@"

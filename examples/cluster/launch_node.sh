@@ -4,7 +4,7 @@
 # (slurm_train.sbatch does so with `srun`); the ranks find each other at MAIN_PROCESS_IP:MAIN_PROCESS_PORT.
 #
 # usage: examples/cluster/launch_node.sh SCRIPT [script args]
-#   e.g. examples/cluster/launch_node.sh vlablocks/core/training/train.py --config_yaml F --trainer.max_steps 20000
+#   e.g. examples/cluster/launch_node.sh vlablocks/core/training/train.py --config-yaml F --trainer.max_steps 20000
 # Run from the repository root (accelerate configs and SCRIPT are relative paths).
 #
 # From SLURM (srun sets them):   SLURM_NNODES, SLURM_NODEID, SLURM_JOB_NODELIST, SLURM_JOB_ID, SLURM_GPUS_ON_NODE
@@ -14,7 +14,7 @@
 #                                MAIN_PROCESS_PORT   rendezvous port (default 20000 + SLURM_JOB_ID % 20000)
 #                                ACCELERATE          the accelerate executable (default: accelerate on PATH)
 set -euo pipefail
-script=${1:?usage: $0 SCRIPT [script args] (e.g. vlablocks/core/training/train.py --config_yaml F)}
+script=${1:?usage: $0 SCRIPT [script args] (e.g. vlablocks/core/training/train.py --config-yaml F)}
 shift
 
 fail() { echo "launch_node.sh: $*" >&2; exit 2; }

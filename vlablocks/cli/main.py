@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from types import ModuleType
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._module.run(args, overrides) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`vlablocks list | head`): nothing left to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no error at exit's flush
+        return 0
     except Exception as exc:  # every failure is one readable line unless --debug
         if args.debug:
             raise

@@ -1,4 +1,4 @@
-"""`vlablocks plan --config_yaml F --num_gpus N [--zero 2|3] [--offload] [--gpu_memory_gb 80] [overrides]`."""
+"""`vlablocks plan --config-yaml F --num_gpus N [--zero 2|3] [--offload] [--gpu_memory_gb 80] [overrides]`."""
 
 from __future__ import annotations
 

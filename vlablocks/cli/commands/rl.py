@@ -1,4 +1,4 @@
-"""`vlablocks rl --config_yaml F --init_ckpt DIR [overrides]`: online RL from task success (docs/rl.md)."""
+"""`vlablocks rl --config-yaml F --init-ckpt DIR [overrides]`: online RL from task success (docs/rl.md)."""
 
 from __future__ import annotations
 

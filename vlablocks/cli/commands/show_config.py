@@ -1,4 +1,4 @@
-"""`vlablocks config --config_yaml F [overrides]`: print the resolved, validated config as YAML."""
+"""`vlablocks config --config-yaml F [overrides]`: print the resolved, validated config as YAML."""
 
 from __future__ import annotations
 

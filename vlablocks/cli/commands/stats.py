@@ -1,4 +1,4 @@
-"""`vlablocks stats --config_yaml F [--out PATH]`: per-dataset normalization stats -> norm_stats.json.
+"""`vlablocks stats --config-yaml F [--out PATH]`: per-dataset normalization stats -> norm_stats.json.
 
 For a mixture it prints each dataset's embodiment, sizes and per-dimension q01..q99 range, and, when robots of
 different sizes mix (cross-embodiment), which are padded to the platform's D and S."""

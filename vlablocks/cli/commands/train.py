@@ -1,4 +1,4 @@
-"""`vlablocks train --config_yaml F [overrides]`: train in one process (use `accelerate launch` for more)."""
+"""`vlablocks train --config-yaml F [overrides]`: train in one process (use `accelerate launch` for more)."""
 
 from __future__ import annotations
 

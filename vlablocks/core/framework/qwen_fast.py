@@ -38,7 +38,7 @@ combine it with the image and the instruction before the answer, not only the he
 probability p (its label stays), so a later token cannot be predicted from the earlier ones alone and must be
 read from the prompt; inference feeds the true tokens (docs/results/toy_root_causes.md: the second token, the chunk's mean
 y displacement, was 92% right on training frames and 27% on fresh ones, i.e. memorized given the first).
-Run this file to smoke-test it: `python vlablocks/core/framework/qwen_fast.py [--config_yaml F] [overrides]`.
+Run this file to smoke-test it: `python vlablocks/core/framework/qwen_fast.py [--config-yaml F] [overrides]`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ grounds the instruction in the VLM; `insulate_vlm` stops the head's gradient at 
 
 At inference the VLM prefix is encoded once; the head's Euler integration reuses that conditioning for
 all of its steps (nothing is recomputed per step).
-Run this file to smoke-test it: `python vlablocks/core/framework/qwen_flow_matching.py [--config_yaml F] [overrides]`.
+Run this file to smoke-test it: `python vlablocks/core/framework/qwen_flow_matching.py [--config-yaml F] [overrides]`.
 """
 
 from __future__ import annotations

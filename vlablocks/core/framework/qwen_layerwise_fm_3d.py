@@ -21,7 +21,7 @@ the fused vision tokens (vlablocks/core/geometry/world_losses.py, equations ther
 `forward` reports `action_loss` beside the total, and the terms under "log" (metrics.jsonl). alg1's phased schedule
 (the action loss off for N steps, then ramped in over M) is the training loop's, not the model's:
 `trainer.loss_schedule: {phase_a_steps: N, ramp_steps: M}` (vlablocks/core/training/loss_schedule.py). L_dyn needs the depth of a later frame: `dataset.next_frame_offset: k`.
-Run this file to smoke-test it: `python vlablocks/core/framework/qwen_layerwise_fm_3d.py [--config_yaml F] [overrides]`.
+Run this file to smoke-test it: `python vlablocks/core/framework/qwen_layerwise_fm_3d.py [--config-yaml F] [overrides]`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ is trained by cross-entropy through the same VLM pass (framework/cotraining.py) 
 action head: loss = action loss + vl_loss_weight * answer cross-entropy.
 Optional FiLM: the mean instruction embedding yields a per-channel scale and shift applied to every
 merged vision token before it enters the LLM (OpenVLA-OFT's language-conditioned vision features).
-Run this file to smoke-test it: `python vlablocks/core/framework/qwen_oft.py [--config_yaml F] [overrides]`.
+Run this file to smoke-test it: `python vlablocks/core/framework/qwen_oft.py [--config-yaml F] [overrides]`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ the answer after them: the expert reads at training exactly what it reads at inf
 The state reaches the model only as prompt tokens: the expert (and the readout regression) has no state input.
 `readout_loss_weight` > 0 adds readout tokens with their L1 regression on the VLM (framework/readout.py), a
 grounding objective for a VLM trained from scratch (the toy config); 0 is the plain recipe.
-Run this file to smoke-test it: `python vlablocks/core/framework/qwen_pi05.py [--config_yaml F] [overrides]`.
+Run this file to smoke-test it: `python vlablocks/core/framework/qwen_pi05.py [--config-yaml F] [overrides]`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Standalone smoke test shared by every framework file (`python vlablocks/framework/<file>.py`).
 
-Builds the framework from a tiny offline default (or `--config_yaml F`), applies dotlist overrides,
+Builds the framework from a tiny offline default (or `--config-yaml F`), applies dotlist overrides,
 runs processor -> forward + backward on a synthetic batch and the processor -> sample_actions -> postprocess chain, checks the loss is finite and the
 shapes are right, and prints one summary line.
 """

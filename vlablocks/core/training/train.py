@@ -1,7 +1,7 @@
-"""Train a framework: `vlablocks train --config_yaml F [overrides]`, or under accelerate:
+"""Train a framework: `vlablocks train --config-yaml F [overrides]`, or under accelerate:
 
     accelerate launch --config_file configs/accelerate/<ddp|zero2|zero3>.yaml vlablocks/core/training/train.py \\
-        --config_yaml F [overrides]
+        --config-yaml F [overrides]
 
 The loop below reads top to bottom; everything else is a small helper in this package.
 """

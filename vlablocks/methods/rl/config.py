@@ -11,7 +11,7 @@ from vlablocks.core.registry import CONFIG_SECTIONS
 @CONFIG_SECTIONS.register("rl")
 @dataclass(frozen=True)
 class RLConfig:
-    init_ckpt: str | None = None  # the SFT checkpoint to start from (`--init_ckpt` sets it)
+    init_ckpt: str | None = None  # the SFT checkpoint to start from (`--init-ckpt` sets it)
     iterations: int = 100
     groups_per_iteration: int = 8  # B initial states per iteration (per process)
     group_size: int = 8  # G episodes per initial state

@@ -1,6 +1,6 @@
-"""Online RL from 0/1 task success: `vlablocks rl --config_yaml F --init_ckpt DIR [overrides]`, or under accelerate:
+"""Online RL from 0/1 task success: `vlablocks rl --config-yaml F --init-ckpt DIR [overrides]`, or under accelerate:
 
-    accelerate launch --config_file configs/accelerate/ddp.yaml vlablocks/methods/rl/loop.py --config_yaml F ...
+    accelerate launch --config_file configs/accelerate/ddp.yaml vlablocks/methods/rl/loop.py --config-yaml F ...
 
 Per iteration every process rolls out its share: B initial states x G sampled episodes, batched over a
 vector env (one policy call serves every live episode); reward = success x verifier_reward_coef; groups
@@ -70,7 +70,7 @@ def rl(experiment: ExperimentConfig) -> dict:
         gradient_accumulation_steps=1,
     )
     if cfg.init_ckpt is None:  # before anything is written
-        raise ValueError("vlablocks rl needs a starting policy: pass --init_ckpt DIR (an SFT checkpoint)")
+        raise ValueError("vlablocks rl needs a starting policy: pass --init-ckpt DIR (an SFT checkpoint)")
     accelerator = make_accelerator(trainer, find_unused_parameters=True)  # e.g. QwenOFT never reads its LM head
     set_threads(trainer.torch_threads)
     seed_everything(experiment.seed)
@@ -269,7 +269,7 @@ def _describe(m: dict) -> str:
 
 
 def load_rl_experiment(config_yaml: str, init_ckpt: str | None, overrides: list[str]) -> ExperimentConfig:
-    """The experiment of `--config_yaml F [--init_ckpt DIR] [overrides]` (--init_ckpt sets rl.init_ckpt)."""
+    """The experiment of `--config-yaml F [--init-ckpt DIR] [overrides]` (--init-ckpt sets rl.init_ckpt)."""
     return load_config(config_yaml, [*overrides, f"rl.init_ckpt={init_ckpt}"] if init_ckpt else overrides)
 
 

@@ -4,7 +4,7 @@
 Each script is a self-contained batch job: its #SBATCH header (nodes, GPUs per node, time, partition, log file
 in the variant's run directory), then `srun` starting examples/cluster/launch_node.sh once per node, which
 derives the ranks from SLURM's environment and runs `accelerate launch vlablocks/core/training/train.py
---config_yaml <out>/<variant>/variant.yaml` (docs/distributed.md, "Multi-node"). The variant YAMLs are the ones
+--config-yaml <out>/<variant>/variant.yaml` (docs/distributed.md, "Multi-node"). The variant YAMLs are the ones
 a local sweep writes, so `vlablocks sweep` run later with the same arguments (and `--eval-env`) reads the
 finished training back instead of retraining, and only evaluates.
 """

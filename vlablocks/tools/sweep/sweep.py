@@ -98,7 +98,7 @@ def _apply(data: dict, overrides: list[str]) -> dict:
 def launch_command(config_path: Path, accelerate_config: str = "configs/accelerate/zero2.yaml") -> str:
     return (
         f"accelerate launch --config_file {accelerate_config} vlablocks/core/training/train.py "
-        f"--config_yaml {shlex.quote(str(config_path))}"
+        f"--config-yaml {shlex.quote(str(config_path))}"
     )
 
 

@@ -185,7 +185,7 @@ def test_two_ddp_ranks_each_roll_out_their_share_and_update_one_model(sft_checkp
     launch += ["--num_processes", "2", "--main_process_port", "0", str(root / "vlablocks/methods/rl/loop.py")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        launch + ["--config_yaml", str(config)], cwd=root, env=env, capture_output=True, text=True, timeout=600
+        launch + ["--config-yaml", str(config)], cwd=root, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
@@ -212,6 +212,6 @@ def test_rl_fine_tunes_qwen_fast_through_its_sampled_tokens(tmp_path):
 
 
 def test_a_missing_starting_policy_is_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(ValueError, match="pass --init_ckpt DIR"):
+    with pytest.raises(ValueError, match="pass --init-ckpt DIR"):
         rl(parse_experiment({"run_dir": str(tmp_path / "run")}))
     assert not (tmp_path / "run").exists()

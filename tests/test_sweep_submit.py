@@ -54,7 +54,7 @@ def test_without_sbatch_the_scripts_are_written_and_printed(tmp_path, variants, 
         text = script.read_text()
         assert f"# ---- {script}" in out and text in out
         config = script.parent / "variant.yaml"
-        assert f"--config_yaml {config}" in text
+        assert f"--config-yaml {config}" in text
         assert "#SBATCH --nodes=4\n" in text and "#SBATCH --partition=gpu\n" in text
         assert "#SBATCH --account=robots\n" in text and "#SBATCH --gpus-per-node=8\n" in text
         experiment = yaml.safe_load(config.read_text())
@@ -126,4 +126,4 @@ def test_a_generated_script_launches_its_config_on_every_node(tmp_path, variants
     for node, line in enumerate(launches):
         assert line.startswith("launch --config_file configs/accelerate/zero3.yaml --num_machines 4")
         assert f"--machine_rank {node} --num_processes 32 --main_process_ip node17 --main_process_port 20099" in line
-        assert line.endswith(f"vlablocks/core/training/train.py --config_yaml {script.parent / 'variant.yaml'}")
+        assert line.endswith(f"vlablocks/core/training/train.py --config-yaml {script.parent / 'variant.yaml'}")

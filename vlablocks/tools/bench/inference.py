@@ -89,14 +89,16 @@ def inference_row(settings: BenchSettings) -> Row:
     goals = [Goal("ratio", ">=", 15.0)]
     if device == "cuda" and settings.arch == "3b":
         goals.append(Goal("ours", "<=", OFT_GOAL_MS))
-    params = {name: sum(p.numel() for p in model.vlm.parameters()) for name, model in (("fast", fast), ("oft", oft))}
+    params = {
+        name: sum(p.numel() for p in policy.model.vlm.parameters()) for name, policy in (("fast", fast), ("oft", oft))
+    }
     notes = [
         f"Batch 1, 1 view {settings.image_size}x{settings.image_size}, chunk 8 x 7, Qwen2.5-VL arch {settings.arch}"
         f" ({params['oft'] / 1e6:.1f} M VLM parameters; FAST's has {params['fast'] / 1e6:.1f} M with its 1024 added"
         " token embeddings).",
         f"QwenFAST emitted {fit['emitted_tokens']} FAST tokens + stop per chunk (the chunk's FAST encoding has"
         f" {fit['target_tokens']}; fitted to it in {fit['steps']} steps; a random-init model would emit the cap,"
-        f" {fast.platform.action_horizon * fast.platform.action_dim + 1}).",
+        f" {fast.model.platform.action_horizon * fast.model.platform.action_dim + 1}).",
     ]
     return Row(
         key="inference",

@@ -9,7 +9,6 @@ by `add_subparsers` are FlagParsers too.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 
@@ -41,7 +40,7 @@ class FlagParser(argparse.ArgumentParser):
             out.append(arg)
         return out
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace=None):
-        if args is None:  # argparse's own default
-            args = sys.argv[1:]
-        return super().parse_known_args(self.normalize(list(args)), namespace)
+    def _parse_known_args(self, arg_strings: list[str], *rest, **options):
+        # argparse's one door for the strings it parses, whether given or read from the command line, and the one
+        # each sub-parser is entered through: normalizing here covers them all.
+        return super()._parse_known_args(self.normalize(arg_strings), *rest, **options)

@@ -40,8 +40,10 @@ def section_field(name: str) -> Any:
     return dataclasses.field(default=None, metadata={"section": name})
 
 
-def _section_schema(name: str) -> type:
-    return CONFIG_SECTIONS.get(name)
+def moved_keys(schema: type) -> dict[str, str]:
+    """A Config's keys that went elsewhere, {old key: its new place} (its `MOVED` class attribute): a config that
+    sets one is told where it went; a checkpoint written with it is read without it."""
+    return vars(schema).get("MOVED", {})
 
 
 def registry_field(kind: str, default: str | None = None) -> Any:
@@ -189,7 +191,7 @@ def validate(data: Any, schema: type, path: str = "") -> dict:
         raise ConfigError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(schema)}
     hints = typing.get_type_hints(schema)
-    moved = vars(schema).get("MOVED", {})  # a Config's keys that went elsewhere: {old key: its new place}
+    moved = moved_keys(schema)
     for key in data:
         if key in moved:
             raise ConfigError(f"{prefix}{key} moved to {moved[key]}; set it there")
@@ -212,7 +214,7 @@ def validate(data: Any, schema: type, path: str = "") -> dict:
         if section is not None:
             if dataclasses.is_dataclass(value):
                 value = dataclasses.asdict(value)
-            result[name] = validate(value if value is not None else {}, _section_schema(section), key_path)
+            result[name] = validate(value if value is not None else {}, CONFIG_SECTIONS.get(section), key_path)
             continue
         kind = field.metadata.get("registry")
         if kind is not None:
@@ -247,7 +249,7 @@ def to_dataclass(schema: type, data: dict, path: str = "") -> Any:
         value = checked[field.name]
         annotation = hints[field.name]
         if "section" in field.metadata:
-            value = to_dataclass(_section_schema(field.metadata["section"]), value, f"{path}.{field.name}")
+            value = to_dataclass(CONFIG_SECTIONS.get(field.metadata["section"]), value, f"{path}.{field.name}")
         elif "registry" not in field.metadata and dataclasses.is_dataclass(annotation):
             value = to_dataclass(annotation, value, f"{path}.{field.name}")
         kwargs[field.name] = value

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlablocks.core.config import ExperimentConfig, load_yaml, parse_experiment, to_yaml
+from vlablocks.core.config import ExperimentConfig, load_yaml, moved_keys, parse_experiment, to_yaml
 from vlablocks.core.framework.base import Framework, build_framework
 from vlablocks.core.framework.ema import load_ema_weights
 from vlablocks.core.manifest import read_json, verify_manifest
@@ -74,9 +74,10 @@ def without_moved_keys(sections: dict) -> dict:
     """The checkpoint's sections without the framework keys its model's Config lists as MOVED (training options
     that moved elsewhere, e.g. alg1's schedule to trainer.loss_schedule): a model is rebuilt without them."""
     framework = sections.get("framework")
-    if not isinstance(framework, dict) or "name" not in framework:
-        return sections
-    moved = vars(MODELS.get(framework["name"]).Config).get("MOVED", {})
+    if not isinstance(framework, dict) or framework.get("name") not in MODELS:
+        return sections  # parse_experiment names what is wrong with it
+    config_class = MODELS.entry(framework["name"]).config_class
+    moved = moved_keys(config_class) if config_class is not None else {}
     return {**sections, "framework": {k: v for k, v in framework.items() if k not in moved}}
 
 

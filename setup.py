@@ -27,7 +27,8 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "gpu": ["flash-attn>=2.7"],
-    "sim": ["gym-aloha>=0.1", "gym-pusht>=0.1"],
+    # metaworld 3.1.1 pins mujoco 3.3.0, which holds dm-control (gym-aloha) at 1.0.28: both run gym-aloha alike.
+    "sim": ["gym-aloha>=0.1", "gym-pusht>=0.1", "metaworld==3.1.1"],
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "black>=24", "ruff>=0.6"],
 }
 

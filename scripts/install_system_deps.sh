@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vlablocks needs: ffmpeg (torchcodec video decoding), libosmesa6
-# (MuJoCo CPU rendering with MUJOCO_GL=osmesa), libgl1 and libglib2.0-0 (opencv, pulled in by gym-pusht).
+# (MuJoCo CPU rendering with MUJOCO_GL=osmesa), libgl1 and libglib2.0-0 (opencv, pulled in by gym-pusht),
+# chromium-headless-shell (the tests open the eval report page in headless Chromium and screenshot it).
 # Idempotent: does nothing when all are present.
 set -euo pipefail
-PACKAGES=(ffmpeg libosmesa6 libgl1 libglib2.0-0)
+PACKAGES=(ffmpeg libosmesa6 libgl1 libglib2.0-0 chromium-headless-shell)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -234,10 +234,15 @@ def evaluate(
     videos: int = 3,
     wrong_instruction: bool = False,
     progress: bool = True,
+    videos_by_outcome: bool = False,
+    video_stride: int = 1,
 ) -> dict:
     """Episodes of seeds seed .. seed + episodes - 1 over `envs` (an env, or a vector env running len(envs) at a
     time) -> summary (success with its Wilson CI, per-episode records), also written to out_dir/summary.json,
-    with GIFs of the first `videos` episodes. `policy`: an `infer` policy (queried per env) or an actor."""
+    with GIFs of the first `videos` episodes. `policy`: an `infer` policy (queried per env) or an actor.
+
+    videos_by_outcome: every episode is recorded and the GIFs are of the first success and the first failure;
+    video_stride: every video_stride-th frame goes into a GIF (fast control rates, e.g. Meta-World's 80 Hz)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = run_episodes(
         as_vector(envs),
@@ -245,16 +250,22 @@ def evaluate(
         as_actor(policy),
         open_loop_horizon,
         wrong_instruction,
-        videos=videos,
+        videos=episodes if videos_by_outcome else videos,
         keep_calls=False,
         progress="eval" if progress else None,
     )
-    video_paths = []
+    video_paths, outcomes_saved = [], set()
     for i, episode in enumerate(runs):
-        if episode.frames:
-            path = out_dir / f"episode_{i:03d}_{'success' if episode.success else 'failure'}.gif"
-            save_episode_gif(episode.frames, path, episode.given, episode.success, episode.info)
+        outcome = "success" if episode.success else "failure"
+        if episode.frames and not (videos_by_outcome and outcome in outcomes_saved):
+            path = out_dir / f"episode_{i:03d}_{outcome}.gif"
+            frames = episode.frames[::video_stride] + (
+                [episode.frames[-1]] if (len(episode.frames) - 1) % video_stride else []
+            )
+            save_episode_gif(frames, path, episode.given, episode.success, episode.info)
             video_paths.append(str(path))
+            outcomes_saved.add(outcome)
+        episode.frames = []  # the GIF is written: a suite of many episodes keeps no frames
     records = [episode.record() for episode in runs]
     summary = {
         **success_summary(sum(episode.success for episode in runs), episodes),

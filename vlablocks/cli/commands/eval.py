@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML original -> alternative phrasings (e.g. configs/experiments/prompts/toy_heldout.yaml): run every episode under "
         "each phrasing of its instruction and report success per phrasing",
     )
+    parser.add_argument(
+        "--tasks", help="a task suite, run task by task: mt10, mt50, a difficulty group or task names (--env metaworld)"
+    )
+    parser.add_argument("--episodes-per-task", type=int, default=10, help="with --tasks: episodes per task")
+    parser.add_argument("--no-control", action="store_true", help="with --tasks: skip the wrong-instruction control")
     add_latent_arguments(parser)
 
 
@@ -96,6 +101,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     options = merge_overrides({"name": args.env}, overrides)  # env options as --key=value overrides
     if args.num_envs < 1:
         raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.tasks:
+        return run_suite(args, options)
     envs = make_vector_env(options, args.num_envs)
     if args.text_latent and not args.ckpt:
         raise ValueError("--text-latent steers an in-process checkpoint: pass --ckpt DIR (not --policy)")
@@ -137,4 +144,50 @@ def run_phrasings(args: argparse.Namespace, envs, policy, metadata: dict) -> int
         f"alternatives {alternatives['success_rate']:.1%} ({alternatives['successes']}/{alternatives['episodes']}); "
         f"per phrasing: {Path(args.out) / 'summary.json'}"
     )
+    return 0
+
+
+def run_suite(args: argparse.Namespace, options: dict) -> int:
+    """`--tasks`: every task of the suite through the rollout engine -> summary.json, report.html, printed table."""
+    from vlablocks.core.envs.metaworld_tasks import DIFFICULTIES, difficulty, next_task, resolve_tasks
+    from vlablocks.core.envs.vector import make_vector_env
+    from vlablocks.core.evaluation.report_page import write_report_page
+    from vlablocks.core.evaluation.rollout import played_per_chunk
+    from vlablocks.core.evaluation.suite import evaluate_suite, suite_lines
+
+    if args.env != "metaworld":
+        raise ValueError(f"--tasks runs a Meta-World suite: use --env metaworld (got --env {args.env})")
+    if args.prompts or args.wrong_instruction or args.text_latent:
+        raise ValueError(
+            "--tasks runs the wrong-instruction control itself; drop --prompts/--wrong-instruction/--text-latent"
+        )
+    tasks = resolve_tasks(args.tasks)
+    built: dict = {}
+
+    def envs_for(task: str):
+        return make_vector_env({**options, "task": task, "wrong_task": next_task(task, tasks)}, args.num_envs)
+
+    def actor_for(envs):
+        if not built or args.policy == "expert":  # a checkpoint or server is loaded once; the expert is per env
+            built["policy"], built["metadata"] = build_policy(args, envs.envs[0])
+        return rollout_actor(args, built["policy"]), args.open_loop or played_per_chunk(built["metadata"])
+
+    out = Path(args.out)
+    groups = {task: difficulty(task) for task in tasks}
+    summary = evaluate_suite(
+        tasks,
+        groups,
+        envs_for,
+        actor_for,
+        args.episodes_per_task,
+        args.seed,
+        out,
+        not args.no_control,
+        options,
+        group_order=DIFFICULTIES,
+    )
+    source = args.ckpt or args.policy
+    page = write_report_page(summary, out / "report.html", f"Meta-World {args.tasks}: {source}")
+    print("\n".join(suite_lines(summary)))
+    print(f"summary: {out / 'summary.json'}; report: {page}")
     return 0

@@ -27,6 +27,12 @@ class StatePolicy:
     def __init__(self) -> None:
         self.calls = 0
 
+    def check_request(self, request: dict, max_prompt_tokens: int) -> None:
+        """No tokenizer: the observation contract's checks are all there is."""
+
+    def session(self) -> StatePolicy:
+        return self
+
     def infer(self, obs: dict) -> dict:
         self.calls += 1
         base = 100 * self.calls + float(obs["state"][0])

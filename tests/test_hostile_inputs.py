@@ -1,23 +1,26 @@
-"""A sampled subset of the hostile-input run (vlablocks/tools/bench/hostile.py): one message of each of its 20 classes."""
+"""A sampled subset of the hostile-input run (vlablocks/tools/bench/hostile.py): one message of each of its 32
+classes against `vlablocks serve`, plain and steered (`--text-latent F --latent-prompt given`)."""
 
 from __future__ import annotations
 
 from vlablocks.tools.bench import pipelining
-from vlablocks.tools.bench.hostile import main, run
+from vlablocks.tools.bench.hostile import COUNTS, main, run
 
 
 def test_every_hostile_class_is_refused_cleanly_and_the_next_request_served():
-    result = run(per_class=1, seed=3)
-    assert result["messages"] == 20
-    assert result["counts"] == dict.fromkeys(
-        ("crash", "hang", "non_finite", "long_error", "not_served_after", "bad_answered"), 0
-    )
-    for name, replies in result["per_class"].items():
-        assert replies == ({"actions": 1} if name.endswith("(valid)") else {"error": 1}), name
+    results = run(per_class=1, seed=3)
+    for server in ("plain", "steered"):
+        result = results[server]
+        assert result["messages"] == result["classes"] == 32, server
+        assert result["counts"] == dict.fromkeys(COUNTS, 0), server
+        assert result["log_growth_bytes"] < 20_000, server
+        for name, replies in result["per_class"].items():
+            valid = name.endswith("(valid)") or (name == "prompt without a latent" and server == "plain")
+            assert replies == ({"actions": 1} if valid else {"error": 1}), (server, name)
 
 
 def test_the_script_exits_0_when_nothing_went_wrong(capsys):
-    assert main(["--per-class", "1", "--seed", "4"]) == 0
+    assert main(["--per-class", "1", "--seed", "4", "--servers", "plain"]) == 0
     assert '"crash": 0' in capsys.readouterr().out
 
 

@@ -27,6 +27,12 @@ class ChecksumPolicy:
     def __init__(self) -> None:
         self.calls = 0
 
+    def check_request(self, request: dict, max_prompt_tokens: int) -> None:
+        """No tokenizer: the observation contract's checks are all there is."""
+
+    def session(self) -> ChecksumPolicy:
+        return self  # no per-episode state
+
     def infer(self, obs: dict) -> dict:
         self.calls += 1
         return {"actions": expected_actions(obs)}
@@ -334,7 +340,7 @@ def test_model_calls_never_overlap():
 
 
 def test_metadata_must_declare_the_wire_fields():
-    class Incomplete:
+    class Incomplete(ChecksumPolicy):
         metadata = {"action_horizon": 2}
 
         def infer(self, obs: dict) -> dict:

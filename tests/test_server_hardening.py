@@ -28,7 +28,8 @@ class NaNPolicy(ChecksumPolicy):
 class TokenizerPolicy(ChecksumPolicy):
     """Checks prompts as a framework's processor does: word count as tokens, `<|...|>` as control tokens."""
 
-    def check_prompt(self, prompt: str, max_tokens: int) -> None:
+    def check_request(self, request: dict, max_tokens: int) -> None:
+        prompt = request["prompt"]
         if len(prompt.split()) > max_tokens:
             raise ValueError(f"'prompt' is {len(prompt.split())} tokens, over this server's limit of {max_tokens}")
         if "<|" in prompt:

@@ -250,7 +250,7 @@ def test_a_served_steered_policy_answers_like_the_local_one():
     served = SteeredPolicy(policy, latents, LatentOptions())
     with running_server(served) as server, PolicyClient("127.0.0.1", server.port) as client:
         remote = client.infer({**obs, "episode_start": True})["actions"]
-        assert served.calls == 1
+        assert served.calls == 0  # the connection's own session counted the call, not the shared policy
     np.testing.assert_allclose(remote, local, atol=1e-6)
     blank = blank_prompt(policy.model.vlm.tokenizer, latents.positions[0].shape[1])
     plain = policy.infer({**obs, "prompt": blank})["actions"]

@@ -1,4 +1,8 @@
-"""Atomic directory writes: build in a temporary sibling, rename into place, never half-written."""
+"""Atomic directory writes: build in a temporary sibling, rename into place, never half-written.
+
+What they create has the user's umask, like any file they write: `tempfile` makes its folders 0700 and its files
+0600, which renamed into place would keep a checkpoint unreadable to the rest of a shared cluster's group.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,24 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be: os.umask alone cannot read it without setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_umask_allows(path: str | os.PathLike, directory: bool) -> None:
+    """Sets `path`'s mode to what a plain mkdir / open would have given it (0777 / 0666 less the umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 @contextmanager
@@ -20,6 +42,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    as_umask_allows(tmp, directory=True)
     try:
         yield tmp
         if target.exists():
@@ -40,6 +63,7 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    as_umask_allows(tmp, directory=False)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlablocks.cli.arguments import count
+
 NAME = "bench"
 HELP = "measure every speed ratio side by side in one run -> DIR/bench.md (table) and DIR/bench.json"
 
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=["tiny", "3b"], default="tiny", help="Qwen2.5-VL size (3b: random init)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=count(0),
         default=None,
         help="torch CPU threads in the bench process (default: 1 with --device cpu, torch's choice with cuda; 0: torch's)",
     )

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from vlablocks.cli.arguments import count
+
 NAME = "demo"
 HELP = "end-to-end demo: toy data -> train -> serve -> closed-loop eval, printing the success rate"
 
@@ -23,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config-yaml", default="configs/experiments/demo/qwen_oft_toy.yaml", help="experiment to train"
     )
-    parser.add_argument("--episodes", type=int, default=1000, help="toy episodes to generate for training")
-    parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--episodes", type=count(1), default=1000, help="toy episodes to generate for training")
+    parser.add_argument("--eval-episodes", type=count(1), default=50)
     parser.add_argument("--out", default="runs/demo", help="run directory (data under data/)")
 
 

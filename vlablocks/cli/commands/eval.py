@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlablocks.cli.arguments import count, output_dir
 from vlablocks.methods.steering.latent_arguments import add_latent_arguments
 
 NAME = "eval"
@@ -17,19 +18,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--policy", help="ws://HOST:PORT of a running server, or the baselines 'expert' / 'random'")
     source.add_argument("--ckpt", help="checkpoint directory, evaluated in-process")
     parser.add_argument("--api-key", default=None, help="API key for a server that requires one")
-    parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=1000, help="episode i uses seed + i")
+    parser.add_argument("--episodes", type=count(1), default=50)
+    parser.add_argument("--seed", type=count(0), default=1000, help="episode i uses seed + i")
     parser.add_argument(
         "--open-loop",
-        type=int,
+        type=count(1),
         default=None,
         help="actions played per chunk (default: the policy's n_action_steps, else the whole chunk)",
     )
     parser.add_argument("--wrong-instruction", action="store_true", help="control: instruct a different object")
-    parser.add_argument("--videos", type=int, default=3, help="episodes saved as GIF")
+    parser.add_argument("--videos", type=count(0), default=3, help="episodes saved as GIF")
     parser.add_argument(
         "--num-envs",
-        type=int,
+        type=count(1),
         default=1,
         help="episodes run at once, one env each: a --ckpt checkpoint serves them in one batched call, a server or "
         "the random baseline is queried per env (default 1: one episode after another)",
@@ -84,8 +85,6 @@ def rollout_actor(args: argparse.Namespace, policy):
         return policy
     if args.policy == "expert":
         raise ValueError("the scripted expert drives one env: use --num-envs 1")
-    if args.text_latent:
-        raise ValueError("--text-latent steers per episode (its schedule counts calls): use --num-envs 1")
     if args.ckpt:
         from vlablocks.core.evaluation.actors import GreedyActor
 
@@ -93,33 +92,48 @@ def rollout_actor(args: argparse.Namespace, policy):
     return policy
 
 
+def check(args: argparse.Namespace) -> None:
+    """Every option that can be checked without the env or the policy, before anything is built or written."""
+    from vlablocks.methods.steering.latent_arguments import check_latent_arguments
+
+    if args.text_latent and not args.ckpt:
+        raise ValueError("--text-latent steers an in-process checkpoint: pass --ckpt DIR (not --policy)")
+    if args.text_latent and args.num_envs > 1:
+        raise ValueError("--text-latent steers per episode (its schedule counts calls): use --num-envs 1")
+    if args.prompts and args.wrong_instruction:
+        raise ValueError("--prompts and --wrong-instruction exclude each other; run them separately")
+    if args.ckpt and not Path(args.ckpt).is_dir():
+        raise FileNotFoundError(f"--ckpt {args.ckpt}: no such checkpoint directory")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; name a folder for summary.json and the videos")
+    check_latent_arguments(args)
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.core.config import merge_overrides
     from vlablocks.core.envs.vector import make_vector_env
     from vlablocks.core.evaluation.rollout import evaluate, played_per_chunk
 
+    check(args)
     options = merge_overrides({"name": args.env}, overrides)  # env options as --key=value overrides
-    if args.num_envs < 1:
-        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
     if args.tasks:
         return run_suite(args, options)
     envs = make_vector_env(options, args.num_envs)
-    if args.text_latent and not args.ckpt:
-        raise ValueError("--text-latent steers an in-process checkpoint: pass --ckpt DIR (not --policy)")
     policy, metadata = build_policy(args, envs.envs[0])
     actor = rollout_actor(args, policy)
-    if args.prompts:
-        return run_phrasings(args, envs, actor, metadata)
-    summary = evaluate(
-        envs,
-        actor,
-        args.episodes,
-        args.seed,
-        Path(args.out),
-        open_loop_horizon=args.open_loop or played_per_chunk(metadata),
-        videos=args.videos,
-        wrong_instruction=args.wrong_instruction,
-    )
+    with output_dir(args.out):  # a run that fails leaves no empty --out folder behind
+        if args.prompts:
+            return run_phrasings(args, envs, actor, metadata)
+        summary = evaluate(
+            envs,
+            actor,
+            args.episodes,
+            args.seed,
+            Path(args.out),
+            open_loop_horizon=args.open_loop or played_per_chunk(metadata),
+            videos=args.videos,
+            wrong_instruction=args.wrong_instruction,
+        )
     low, high = summary["ci95"]
     print(
         f"success rate {summary['success_rate']:.1%} ({summary['successes']}/{summary['episodes']}, "
@@ -133,8 +147,6 @@ def run_phrasings(args: argparse.Namespace, envs, policy, metadata: dict) -> int
     from vlablocks.core.evaluation.rollout import played_per_chunk
     from vlablocks.methods.language.phrasing import evaluate_phrasings
 
-    if args.wrong_instruction:
-        raise ValueError("--prompts and --wrong-instruction exclude each other; run them separately")
     horizon = args.open_loop or played_per_chunk(metadata)
     prompts = load_alternatives(args.prompts)
     summary = evaluate_phrasings(envs, policy, args.episodes, args.seed, Path(args.out), horizon, prompts)

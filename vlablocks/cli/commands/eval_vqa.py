@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vlablocks.cli.arguments import count
+
 NAME = "eval-vqa"
 HELP = "VQA accuracy of a co-trained checkpoint on a JSONL + PNG vision-language dataset (greedy, exact match)"
 
@@ -16,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="checkpoint directory (RUN/checkpoints/step_N)")
     parser.add_argument("--data", required=True, help="VQA dataset directory (e.g. from `vlablocks make-toy-vqa`)")
     parser.add_argument("--out", help="directory for vqa_summary.json (default: print only)")
-    parser.add_argument("--limit", type=int, help="evaluate the first LIMIT questions only")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--torch-threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--limit", type=count(1), help="evaluate the first LIMIT questions only")
+    parser.add_argument("--batch-size", type=count(1), default=32)
+    parser.add_argument("--torch-threads", type=count(1), default=1, help="CPU threads (default 1)")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:

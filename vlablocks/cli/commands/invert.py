@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vlablocks.cli.arguments import count
+
 NAME = "invert"
 HELP = "rectified-flow inversion of a flow policy's chunks, closed loop: reconstruction MSE per step count, edits"
 
@@ -20,11 +22,13 @@ HELP = "rectified-flow inversion of a flow policy's chunks, closed loop: reconst
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="checkpoint of a flow framework (QwenFlowMatching, ...)")
     parser.add_argument("--env", required=True, help="registered eval env with a block layout (toy)")
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=1000, help="episode i uses seed + i; seeds the noise too")
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50], help="inversion step counts")
-    parser.add_argument("--execute-steps", type=int, default=10, help="S whose reconstruction is executed")
-    parser.add_argument("--batch-size", type=int, default=25, help="episodes run at once")
+    parser.add_argument("--episodes", type=count(1), default=20)
+    parser.add_argument("--seed", type=count(0), default=1000, help="episode i uses seed + i; seeds the noise too")
+    parser.add_argument(
+        "--steps", type=count(1), nargs="+", default=[1, 2, 5, 10, 20, 50], help="inversion step counts"
+    )
+    parser.add_argument("--execute-steps", type=count(1), default=10, help="S whose reconstruction is executed")
+    parser.add_argument("--batch-size", type=count(1), default=25, help="episodes run at once")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/invert", help="directory for inversion.json and chunks.jsonl")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from vlablocks.cli.arguments import count
+
 NAME = "make-toy-data"
 HELP = (
     "write toy tabletop episodes (scripted expert, or a mix of behaviour policies with success flags) "
@@ -16,10 +18,10 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset directory to create")
-    parser.add_argument("--episodes", type=int, default=50, help="number of episodes (default 50)")
-    parser.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i (default 0)")
-    parser.add_argument("--image-size", type=int, default=112, help="pixels per image side (default 112)")
-    parser.add_argument("--num-objects", type=int, default=3, help="blocks per scene (default 3)")
+    parser.add_argument("--episodes", type=count(1), default=50, help="number of episodes (default 50)")
+    parser.add_argument("--seed", type=count(0), default=0, help="episode i uses env seed SEED + i (default 0)")
+    parser.add_argument("--image-size", type=count(8), default=112, help="pixels per image side (default 112)")
+    parser.add_argument("--num-objects", type=count(1), default=3, help="blocks per scene (default 3)")
     parser.add_argument(
         "--variant",
         default="colours",

@@ -7,23 +7,29 @@ from __future__ import annotations
 import argparse
 import time
 
+from vlablocks.cli.arguments import count, real
+
 NAME = "make-toy-vqa"
 HELP = "write image-question-answer samples about toy scenes (co-training data) as JSONL + PNG"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset directory to create")
-    parser.add_argument("--scenes", type=int, default=1000, help="number of scenes (default 1000)")
-    parser.add_argument("--questions", type=int, default=3, help="questions per scene (default 3: one of each kind)")
-    parser.add_argument("--seed", type=int, default=10000, help="scene i is the toy env reset with seed SEED + i")
-    parser.add_argument("--max-objects", type=int, default=4, help="scenes hold 1 .. MAX_OBJECTS blocks (default 4)")
-    parser.add_argument("--image-size", type=int, default=112, help="pixels per image side (default 112)")
+    parser.add_argument("--scenes", type=count(1), default=1000, help="number of scenes (default 1000)")
+    parser.add_argument(
+        "--questions", type=count(1), default=3, help="questions per scene (default 3: one of each kind)"
+    )
+    parser.add_argument("--seed", type=count(0), default=10000, help="scene i is the toy env reset with seed SEED + i")
+    parser.add_argument(
+        "--max-objects", type=count(1), default=4, help="scenes hold 1 .. MAX_OBJECTS blocks (default 4)"
+    )
+    parser.add_argument("--image-size", type=count(8), default=112, help="pixels per image side (default 112)")
     parser.add_argument(
         "--kinds", nargs="+", default=["count", "colour", "exists"], help="question kinds asked in turn (default all)"
     )
     parser.add_argument(
         "--occupied-share",
-        type=float,
+        type=real(0, 1),
         default=0.5,
         help="probability that a colour question names an occupied cell (default 0.5; held-out sets keep 0.5)",
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlablocks.cli.arguments import count, real
+
 NAME = "plan"
 HELP = (
     "before launching: parameters per module (trainable/frozen) and per-GPU memory under ZeRO-2/3 "
@@ -13,17 +15,28 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-yaml", required=True, help="experiment YAML; overrides follow as --a.b=v")
-    parser.add_argument("--num-gpus", type=int, required=True, help="GPUs in all (every node together)")
-    parser.add_argument("--gpus-per-node", type=int, help="default: all on one node up to 8, else 8 per node")
+    parser.add_argument("--num-gpus", type=count(1), required=True, help="GPUs in all (every node together)")
+    parser.add_argument("--gpus-per-node", type=count(1), help="default: all on one node up to 8, else 8 per node")
     parser.add_argument("--zero", type=int, choices=[2, 3], help="one ZeRO stage (default: both)")
     parser.add_argument("--offload", action="store_true", help="optimizer states in CPU memory (offload_optimizer)")
-    parser.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
+    parser.add_argument(
+        "--gpu-memory-gb", type=real(0, open_low=True), default=80.0, help="memory of one GPU in GiB (default 80)"
+    )
     parser.add_argument(
         "--prompt-tokens",
-        type=int,
+        type=count(0),
         default=48,
         help="text tokens of a prompt before the framework's suffix: chat template + instruction (default 48)",
     )
+
+
+def check(experiment) -> None:
+    """The trainer sizes the plan multiplies (ranges of the flags are checked while parsing)."""
+    trainer = experiment.trainer
+    for name in ("batch_size", "gradient_accumulation_steps"):
+        value = getattr(trainer, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"trainer.{name} must be an integer >= 1, got {value!r} (--trainer.{name}=N)")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -31,10 +44,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.core.training.memory_plan import check_cluster
     from vlablocks.core.training.param_count import count_parameters, meta_framework
 
-    if args.gpu_memory_gb <= 0 or args.prompt_tokens < 0:
-        raise ValueError("--gpu_memory_gb must be positive and --prompt_tokens not negative")
     cluster = check_cluster(args.num_gpus, args.gpus_per_node)
     experiment = load_config(args.config_yaml, overrides)
+    check(experiment)
     framework = meta_framework(experiment)
     counts = count_parameters(framework)
     print(f"{experiment.framework['name']} ({args.config_yaml}), built on the meta device:")

@@ -9,6 +9,8 @@ import importlib
 import json
 from pathlib import Path
 
+from vlablocks.cli.arguments import count
+
 NAME = "qd-prompts"
 HELP = "quality-diversity (MAP-Elites) search for meaning-preserving phrasings that make a policy fail"
 PARAPHRASERS = {"toy": "vlablocks.tools.toy.toy_paraphrase"}  # env -> module with the phrase genome and mutations
@@ -19,13 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", required=True, help=f"env with a paraphrase vocabulary: {', '.join(PARAPHRASERS)}")
     parser.add_argument("--out", required=True, help="prompts YAML to write (e.g. runs/qd/prompts.yaml)")
     parser.add_argument("--search", default="map-elites", choices=["map-elites", "random"], help="random: baseline")
-    parser.add_argument("--iterations", type=int, default=40, help="a larger value continues a finished search")
-    parser.add_argument("--batch", type=int, default=16, help="candidates per iteration")
-    parser.add_argument("--episodes", type=int, default=16, help="closed-loop episodes per candidate")
-    parser.add_argument("--seed", type=int, default=0, help="the search's random draws")
-    parser.add_argument("--episode-seed", type=int, default=300_000, help="first env seed of the search's scenes")
-    parser.add_argument("--validation-seed", type=int, default=400_000, help="first env seed of the fresh scenes")
-    parser.add_argument("--validation-episodes", type=int, default=32, help="fresh episodes per prompt (0: skip)")
+    parser.add_argument("--iterations", type=count(1), default=40, help="a larger value continues a finished search")
+    parser.add_argument("--batch", type=count(1), default=16, help="candidates per iteration")
+    parser.add_argument("--episodes", type=count(1), default=16, help="closed-loop episodes per candidate")
+    parser.add_argument("--seed", type=count(0), default=0, help="the search's random draws")
+    parser.add_argument("--episode-seed", type=count(0), default=300_000, help="first env seed of the search's scenes")
+    parser.add_argument("--validation-seed", type=count(0), default=400_000, help="first env seed of the fresh scenes")
+    parser.add_argument("--validation-episodes", type=count(0), default=32, help="fresh episodes per prompt (0: skip)")
     parser.add_argument(
         "--rescore",
         metavar="PROMPTS_YAML",

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from vlablocks.cli.arguments import count, real
 from vlablocks.methods.steering.latent_arguments import add_latent_arguments
 
 NAME = "serve"
@@ -15,7 +16,9 @@ HELP = "serve a checkpoint to robots/simulators (websocket + msgpack, openpi pro
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="checkpoint directory written by save_pretrained")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to accept remote robots)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one and prints it)")
+    parser.add_argument(
+        "--port", type=count(0, 65535), default=8000, help="TCP port (0 picks a free one and prints it)"
+    )
     parser.add_argument(
         "--api-key",
         default=os.environ.get("VLABLOCKS_API_KEY"),
@@ -23,9 +26,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "visible in `ps`: prefer the variable or --api-key-file",
     )
     parser.add_argument("--api-key-file", help="read the API key from this file's first line (takes precedence)")
-    parser.add_argument("--max-payload-mb", type=float, default=16.0, help="largest observation message accepted")
-    parser.add_argument("--max-prompt-tokens", type=int, default=256, help="longest instruction accepted, in tokens")
-    parser.add_argument("--max-connections", type=int, default=32, help="open connections beyond this are refused")
+    parser.add_argument(
+        "--max-payload-mb", type=real(0, 4095, open_low=True), default=16.0, help="largest observation message accepted"
+    )
+    parser.add_argument(
+        "--max-prompt-tokens", type=count(1), default=256, help="longest instruction accepted, in tokens"
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=count(1),
+        default=32,
+        help="open connections; when all are taken a newcomer gets the slot of one idle >= 2 s, else 1013",
+    )
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=real(2, 86400),
+        default=60.0,
+        help="a connection that sends nothing this long is closed (default 60)",
+    )
     parser.add_argument("--device", default="auto", help="torch device for the model: auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--weights", choices=["model", "ema"], default="model", help="ema: the moving average (trainer.ema_decay)"
@@ -40,10 +58,29 @@ def read_api_key(given: str | None, path: str | None) -> str | None:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--api-key-file {path}: no such file")
-    key = (file.read_text().splitlines() or [""])[0].strip()
+    try:
+        key = (file.read_text(encoding="utf-8").splitlines() or [""])[0].strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"--api-key-file {path}: not a text file (the key is its first line, in UTF-8)") from None
     if not key:
         raise ValueError(f"--api-key-file {path}: the file's first line is empty")
+    if not key.isprintable() or len(key) > 4096:
+        raise ValueError(f"--api-key-file {path}: the first line must be printable text of at most 4096 characters")
     return key
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """Every option before the checkpoint is loaded or the socket opened -> the API key."""
+    from vlablocks.core.serving.server import DEFAULT_MAX_PROMPT_CHARS, check_limits
+    from vlablocks.methods.steering.latent_arguments import check_latent_arguments
+
+    check_limits(
+        args.max_payload_mb, DEFAULT_MAX_PROMPT_CHARS, args.max_prompt_tokens, args.max_connections, args.idle_timeout_s
+    )
+    if not Path(args.ckpt).is_dir():
+        raise FileNotFoundError(f"--ckpt {args.ckpt}: no such checkpoint directory")
+    check_latent_arguments(args)
+    return read_api_key(args.api_key, args.api_key_file)
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -57,9 +94,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from vlablocks.core.serving.server import PolicyServer
     from vlablocks.methods.steering.latent_arguments import steered
 
-    api_key = read_api_key(args.api_key, args.api_key_file)
+    api_key = check(args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    policy = steered(load_policy(args.ckpt, device=device, weights=args.weights), args)
+    loaded = load_policy(args.ckpt, device=device, weights=args.weights)
+    policy = steered(loaded, args)
     server = PolicyServer(
         policy,
         host=args.host,
@@ -68,15 +106,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         max_payload_mb=args.max_payload_mb,
         max_prompt_tokens=args.max_prompt_tokens,
         max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout_s,
     )
 
     async def main() -> None:
         handle = await server.start()
         meta = policy.metadata
         print(
-            f"serving {args.ckpt} ({type(policy.model).__name__} on {device}, {meta['embodiment']}: "
+            f"serving {args.ckpt} ({type(loaded.model).__name__} on {device}, {meta['embodiment']}: "
             f"actions [{meta['action_horizon']}, {meta['action_dim']}], cameras {meta['camera_keys']}) "
-            f"on ws://{server.host}:{server.port} (health: http://{server.host}:{server.port}/healthz, "
+            f"on {server.url} (health: {server.url.replace('ws://', 'http://')}/healthz, "
             f"API key {'required' if server.api_key else 'off'})",
             flush=True,
         )

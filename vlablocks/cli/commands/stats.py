@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlablocks.cli.arguments import count
 from vlablocks.core.build import build
 
 NAME = "stats"
@@ -17,7 +18,7 @@ HELP = "compute per-dataset action/state stats (min, max, mean, std, q01, q99) i
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-yaml", required=True, help="experiment YAML with platform: and dataset: sections")
     parser.add_argument("--out", help="output file (default: <run_dir>/norm_stats.json)")
-    parser.add_argument("--batch-size", type=int, default=4096, help="rows read at a time (bounds memory)")
+    parser.add_argument("--batch-size", type=count(1), default=4096, help="rows read at a time (bounds memory)")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:

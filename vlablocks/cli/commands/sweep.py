@@ -7,6 +7,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from vlablocks.cli.arguments import count
+
 NAME = "sweep"
 HELP = "run an ablation sweep (variant YAMLs over a base and/or a grid) and tabulate the results"
 
@@ -17,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", help="sweep YAML: {base: F, grid: {dotted.key: [values, ...]}}")
     parser.add_argument("--out", default="runs/sweep", help="output directory (one sub-directory per variant)")
     parser.add_argument("--print-commands", action="store_true", help="print accelerate launch commands, run nothing")
-    parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time (one process each)")
+    parser.add_argument("--jobs", type=count(1), default=1, help="variants trained at the same time (one process each)")
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=count(0),
         nargs="+",
         help="training seeds: every variant runs once per seed (mean and spread reported)",
     )
@@ -33,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["slurm"],
         help="write <out>/<variant>/job.sbatch per variant and seed; sbatch each when sbatch is on PATH, else print",
     )
-    cluster.add_argument("--slurm-nodes", type=int, default=1, help="nodes per job")
-    cluster.add_argument("--slurm-gpus-per-node", type=int, default=8, help="GPUs per node (one rank each)")
+    cluster.add_argument("--slurm-nodes", type=count(1), default=1, help="nodes per job")
+    cluster.add_argument("--slurm-gpus-per-node", type=count(1), default=8, help="GPUs per node (one rank each)")
     cluster.add_argument("--slurm-time", default="24:00:00", help="time limit per job")
     cluster.add_argument("--slurm-partition", help="partition to submit to")
     cluster.add_argument(
@@ -48,8 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     evaluation = parser.add_argument_group("closed-loop evaluation of each variant's final checkpoint")
     evaluation.add_argument("--eval-env", help="registered eval env (vlablocks list eval_envs); omit to skip eval")
-    evaluation.add_argument("--eval-episodes", type=int, default=50)
-    evaluation.add_argument("--eval-seed", type=int, default=1000, help="episode i uses seed + i, for every variant")
+    evaluation.add_argument("--eval-episodes", type=count(1), default=50)
+    evaluation.add_argument(
+        "--eval-seed", type=count(0), default=1000, help="episode i uses seed + i, for every variant"
+    )
     evaluation.add_argument(
         "--eval-option", action="append", default=[], help="env option as key=value (repeatable), e.g. cameras=[a,b]"
     )

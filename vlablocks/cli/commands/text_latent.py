@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlablocks.cli.arguments import check_output_file, count
+
 NAME = "text-latent"
 HELP = "text latents: extract a task's mean residual stream at its instruction tokens from demonstrations, decode one"
 
@@ -19,26 +21,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="policy checkpoint directory")
     parser.add_argument("--data", help="extract: LeRobot dataset directory of the demonstrations")
     parser.add_argument("--dataset-name", help="extract: which of the checkpoint's normalization stats (default: only)")
-    parser.add_argument("--max-samples", type=int, default=4000, help="extract: frames read, spread over the dataset")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--max-samples", type=count(1), default=4000, help="extract: frames read, spread over the dataset"
+    )
+    parser.add_argument("--batch-size", type=count(1), default=32)
     parser.add_argument("--latents", help="decode: the text-latent file")
     parser.add_argument("--task", action="append", help="decode: a task to decode (repeatable; default: every task)")
     parser.add_argument(
         "--layer",
-        type=int,
+        type=count(0),
         default=0,
         help="decode: the residual index decoded (0 = embeddings, r = output of decoder layer r-1)",
     )
-    parser.add_argument("--top-k", type=int, default=3, help="decode: nearest tokens shown per position")
+    parser.add_argument("--top-k", type=count(1), default=3, help="decode: nearest tokens shown per position")
     parser.add_argument(
         "--no-center", action="store_true", help="decode: keep the common component (default: remove every task's mean)"
     )
     parser.add_argument("--out", help="extract: the .safetensors written; decode: a prompts YAML (eval --prompts)")
 
 
-def run(args: argparse.Namespace, overrides: list[str]) -> int:
+def check(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Every option before the checkpoint is loaded or anything is written."""
+    from pathlib import Path
+
     if overrides:
         raise ValueError(f"unexpected arguments: {' '.join(overrides)}")
+    if not Path(args.ckpt).is_dir():
+        raise FileNotFoundError(f"--ckpt {args.ckpt}: no such checkpoint directory")
+    if args.action == "extract":
+        if not args.data or not args.out:
+            raise ValueError(
+                "text-latent extract needs --data (a LeRobot dataset directory) and --out FILE.safetensors"
+            )
+        check_output_file(args.out, "--out", ".safetensors")
+    else:
+        if not args.latents:
+            raise ValueError("text-latent decode needs --latents FILE (written by text-latent extract)")
+        check_output_file(args.out, "--out")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    check(args, overrides)
     import torch
 
     from vlablocks.core.capabilities import Steerable, require
@@ -59,8 +82,6 @@ def run_extract(args: argparse.Namespace, policy) -> int:
     from vlablocks.core.dataloader.checkpoint_dataset import checkpoint_dataset
     from vlablocks.methods.steering.text_latent import extract
 
-    if not args.data or not args.out:
-        raise ValueError("text-latent extract needs --data (a LeRobot dataset directory) and --out FILE.safetensors")
     dataset = checkpoint_dataset(policy, args.data, args.dataset_name)
     count = min(args.max_samples, len(dataset))
     rows = np.linspace(0, len(dataset) - 1, count).round().astype(int)
@@ -81,8 +102,6 @@ def run_decode(args: argparse.Namespace, framework) -> int:
 
     from vlablocks.methods.steering.text_latent import TextLatents, decode, decoded_prompt
 
-    if not args.latents:
-        raise ValueError("text-latent decode needs --latents FILE (written by text-latent extract)")
     latents = TextLatents.load(args.latents)
     tasks = args.task or latents.tasks
     num_layers = latents.mean[0].shape[0]

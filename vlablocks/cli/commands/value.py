@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vlablocks.cli.arguments import count, real
+
 NAME = "value"
 HELP = "per-frame values of a value-model checkpoint on a dataset: values.safetensors, ROC AUC, calibration plot"
 
@@ -21,13 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="checkpoint of a value model (framework QwenValue)")
     parser.add_argument("--data", required=True, help="local LeRobot dataset directory")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--gamma", type=float, default=0.9, help="returns discount (the value model's; default 0.9)")
+    parser.add_argument(
+        "--gamma", type=real(0, 1, open_low=True), default=0.9, help="returns discount (the value model's; default 0.9)"
+    )
     parser.add_argument(
         "--source", default="outcome", choices=["outcome", "reward"], help="returns from (default outcome)"
     )
     parser.add_argument("--key", default="next.success", help="success or reward column (default next.success)")
     parser.add_argument("--first-frames", action="store_true", help="only each episode's first frame (fast AUC)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=count(1), default=64)
     parser.add_argument(
         "--dataset-name", help="the normalization stats to use (default: the checkpoint's, when it has one set)"
     )

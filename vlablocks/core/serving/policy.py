@@ -1,10 +1,10 @@
-"""What the server serves: the `ServedPolicy` protocol, and `load_policy` (a checkpoint -> a vlablocks `Policy`,
-vlablocks/core/policy/policy.py, which implements the protocol)."""
+"""What the server serves: the `ServedPolicy` protocol, `served` (a vlablocks `Policy` -> a `ServedPolicy`), and
+`load_policy` (a checkpoint -> a vlablocks `Policy`, vlablocks/core/policy/policy.py)."""
 
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from vlablocks.core.capabilities import ValuePredictor
 from vlablocks.core.policy.policy import Policy
@@ -12,17 +12,69 @@ from vlablocks.core.policy.policy import Policy
 METADATA_KEYS = ("action_horizon", "action_dim", "state_dim", "camera_keys", "image_size", "embodiment")
 
 
+@runtime_checkable
 class ServedPolicy(Protocol):
     """metadata: action_horizon, action_dim, state_dim, camera_keys, image_size, embodiment.
 
-    `infer` receives a validated observation in the sample vocabulary (vlablocks/core/dataloader/sample.py:
+    `check_request(request, max_prompt_tokens)` raises ValueError naming a client mistake the observation contract
+    cannot see (a prompt over the token limit or holding control tokens, an unknown dataset name or latent task);
+    the server answers it as `invalid_value` before the model runs. Every served policy declares it: a wrapper
+    cannot skip the checks of the policy it wraps by not forwarding them.
+
+    `session()` -> the policy one connection talks to: itself when it keeps no per-episode state, else a fresh
+    view sharing the model (a steered policy's schedule), so one client never moves another's episode.
+
+    `infer` receives a validated request in the sample vocabulary (vlablocks/core/dataloader/sample.py:
     {"images": {cam: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str, ...}) and returns
     {"actions": float32 [T, D]} in robot units (un-normalized).
     """
 
     metadata: dict
 
+    def check_request(self, request: dict, max_prompt_tokens: int) -> None: ...
+
+    def session(self) -> ServedPolicy: ...
+
     def infer(self, obs: dict) -> dict: ...
+
+
+def check_policy_request(policy: Policy, request: dict, max_prompt_tokens: int) -> None:
+    """A vlablocks Policy's request checks: its tokenizer's prompt limits and a `dataset_name` it has stats for."""
+    policy.check_prompt(request["prompt"], max_prompt_tokens)
+    name = request.get("dataset_name")
+    known = policy.processor.normalizer.dataset_names
+    if name is not None and name not in known:
+        raise ValueError(f"'dataset_name' {name[:80]!r} has no normalization stats in this policy; send one of {known}")
+
+
+class ServedCheckpoint:
+    """A `Policy` as a `ServedPolicy`: stateless (one session for every connection), its own request checks."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.metadata = policy.metadata
+
+    def check_request(self, request: dict, max_prompt_tokens: int) -> None:
+        check_policy_request(self.policy, request, max_prompt_tokens)
+
+    def session(self) -> ServedCheckpoint:
+        return self
+
+    def infer(self, obs: dict) -> dict:
+        return self.policy.infer(obs)
+
+
+def served(policy: Policy | ServedPolicy) -> ServedPolicy:
+    """The `ServedPolicy` the server talks to; TypeError naming what is missing for anything else."""
+    if isinstance(policy, Policy):
+        return ServedCheckpoint(policy)
+    if not isinstance(policy, ServedPolicy):
+        missing = [name for name in ("metadata", "check_request", "session", "infer") if name not in dir(policy)]
+        raise TypeError(
+            f"{type(policy).__name__} is not a ServedPolicy: it lacks {missing} (vlablocks/core/serving/policy.py); "
+            "a wrapper must forward the wrapped policy's check_request"
+        )
+    return policy
 
 
 def load_policy(checkpoint_dir: str | os.PathLike, device: str = "cpu", weights: str = "model") -> Policy:

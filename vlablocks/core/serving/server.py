@@ -13,9 +13,9 @@ import http
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -29,10 +29,21 @@ from deployment.client.protocol import (
     HEALTH_PATH,
     PROTOCOL_VERSION,
     ProtocolError,
+    one_line,
 )
-from vlablocks.core.dataloader.sample import SampleError, validate_sample
 from vlablocks.core.processor.embodiment import embodiment_sizes
-from vlablocks.core.serving.policy import METADATA_KEYS, ServedPolicy
+from vlablocks.core.serving.policy import METADATA_KEYS, Policy, ServedPolicy, served
+from vlablocks.core.serving.requests import check_prompt_chars, validate_observation
+from vlablocks.core.serving.slots import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    EVICT_IDLE_S,
+    IDLE_CLOSE,
+    Slot,
+    idlest,
+    is_loopback,
+    release_memory,
+    url_host,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,58 +53,36 @@ DEFAULT_MAX_PROMPT_TOKENS = 256  # checked with the policy's tokenizer (`check_p
 DEFAULT_MAX_CONNECTIONS = 32
 MAX_QUEUED_FRAMES = 2  # frames read ahead per connection: memory <= connections x (queue + 1) x max payload
 BUSY = 1013  # websocket close code "try again later": the connection limit is reached
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-# ---- the server's side of the observation contract: validate_sample with the policy's metadata, its SampleError
-# answered as the wire's ProtocolError (same code, same one-line message).
-
-
-def _state_as_float32(state: Any) -> Any:
-    """The wire accepts a state of any real numeric dtype (or a list of numbers) and casts it to float32."""
-    if isinstance(state, (list, tuple)):
-        with contextlib.suppress(ValueError):  # ragged: left for the validator to name
-            state = np.asarray(state)
-    if isinstance(state, np.ndarray) and state.dtype.kind in "fiu":
-        return state.astype(np.float32, copy=False)
-    return state
-
-
-def validate_observation(obs: Any, metadata: dict) -> dict:
-    """obs (decoded wire message) -> the request the policy gets: the same map with `images` in the order of
-    metadata["camera_keys"] and `state` float32 [metadata["state_dim"]]; other keys pass through unchecked.
-    A policy serving several embodiments (metadata["embodiments"]): the request's `embodiment` (default
-    metadata["embodiment"]) must be one of them, its state is checked against that robot's own state_dim, and the
-    returned request names it.
-
-    Raises `ProtocolError` naming the problem (see `validate_sample`).
-    """
-    if isinstance(obs, dict) and "state" in obs:
-        obs = {**obs, "state": _state_as_float32(obs["state"])}
-    camera_keys = list(metadata["camera_keys"])
-    state_dim = int(metadata["state_dim"])
-    if metadata.get("embodiments") and isinstance(obs, dict):
-        try:
-            embodiment, _, state_dim = embodiment_sizes(metadata, obs)
-        except ValueError as exc:
-            raise ProtocolError("invalid_value", str(exc)) from None
-        obs = {**obs, "embodiment": embodiment}
-    try:
-        validate_sample(obs, camera_keys=camera_keys, state_dim=state_dim)
-    except SampleError as exc:
-        raise ProtocolError(exc.code, exc.message) from None
-    # Any H x W: the model resizes every view to metadata["image_size"] itself (sending that size saves bandwidth).
-    return {**obs, "images": {key: obs["images"][key] for key in camera_keys}}
+RELEASE_DELAY_S = 0.5  # connections ending within this share one malloc_trim
+MAX_LOG_CHARS = 300  # a log line never quotes more of a client's input than this
+MAX_TRACEBACK_CHARS = 4000  # the first inference failure's stack (frames only: no message, so no client input)
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:
     """The warning owed when the server listens beyond loopback without an API key, else None."""
-    if api_key or host in LOOPBACK_HOSTS or host.startswith("127."):
+    if api_key or is_loopback(host):
         return None
     return (
-        f"listening on {host} without an API key: anyone who can reach this port can drive the robot; "
+        f"listening on {url_host(host)} without an API key: anyone who can reach this port can drive the robot; "
         "set $VLABLOCKS_API_KEY or --api-key-file"
     )
+
+
+def check_limits(
+    max_payload_mb: float, max_prompt_chars: int, max_prompt_tokens: int, max_connections: int, idle_timeout_s: float
+) -> None:
+    """ValueError naming the first nonsensical limit (NaN, inf, zero or negative), before anything opens."""
+    if not 0 < max_payload_mb < 4096:  # False for NaN
+        raise ValueError(f"--max-payload-mb must be a number in (0, 4096), got {max_payload_mb}")
+    for name, value in (
+        ("max_prompt_chars", max_prompt_chars),
+        ("--max-prompt-tokens", max_prompt_tokens),
+        ("--max-connections", max_connections),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not EVICT_IDLE_S <= idle_timeout_s < float("inf"):
+        raise ValueError(f"--idle-timeout-s must be a number of seconds >= {EVICT_IDLE_S:g}, got {idle_timeout_s}")
 
 
 class PolicyServer:
@@ -101,7 +90,7 @@ class PolicyServer:
 
     def __init__(
         self,
-        policy: ServedPolicy,
+        policy: Policy | ServedPolicy,
         host: str = "127.0.0.1",
         port: int = 8000,
         api_key: str | None = None,
@@ -109,33 +98,45 @@ class PolicyServer:
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
         max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
+        policy = served(policy)
         missing = [k for k in METADATA_KEYS if k not in policy.metadata]
         if missing:
             raise ValueError(f"policy metadata lacks {missing}; a served policy must declare {list(METADATA_KEYS)}")
-        if max_payload_mb <= 0:
-            raise ValueError(f"max_payload_mb must be > 0, got {max_payload_mb}")
-        if min(max_prompt_chars, max_prompt_tokens, max_connections) < 1:
-            raise ValueError("max_prompt_chars, max_prompt_tokens and max_connections must be >= 1")
+        check_limits(max_payload_mb, max_prompt_chars, max_prompt_tokens, max_connections, idle_timeout_s)
         self.policy = policy
         self.host = host
         self.port = port
         self.api_key = api_key or None
         self.max_payload_bytes = int(max_payload_mb * 2**20)
         self.max_connections = max_connections
-        self.connections = 0
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.slots: set[Slot] = set()
         self.metadata = {
             **policy.metadata,
             "max_payload_bytes": self.max_payload_bytes,
             "max_prompt_chars": max_prompt_chars,
             "max_prompt_tokens": max_prompt_tokens,
             "max_connections": max_connections,
+            "idle_timeout_s": self.idle_timeout_s,
             "protocol": PROTOCOL_VERSION,
         }
         self._warned_nonfinite = False
+        self._logged_traceback = False
+        self._release_pending = False
+        self._tasks: set[asyncio.Future] = set()
         # One worker: model calls never overlap, and the event loop never runs one.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
         self._packed_metadata = msgpack_numpy.packb(self.metadata)
+
+    @property
+    def connections(self) -> int:
+        return len(self.slots)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{url_host(self.host)}:{self.port}"
 
     # ---- HTTP side of the handshake -----------------------------------------------------------------
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -154,9 +155,10 @@ class PolicyServer:
         return None
 
     # ---- one request --------------------------------------------------------------------------------
-    def _infer(self, obs: dict) -> tuple[dict, float]:
+    @staticmethod
+    def _infer(session: ServedPolicy, obs: dict) -> tuple[dict, float]:
         start = time.perf_counter()
-        result = self.policy.infer(obs)
+        result = session.infer(obs)
         return result, (time.perf_counter() - start) * 1e3
 
     def _check_actions(self, result: dict, obs: dict) -> np.ndarray:
@@ -180,33 +182,36 @@ class PolicyServer:
             raise ProtocolError("inference_error", message)
         return actions.astype(np.float32, copy=False)
 
-    def _check_prompt(self, prompt: str) -> None:
-        """Prompt limits before the model: characters here, tokens and control tokens with the policy's tokenizer."""
-        if len(prompt) > self.metadata["max_prompt_chars"]:
-            raise ProtocolError(
-                "invalid_value",
-                f"'prompt' is {len(prompt)} characters, over the limit of {self.metadata['max_prompt_chars']}",
-            )
-        check = getattr(self.policy, "check_prompt", None)
-        if check is not None:
-            try:
-                check(prompt, self.metadata["max_prompt_tokens"])
-            except ValueError as exc:
-                raise ProtocolError("invalid_value", str(exc)) from None
+    def _check_request(self, obs: dict) -> None:
+        """Prompt characters before anything is tokenized, then the served policy's own checks."""
+        check_prompt_chars(obs["prompt"], self.metadata["max_prompt_chars"])
+        try:
+            self.policy.check_request(obs, self.metadata["max_prompt_tokens"])
+        except (ValueError, KeyError) as exc:  # a client mistake: its own one-line message
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise ProtocolError("invalid_value", str(message)) from None
 
-    async def _answer(self, message: bytes | str) -> bytes | str:
+    def _log_failure(self, exc: Exception) -> None:
+        """One bounded line per failed inference (the client's input is cut); the stack once, frames only."""
+        logger.error("policy inference failed: %s", one_line(f"{type(exc).__name__}: {exc}", MAX_LOG_CHARS))
+        if not self._logged_traceback:
+            self._logged_traceback = True
+            stack = "".join(traceback.format_tb(exc.__traceback__))[-MAX_TRACEBACK_CHARS:]
+            logger.error("first inference failure's stack (later ones are not shown):\n%s", stack)
+
+    async def _answer(self, message: bytes | str, session: ServedPolicy) -> bytes | str:
         """A binary msgpack reply, or an error as a text frame (see deployment/client/protocol.py)."""
         received = time.perf_counter()
         try:
             if isinstance(message, str):
                 raise ProtocolError("malformed_message", "expected a binary msgpack frame, got a text frame")
             obs = validate_observation(msgpack_numpy.unpackb(message), self.metadata)
-            self._check_prompt(obs["prompt"])
+            self._check_request(obs)
             loop = asyncio.get_running_loop()
             try:
-                result, infer_ms = await loop.run_in_executor(self._executor, self._infer, obs)
+                result, infer_ms = await loop.run_in_executor(self._executor, self._infer, session, obs)
             except Exception as exc:  # the model failed on a valid observation: report, keep serving
-                logger.exception("policy inference failed")
+                self._log_failure(exc)
                 raise ProtocolError("inference_error", f"{type(exc).__name__}: {exc}") from None
             actions = self._check_actions(result, obs)
         except ProtocolError as exc:
@@ -214,19 +219,60 @@ class PolicyServer:
         timing = {"infer_ms": infer_ms, "total_ms": (time.perf_counter() - received) * 1e3}
         return msgpack_numpy.packb({"actions": actions, "server_timing": timing})
 
+    # ---- one connection -----------------------------------------------------------------------------
+    async def _admit(self, connection: ServerConnection) -> Slot | None:
+        """A slot for a new connection: a free one, else the idlest connection's (closed), else None (refused)."""
+        if len(self.slots) >= self.max_connections:
+            victim = idlest(self.slots)
+            if victim is None:
+                await connection.close(BUSY, f"server busy: {self.max_connections} connections active; retry later")
+                return None
+            self.slots.discard(victim)
+            closing = asyncio.ensure_future(victim.connection.close(IDLE_CLOSE, "idle: slot given to a waiting client"))
+            self._tasks.add(closing)
+            closing.add_done_callback(self._tasks.discard)
+        slot = Slot(connection)
+        self.slots.add(slot)
+        return slot
+
     async def _handle(self, connection: ServerConnection) -> None:
-        if self.connections >= self.max_connections:
-            await connection.close(BUSY, f"server busy: {self.max_connections} connections open; retry later")
+        slot = await self._admit(connection)
+        if slot is None:
             return
-        self.connections += 1
+        session = self.policy.session()  # per-connection episode state
         try:
             await connection.send(self._packed_metadata)
-            async for message in connection:
-                await connection.send(await self._answer(message))
+            while True:
+                try:
+                    message = await asyncio.wait_for(connection.recv(), self.idle_timeout_s)
+                except TimeoutError:
+                    await connection.close(IDLE_CLOSE, f"idle for {self.idle_timeout_s:g} s; reconnect to continue")
+                    break
+                slot.busy = True
+                reply = await self._answer(message, session)
+                del message  # the frame's buffer is not held while the reply is sent
+                await connection.send(reply)
+                slot.busy, slot.last_active = False, time.monotonic()
         except ConnectionClosed:
             pass  # the client left (or sent an over-limit message: websockets closed with 1009)
         finally:
-            self.connections -= 1
+            self.slots.discard(slot)
+            self._schedule_release()
+
+    def _schedule_release(self) -> None:
+        """Frees the heap a closed connection's frames held (malloc_trim), once for connections ending together."""
+        if self._release_pending:
+            return
+        self._release_pending = True
+        loop = asyncio.get_running_loop()
+
+        def release() -> None:
+            self._release_pending = False
+            task = asyncio.ensure_future(loop.run_in_executor(None, release_memory))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        loop.call_later(RELEASE_DELAY_S, release)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> Server:

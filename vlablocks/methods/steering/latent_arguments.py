@@ -30,20 +30,21 @@ def add_latent_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def steered(policy, args: argparse.Namespace):
-    """`policy` wrapped in a SteeredPolicy when --text-latent is given, else unchanged."""
-    if not args.text_latent:
-        return policy
-    from vlablocks.core.capabilities import Steerable, require
-    from vlablocks.core.policy.policy import Policy
-    from vlablocks.methods.steering.steered_policy import LatentOptions, SteeredPolicy
+def check_latent_arguments(args: argparse.Namespace) -> None:
+    """The steering options on their own (a finite alpha, indices >= 0, a schedule that works, a latent file that
+    reads): ValueError naming the option, before a checkpoint is loaded or a socket opened. What needs the
+    checkpoint (a task the file lacks, an index past the VLM's) is checked when `steered` builds the policy."""
+    if args.text_latent:
+        from vlablocks.methods.steering.text_latent import TextLatents
 
-    if not isinstance(policy, Policy):
-        raise ValueError("--text-latent steers an in-process checkpoint: use --ckpt, not a remote or baseline policy")
-    require(policy.model, Steerable, "--text-latent")
-    from vlablocks.methods.steering.text_latent import TextLatents
+        latent_options(args)
+        TextLatents.load(args.text_latent)
 
-    options = LatentOptions(
+
+def latent_options(args: argparse.Namespace):
+    from vlablocks.methods.steering.steered_policy import LatentOptions
+
+    return LatentOptions(
         task=args.latent_task,
         task_2=args.latent_task_2,
         schedule=args.schedule,
@@ -52,6 +53,20 @@ def steered(policy, args: argparse.Namespace):
         kind=args.latent_kind,
         mode=args.latent_mode,
         alpha=args.latent_alpha,
-        layers=tuple(args.latent_layers) if args.latent_layers else None,
+        layers=tuple(args.latent_layers) if args.latent_layers is not None else None,
     )
-    return SteeredPolicy(policy, TextLatents.load(args.text_latent), options)
+
+
+def steered(policy, args: argparse.Namespace):
+    """`policy` wrapped in a SteeredPolicy when --text-latent is given, else unchanged."""
+    if not args.text_latent:
+        return policy
+    from vlablocks.core.capabilities import Steerable, require
+    from vlablocks.core.policy.policy import Policy
+    from vlablocks.methods.steering.steered_policy import SteeredPolicy
+    from vlablocks.methods.steering.text_latent import TextLatents
+
+    if not isinstance(policy, Policy):
+        raise ValueError("--text-latent steers an in-process checkpoint: use --ckpt, not a remote or baseline policy")
+    require(policy.model, Steerable, "--text-latent")
+    return SteeredPolicy(policy, TextLatents.load(args.text_latent), latent_options(args))

@@ -76,9 +76,14 @@ class TextLatents:
             "num_layers": str(num_layers),
             "hidden_size": str(hidden),
         }
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory; name the .safetensors file to write")
         partial = path.with_name(path.name + ".partial")
-        save_file(tensors, str(partial), metadata=metadata)
-        partial.replace(path)
+        try:
+            save_file(tensors, str(partial), metadata=metadata)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)  # nothing half-written is left behind
 
     @classmethod
     def load(cls, path: str | Path) -> TextLatents:
@@ -87,16 +92,22 @@ class TextLatents:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"text latents {path}: no such file (write it with vlablocks text-latent extract)")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if "tasks" not in metadata:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            if "tasks" not in metadata:
+                raise ValueError("no 'tasks' metadata")
+            tensors = load_file(str(path))
+            tasks, counts = json.loads(metadata["tasks"]), json.loads(metadata["counts"])
+            positions = [tensors[f"task_{i}.positions"] for i in range(len(tasks))]
+            means = [tensors[f"task_{i}.mean"] for i in range(len(tasks))]
+        except Exception as exc:  # safetensors' own errors (a truncated header) do not name the file
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise ValueError(
-                f"{path} is not a text-latent file (no 'tasks' metadata); write it with text-latent extract"
-            )
-        tensors = load_file(str(path))
-        tasks, counts = json.loads(metadata["tasks"]), json.loads(metadata["counts"])
-        positions = [tensors[f"task_{i}.positions"] for i in range(len(tasks))]
-        return cls(tasks, positions, [tensors[f"task_{i}.mean"] for i in range(len(tasks))], counts)
+                f"{path} is not a readable text-latent file ({reason}): truncated or another format? "
+                "write it again with vlablocks text-latent extract"
+            ) from None
+        return cls(tasks, positions, means, counts)
 
 
 @torch.no_grad()

@@ -38,6 +38,12 @@ class FixedCostPolicy:
     def __init__(self, model_ms: float) -> None:
         self.model_seconds = model_ms / 1e3
 
+    def check_request(self, request: dict, max_prompt_tokens: int) -> None:
+        """No tokenizer: the observation contract's checks are all there is."""
+
+    def session(self) -> FixedCostPolicy:
+        return self
+
     def infer(self, obs: dict) -> dict:
         if self.model_seconds:
             time.sleep(self.model_seconds)

@@ -4,6 +4,7 @@ auxiliary losses (zero gradient at weight 0, each falls when trained alone on to
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,10 +13,16 @@ import torch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.dataloader.normalization import compute_norm_stats
-from vlablocks.core.geometry.world_losses import WorldLosses, cell_geometry
 from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.core.registry import DATASETS
 from vlablocks.core.training.loss_schedule import PhaseSchedule, scheduled_loss
+from vlablocks.methods.spatial.world_losses import (
+    FusionRegularizer,
+    GeometryDynamics,
+    GeometryReconstruction,
+    WorldLoss,
+    cell_geometry,
+)
 from vlablocks.tools.toy.toy import ToyTabletopEnv
 from vlablocks.tools.toy.toy_dataset import write_toy_dataset
 
@@ -25,9 +32,14 @@ SMALL = {
     "vlm": {"name": "qwen2_5_vl", "arch": "tiny", "image_size": 56},
     "action_model": {"name": "layerwise_flow_matching", "num_layers": 2, "hidden_dim": 32, "num_heads": 2},
     "geometric_encoder": {"name": "dinov2_multiview", "image_size": 56, "output_dim": 32, "info_sharing_layers": 1},
-    "world_hidden_dim": 32,
 }
 NAMES = ("dyn", "geo", "reg")
+
+
+def alg1(**weights: float) -> dict:
+    """The framework options turning alg1's losses on: alg1(geo=0.5) -> auxiliary_losses.alg1_geo.weight 0.5."""
+    losses = {f"alg1_{n}": {"weight": w, **({} if n == "reg" else {"hidden_dim": 32})} for n, w in weights.items()}
+    return {"auxiliary_losses": losses}
 
 
 def test_schedule_is_step_exact_at_every_phase_boundary():
@@ -105,7 +117,7 @@ class _InMemory:
 
 
 def test_processor_prepares_next_points_only_for_training(samples):
-    policy = policy_for(samples, loss_w_dyn=1.0)
+    policy = policy_for(samples, **alg1(dyn=1.0))
     batch = policy.processor(samples[:4])
     geometry = batch.geometry
     assert geometry.next_points.shape == geometry.points.shape == (4, 1, 4, 56, 56)
@@ -122,15 +134,15 @@ def test_cell_geometry_is_the_mean_of_each_cells_points():
 
 def test_phase_weights_reach_the_loss_step_exact(samples):
     """The model reports loss = action_loss + aux; trainer.loss_schedule weights the action part by the step."""
-    policy = policy_for(samples, loss_w_geo=0.5)
+    policy = policy_for(samples, **alg1(geo=0.5))
     framework = policy.model
     batch = policy.processor(samples[:4])
     schedule = PhaseSchedule(phase_a_steps=2, ramp_steps=2)
     torch.manual_seed(1)
     out = framework(batch)
-    assert float(out["action_loss"].detach()) == pytest.approx(out["log"]["loss_action"])
+    assert float(out["action_loss"].detach()) == pytest.approx(float(out["log"]["action_loss"]))
     for step, weight in {1: 0.0, 2: 0.0, 3: 0.5, 4: 1.0, 5: 1.0}.items():
-        expected = weight * out["log"]["loss_action"] + 0.5 * out["log"]["loss_geo"]
+        expected = weight * float(out["log"]["action_loss"]) + 0.5 * float(out["log"]["alg1_geo_loss"])
         assert float(scheduled_loss(out, schedule, step).detach()) == pytest.approx(expected, rel=1e-6)
     assert scheduled_loss(out, PhaseSchedule(), 1) is out["loss"]  # no schedule: the model's loss as it is
     no_aux = policy_for(samples).model(batch)  # no auxiliary losses: nothing to schedule
@@ -145,7 +157,7 @@ def test_the_schedule_left_the_model_for_the_trainer(samples, tmp_path):
     from vlablocks.core.manifest import write_manifest
     from vlablocks.core.policy.policy import Policy
 
-    policy = policy_for(samples, loss_w_geo=0.5)
+    policy = policy_for(samples, **alg1(geo=0.5))
     policy.save_pretrained(tmp_path / "ckpt")
     config = tmp_path / "ckpt" / "config.yaml"
     old_section = config.read_text().replace("framework:\n", "framework:\n  sagr_phase_a_steps: 300\n", 1)
@@ -155,18 +167,46 @@ def test_the_schedule_left_the_model_for_the_trainer(samples, tmp_path):
     assert type(loaded.model) is type(policy.model)
 
 
+def test_a_checkpoint_written_before_auxiliary_losses_loads_with_its_world_loss_heads(samples, tmp_path):
+    """Before `auxiliary_losses`, alg1's options were framework fields (loss_w_geo, world_hidden_dim) and the
+    heads' weights sat under world_losses.*: such a checkpoint loads into the composed losses, weights equal."""
+    from safetensors.torch import load_file, save_file
+
+    from vlablocks.core.manifest import write_manifest
+
+    policy = policy_for(samples, **alg1(geo=0.5))
+    directory = tmp_path / "ckpt"
+    policy.save_pretrained(directory)
+    config = (directory / "config.yaml").read_text()
+    start = config.index("  auxiliary_losses:")
+    end = config.index("\n  insulate_vlm", start)
+    config = config[:start] + "  loss_w_geo: 0.5\n  loss_w_dyn: 0.0\n  world_hidden_dim: 32" + config[end:]
+    (directory / "config.yaml").write_text(config)
+    state = load_file(str(directory / "model.safetensors"))
+    old = {k.replace("auxiliary_losses.alg1_geo.head.", "world_losses.geometry_head."): v for k, v in state.items()}
+    assert any(k.startswith("world_losses.geometry_head.") for k in old)
+    save_file(old, str(directory / "model.safetensors"))
+    write_manifest(directory)
+    loaded = Policy.from_pretrained(directory).model
+    assert loaded.config.auxiliary_losses["alg1_geo"] == {"weight": 0.5, "hidden_dim": 32}
+    assert list(loaded.auxiliary_losses) == ["alg1_geo"]  # alg1_dyn kept its width at weight 0: not built
+    for name, value in policy.model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"loss_w_geo moved to framework.auxiliary_losses.alg1_geo.weight"):
+        policy_for(samples, loss_w_geo=0.5)  # a config of today is told where the key went
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_a_loss_of_weight_zero_adds_exactly_zero_gradient(samples, name):
-    weights = {f"loss_w_{n}": 0.0 if n == name else 1.0 for n in NAMES}
-    policy = policy_for(samples, **weights)
+    policy = policy_for(samples, **alg1(**{n: 0.0 if n == name else 1.0 for n in NAMES}))
     framework = policy.model
     torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.05)  # a non-identity fusion: L_reg is not 0
     out = framework(policy.processor(samples[:4]))
     out["loss"] = scheduled_loss(out, PhaseSchedule(phase_a_steps=5), 1)  # phase A: only the auxiliary losses
-    assert f"loss_{name}" not in out and f"loss_{name}" not in out["log"]
-    head = {"dyn": framework.world_losses.dynamics_head, "geo": framework.world_losses.geometry_head}.get(name)
-    assert head is None  # weight 0 builds no head: nothing to train, nothing to save
-    others = sum(out[f"loss_{n}"] for n in NAMES if n != name)
+    assert f"alg1_{name}_loss" not in out and f"alg1_{name}_loss" not in out["log"]
+    assert f"alg1_{name}" not in framework.auxiliary_losses  # weight 0 builds nothing: nothing to train or save
+    assert not any(f"alg1_{name}" in key for key in framework.state_dict())
+    others = sum(out[f"alg1_{n}_loss"] for n in NAMES if n != name)
     params = [p for p in framework.parameters() if p.requires_grad]
     total = torch.autograd.grad(out["loss"], params, allow_unused=True, retain_graph=True)
     reference = torch.autograd.grad(others, params, allow_unused=True)
@@ -174,10 +214,13 @@ def test_a_loss_of_weight_zero_adds_exactly_zero_gradient(samples, name):
         zero = torch.zeros_like(param)
         assert torch.equal(zero if a is None else a, zero if b is None else b)
     # and the loss functions themselves: weight 0 times a computed loss has an all-zero gradient
-    losses = WorldLosses(8, 4, 1.0, 1.0, 1.0, 8)
+    vlm, platform = SimpleNamespace(hidden_size=8), SimpleNamespace(action_horizon=2, action_dim=2)
+    geo = GeometryReconstruction(WorldLoss.Config(weight=1.0, hidden_dim=8), vlm=vlm, platform=platform)
+    dyn = GeometryDynamics(WorldLoss.Config(weight=1.0, hidden_dim=8), vlm=vlm, platform=platform)
+    assert FusionRegularizer(FusionRegularizer.Config(weight=1.0), vlm=vlm, platform=platform).weight == 1.0
     fused = torch.randn(5, 8, requires_grad=True)
-    zero = 0.0 * losses.reconstruction(fused, torch.randn(5, 4)) + 0.0 * losses.regularizer(fused, torch.randn(5, 8))
-    zero = zero + 0.0 * losses.dynamics(
+    zero = 0.0 * geo.reconstruction(fused, torch.randn(5, 4)) + 0.0 * (fused - torch.randn(5, 8)).pow(2).mean()
+    zero = zero + 0.0 * dyn.dynamics(
         fused, torch.randn(2, 4), torch.tensor([0, 0, 1, 1, 1]), torch.randn(5, 4), torch.ones(5, dtype=torch.bool)
     )
     assert torch.count_nonzero(torch.autograd.grad(zero, fused)[0]) == 0
@@ -185,7 +228,7 @@ def test_a_loss_of_weight_zero_adds_exactly_zero_gradient(samples, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_each_auxiliary_loss_falls_when_trained_alone_on_toy_depth(samples, name):
-    policy = policy_for(samples, **{f"loss_w_{name}": 1.0})
+    policy = policy_for(samples, **alg1(**{name: 1.0}))
     framework = policy.model
     if name == "reg":  # the fusion starts as the identity (L_reg = 0): start it away from it
         torch.nn.init.normal_(framework.fusion.fuse.proj.weight, std=0.05)
@@ -199,7 +242,7 @@ def test_each_auxiliary_loss_falls_when_trained_alone_on_toy_depth(samples, name
         if step == 1:  # phase A: the action head gets no gradient
             assert all(p.grad is None or not p.grad.any() for p in framework.action_model.parameters())
         optimizer.step()
-        history.append(out["log"][f"loss_{name}"])
+        history.append(float(out["log"][f"alg1_{name}_loss"]))
     assert history[-1] < 0.5 * history[0], f"L_{name} did not fall: {history}"
 
 
@@ -225,4 +268,6 @@ def test_vlablocks_train_logs_the_scheduled_weights_step_by_step(heights_data, t
     train(load_config(ROOT / "configs/experiments/toy3d/spatial_concat_geo_tokenwise_alg1.yaml", overrides))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["weight_action"] for r in records] == [0.0, 0.5, 1.0, 1.0]
-    assert all({"loss_dyn", "loss_geo", "loss_reg", "loss_action"} <= set(r) for r in records)
+    assert all(
+        {"alg1_dyn_loss", "alg1_geo_loss", "alg1_reg_loss", "readout_loss", "action_loss"} <= set(r) for r in records
+    )

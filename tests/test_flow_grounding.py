@@ -31,7 +31,7 @@ def vlm_gradient_norm(config: str, overrides: list[str]) -> float:
 
 @pytest.mark.parametrize("config", SHIPPED)
 def test_the_shipped_flow_frameworks_train_the_vlm_from_the_first_step(config):
-    head_only = ["framework.readout_loss_weight=0.0"]
+    head_only = ["framework.auxiliary_losses.readout.weight=0.0"]
     assert vlm_gradient_norm(config, head_only) > 1e-3  # the open gates pass the head's gradient
     assert vlm_gradient_norm(config, head_only + ["framework.action_model.cross_attention_gate_init=0.0"]) == 0.0
     # With the readout regression the VLM's gradient is of QwenOFT's order (measured 18.3 at initialization).

@@ -47,9 +47,9 @@ def nonzero(gradients: dict[str, torch.Tensor]) -> set[str]:
 # ---- knowledge insulation ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("readout_loss_weight", [0.0, 1.0])
-def test_insulated_flow_loss_leaves_every_vlm_parameter_at_exactly_zero(readout_loss_weight):
-    policy, examples = tiny(readout_loss_weight=readout_loss_weight)
+@pytest.mark.parametrize("readout_weight", [0.0, 1.0])
+def test_insulated_flow_loss_leaves_every_vlm_parameter_at_exactly_zero(readout_weight):
+    policy, examples = tiny(auxiliary_losses={"readout": {"weight": readout_weight}})
     model = policy.model
     terms = model.loss_terms(policy.processor(examples))
     flow_on_vlm = grads(terms["flow"], model.vlm)
@@ -104,7 +104,7 @@ def test_insulated_vlm_without_a_vlm_loss_is_refused():
 
 
 def test_the_expert_reads_the_prompt_only_so_training_and_inference_agree():
-    policy, examples = tiny(readout_loss_weight=1.0)
+    policy, examples = tiny(auxiliary_losses={"readout": {"weight": 1.0}})
     model = policy.eval().model
     train_batch = policy.processor(examples)  # prompt + FAST answer
     infer_batch = policy.processor(examples, targets=False)  # prompt only
@@ -215,6 +215,8 @@ def test_state_text_needs_a_bounded_normalization():
 def test_toy_configs_build(path, insulated, readout):
     model = build_framework(load_config(path))
     assert isinstance(model, QwenPI05)
-    assert model.config.insulate_vlm is insulated and model.config.readout_loss_weight == readout
+    assert model.config.insulate_vlm is insulated
+    assert model.config.auxiliary_losses.get("readout", {}).get("weight", 0.0) == readout
+    assert len(model.auxiliary_losses) == (readout > 0)
     assert model.action_model.state_encoder is None  # the state enters as prompt tokens only
     assert model.config.state_tokens.num_bins == 256 and not model.config.fast.bpe_merges

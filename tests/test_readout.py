@@ -1,5 +1,5 @@
-"""Readout regression (vlablocks/core/framework/readout.py): the auxiliary L1 loss of QwenFlowMatching and
-knowledge insulation, checked against hand computations on a tiny model."""
+"""Readout regression (vlablocks/core/auxiliary/readout.py): the auxiliary L1 loss of QwenFlowMatching and
+knowledge insulation, checked against hand computations on a tiny model; the auxiliary-loss config field."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from vlablocks.core.policy.policy import build_policy
 
 PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
 HEAD = {"name": "flow_matching", "hidden_dim": 32, "num_layers": 1, "num_heads": 2, "cross_attention_gate_init": 1.0}
+
+
+def readout(weight: float) -> dict:
+    return {"auxiliary_losses": {"readout": {"weight": weight}}}
 
 
 def tiny(**options):
@@ -31,34 +35,68 @@ def vlm_grads(framework, loss: torch.Tensor) -> torch.Tensor:
 
 
 def test_readout_loss_is_the_l1_of_the_readout_states_projection_added_to_the_flow_loss():
-    policy, examples = tiny(readout_loss_weight=0.5)
+    policy, examples = tiny(**readout(0.5))
     framework, batch = policy.model, policy.processor(examples)
-    assert batch.vlm.input_ids[0, -4:].tolist() == framework.readout.token_ids  # the readouts close the prompt
+    module = framework.auxiliary_losses["readout"]
+    assert batch.vlm.input_ids[0, -4:].tolist() == module.token_ids  # the readouts close the prompt
     torch.manual_seed(1)
     losses = framework(batch)
-    out = framework.vlm(batch.vlm, requested_token_ids=framework.readout.token_ids)
-    hidden = out.last_hidden_state[:, -4:] + framework.readout.proprio(batch.state).unsqueeze(1)
-    expected = masked_mean((framework.readout.proj(hidden) - batch.actions).abs(), batch.action_is_pad)
+    torch.manual_seed(1)
+    head = framework.action_model.compute_loss(
+        framework.encode(batch)[1], batch.actions, batch.action_is_pad, batch.state
+    )["loss"]
+    out = framework.vlm(batch.vlm, requested_token_ids=module.token_ids)
+    hidden = out.last_hidden_state[:, -4:] + module.proprio(batch.state).unsqueeze(1)
+    expected = masked_mean((module.proj(hidden) - batch.actions).abs(), batch.action_is_pad)
     torch.testing.assert_close(losses["readout_loss"], expected)
-    torch.testing.assert_close(losses["loss"], losses["head_loss"] + 0.5 * expected)
+    torch.testing.assert_close(losses["log"]["readout_loss"], expected.detach())
+    torch.testing.assert_close(losses["loss"], head + 0.5 * expected)
+    # the readout predicts actions: a loss schedule weights it with the head's loss
+    torch.testing.assert_close(losses["action_loss"], losses["loss"])
 
 
 def test_insulated_vlm_learns_from_the_readout_loss_alone():
-    policy, examples = tiny(readout_loss_weight=1.0, insulate_vlm=True)
+    policy, examples = tiny(**readout(1.0), insulate_vlm=True)
     framework, batch = policy.model, policy.processor(examples)
+    module = framework.auxiliary_losses["readout"]
     torch.manual_seed(1)
     losses = framework(batch)
-    total, readout = vlm_grads(framework, losses["loss"]), None
-    out = framework.vlm(batch.vlm, requested_token_ids=framework.readout.token_ids)
-    readout = vlm_grads(framework, framework.readout.loss(out, batch.actions, batch.action_is_pad, batch.state))
-    torch.testing.assert_close(total, readout)
-    open_framework = tiny(readout_loss_weight=1.0)[0].model
+    total = vlm_grads(framework, losses["loss"])
+    out = framework.vlm(batch.vlm, requested_token_ids=module.token_ids)
+    alone = vlm_grads(framework, module.regression(out, batch.actions, batch.action_is_pad, batch.state))
+    torch.testing.assert_close(total, alone)
+    open_framework = tiny(**readout(1.0))[0].model
     torch.manual_seed(1)
     open_losses = open_framework(batch)
     open_total = vlm_grads(open_framework, open_losses["loss"])
-    assert not torch.allclose(open_total, readout)  # without insulation the flow loss reaches the VLM too
+    assert not torch.allclose(open_total, alone)  # without insulation the flow loss reaches the VLM too
 
 
 def test_insulation_without_a_readout_loss_is_refused():
-    with pytest.raises(ValueError, match="insulated VLM needs readout_loss_weight > 0"):
+    with pytest.raises(ValueError, match="learns nothing; add auxiliary_losses.readout.weight > 0"):
         tiny(insulate_vlm=True)
+    with pytest.raises(ValueError, match="learns nothing"):
+        tiny(insulate_vlm=True, **readout(0.0))
+
+
+def test_weight_zero_builds_nothing_and_the_prompt_is_unchanged():
+    plain, examples = tiny()
+    zero = tiny(**readout(0.0))[0]
+    assert len(zero.model.auxiliary_losses) == 0
+    assert sorted(zero.model.state_dict()) == sorted(plain.model.state_dict())
+    torch.testing.assert_close(zero.processor(examples).vlm.input_ids, plain.processor(examples).vlm.input_ids)
+
+
+def test_auxiliary_losses_config_names_the_problem():
+    from vlablocks.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown auxiliary_loss 'redout'; did you mean 'readout'"):
+        tiny(auxiliary_losses={"redout": {"weight": 1.0}})
+    with pytest.raises(ConfigError, match=r"auxiliary_losses.readout.wieght — did you mean .*weight"):
+        tiny(auxiliary_losses={"readout": {"wieght": 1.0}})
+    with pytest.raises(ConfigError, match="readout_loss_weight moved to framework.auxiliary_losses.readout.weight"):
+        tiny(readout_loss_weight=1.0)
+    with pytest.raises(ValueError, match="reads the geometric fusion's tokens"):
+        tiny(auxiliary_losses={"alg1_reg": {"weight": 1.0}})
+    with pytest.raises(ValueError, match=r"auxiliary_losses.readout.weight must be >= 0"):
+        tiny(**readout(-1.0))

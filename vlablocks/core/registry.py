@@ -212,6 +212,8 @@ DATASETS = Registry("dataset", "vlablocks.core.dataloader")
 EVAL_ENVS = Registry("eval_env", "vlablocks.core.envs")
 GEOMETRIC_ENCODERS = Registry("geometric_encoder", "vlablocks.core.geometry")
 FUSIONS = Registry("fusion", "vlablocks.core.geometry")
+# Auxiliary losses a framework config composes (`framework.auxiliary_losses: {name: options}`).
+AUXILIARY_LOSSES = Registry("auxiliary_loss", "vlablocks.core.auxiliary")
 # The per-sample steps a processor chains, by the names `ProcessorConfig.sample_steps` lists.
 PROCESSOR_STEPS = Registry("processor_step", "vlablocks.core.processor")
 # Sections of the experiment config that a method declares (`rl:`); plugins only, no package of the core's.
@@ -232,6 +234,7 @@ KINDS: dict[str, Registry] = {
     "eval_envs": EVAL_ENVS,
     "geometric_encoders": GEOMETRIC_ENCODERS,
     "fusions": FUSIONS,
+    "auxiliary_losses": AUXILIARY_LOSSES,
 }
 
 

@@ -3,4 +3,5 @@
 
 from vlablocks.methods.cotraining import vqa_dataset  # noqa: F401  dataset "vqa"
 from vlablocks.methods.rl import config  # noqa: F401  config section "rl"
+from vlablocks.methods.spatial import world_losses  # noqa: F401  auxiliary losses "alg1_geo", "alg1_dyn", "alg1_reg"
 from vlablocks.methods.value import qwen_value, value_guided, value_model  # noqa: F401  value models, "value_guided"

@@ -40,10 +40,38 @@ def section_field(name: str) -> Any:
     return dataclasses.field(default=None, metadata={"section": name})
 
 
-def moved_keys(schema: type) -> dict[str, str]:
-    """A Config's keys that went elsewhere, {old key: its new place} (its `MOVED` class attribute): a config that
-    sets one is told where it went; a checkpoint written with it is read without it."""
-    return vars(schema).get("MOVED", {})
+def moved_keys(schema: type) -> dict[str, tuple[str, ...]]:
+    """A Config's keys that went elsewhere, {old key: its new places} (its `MOVED` class attribute, each value a
+    dotted path or a tuple of them): a config that sets one is told where it went; a checkpoint written with it is
+    read as `upgrade_moved_keys` says."""
+    return {
+        key: (place,) if isinstance(place, str) else tuple(place)
+        for key, place in vars(schema).get("MOVED", {}).items()
+    }
+
+
+def upgrade_moved_keys(sections: dict) -> dict:
+    """A config written before some of its framework keys moved (a checkpoint's config.yaml) -> the config this
+    version reads: a key whose new place is in the framework section is set there (`readout_loss_weight: 1` ->
+    `auxiliary_losses: {readout: {weight: 1}}`, unless 0: an auxiliary loss of weight 0 is not built anyway); one
+    that moved out of it (a training option, e.g. alg1's schedule to trainer.loss_schedule) is dropped."""
+    framework = sections.get("framework")
+    if not isinstance(framework, dict) or framework.get("name") not in registry_kind("models"):
+        return sections  # parse_experiment names what is wrong with it
+    config_class = registry_kind("models").entry(framework["name"]).config_class
+    moved = moved_keys(config_class) if config_class is not None else {}
+    upgraded = {key: value for key, value in framework.items() if key not in moved}
+    for key, places in moved.items():
+        if key not in framework or framework[key] == 0:
+            continue
+        for place in places:
+            if place.startswith("framework."):
+                *parents, leaf = place.split(".")[1:]
+                node = upgraded
+                for parent in parents:
+                    node = node.setdefault(parent, {})
+                node[leaf] = framework[key]
+    return {**sections, "framework": upgraded}
 
 
 def registry_field(kind: str, default: str | None = None) -> Any:
@@ -54,6 +82,12 @@ def registry_field(kind: str, default: str | None = None) -> Any:
     if default is None:
         return dataclasses.field(default=None, metadata={"registry": kind})
     return dataclasses.field(default_factory=lambda: {"name": default}, metadata={"registry": kind})
+
+
+def registry_map(kind: str) -> Any:
+    """A config field holding any number of components of registry `kind`, keyed by their names:
+    `{name: {option: value}}` (each validated by that component's Config; empty by default)."""
+    return dataclasses.field(default_factory=dict, metadata={"registry_map": kind})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +228,7 @@ def validate(data: Any, schema: type, path: str = "") -> dict:
     moved = moved_keys(schema)
     for key in data:
         if key in moved:
-            raise ConfigError(f"{prefix}{key} moved to {moved[key]}; set it there")
+            raise ConfigError(f"{prefix}{key} moved to {' and '.join(moved[key])}; set it there")
         if key not in fields:
             suggestion = closest(str(key), list(fields))
             hint = f" — did you mean {prefix}{suggestion}?" if suggestion else f" (valid keys: {', '.join(fields)})"
@@ -215,6 +249,9 @@ def validate(data: Any, schema: type, path: str = "") -> dict:
             if dataclasses.is_dataclass(value):
                 value = dataclasses.asdict(value)
             result[name] = validate(value if value is not None else {}, CONFIG_SECTIONS.get(section), key_path)
+            continue
+        if "registry_map" in field.metadata:
+            result[name] = _validate_map(value, field.metadata["registry_map"], key_path)
             continue
         kind = field.metadata.get("registry")
         if kind is not None:
@@ -238,6 +275,26 @@ def validate(data: Any, schema: type, path: str = "") -> dict:
             raise ConfigError(f"{key_path}: expected {_type_name(annotation)}, got {type(value).__name__} ({value!r})")
         result[name] = float(value) if annotation is float else value
     return result
+
+
+def _validate_map(value: Any, kind: str, path: str) -> dict:
+    """A `registry_map` field: {component name: its options} -> each validated, defaults filled in, without `name`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path} must be a mapping of {kind} names to their options, got {value!r}")
+    checked = {}
+    for component, options in value.items():
+        options = {} if options is None else options
+        if not isinstance(options, dict):
+            raise ConfigError(f"{path}.{component} must be a mapping of options, got {options!r}")
+        try:
+            schema = registry_kind(kind).entry(str(component)).config_class
+        except KeyError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        full = validate({"name": component, **options}, schema, f"{path}.{component}") if schema else dict(options)
+        checked[component] = {k: v for k, v in full.items() if k != "name"}
+    return checked
 
 
 def to_dataclass(schema: type, data: dict, path: str = "") -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlablocks.core.auxiliary.losses import AuxiliaryLosses, upgrade_legacy_keys
 from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import ExperimentConfig, PlatformConfig
@@ -34,6 +35,20 @@ class Framework(nn.Module):
         super().__init__()
         self.config = config
         self.platform = platform
+        self._register_load_state_dict_pre_hook(_upgrade_legacy_keys)
+
+    def build_auxiliary_losses(
+        self, *, platform: PlatformConfig | None = None, has_fusion: bool = False
+    ) -> AuxiliaryLosses:
+        """The auxiliary losses of `config.auxiliary_losses` (vlablocks/core/auxiliary/), on this framework's VLM;
+        `platform` overrides the sizes they see (QwenPI05's readout: no state)."""
+        return AuxiliaryLosses(
+            type(self).__name__,
+            self.config.auxiliary_losses,
+            vlm=self.vlm,
+            platform=platform or self.platform,
+            has_fusion=has_fusion,
+        )
 
     def build_action_model(self, options: dict, cond_dim: int) -> nn.Module:
         """The registered action head named in `options`, sized by the platform."""
@@ -70,6 +85,13 @@ class Framework(nn.Module):
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def _upgrade_legacy_keys(state_dict: dict, prefix: str, *_: Any) -> None:
+    """A load_state_dict pre-hook: checkpoints written before `auxiliary_losses` load under the new key names."""
+    moved = {key[len(prefix) :]: state_dict.pop(key) for key in list(state_dict) if key.startswith(prefix)}
+    upgrade_legacy_keys(moved)
+    state_dict.update({prefix + key: value for key, value in moved.items()})
 
 
 def policy_names() -> list[str]:

@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlablocks.core.auxiliary.losses import upgrade_legacy_keys
+
 EMA_FILE = "ema.safetensors"
 STEP_KEY = "__ema_step__"
 
@@ -52,6 +54,7 @@ class EMA:
 
     def load(self, directory: Path) -> None:
         state = load_file(str(Path(directory) / EMA_FILE))
+        upgrade_legacy_keys(state)
         self.step = int(state.pop(STEP_KEY)[0])
         if set(state) != set(self.shadow):
             raise ValueError(f"{Path(directory) / EMA_FILE} averages other parameters than this model trains")
@@ -67,6 +70,7 @@ def load_ema_weights(model: nn.Module, directory: Path) -> None:
         raise FileNotFoundError(f"{directory} has no {EMA_FILE}: it was trained without trainer.ema_decay")
     state = load_file(str(path))
     state.pop(STEP_KEY, None)
+    upgrade_legacy_keys(state)
     parameters = dict(model.named_parameters())
     unknown = sorted(set(state) - set(parameters))
     if unknown:

@@ -12,8 +12,8 @@ The FAST tokenizer is part of the processor (vlablocks/core/processor/fast_token
 training set's normalized chunks (`Processor.fit`) unless `fast.path` names a fitted one, and saved with
 every checkpoint. The model only owns one VLM token per possible FAST id. Chunk steps padded at episode
 ends are part of the DCT (the dataset repeats the boundary frame, i.e. "hold").
-`readout_loss_weight` > 0: readout tokens close the prompt before the answer, with an auxiliary L1
-regression of the chunk from their hidden states that grounds the instruction (vlablocks/core/framework/readout.py).
+`auxiliary_losses: {readout: {weight: w}}`: readout tokens close the prompt before the answer, with an auxiliary L1
+regression of the chunk from their hidden states that grounds the instruction (vlablocks/core/auxiliary/readout.py).
 `use_proprio`: the normalized state s [B, S], projected, is added to the language model's final hidden states
 (the LM head's input) at every position of its row, in training, greedy decoding and RL sampling alike:
 
@@ -47,18 +47,19 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlablocks.core.action_model.hl_gauss import hl_gauss_targets
+from vlablocks.core.auxiliary.base import AuxiliaryInputs
 from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
-from vlablocks.core.config import PlatformConfig, registry_field
+from vlablocks.core.config import PlatformConfig, registry_field, registry_map
 from vlablocks.core.framework.answer_tokens import add_fast_tokens, answer_logits
 from vlablocks.core.framework.base import Framework
-from vlablocks.core.framework.readout import add_readout_loss, build_readout
 from vlablocks.core.processor.config import FASTOptions, StateTokenOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import FRAMEWORKS, VLMS
@@ -108,17 +109,18 @@ class QwenFAST(Framework):
         name: str = "QwenFAST"
         vlm: dict = registry_field("vlms", "qwen2_5_vl")
         fast: FASTOptions = dataclasses.field(default_factory=FASTOptions)
-        readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 action regression (framework/readout.py)
+        auxiliary_losses: dict = registry_map("auxiliary_losses")  # {name: options}, vlablocks/core/auxiliary/
         hl_gauss_sigma: float = 0.0  # > 0: HL-Gauss targets over the ordered FAST ids (needs fast.bpe_merges: false)
         use_proprio: bool = False  # add the projected state to the LM head's input (module docstring)
         answer_token_dropout: float = 0.0  # training: each answer input token -> <|fast_mask|> with this probability
         answer_mlp_hidden: int = 0  # > 0: a residual MLP of this width on the LM head's input (module docstring)
         state_tokens: bool = False  # the state also written into the prompt as bins (pi0-FAST; StateTokenOptions)
+        MOVED: ClassVar[dict[str, str]] = {"readout_loss_weight": "framework.auxiliary_losses.readout.weight"}
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
         self.vlm = build(VLMS, config.vlm)
-        self.readout = build_readout("QwenFAST", self.vlm, self.platform, config.readout_loss_weight, False)
+        self.auxiliary_losses = self.build_auxiliary_losses()
         if config.hl_gauss_sigma < 0 or (config.hl_gauss_sigma > 0 and config.fast.bpe_merges):
             raise ValueError(
                 f"QwenFAST: hl_gauss_sigma={config.hl_gauss_sigma} needs ordered FAST ids: set fast.bpe_merges: false "
@@ -165,7 +167,7 @@ class QwenFAST(Framework):
 
     def processor_options(self) -> dict:
         """The processor tokenizes the answers (and decodes generated ids) with its FAST tokenizer."""
-        suffix = self.readout.prompt_suffix if self.readout is not None else ""
+        suffix = self.auxiliary_losses.prompt_suffix
         options = {**super().processor_options(), "fast": self.config.fast, "prompt_suffix": suffix}
         return {**options, "state_tokens": StateTokenOptions()} if self.config.state_tokens else options
 
@@ -178,14 +180,13 @@ class QwenFAST(Framework):
         if self.training and self.mask_token_id is not None:
             inputs = drop_answer_inputs(inputs, labels, self.mask_token_id, self.config.answer_token_dropout)
         with self._state_at_head(batch):
-            out = self.vlm(inputs, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+            out = self.vlm(inputs, requested_token_ids=self.auxiliary_losses.token_ids)
         logits, targets = answer_logits(self.vlm, out, labels)
         if self.config.hl_gauss_sigma > 0:
             loss = -(self.soft_targets(targets, batch.action_vocab) * logits.log_softmax(-1)).sum(-1).mean()
         else:
             loss = F.cross_entropy(logits, targets)
-        losses = {"loss": loss}
-        return add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
+        return self.auxiliary_losses.add_to({"loss": loss}, AuxiliaryInputs(out, batch))
 
     def soft_targets(self, targets: torch.Tensor, action_vocab: int) -> torch.Tensor:
         """targets: [N] VLM ids -> [N, vocab] distributions: HL-Gauss over the FAST ids (ordered quantized

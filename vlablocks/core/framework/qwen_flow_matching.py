@@ -4,8 +4,8 @@
     VLM  -> hidden states of every layer [B, L, H] (+ mask, vision-token positions)
     head -> flow_matching (cross-attends to the last layer) or layerwise_flow_matching (one layer per block)
 
-`readout_loss_weight` > 0 adds T readout tokens and their L1 action regression as an auxiliary loss that
-grounds the instruction in the VLM; `insulate_vlm` stops the head's gradient at the VLM (framework/readout.py).
+`auxiliary_losses: {readout: {weight: w}}` adds T readout tokens and their L1 action regression that ground the
+instruction in the VLM (vlablocks/core/auxiliary/readout.py); `insulate_vlm` stops the head's gradient at the VLM.
 
 At inference the VLM prefix is encoded once; the head's Euler integration reuses that conditioning for
 all of its steps (nothing is recomputed per step).
@@ -15,16 +15,18 @@ Run this file to smoke-test it: `python vlablocks/core/framework/qwen_flow_match
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.auxiliary.base import AuxiliaryInputs
+from vlablocks.core.auxiliary.losses import require_vlm_training
 from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
-from vlablocks.core.config import PlatformConfig, registry_field
+from vlablocks.core.config import PlatformConfig, registry_field, registry_map
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.conditioning import vlm_conditioning
-from vlablocks.core.framework.readout import add_readout_loss, build_readout
 from vlablocks.core.registry import FRAMEWORKS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
 
@@ -40,25 +42,24 @@ class QwenFlowMatching(Framework):
         name: str = "QwenFlowMatching"
         vlm: dict = registry_field("vlms", "qwen2_5_vl")
         action_model: dict = registry_field("action_models", "flow_matching")
-        readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 action regression (framework/readout.py)
-        insulate_vlm: bool = False  # the head's gradient stops at the VLM (needs readout_loss_weight > 0)
+        auxiliary_losses: dict = registry_map("auxiliary_losses")  # {name: options}, vlablocks/core/auxiliary/
+        insulate_vlm: bool = False  # the head's gradient stops at the VLM (needs an auxiliary loss that trains it)
+        MOVED: ClassVar[dict[str, str]] = {"readout_loss_weight": "framework.auxiliary_losses.readout.weight"}
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
         self.vlm = build(VLMS, config.vlm)
         self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
-        self.readout = build_readout(
-            "QwenFlowMatching", self.vlm, self.platform, config.readout_loss_weight, config.insulate_vlm
-        )
+        self.auxiliary_losses = self.build_auxiliary_losses()
+        require_vlm_training("QwenFlowMatching", config.insulate_vlm, self.auxiliary_losses, learns_otherwise=False)
 
     def processor_options(self) -> dict:
-        """The readout tokens (if any) close every prompt."""
-        suffix = self.readout.prompt_suffix if self.readout is not None else ""
-        return {**super().processor_options(), "prompt_suffix": suffix}
+        """The auxiliary losses' tokens (the readouts, if any) close every prompt."""
+        return {**super().processor_options(), "prompt_suffix": self.auxiliary_losses.prompt_suffix}
 
     def encode(self, batch: Batch):
         """-> (VLMOutput, the head's Conditioning)."""
-        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
         return out, vlm_conditioning(out, insulate=self.config.insulate_vlm)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -66,7 +67,7 @@ class QwenFlowMatching(Framework):
         losses = self.action_model.compute_loss(
             conditioning, batch.actions, batch.action_is_pad, batch.state, action_dim_mask=batch.action_dim_mask
         )
-        return add_readout_loss(losses, self.readout, self.config.readout_loss_weight, out, batch)
+        return self.auxiliary_losses.add_to(losses, AuxiliaryInputs(out, batch))
 
     def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, torch.Tensor | None]:
         """-> (the head's Conditioning, state [B, S] or None): what the flow head's predict / invert / reconstruct

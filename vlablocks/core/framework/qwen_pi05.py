@@ -7,7 +7,7 @@ flow-matching action expert that alone acts at inference (docs/pi05.md).
     training:  one VLM pass over prompt + answer, then
                  L_fast = cross-entropy of the answer tokens                      (trains the VLM)
                  L_flow = flow-matching MSE of the expert, reading sg(h) at the prompt positions only
-                 loss   = fast_loss_weight * L_fast + flow_loss_weight * L_flow [+ readout_loss_weight * L1]
+                 loss   = fast_loss_weight * L_fast + flow_loss_weight * L_flow [+ w_readout * L1]
                sg = stop-gradient (`.detach()`) when `insulate_vlm` (knowledge insulation): the expert's
                gradient never reaches the VLM, and L_fast never depends on the expert. insulate_vlm false
                (the ablation): L_flow backpropagates into the VLM too.
@@ -18,8 +18,9 @@ The expert never sees the answer positions: at training they hold the teacher-fo
 inference they do not exist. Prompt positions are causal, so their hidden states are the same with or without
 the answer after them: the expert reads at training exactly what it reads at inference (tests/test_pi05.py).
 The state reaches the model only as prompt tokens: the expert (and the readout regression) has no state input.
-`readout_loss_weight` > 0 adds readout tokens with their L1 regression on the VLM (framework/readout.py), a
-grounding objective for a VLM trained from scratch (the toy config); 0 is the plain recipe.
+`auxiliary_losses: {readout: {weight: w}}` adds readout tokens with their L1 regression on the VLM
+(vlablocks/core/auxiliary/readout.py), a grounding objective for a VLM trained from scratch (the toy config);
+none is the plain recipe.
 Run this file to smoke-test it: `python vlablocks/core/framework/qwen_pi05.py [--config-yaml F] [overrides]`.
 """
 
@@ -27,18 +28,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.auxiliary.base import AuxiliaryInputs
+from vlablocks.core.auxiliary.losses import require_vlm_training
 from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
-from vlablocks.core.config import PlatformConfig, registry_field
+from vlablocks.core.config import PlatformConfig, registry_field, registry_map
 from vlablocks.core.framework.answer_tokens import add_fast_tokens, answer_logits
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.conditioning import vlm_conditioning
-from vlablocks.core.framework.readout import build_readout
 from vlablocks.core.processor.config import FASTOptions, StateTokenOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS, VLMS
@@ -70,7 +73,8 @@ class QwenPI05(Framework):
         fast_loss_weight: float = 1.0
         flow_loss_weight: float = 1.0
         insulate_vlm: bool = True  # knowledge insulation: the expert reads sg(VLM states); false for the ablation
-        readout_loss_weight: float = 0.0  # > 0: readout tokens + their L1 regression on the VLM (framework/readout.py)
+        auxiliary_losses: dict = registry_map("auxiliary_losses")  # {name: options}, vlablocks/core/auxiliary/
+        MOVED: ClassVar[dict[str, str]] = {"readout_loss_weight": "framework.auxiliary_losses.readout.weight"}
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
@@ -78,11 +82,6 @@ class QwenPI05(Framework):
             raise ValueError(
                 f"QwenPI05: need fast_loss_weight >= 0 and flow_loss_weight > 0 (the expert is what acts), got "
                 f"{config.fast_loss_weight}, {config.flow_loss_weight}"
-            )
-        if config.insulate_vlm and config.fast_loss_weight == 0 and config.readout_loss_weight == 0:
-            raise ValueError(
-                "QwenPI05: an insulated VLM with fast_loss_weight 0 and readout_loss_weight 0 learns nothing; "
-                "set fast_loss_weight > 0"
             )
         self.vlm = build(VLMS, config.vlm)
         self.fast_token_ids = add_fast_tokens(self.vlm, config.fast)
@@ -95,28 +94,31 @@ class QwenPI05(Framework):
             state_dim=0,
             cond_dim=self.vlm.hidden_size,
         )
-        # The VLM learns from the FAST loss, so an insulated VLM needs no readout loss (insulate=False here); the
-        # readouts regress the chunk without a state projection (state_dim 0): the state is in the prompt.
-        stateless = dataclasses.replace(platform, state_dim=0)
-        self.readout = build_readout("QwenPI05", self.vlm, stateless, config.readout_loss_weight, False)
+        # The readouts regress the chunk without a state projection (state_dim 0): the state is in the prompt.
+        self.auxiliary_losses = self.build_auxiliary_losses(platform=dataclasses.replace(platform, state_dim=0))
+        # An insulated VLM learns from the FAST loss (or an auxiliary loss); with neither it learns nothing.
+        require_vlm_training("QwenPI05", config.insulate_vlm, self.auxiliary_losses, config.fast_loss_weight > 0)
 
     def processor_options(self) -> dict:
         """The state as prompt tokens, FAST answers for training, the readout tokens (if any) closing the prompt."""
-        suffix = self.readout.prompt_suffix if self.readout is not None else ""
         return {
             **super().processor_options(),
             "fast": self.config.fast,
             "state_tokens": self.config.state_tokens,
-            "prompt_suffix": suffix,
+            "prompt_suffix": self.auxiliary_losses.prompt_suffix,
         }
 
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """-> {"fast": answer cross-entropy, "flow": the expert's flow-matching loss, ["readout": L1]}: scalars,
-        unweighted and differentiable, from one VLM pass over prompt + answer."""
+        """-> {"fast": answer cross-entropy, "flow": the expert's flow-matching loss}: scalars, unweighted and
+        differentiable, from one VLM pass over prompt + answer."""
+        return self._terms(batch)[0]
+
+    def _terms(self, batch: Batch) -> tuple[dict[str, torch.Tensor], object]:
+        """-> (loss_terms, the VLMOutput they came from)."""
         labels = batch.vlm.labels
         if labels is None or batch.actions is None:
             raise ValueError("QwenPI05.forward needs actions and FAST answer labels: the samples must have 'action'")
-        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
         logits, targets = answer_logits(self.vlm, out, labels)
         conditioning = prefix_conditioning(out, labels, insulate=self.config.insulate_vlm)
         terms = {
@@ -125,27 +127,21 @@ class QwenPI05(Framework):
                 conditioning, batch.actions, batch.action_is_pad, action_dim_mask=batch.action_dim_mask
             )["loss"],
         }
-        if self.readout is not None:
-            terms["readout"] = self.readout.loss(out, batch.actions, batch.action_is_pad, None, batch.action_dim_mask)
-        return terms
+        return terms, out
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """-> {"loss": the weighted sum, "log": {"fast_loss", "flow_loss" [, "readout_loss"]}: each term, detached
-        (metrics.jsonl records them per step)}."""
-        terms = self.loss_terms(batch)
-        config = self.config
-        weights = {
-            "fast": config.fast_loss_weight,
-            "flow": config.flow_loss_weight,
-            "readout": config.readout_loss_weight,
-        }
+        """-> {"loss": the weighted sum, "log": {"fast_loss", "flow_loss"}: each term, detached (metrics.jsonl records
+        them per step)}; with auxiliary losses also "action_loss" (the FAST + flow part) and "<name>_loss"."""
+        terms, out = self._terms(batch)
+        weights = {"fast": self.config.fast_loss_weight, "flow": self.config.flow_loss_weight}
         loss = sum(weights[name] * term for name, term in terms.items())
-        return {"loss": loss, "log": {f"{name}_loss": term.detach() for name, term in terms.items()}}
+        losses = {"loss": loss, "log": {f"{name}_loss": term.detach() for name, term in terms.items()}}
+        return self.auxiliary_losses.add_to(losses, AuxiliaryInputs(out, batch))
 
     def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, None]:
         """-> (the expert's Conditioning over the prompt positions, None): the expert has no state input (the state
         is in the prompt), so its predict / invert / reconstruct take state None. Detached: nothing trains here."""
-        out = self.vlm(batch.vlm, requested_token_ids=self.readout.token_ids if self.readout is not None else ())
+        out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
         return prefix_conditioning(out, batch.vlm.labels, insulate=True), None
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:

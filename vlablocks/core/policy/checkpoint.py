@@ -21,12 +21,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlablocks.core.config import ExperimentConfig, load_yaml, moved_keys, parse_experiment, to_yaml
+from vlablocks.core.config import ExperimentConfig, load_yaml, parse_experiment, to_yaml, upgrade_moved_keys
 from vlablocks.core.framework.base import Framework, build_framework
 from vlablocks.core.framework.ema import load_ema_weights
 from vlablocks.core.manifest import read_json, verify_manifest
 from vlablocks.core.processor.pipeline import PROCESSOR_DIR, Processor, build_processor
-from vlablocks.core.registry import MODELS
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -62,23 +61,12 @@ def load_checkpoint(directory: str | os.PathLike, weights: str = "model") -> tup
     if weights not in ("model", "ema"):
         raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
     verify_manifest(directory)  # a truncated config or corrupt weights are refused, the file named
-    experiment = parse_experiment(without_moved_keys(load_yaml(directory / CONFIG_FILE)))
+    experiment = parse_experiment(upgrade_moved_keys(load_yaml(directory / CONFIG_FILE)))
     model = build_framework(experiment)
     load_weights(model, directory)
     if weights == "ema":
         load_ema_weights(model, directory)
     return model, load_processor(directory, experiment, model)
-
-
-def without_moved_keys(sections: dict) -> dict:
-    """The checkpoint's sections without the framework keys its model's Config lists as MOVED (training options
-    that moved elsewhere, e.g. alg1's schedule to trainer.loss_schedule): a model is rebuilt without them."""
-    framework = sections.get("framework")
-    if not isinstance(framework, dict) or framework.get("name") not in MODELS:
-        return sections  # parse_experiment names what is wrong with it
-    config_class = MODELS.entry(framework["name"]).config_class
-    moved = moved_keys(config_class) if config_class is not None else {}
-    return {**sections, "framework": {k: v for k, v in framework.items() if k not in moved}}
 
 
 def load_processor(directory: Path, experiment: ExperimentConfig, model: Framework) -> Processor:

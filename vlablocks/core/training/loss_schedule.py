@@ -10,7 +10,8 @@ weight is
                 = (s - N) / M          N < s < N + M        (phase B: a linear ramp; M = 0 skips it)
                 = 1                    s >= N + M           (after: full weight)
 
-and the auxiliary losses keep their configured weights (`loss_w_dyn`, `loss_w_geo`, `loss_w_reg`) in every phase:
+and the auxiliary losses that do not predict actions keep their configured weights (`framework.auxiliary_losses`:
+alg1_dyn, alg1_geo, alg1_reg) in every phase:
 
     loss(s) = w_action(s) * action_loss + (loss - action_loss)      (loss, action_loss: the model's forward)
 
@@ -72,7 +73,7 @@ def scheduled_loss(outputs: dict, schedule: PhaseSchedule, step: int) -> torch.T
     if "action_loss" not in outputs:
         raise ValueError(
             "trainer.loss_schedule weights the action loss, but this framework's forward reports no `action_loss` "
-            "beside its loss (QwenLayerwiseFM3D with auxiliary losses does); drop trainer.loss_schedule"
+            "beside its loss (any framework with framework.auxiliary_losses does); drop trainer.loss_schedule"
         )
     action = outputs["action_loss"]
     return schedule.action_weight(step) * action + (outputs["loss"] - action)

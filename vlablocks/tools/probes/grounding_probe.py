@@ -73,9 +73,11 @@ def token_groups(policy: Policy, input_ids: torch.Tensor) -> dict[str, torch.Ten
     colour_ids = {i for c in COLOURS for word in (c, f" {c}") for i in vlm.tokenizer.encode(word)}
     vision = input_ids == vlm.image_token_id
     colour = torch.isin(input_ids, torch.tensor(sorted(colour_ids)))
-    readout_module = getattr(policy.model, "readout", None)
-    readouts = getattr(readout_module, "token_ids", None) or getattr(policy.model, "query_token_ids", None) or [-1]
-    readout = torch.isin(input_ids, torch.tensor(readouts))  # readout tokens, or QwenOFT's action queries
+    auxiliary = getattr(policy.model, "auxiliary_losses", None)  # QwenOFT has none
+    readouts = (auxiliary.token_ids if auxiliary is not None else None) or getattr(
+        policy.model, "query_token_ids", None
+    )
+    readout = torch.isin(input_ids, torch.tensor(readouts or [-1]))  # readout tokens, or QwenOFT's action queries
     padding = input_ids == vlm.tokenizer.pad_token_id
     return {
         "vision": vision,

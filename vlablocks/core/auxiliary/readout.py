@@ -4,7 +4,7 @@ for frameworks whose own loss does not (flow matching; FAST tokens). docs/result
     prompt = chat(views..., instruction) + <|readout_0|> ... <|readout_{T-1}|>
     VLM    -> hidden states h_t of the T readout tokens [B, T, H] (+ proprio: W_s state, as QwenOFT)
     loss   = mean over valid steps of |W h_t - a_t|_1                      (OpenVLA-OFT's L1 objective)
-    total  = the head's loss (flow matching, FAST cross-entropy) + readout_loss_weight * loss
+    total  = the head's loss (flow matching, FAST cross-entropy) + weight * loss      (auxiliary_losses.readout)
 
 Why: a flow-matching head's gradient reaches the VLM weak and noisy (a random noise and time per sample;
 and none at all at initialization under adaLN-Zero), so a VLM trained from scratch learns where the blocks
@@ -14,34 +14,52 @@ queries do; the flow head then reads them with the rest of the prompt. `insulate
 insulation) additionally stops the head's gradient at the VLM's outputs: the VLM learns from the readout
 loss alone and the head learns to use what it provides.
 At inference the readouts are part of the prompt (the head reads them, the FAST answer follows them);
-their regression is not used.
+their regression is not used. The state projection is left out (`state_projection: false`, or a framework
+that builds it with state_dim 0, as QwenPI05 does: its state is in the prompt).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vlablocks.core.action_model.masking import masked_mean
+from vlablocks.core.auxiliary.base import AuxiliaryInputs, AuxiliaryLoss
+from vlablocks.core.registry import AUXILIARY_LOSSES
 
 READOUT_TOKEN_PREFIX = "<|readout_"
 
 
-class ReadoutRegression(nn.Module):
+@AUXILIARY_LOSSES.register("readout")
+class ReadoutRegression(AuxiliaryLoss):
     """T readout tokens closing the prompt and the L1 regression of the action chunk from their hidden states."""
 
-    def __init__(self, vlm, action_horizon: int, action_dim: int, state_dim: int) -> None:
-        super().__init__()
-        self.tokens = [f"{READOUT_TOKEN_PREFIX}{i}|>" for i in range(action_horizon)]
-        self.token_ids = vlm.add_special_tokens(self.tokens)
-        self.proj = nn.Linear(vlm.hidden_size, action_dim)
-        self.proprio = nn.Linear(state_dim, vlm.hidden_size) if state_dim > 0 else None
+    trains_vlm = True
+    predicts_actions = True
 
-    @property
-    def prompt_suffix(self) -> str:
-        return "".join(self.tokens)
+    @dataclass(frozen=True)
+    class Config:
+        name: str = "readout"
+        weight: float = 0.0  # w in `total` above; 0: no readout tokens, no parameters
+        state_projection: bool = True  # add W_s state to the readout states (as QwenOFT's proprio)
 
-    def loss(
+    def __init__(self, config: Config, *, vlm, platform) -> None:
+        super().__init__(config.weight)
+        self.prompt_tokens = [f"{READOUT_TOKEN_PREFIX}{i}|>" for i in range(platform.action_horizon)]
+        self.token_ids = vlm.add_special_tokens(self.prompt_tokens)
+        self.proj = nn.Linear(vlm.hidden_size, platform.action_dim)
+        with_state = config.state_projection and platform.state_dim > 0
+        self.proprio = nn.Linear(platform.state_dim, vlm.hidden_size) if with_state else None
+
+    def forward(self, inputs: AuxiliaryInputs) -> torch.Tensor:
+        batch = inputs.batch
+        return self.regression(
+            inputs.vlm_output, batch.actions, batch.action_is_pad, batch.state, batch.action_dim_mask
+        )
+
+    def regression(
         self,
         out,
         actions: torch.Tensor,
@@ -58,27 +76,3 @@ class ReadoutRegression(nn.Module):
             hidden = hidden + self.proprio(state.to(self.proprio.weight.dtype)).to(hidden.dtype).unsqueeze(1)
         predicted = self.proj(hidden.to(self.proj.weight.dtype))  # a bf16 VLM may feed it outside autocast
         return masked_mean((predicted - actions.to(predicted.dtype)).abs(), action_is_pad, action_dim_mask)
-
-
-def build_readout(owner: str, vlm, platform, weight: float, insulate: bool) -> ReadoutRegression | None:
-    """The readout regression a framework config asks for (None when `weight` is 0), after checking the options."""
-    if weight < 0 or (insulate and weight == 0):
-        raise ValueError(
-            f"{owner}: readout_loss_weight={weight}, insulate_vlm={insulate}: the weight must be >= 0, and an "
-            "insulated VLM needs readout_loss_weight > 0 to learn anything"
-        )
-    if weight == 0:
-        return None
-    return ReadoutRegression(vlm, platform.action_horizon, platform.action_dim, platform.state_dim)
-
-
-def add_readout_loss(losses: dict, readout: ReadoutRegression | None, weight: float, out, batch) -> dict:
-    """losses["loss"] (the head's) + weight * the readout loss; both parts kept, detached, for logging."""
-    if readout is None:
-        return losses
-    extra = readout.loss(out, batch.actions, batch.action_is_pad, batch.state, batch.action_dim_mask)
-    return {
-        "loss": losses["loss"] + weight * extra,
-        "head_loss": losses["loss"].detach(),
-        "readout_loss": extra.detach(),
-    }

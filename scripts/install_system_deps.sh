@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vlablocks needs: ffmpeg (torchcodec video decoding), libosmesa6
 # (MuJoCo CPU rendering with MUJOCO_GL=osmesa), libgl1 and libglib2.0-0 (opencv, pulled in by gym-pusht),
-# chromium-headless-shell (the tests open the eval report page in headless Chromium and screenshot it).
+# chromium-headless-shell and tesseract-ocr (a test opens the eval report page in headless Chromium, screenshots it
+# and reads the tables off the screenshot).
 # Idempotent: does nothing when all are present.
 set -euo pipefail
-PACKAGES=(ffmpeg libosmesa6 libgl1 libglib2.0-0 chromium-headless-shell)
+PACKAGES=(ffmpeg libosmesa6 libgl1 libglib2.0-0 chromium-headless-shell tesseract-ocr tesseract-ocr-eng)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

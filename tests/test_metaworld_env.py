@@ -3,6 +3,8 @@ the corner2 view pixel for pixel as LeRobot's own wrapper renders it."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,19 @@ def test_the_scripted_expert_succeeds_and_success_ends_the_episode():
         assert info["success"] and steps < 150 and info["steps"] == steps
     finally:
         env.close()
+
+
+def test_eval_command_runs_a_suite_and_refuses_it_on_another_env(tmp_path, capsys):
+    from vlablocks.cli.main import main as cli
+
+    out = tmp_path / "eval"
+    command = ["eval", "--env", "metaworld", "--policy", "expert", "--tasks", "reach", "--episodes-per-task", "2"]
+    assert cli([*command, "--out", str(out), "--image_size=32", "--max_steps=150"]) == 0
+    printed = capsys.readouterr().out
+    assert "reach-v3                     easy      100.0% (2/2" in printed and "wrong instruction 100%" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"]["successes"] == 2 and summary["protocol"]["env"]["max_steps"] == 150
+    assert summary["wrong_instruction"]["tasks"]["reach-v3"]["per_episode"][0]["seed"] == 1000
+    assert (out / "report.html").is_file() and (out / "reach-v3" / "episode_000_success.gif").is_file()
+    assert cli(["eval", "--env", "toy", "--policy", "random", "--tasks", "mt10", "--out", str(tmp_path / "x")]) == 2
+    assert "--tasks runs a Meta-World suite: use --env metaworld" in capsys.readouterr().err

@@ -57,6 +57,22 @@ def test_schedule_is_step_exact_at_every_phase_boundary():
         schedule.action_weight(0)
 
 
+def test_action_first_order_ramps_the_auxiliary_losses_in_instead():
+    """The StarVLA-3D draft's order: the action loss at full weight throughout, the auxiliary part off for N steps
+    and ramped in over M; hand-computed on a made-up forward (loss 5 = action 2 + auxiliary 3)."""
+    schedule = PhaseSchedule(phase_a_steps=2, ramp_steps=4, order="action_first")
+    outputs = {"loss": torch.tensor(5.0), "action_loss": torch.tensor(2.0)}
+    # steps 1-2: 2 + 0 * 3; ramp 3-5: 2 + 1/4, 2/4, 3/4 of 3; from step 6 = N + M: 2 + 3
+    expected = {1: 2.0, 2: 2.0, 3: 2.75, 4: 3.5, 5: 4.25, 6: 5.0, 50: 5.0}
+    assert {s: float(scheduled_loss(outputs, schedule, s)) for s in expected} == pytest.approx(expected)
+    assert [schedule.action_weight(s) for s in (1, 4, 9)] == [1.0, 1.0, 1.0]
+    assert [schedule.auxiliary_weight(s) for s in (1, 4, 9)] == [0.0, 0.5, 1.0]
+    geometry_first = PhaseSchedule(phase_a_steps=2, ramp_steps=4)
+    assert float(scheduled_loss(outputs, geometry_first, 4)) == pytest.approx(0.5 * 2.0 + 3.0)
+    with pytest.raises(ValueError, match="order must be one of geometry_first, action_first"):
+        PhaseSchedule(1, 1, order="aux_first")
+
+
 @pytest.fixture(scope="module")
 def heights_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("toy3d") / "data"
@@ -268,6 +284,7 @@ def test_vlablocks_train_logs_the_scheduled_weights_step_by_step(heights_data, t
     train(load_config(ROOT / "configs/experiments/toy3d/spatial_concat_geo_tokenwise_alg1.yaml", overrides))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["weight_action"] for r in records] == [0.0, 0.5, 1.0, 1.0]
+    assert [r["weight_auxiliary"] for r in records] == [1.0, 1.0, 1.0, 1.0]
     assert all(
         {"alg1_dyn_loss", "alg1_geo_loss", "alg1_reg_loss", "readout_loss", "action_loss"} <= set(r) for r in records
     )

@@ -8,11 +8,14 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class LossScheduleConfig:
-    """`trainer.loss_schedule` (vlablocks/core/training/loss_schedule.py): the action loss off for the first
-    `phase_a_steps` optimizer steps, then ramped in linearly over `ramp_steps` (alg1); both 0: no schedule."""
+    """`trainer.loss_schedule` (vlablocks/core/training/loss_schedule.py): one part of the loss alone for the first
+    `phase_a_steps` optimizer steps, then the other ramped in linearly over `ramp_steps` (alg1); both 0: no schedule.
+    `order`: geometry_first (the auxiliary losses first, the action loss ramped in: what issue 21 asked) or
+    action_first (the action loss first, the auxiliary losses ramped in: the StarVLA-3D fork's draft)."""
 
     phase_a_steps: int = 0
     ramp_steps: int = 0
+    order: Literal["geometry_first", "action_first"] = "geometry_first"
 
 
 @dataclass(frozen=True)

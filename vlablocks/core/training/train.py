@@ -100,7 +100,8 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     if ema is not None and resume_from is not None:
         ema.load(resume_from)
     accum = trainer.gradient_accumulation_steps
-    schedule = PhaseSchedule(trainer.loss_schedule.phase_a_steps, trainer.loss_schedule.ramp_steps)
+    options = trainer.loss_schedule
+    schedule = PhaseSchedule(options.phase_a_steps, options.ramp_steps, options.order)
     batches = micro_batches(
         dataset,
         trainer.batch_size,
@@ -152,6 +153,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
         metrics = {"loss": step_loss, "lr": lr, "data_ms": 1e3 * data_wait, **logged}
         if schedule.active:
             metrics["weight_action"] = schedule.action_weight(step)
+            metrics["weight_auxiliary"] = schedule.auxiliary_weight(step)
         if periodic_eval is not None and step % trainer.eval_every == 0:
             metrics["eval_success"] = periodic_eval(policy, step)
         logger.log(step, metrics, samples)

@@ -51,7 +51,9 @@ def norm_stats(name: str, action_mean: list[float], action_std: list[float], sta
 # ---- without the simulators ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env_name, package", [("aloha_transfer_cube", "gym_aloha"), ("pusht", "gym_pusht")])
+@pytest.mark.parametrize(
+    "env_name, package", [("aloha_transfer_cube", "gym_aloha"), ("pusht", "gym_pusht"), ("metaworld", "metaworld")]
+)
 def test_a_missing_simulator_fails_only_when_built_naming_the_extra(monkeypatch, env_name, package):
     monkeypatch.setitem(sys.modules, package, None)  # `import package` now raises ImportError
     assert env_name in EVAL_ENVS.names()
@@ -60,14 +62,14 @@ def test_a_missing_simulator_fails_only_when_built_naming_the_extra(monkeypatch,
 
 
 def test_listing_envs_needs_no_simulator_package():
-    blocked = ["gym_aloha", "gym_pusht", "dm_control", "mujoco", "pymunk", "pygame"]
+    blocked = ["gym_aloha", "gym_pusht", "metaworld", "dm_control", "mujoco", "pymunk", "pygame"]
     code = (
         f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
         "from vlablocks.cli.main import main; sys.exit(main(['list', 'eval_envs']))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert all(name in result.stdout for name in ("aloha_transfer_cube", "pusht", "toy")), result.stdout
+    assert all(name in result.stdout for name in ("aloha_transfer_cube", "pusht", "metaworld", "toy")), result.stdout
 
 
 def test_env_options_are_validated_against_the_config():

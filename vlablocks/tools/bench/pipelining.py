@@ -3,7 +3,8 @@
 Serves a tiny QwenOFT in a child process with `--max-connections C` and `--max-payload-mb M`, then opens
 more connections than C, each sending frames just under M MiB as fast as the socket takes them without
 reading a reply (a malformed-camera observation: decoded, then refused). The server's resident memory is
-sampled every 20 ms; its growth over the idle server is compared with the bound the limits imply:
+sampled every 20 ms; its growth over the idle server is compared with the bound the limits imply, and measured
+again 2 s after the attackers closed (`rss_after_close_mb`: what the server kept):
 
     bound = C x (MAX_QUEUED_FRAMES + 2) x M   frames read ahead, the one being received, its decoded copy
 
@@ -31,6 +32,7 @@ from vlablocks.core.flags import FlagParser
 from vlablocks.core.serving.server import MAX_QUEUED_FRAMES, running_server
 
 SAMPLE_S = 0.02
+SETTLE_S = 2.0  # after the attackers close: the server hands their buffers back (core/serving/slots.py)
 
 
 def rss_bytes(pid: int) -> int:
@@ -90,6 +92,8 @@ def run(max_connections: int, max_payload_mb: float, attackers: int, frames: int
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
+        time.sleep(SETTLE_S)  # the attackers' connections are closed: what the server still holds
+        after = rss_bytes(child.pid)
         alive = child.poll() is None
     finally:
         child.stdin.close()
@@ -104,6 +108,7 @@ def run(max_connections: int, max_payload_mb: float, attackers: int, frames: int
         "bytes_sent_mb": round(outcome["sent"] * len(frame) / 2**20, 1),
         "connections_refused": outcome["refused"],
         "rss_growth_mb": round(growth / 2**20, 1),
+        "rss_after_close_mb": round((after - idle) / 2**20, 1),
         "bound_mb": round(bound / 2**20, 1),
         "growth_over_bound": round(growth / bound, 3),
         "server_alive": alive,

@@ -1,6 +1,11 @@
-"""FiLM of vision tokens by the instruction (OpenVLA-OFT): a `vision_hook` for the VLM backbone."""
+"""FiLM of vision features by the instruction (OpenVLA-OFT): on the merged vision tokens before the LLM (a
+`vision_hook`, `film: vision_tokens`) or inside every vision-transformer block (OFT+'s, `film: vision_blocks`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import nn
@@ -27,3 +32,64 @@ class InstructionFiLM(nn.Module):
         gamma, beta = scale_shift.chunk(2, dim=-1)
         sample = info.batch_index  # [N] sample of each vision token
         return image_embeds * (1 + gamma[sample]) + beta[sample]
+
+
+def instruction_embedding(vlm, inputs) -> torch.Tensor:
+    """The mean input embedding of each sample's real, non-vision tokens: [B, H] (what FiLM is conditioned on)."""
+    embeds = vlm.model.get_input_embeddings()(inputs.input_ids)
+    text = inputs.attention_mask.bool() & (inputs.input_ids != vlm.image_token_id)
+    weights = text.unsqueeze(-1).to(embeds.dtype)
+    return (embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def patch_samples(inputs) -> torch.Tensor:
+    """The sample of every vision-tower patch, [P] long: images are packed in sample order, t * h * w patches each
+    (Qwen2.5-VL's window reordering stays within an image, so the ranges hold inside every block)."""
+    per_image = inputs.image_grid_thw.prod(-1)
+    image_sample = torch.repeat_interleave(
+        torch.arange(len(inputs.views_per_sample), device=per_image.device),
+        inputs.views_per_sample.to(per_image.device),
+    )
+    return torch.repeat_interleave(image_sample, per_image)
+
+
+class VisionBlockFiLM(nn.Module):
+    """OpenVLA-OFT+'s FiLM inside the vision transformer: the output x_l [P, C] of every block l becomes
+
+        x_l * (1 + gamma_l[b(p)]) + beta_l[b(p)],      [gamma_l, beta_l] = W_l e_b + c_l
+
+    with e_b [H] the mean instruction embedding of sample b (`instruction_embedding`), b(p) the sample of patch p,
+    and W_l, c_l zero-initialised (each block starts as the identity). `framework.film: vision_blocks` in QwenOFT.
+    """
+
+    def __init__(self, text_dim: int, vision_dim: int, num_blocks: int) -> None:
+        super().__init__()
+        self.to_scale_shift = nn.ModuleList(nn.Linear(text_dim, 2 * vision_dim) for _ in range(num_blocks))
+        for layer in self.to_scale_shift:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @contextmanager
+    def applied(self, vlm, inputs) -> Iterator[None]:
+        """Within the block, every vision block of `vlm` is FiLM-ed for these inputs (hooks removed on exit)."""
+        blocks = vlm.model.model.visual.blocks
+        if len(blocks) != len(self.to_scale_shift):
+            raise ValueError(f"VisionBlockFiLM has {len(self.to_scale_shift)} layers for {len(blocks)} vision blocks")
+        pooled = instruction_embedding(vlm, inputs)
+        samples = patch_samples(inputs)
+        handles = [
+            block.register_forward_hook(partial(self._modulate, layer, pooled, samples))
+            for block, layer in zip(blocks, self.to_scale_shift)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @staticmethod
+    def _modulate(layer: nn.Linear, pooled: torch.Tensor, samples: torch.Tensor, module, args, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"VisionBlockFiLM expects a vision block returning a tensor, got {type(output).__name__}")
+        gamma, beta = layer(pooled.to(layer.weight.dtype)).to(output.dtype).chunk(2, dim=-1)  # [B, C] each
+        return output * (1 + gamma[samples]) + beta[samples]

@@ -1,9 +1,17 @@
 """QwenOFT: OpenVLA-OFT on a Qwen-VL backbone — action queries decoded in parallel in one forward pass.
 
-    prompt = chat(views..., instruction) + <act_0> ... <act_{Q-1}>
+    prompt = chat(views..., instruction) [+ <|proprio|>] + <act_0> ... <act_{Q-1}>
     VLM  -> hidden states of the Q action-query tokens [B, Q, H]
          (+ proprio projector: the normalized state projected to H and added to every query state)
     head -> normalized actions [B, T, D]  (l1_regression by default, or diffusion)
+
+OpenVLA-OFT options (docs/fidelity.md), each off by default:
+  action_attention: bidirectional   the action queries attend to each other (and to the whole prompt, which stays
+                                    causal): OFT's parallel decoding (vlablocks/core/vlm/attention.py)
+  proprio: llm_token                the state projected into one LLM input token before the queries, instead of
+                                    added to the query outputs (vlablocks/core/framework/proprio.py)
+  film: vision_blocks               with use_film, FiLM from the mean instruction embedding in every
+                                    vision-transformer block (OFT+), instead of once on the merged vision tokens
 
 Co-training (docs/cotraining.md): batches may mix vision-language samples (`batch.is_robot` False), whose answer
 is trained by cross-entropy through the same VLM pass (framework/cotraining.py) while only the robot rows reach the
@@ -15,7 +23,9 @@ Run this file to smoke-test it: `python vlablocks/core/framework/qwen_oft.py [--
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -34,7 +44,8 @@ from vlablocks.core.framework.cotraining import (
     select_rows,
     zero_touch,
 )
-from vlablocks.core.framework.film import InstructionFiLM
+from vlablocks.core.framework.film import InstructionFiLM, VisionBlockFiLM
+from vlablocks.core.framework.proprio import PROPRIO_TOKEN, ProprioToken
 from vlablocks.core.registry import FRAMEWORKS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
 
@@ -50,8 +61,11 @@ class QwenOFT(Framework):
         name: str = "QwenOFT"
         vlm: dict = registry_field("vlms", "qwen2_5_vl")
         action_model: dict = registry_field("action_models", "l1_regression")
-        use_proprio: bool = True  # project the normalized state into the query hidden states
-        use_film: bool = False  # instruction-conditioned scale/shift of the vision tokens
+        use_proprio: bool = True  # the normalized state enters the model (where: `proprio`)
+        proprio: Literal["query_outputs", "llm_token"] = "query_outputs"  # added to the query states, or OFT's token
+        use_film: bool = False  # instruction-conditioned scale/shift of the vision features (where: `film`)
+        film: Literal["vision_tokens", "vision_blocks"] = "vision_tokens"  # once before the LLM, or per ViT block
+        action_attention: Literal["causal", "bidirectional"] = "causal"  # bidirectional: OFT's parallel decoding
         query_token_prefix: str = "<|act_"
         vl_loss_weight: float = 1.0  # co-training: weight of the VL samples' answer cross-entropy
 
@@ -63,17 +77,43 @@ class QwenOFT(Framework):
         num_queries = getattr(self.action_model, "num_query_tokens", self.platform.action_horizon)
         self.query_tokens = [f"{config.query_token_prefix}{i}|>" for i in range(num_queries)]
         self.query_token_ids = self.vlm.add_special_tokens(self.query_tokens)
-        self.proprio = nn.Linear(self.platform.state_dim, hidden) if config.use_proprio else None
-        self.film = InstructionFiLM(hidden) if config.use_film else None
+        self.proprio = self.proprio_token = None
+        if config.use_proprio and config.proprio == "query_outputs":
+            self.proprio = nn.Linear(self.platform.state_dim, hidden)
+        elif config.use_proprio:
+            self.proprio_token = ProprioToken(self.vlm, self.platform.state_dim)
+        self.film = self.vision_film = None
+        if config.use_film and config.film == "vision_tokens":
+            self.film = InstructionFiLM(hidden)
+        elif config.use_film:
+            vision = self.vlm.model.config.vision_config
+            self.vision_film = VisionBlockFiLM(hidden, vision.hidden_size, len(self.vlm.model.model.visual.blocks))
 
     def processor_options(self) -> dict:
-        """The action queries close every prompt; the state is needed by the proprio projector or the head."""
-        use_state = self.proprio is not None or bool(self.config.action_model.get("use_state", False))
-        return {**super().processor_options(), "prompt_suffix": "".join(self.query_tokens), "use_state": use_state}
+        """The action queries (after the proprio token, if any) close every prompt; the state is needed by the
+        proprio projector or token, or the head."""
+        use_state = self.config.use_proprio or bool(self.config.action_model.get("use_state", False))
+        suffix = (PROPRIO_TOKEN if self.proprio_token is not None else "") + "".join(self.query_tokens)
+        return {**super().processor_options(), "prompt_suffix": suffix, "use_state": use_state}
+
+    def encode(self, batch: Batch):
+        """The VLM pass over the prompt -> VLMOutput, with this config's proprio token, FiLM and query attention."""
+        bidirectional = self.query_token_ids if self.config.action_attention == "bidirectional" else ()
+        with ExitStack() as stack:
+            if self.proprio_token is not None:
+                stack.enter_context(self.proprio_token.applied(self.vlm, batch.state))
+            if self.vision_film is not None:
+                stack.enter_context(self.vision_film.applied(self.vlm, batch.vlm))
+            return self.vlm(
+                batch.vlm,
+                requested_token_ids=self.query_token_ids,
+                vision_hook=self.film,
+                bidirectional_token_ids=bidirectional,
+            )
 
     def condition(self, batch: Batch) -> Conditioning:
         """-> Conditioning with tokens = action-query hidden states [B, Q, H] (+ projected state)."""
-        return self.queries(self.vlm(batch.vlm, requested_token_ids=self.query_token_ids, vision_hook=self.film), batch)
+        return self.queries(self.encode(batch), batch)
 
     def queries(self, out, batch: Batch) -> Conditioning:
         """The VLM pass `out` -> Conditioning with tokens = action-query hidden states [B, Q, H] (+ projected state)."""
@@ -99,7 +139,7 @@ class QwenOFT(Framework):
     def cotraining_forward(self, batch: Batch) -> dict:
         """A batch with VL samples: one VLM pass; the action loss on the robot rows [R] only, the answer
         cross-entropy on the VL rows' answer tokens -> {"loss", "log": {"action_loss", "answer_loss"}}."""
-        out = self.vlm(batch.vlm, requested_token_ids=self.query_token_ids, vision_hook=self.film)
+        out = self.encode(batch)
         rows = robot_rows(batch)
         if bool(rows.any()):
             state = batch.state[rows] if batch.state is not None else None

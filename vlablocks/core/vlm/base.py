@@ -18,6 +18,7 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from vlablocks.core.batch import VLMInputs
 from vlablocks.core.vlm import inputs as vlm_inputs
+from vlablocks.core.vlm.attention import with_group_attention
 from vlablocks.core.vlm.lora import inject_lora, merge_lora
 from vlablocks.core.vlm.random_init import check_random_init_options, rescale_embedding_rows, set_image_normalization
 from vlablocks.core.vlm.runtime import (
@@ -306,11 +307,18 @@ class VLMBackbone(nn.Module):
         inputs: VLMInputs,
         requested_token_ids: Sequence[int] = (),
         vision_hook: VisionHook | None = None,
+        bidirectional_token_ids: Sequence[int] = (),
     ) -> VLMOutput:
-        """inputs: the processor's VLMInputs (on this device) -> hidden states of every layer (see VLMOutput)."""
+        """inputs: the processor's VLMInputs (on this device) -> hidden states of every layer (see VLMOutput).
+
+        bidirectional_token_ids: tokens whose positions attend to each other (the rest stays causal; vlm/attention.py).
+        """
         features, layout = self.encode_images(inputs, vision_hook)
+        kwargs = self.model_kwargs(inputs)
+        if bidirectional_token_ids:
+            kwargs = with_group_attention(self.model.model, kwargs, bidirectional_token_ids)
         out = self.model.model(
-            **self.model_kwargs(inputs),
+            **kwargs,
             mm_encoder_outputs={"image": features},
             output_hidden_states=True,
             use_cache=False,

@@ -1,0 +1,158 @@
+"""QwenOFT's OpenVLA-OFT options (docs/fidelity.md), each against a hand-built expectation on a tiny model:
+bidirectional action attention, the proprio input token, and FiLM inside every vision-transformer block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.framework.proprio import PROPRIO_TOKEN
+from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.policy.policy import build_policy
+from vlablocks.core.vlm.attention import group_attention_mask
+
+PLATFORM = {"name": "test", "action_horizon": 4, "action_dim": 3, "state_dim": 2}
+
+
+def tiny(**options):
+    """(Policy, its batch of 3 synthetic samples) for a tiny QwenOFT with `options`."""
+    experiment = parse_experiment({"platform": PLATFORM, "framework": {"name": "QwenOFT", **options}})
+    examples = synthetic_examples(PlatformConfig(**PLATFORM), 3, seed=4)
+    torch.manual_seed(0)
+    policy = build_policy(experiment, synthetic_norm_stats(examples)).eval()
+    return policy, policy.processor(examples, targets=False)
+
+
+# ---- bidirectional action attention -----------------------------------------------------------------
+
+
+def test_group_mask_by_hand():
+    # one left-padded row: [pad, a, b, Q, Q]; the two Q positions see each other, the rest is causal, the pad is
+    # seen by no real token and reads itself alone
+    ids = torch.tensor([[0, 5, 6, 9, 9]])
+    mask = group_attention_mask(ids, torch.tensor([[0, 1, 1, 1, 1]]), [9], torch.float32)
+    allowed = (mask[0, 0] == 0).int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0],
+        [0, 1, 0, 0, 0],
+        [0, 1, 1, 0, 0],
+        [0, 1, 1, 1, 1],
+        [0, 1, 1, 1, 1],
+    ]
+    assert mask.shape == (1, 1, 5, 5) and float(mask.min()) == torch.finfo(torch.float32).min
+
+
+def query_states_after_perturbing_a_later_query(action_attention: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """-> (query states [B, Q, H] before and after the input embedding of the last query alone changes; the
+    number of prompt positions before the queries, whose states must not move either way)."""
+    policy, batch = tiny(action_attention=action_attention)
+    model = policy.model
+    with torch.no_grad():
+        before = model.encode(batch)
+        embedding = model.vlm.model.get_input_embeddings()
+        embedding.weight[model.query_token_ids[-1]] += 1.0  # only the last query's input changes
+        after = model.encode(batch)
+    first_query = int(before.token_positions[model.query_token_ids[0]][0, 0])
+    states = [model.queries(out, batch).tokens for out in (before, after)]
+    prefix = [out.last_hidden_state[:, :first_query] for out in (before, after)]
+    assert torch.equal(prefix[0], prefix[1])  # the prompt stays causal: nothing before the queries moves
+    return states[0], states[1], first_query
+
+
+def test_bidirectional_queries_read_later_queries_and_causal_ones_do_not():
+    before, after, _ = query_states_after_perturbing_a_later_query("bidirectional")
+    moved = (after - before).abs().amax(dim=(0, 2))  # [Q]: how far each query's state moved
+    assert bool((moved[:-1] > 1e-4).all()), moved  # every earlier query reads the changed one
+    before, after, _ = query_states_after_perturbing_a_later_query("causal")
+    moved = (after - before).abs().amax(dim=(0, 2))
+    assert bool((moved[:-1] == 0).all()) and float(moved[-1].detach()) > 1e-4, moved
+
+
+def test_bidirectional_attention_refuses_flash_attention():
+    from vlablocks.core.vlm.attention import with_group_attention
+
+    policy, batch = tiny(action_attention="bidirectional")
+    base = policy.model.vlm.model.model
+    base.config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ValueError, match="attn_implementation: sdpa"):
+            with_group_attention(base, policy.model.vlm.model_kwargs(batch.vlm), policy.model.query_token_ids)
+    finally:
+        base.config._attn_implementation = "sdpa"
+
+
+# ---- the proprio token ---------------------------------------------------------------------------------
+
+
+def test_proprio_token_sits_before_the_queries_and_carries_the_projected_state():
+    policy, batch = tiny(proprio="llm_token")
+    model = policy.model
+    assert model.proprio is None  # nothing is added to the query outputs in this mode
+    token = model.proprio_token.token_id
+    ids = batch.vlm.input_ids
+    first_query = (ids == model.query_token_ids[0]).nonzero()[:, 1]
+    assert torch.equal((ids == token).nonzero()[:, 1], first_query - 1)  # one per prompt, right before the queries
+    assert PROPRIO_TOKEN in model.vlm.tokenizer.decode(ids[0])
+    with torch.no_grad():
+        out = model.encode(batch)
+        embedded = out.hidden_states[0][ids == token]  # the LLM's input embedding at the token: [B, H]
+        expected = model.proprio_token.proj(batch.state)
+        torch.testing.assert_close(embedded, expected)
+        moved = model.queries(model.encode(batch.__class__(**{**vars(batch), "state": batch.state + 1.0})), batch)
+    assert float((moved.tokens - model.queries(out, batch).tokens).abs().max()) > 1e-4  # the state moves the queries
+
+
+def test_proprio_token_needs_a_state():
+    policy, batch = tiny(proprio="llm_token")
+    with pytest.raises(ValueError, match="needs a `state`"):
+        policy.model.encode(batch.__class__(**{**vars(batch), "state": None}))
+
+
+# ---- FiLM in every vision block --------------------------------------------------------------------------
+
+
+def test_film_scales_and_shifts_every_vision_block_by_hand_computed_values():
+    policy, batch = tiny(use_film=True, film="vision_blocks")
+    model = policy.model
+    blocks = model.vlm.model.model.visual.blocks
+    film = model.vision_film
+    assert len(film.to_scale_shift) == len(blocks) >= 2 and model.film is None
+    # gamma_l = 0.5 (l + 1), beta_l = -0.1 (l + 1) whatever the instruction: W_l = 0, c_l set by hand
+    with torch.no_grad():
+        for layer, linear in enumerate(film.to_scale_shift):
+            width = linear.out_features // 2
+            linear.bias.copy_(
+                torch.cat([torch.full((width,), 0.5 * (layer + 1)), torch.full((width,), -0.1 * (layer + 1))])
+            )
+    seen = []  # (block input, its kwargs, its output after FiLM): hooks registered after FiLM's run after it
+    with film.applied(model.vlm, batch.vlm):
+        handles = [
+            b.register_forward_hook(lambda m, args, kwargs, out: seen.append((args[0], kwargs, out)), with_kwargs=True)
+            for b in blocks
+        ]
+        try:
+            with torch.no_grad():
+                model.vlm(batch.vlm)
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert len(seen) == len(blocks)
+    for layer, (block, (block_input, kwargs, filmed)) in enumerate(zip(blocks, seen)):
+        with torch.no_grad():  # the block alone, FiLM's hook removed: what FiLM then scales and shifts
+            plain = block(block_input, **kwargs)
+        torch.testing.assert_close(filmed, plain * (1 + 0.5 * (layer + 1)) - 0.1 * (layer + 1))
+    assert all(not block._forward_hooks for block in blocks)  # the context removed its hooks
+
+
+def test_film_in_vision_blocks_starts_as_the_identity_and_depends_on_the_instruction():
+    policy, batch = tiny(use_film=True, film="vision_blocks")
+    plain_policy, _ = tiny()
+    with torch.no_grad():
+        filmed = policy.model.encode(batch).last_hidden_state
+        plain = plain_policy.model.encode(batch).last_hidden_state
+        torch.testing.assert_close(filmed, plain)  # zero-initialised: the same network at step 0
+        for linear in policy.model.vision_film.to_scale_shift:
+            torch.nn.init.normal_(linear.weight, std=0.5)
+        pooled_changes = policy.model.encode(batch).last_hidden_state
+    assert float((pooled_changes - plain).abs().max()) > 1e-3

@@ -32,6 +32,16 @@ def as_umask_allows(path: str | os.PathLike, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
+def with_umask(root: Path) -> None:
+    """`root` and everything under it get the modes a plain mkdir / open gives (executable bits kept)."""
+    mask = current_umask()
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or path.stat().st_mode & 0o111
+        os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary directory that replaces `target` only if the block finishes.
@@ -45,6 +55,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     as_umask_allows(tmp, directory=True)
     try:
         yield tmp
+        with_umask(tmp)  # what the block wrote with a narrower mode (safetensors writes 0600) gets the umask's
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vlablocks.core.atomic import as_umask_allows
 from vlablocks.core.vlm.steering import capture_residuals, instruction_mask
 
 SCHEDULES = ("step", "linear")
@@ -81,6 +82,7 @@ class TextLatents:
         partial = path.with_name(path.name + ".partial")
         try:
             save_file(tensors, str(partial), metadata=metadata)
+            as_umask_allows(partial, directory=False)  # safetensors writes 0600
             partial.replace(path)
         finally:
             partial.unlink(missing_ok=True)  # nothing half-written is left behind

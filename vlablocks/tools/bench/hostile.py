@@ -134,10 +134,14 @@ def prepare(directory: Path) -> tuple[Path, Path]:
     return checkpoint, latents
 
 
-def start_server(checkpoint: Path, log: Path, latents: Path | None = None) -> tuple[subprocess.Popen, int]:
-    """`vlablocks serve` on a free loopback port, its stderr into `log` -> (process, port)."""
+def start_server(
+    checkpoint: Path, log: Path, latents: Path | None = None, extra: list[str] = ()
+) -> tuple[subprocess.Popen, int]:
+    """`vlablocks serve` on a free loopback port (`extra`: more of its options), its stderr into `log`
+    -> (process, port)."""
     command = [sys.executable, "-m", "vlablocks.cli.main", "serve", "--ckpt", str(checkpoint), "--port", "0"]
     command += ["--device", "cpu"] + (["--text-latent", str(latents), "--latent-prompt", "given"] if latents else [])
+    command += list(extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "ab") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)

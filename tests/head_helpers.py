@@ -11,6 +11,7 @@ import dataclasses
 import torch
 
 from vlablocks.core.action_model.base import ActionHead, Conditioning
+from vlablocks.core.action_model.shared_attention import SharedAttentionFlowHead
 from vlablocks.core.build import build as build_component
 from vlablocks.core.registry import ACTION_MODELS
 
@@ -25,6 +26,11 @@ TINY = {
     "num_inference_steps": 4,
     "num_train_timesteps": 20,
     "repeated_diffusion_steps": 2,
+    # shared_attention_flow_matching: the VLM's attention geometry (a framework fills it in)
+    "vlm_num_heads": 2,
+    "vlm_num_kv_heads": 1,
+    "vlm_head_dim": 8,
+    "vlm_num_layers": VLM_LAYERS,
 }
 # The overfit test uses a little more width and more noise draws per sample (less gradient noise).
 OVERFIT_OPTIONS = {"hidden_dim": 64, "repeated_diffusion_steps": 4}
@@ -54,7 +60,11 @@ def make_conditioning(head: ActionHead, seed: int = 1) -> Conditioning:
     vision_mask = torch.zeros(B, length, dtype=torch.bool)
     vision_mask[:, : min(4, length)] = True
     positions = torch.rand(B, length, 2, generator=g) * vision_mask.unsqueeze(-1)
-    return Conditioning(layers[-1], mask, layers, vision_mask, positions)
+    keys_values = None
+    if isinstance(head.config, SharedAttentionFlowHead.Config):  # each VLM layer's own keys and values
+        shape = (B, head.config.vlm_num_kv_heads, length, head.config.vlm_head_dim)
+        keys_values = [(torch.randn(shape, generator=g), torch.randn(shape, generator=g)) for _ in range(VLM_LAYERS)]
+    return Conditioning(layers[-1], mask, layers, vision_mask, positions, keys_values)
 
 
 def wake(head: ActionHead, seed: int = 5) -> ActionHead:

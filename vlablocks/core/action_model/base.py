@@ -19,6 +19,8 @@ class Conditioning:
     vision_mask:      [B, L]     bool, True at vision-token positions (optional)
     vision_positions: [B, L, 2]  float (row, col) of each vision token's patch centre in its image,
                                  in [0, 1]; 0 elsewhere (optional; used by 2-D position encodings)
+    layer_keys_values: one (keys, values) [B, kv_heads, L, head_dim] per VLM decoder layer, as its attention
+                       projects them (optional; pi0's shared-attention expert reads them)
     """
 
     tokens: torch.Tensor
@@ -26,6 +28,7 @@ class Conditioning:
     layers: list[torch.Tensor] | None = None
     vision_mask: torch.Tensor | None = None
     vision_positions: torch.Tensor | None = None
+    layer_keys_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def batch_size(self) -> int:

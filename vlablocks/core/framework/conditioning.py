@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.vlm.attention import attention_geometry, captured_keys_values
+
+EXPERT_ATTENTION = ("last_layer", "every_layer")
 
 
 def vlm_conditioning(out, insulate: bool = False) -> Conditioning:
@@ -18,3 +24,32 @@ def vlm_conditioning(out, insulate: bool = False) -> Conditioning:
         vision_mask=out.vision_mask,
         vision_positions=out.vision_positions,
     )
+
+
+def expert_head_options(owner: str, options: dict, expert_attention: str, vlm) -> dict:
+    """The action expert's options: as configured for `last_layer` (the head cross-attends to the VLM's hidden
+    states); for `every_layer` (pi0's shared attention) the flow_matching options on the shared-attention head, with
+    the VLM's attention geometry (vlablocks/core/action_model/shared_attention.py)."""
+    if expert_attention not in EXPERT_ATTENTION:
+        raise ValueError(
+            f"{owner}: expert_attention must be one of {', '.join(EXPERT_ATTENTION)}, got {expert_attention!r}"
+        )
+    if expert_attention == "last_layer":
+        return options
+    if options.get("name") != "flow_matching":
+        raise ValueError(
+            f"{owner}: expert_attention: every_layer builds pi0's shared-attention expert from flow_matching options; "
+            f"action_model.name is {options.get('name')!r}: set it to flow_matching"
+        )
+    return {**options, "name": "shared_attention_flow_matching", **attention_geometry(vlm)}
+
+
+@contextmanager
+def expert_keys_values(vlm, expert_attention: str, insulate: bool) -> Iterator[list | None]:
+    """Around a VLM forward: collects every decoder layer's keys and values for an `every_layer` expert (detached
+    when `insulate`: knowledge insulation stops the gradient at each of them); None for `last_layer`."""
+    if expert_attention != "every_layer":
+        yield None
+        return
+    with captured_keys_values(vlm, detach=insulate) as pairs:
+        yield pairs

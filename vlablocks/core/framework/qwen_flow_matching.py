@@ -3,6 +3,8 @@
     prompt = chat(views..., instruction) [+ readout tokens]
     VLM  -> hidden states of every layer [B, L, H] (+ mask, vision-token positions)
     head -> flow_matching (cross-attends to the last layer) or layerwise_flow_matching (one layer per block)
+            or, with `expert_attention: every_layer`, pi0's expert: layer l attends to the VLM's own layer-l keys
+            and values (vlablocks/core/action_model/shared_attention.py)
 
 `auxiliary_losses: {readout: {weight: w}}` adds T readout tokens and their L1 action regression that ground the
 instruction in the VLM (vlablocks/core/auxiliary/readout.py); `insulate_vlm` stops the head's gradient at the VLM.
@@ -15,7 +17,7 @@ Run this file to smoke-test it: `python vlablocks/core/framework/qwen_flow_match
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -26,7 +28,7 @@ from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field, registry_map
 from vlablocks.core.framework.base import Framework
-from vlablocks.core.framework.conditioning import vlm_conditioning
+from vlablocks.core.framework.conditioning import expert_head_options, expert_keys_values, vlm_conditioning
 from vlablocks.core.registry import FRAMEWORKS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
 
@@ -44,12 +46,14 @@ class QwenFlowMatching(Framework):
         action_model: dict = registry_field("action_models", "flow_matching")
         auxiliary_losses: dict = registry_map("auxiliary_losses")  # {name: options}, vlablocks/core/auxiliary/
         insulate_vlm: bool = False  # the head's gradient stops at the VLM (needs an auxiliary loss that trains it)
+        expert_attention: Literal["last_layer", "every_layer"] = "last_layer"  # every_layer: pi0's shared attention
         MOVED: ClassVar[dict[str, str]] = {"readout_loss_weight": "framework.auxiliary_losses.readout.weight"}
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
         super().__init__(config, platform=platform)
         self.vlm = build(VLMS, config.vlm)
-        self.action_model = self.build_action_model(config.action_model, cond_dim=self.vlm.hidden_size)
+        head = expert_head_options("QwenFlowMatching", config.action_model, config.expert_attention, self.vlm)
+        self.action_model = self.build_action_model(head, cond_dim=self.vlm.hidden_size)
         self.auxiliary_losses = self.build_auxiliary_losses()
         require_vlm_training("QwenFlowMatching", config.insulate_vlm, self.auxiliary_losses, learns_otherwise=False)
 
@@ -59,8 +63,12 @@ class QwenFlowMatching(Framework):
 
     def encode(self, batch: Batch):
         """-> (VLMOutput, the head's Conditioning)."""
-        out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
-        return out, vlm_conditioning(out, insulate=self.config.insulate_vlm)
+        insulate = self.config.insulate_vlm
+        with expert_keys_values(self.vlm, self.config.expert_attention, insulate) as keys_values:
+            out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
+        conditioning = vlm_conditioning(out, insulate=insulate)
+        conditioning.layer_keys_values = keys_values
+        return out, conditioning
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         out, conditioning = self.encode(batch)

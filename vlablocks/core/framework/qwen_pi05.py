@@ -11,6 +11,8 @@ flow-matching action expert that alone acts at inference (docs/pi05.md).
                sg = stop-gradient (`.detach()`) when `insulate_vlm` (knowledge insulation): the expert's
                gradient never reaches the VLM, and L_fast never depends on the expert. insulate_vlm false
                (the ablation): L_flow backpropagates into the VLM too.
+    expert:    reads sg(h) at the last VLM layer (cross-attention), or with `expert_attention: every_layer` the
+               VLM's own keys and values of every layer, sg at each (pi0's shared attention, action_model/shared_attention.py)
     inference: the prompt once through the VLM, then the expert's Euler integration on those states;
                no FAST token is decoded (the FAST tokenizer only makes training targets)
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +43,7 @@ from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field, registry_map
 from vlablocks.core.framework.answer_tokens import add_fast_tokens, answer_logits
 from vlablocks.core.framework.base import Framework
-from vlablocks.core.framework.conditioning import vlm_conditioning
+from vlablocks.core.framework.conditioning import expert_head_options, expert_keys_values, vlm_conditioning
 from vlablocks.core.processor.config import FASTOptions, StateTokenOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS, VLMS
@@ -73,6 +75,7 @@ class QwenPI05(Framework):
         fast_loss_weight: float = 1.0
         flow_loss_weight: float = 1.0
         insulate_vlm: bool = True  # knowledge insulation: the expert reads sg(VLM states); false for the ablation
+        expert_attention: Literal["last_layer", "every_layer"] = "last_layer"  # every_layer: pi0's shared attention
         auxiliary_losses: dict = registry_map("auxiliary_losses")  # {name: options}, vlablocks/core/auxiliary/
         MOVED: ClassVar[dict[str, str]] = {"readout_loss_weight": "framework.auxiliary_losses.readout.weight"}
 
@@ -88,7 +91,7 @@ class QwenPI05(Framework):
         # state_dim 0: the expert has no state input; the state reaches the model as prompt tokens only.
         self.action_model = build(
             ACTION_MODELS,
-            config.action_model,
+            expert_head_options("QwenPI05", config.action_model, config.expert_attention, self.vlm),
             action_horizon=platform.action_horizon,
             action_dim=platform.action_dim,
             state_dim=0,
@@ -118,9 +121,12 @@ class QwenPI05(Framework):
         labels = batch.vlm.labels
         if labels is None or batch.actions is None:
             raise ValueError("QwenPI05.forward needs actions and FAST answer labels: the samples must have 'action'")
-        out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
+        insulate = self.config.insulate_vlm
+        with expert_keys_values(self.vlm, self.config.expert_attention, insulate) as keys_values:
+            out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
         logits, targets = answer_logits(self.vlm, out, labels)
-        conditioning = prefix_conditioning(out, labels, insulate=self.config.insulate_vlm)
+        conditioning = prefix_conditioning(out, labels, insulate=insulate)
+        conditioning.layer_keys_values = keys_values
         terms = {
             "fast": F.cross_entropy(logits, targets),
             "flow": self.action_model.compute_loss(
@@ -141,8 +147,11 @@ class QwenPI05(Framework):
     def flow_conditioning(self, batch: Batch) -> tuple[Conditioning, None]:
         """-> (the expert's Conditioning over the prompt positions, None): the expert has no state input (the state
         is in the prompt), so its predict / invert / reconstruct take state None. Detached: nothing trains here."""
-        out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
-        return prefix_conditioning(out, batch.vlm.labels, insulate=True), None
+        with expert_keys_values(self.vlm, self.config.expert_attention, insulate=True) as keys_values:
+            out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
+        conditioning = prefix_conditioning(out, batch.vlm.labels, insulate=True)
+        conditioning.layer_keys_values = keys_values
+        return conditioning, None
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """-> {"actions": normalized [B, T, D]}: the prompt through the VLM once, then the expert integrates."""

@@ -1,4 +1,5 @@
-"""Bidirectional attention among a group of tokens in a causal VLM (OpenVLA-OFT's parallel decoding).
+"""Attention-level access to the VLM: bidirectional attention among a group of tokens (OpenVLA-OFT's parallel
+decoding), and each decoder layer's own keys and values for an expert that attends to them (pi0's shared attention).
 
 OpenVLA-OFT decodes its action chunk in one pass with the action positions attending to each other: the prompt stays
 causal, and every action position reads the whole prompt and every other action position. With A the set of
@@ -16,7 +17,9 @@ given). Flash attention takes no custom mask, so it is refused with the fix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -56,3 +59,52 @@ def with_group_attention(model, kwargs: dict, token_ids: Sequence[int]) -> dict:
     )
     mask = group_attention_mask(kwargs["input_ids"], kwargs["attention_mask"], token_ids, model.dtype)
     return {**kwargs, "attention_mask": mask, "position_ids": position_ids}
+
+
+@contextmanager
+def captured_keys_values(vlm, detach: bool) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Within the block, every VLM forward appends, per decoder layer l (in order), that layer's own keys and values
+    as its attention projects them: (k_proj(x_l), v_proj(x_l)) reshaped to [B, kv_heads, L, head_dim], x_l the
+    layer's normed input (before the rotary embedding). detach: the stop-gradient of knowledge insulation."""
+    layers = language_layers(vlm)
+    head_dim = attention_geometry(vlm)["vlm_head_dim"]
+    found: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pending: dict[int, torch.Tensor] = {}
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        x = x.view(batch, length, -1, head_dim).transpose(1, 2)
+        return x.detach() if detach else x
+
+    def keys(index: int, module, args, output: torch.Tensor) -> None:
+        pending[index] = split(output)
+
+    def values(index: int, module, args, output: torch.Tensor) -> None:
+        found.append((pending.pop(index), split(output)))
+
+    handles = []
+    for index, layer in enumerate(layers):
+        handles.append(layer.self_attn.k_proj.register_forward_hook(partial(keys, index)))
+        handles.append(layer.self_attn.v_proj.register_forward_hook(partial(values, index)))
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def language_layers(vlm) -> torch.nn.ModuleList:
+    """The decoder layers of a Qwen-VL backbone's language model."""
+    return vlm.model.model.language_model.layers
+
+
+def attention_geometry(vlm) -> dict[str, int]:
+    """{"vlm_num_heads", "vlm_num_kv_heads", "vlm_head_dim", "vlm_num_layers"} of the language model."""
+    text = vlm.model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return {
+        "vlm_num_heads": text.num_attention_heads,
+        "vlm_num_kv_heads": text.num_key_value_heads,
+        "vlm_head_dim": head_dim,
+        "vlm_num_layers": text.num_hidden_layers,
+    }

@@ -100,7 +100,8 @@ def test_proprio_token_sits_before_the_queries_and_carries_the_projected_state()
         expected = model.proprio_token.proj(batch.state)
         torch.testing.assert_close(embedded, expected)
         moved = model.queries(model.encode(batch.__class__(**{**vars(batch), "state": batch.state + 1.0})), batch)
-    assert float((moved.tokens - model.queries(out, batch).tokens).abs().max()) > 1e-4  # the state moves the queries
+    change = (moved.tokens - model.queries(out, batch).tokens).abs().max()
+    assert float(change.detach()) > 1e-4  # the state moves the queries
 
 
 def test_proprio_token_needs_a_state():
@@ -156,3 +157,55 @@ def test_film_in_vision_blocks_starts_as_the_identity_and_depends_on_the_instruc
             torch.nn.init.normal_(linear.weight, std=0.5)
         pooled_changes = policy.model.encode(batch).last_hidden_state
     assert float((pooled_changes - plain).abs().max()) > 1e-3
+
+
+# ---- the diffusion variant: noisy actions through the LLM ------------------------------------------------
+
+DDIM = {"name": "diffusion", "hidden_dim": 32, "num_blocks": 1, "num_train_timesteps": 20, "num_inference_steps": 3}
+
+
+def test_noisy_actions_enter_the_query_inputs_with_the_time():
+    policy, batch = tiny(noisy_actions="llm_input", action_model=DDIM)
+    model = policy.model
+    noisy = model.noisy_actions
+    x_t = torch.randn(3, 4, 3, generator=torch.Generator().manual_seed(0))
+    timesteps = torch.tensor([0, 7, 19])
+    embedding = model.vlm.model.get_input_embeddings()
+    ids = batch.vlm.input_ids
+    queries = torch.isin(ids, torch.tensor(model.query_token_ids))
+    with torch.no_grad(), noisy.applied(model.vlm, x_t, timesteps):
+        out = model.encode(batch)
+        # by hand: E[<act_i>] + W_a x_t[:, i] + tau(k) at the T query positions, the plain embedding elsewhere
+        expected = embedding.weight[ids] * 1.0
+        added = noisy.proj(x_t) + noisy.time(timesteps.float()).unsqueeze(1)
+        expected[queries] = expected[queries] + added.reshape(-1, added.shape[-1])
+    text = ~out.vision_mask  # the vision positions hold the image features instead
+    torch.testing.assert_close(out.hidden_states[0][text], expected[text])
+    with torch.no_grad(), noisy.applied(model.vlm, x_t + 1.0, timesteps):
+        moved = model.queries(model.encode(batch), batch).tokens
+    change = (moved - model.queries(out, batch).tokens).abs().max()
+    assert float(change.detach()) > 1e-4  # the chunk goes through the LLM
+
+
+def test_noisy_actions_sampling_runs_the_vlm_once_per_denoising_step_and_the_loss_trains():
+    policy, batch = tiny(noisy_actions="llm_input", action_model=DDIM)
+    model = policy.model
+    calls = []
+    handle = model.vlm.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        actions = model.sample_actions(batch, torch.Generator().manual_seed(0))["actions"]
+    finally:
+        handle.remove()
+    assert len(calls) == DDIM["num_inference_steps"] and actions.shape == (3, 4, 3)
+    train_batch = policy.processor(synthetic_examples(PlatformConfig(**PLATFORM), 3, seed=4))  # with actions
+    model = policy.model.train()
+    loss = model(train_batch)["loss"]
+    loss.backward()
+    assert loss.item() > 0 and model.noisy_actions.proj.weight.grad.abs().sum() > 0  # the projector learns
+
+
+def test_noisy_actions_need_the_ddim_head():
+    with pytest.raises(ValueError, match="action_model.name: diffusion with repeated_diffusion_steps: 1"):
+        tiny(noisy_actions="llm_input")
+    with pytest.raises(ValueError, match="repeated_diffusion_steps: 1"):
+        tiny(noisy_actions="llm_input", action_model={**DDIM, "repeated_diffusion_steps": 2})

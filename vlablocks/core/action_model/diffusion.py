@@ -132,15 +132,21 @@ class DiffusionHead(ActionHead):
         if state_embedding is not None:
             state_embedding = state_embedding.repeat_interleave(repeats, dim=0)
         targets = hold_last_valid(actions, action_is_pad, action_dim_mask).to(pooled.dtype)
-        targets = targets.repeat_interleave(repeats, dim=0)
-        noise = random_tensor("normal", tuple(targets.shape), generator, targets.device, targets.dtype)
-        uniform = random_tensor("uniform", (targets.shape[0],), generator, targets.device, torch.float64)
-        timesteps = (uniform * self.config.num_train_timesteps).long().clamp(max=self.config.num_train_timesteps - 1)
-        x_t = self.scheduler.add_noise(targets, noise, timesteps)
+        x_t, noise, timesteps = self.noised(targets.repeat_interleave(repeats, dim=0), generator)
         predicted = self.predict_noise(pooled, x_t, timesteps, state_embedding)
         dim_mask = action_dim_mask.repeat_interleave(repeats, dim=0) if action_dim_mask is not None else None
         is_pad = action_is_pad.repeat_interleave(repeats, dim=0)
         return {"loss": masked_mean((predicted - noise).pow(2), is_pad, dim_mask)}
+
+    def noised(
+        self, targets: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """targets: [B, T, D] -> (x_t = sqrt(a_bar_k) x_0 + sqrt(1 - a_bar_k) eps [B, T, D], eps, k [B]) with
+        k ~ U{0, ..., num_train_timesteps - 1} and eps ~ N(0, I), drawn from `generator`."""
+        noise = random_tensor("normal", tuple(targets.shape), generator, targets.device, targets.dtype)
+        uniform = random_tensor("uniform", (targets.shape[0],), generator, targets.device, torch.float64)
+        timesteps = (uniform * self.config.num_train_timesteps).long().clamp(max=self.config.num_train_timesteps - 1)
+        return self.scheduler.add_noise(targets, noise, timesteps), noise, timesteps
 
     def predict(
         self,

@@ -12,6 +12,8 @@ OpenVLA-OFT options (docs/fidelity.md), each off by default:
                                     added to the query outputs (vlablocks/core/framework/proprio.py)
   film: vision_blocks               with use_film, FiLM from the mean instruction embedding in every
                                     vision-transformer block (OFT+), instead of once on the merged vision tokens
+  noisy_actions: llm_input          with the diffusion head, the noisy chunk enters the LLM through the action
+                                    queries at every denoising step (vlablocks/core/framework/oft_diffusion.py)
 
 Co-training (docs/cotraining.md): batches may mix vision-language samples (`batch.is_robot` False), whose answer
 is trained by cross-entropy through the same VLM pass (framework/cotraining.py) while only the robot rows reach the
@@ -45,6 +47,7 @@ from vlablocks.core.framework.cotraining import (
     zero_touch,
 )
 from vlablocks.core.framework.film import InstructionFiLM, VisionBlockFiLM
+from vlablocks.core.framework.oft_diffusion import NoisyActionInput, denoise, noise_loss
 from vlablocks.core.framework.proprio import PROPRIO_TOKEN, ProprioToken
 from vlablocks.core.registry import FRAMEWORKS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
@@ -66,6 +69,7 @@ class QwenOFT(Framework):
         use_film: bool = False  # instruction-conditioned scale/shift of the vision features (where: `film`)
         film: Literal["vision_tokens", "vision_blocks"] = "vision_tokens"  # once before the LLM, or per ViT block
         action_attention: Literal["causal", "bidirectional"] = "causal"  # bidirectional: OFT's parallel decoding
+        noisy_actions: Literal["head", "llm_input"] = "head"  # diffusion head: llm_input = OFT's diffusion variant
         query_token_prefix: str = "<|act_"
         vl_loss_weight: float = 1.0  # co-training: weight of the VL samples' answer cross-entropy
 
@@ -88,6 +92,23 @@ class QwenOFT(Framework):
         elif config.use_film:
             vision = self.vlm.model.config.vision_config
             self.vision_film = VisionBlockFiLM(hidden, vision.hidden_size, len(self.vlm.model.model.visual.blocks))
+        self.noisy_actions = None
+        if config.noisy_actions == "llm_input":
+            self._check_noisy_actions(config, num_queries)
+            self.noisy_actions = NoisyActionInput(hidden, self.platform.action_dim, self.query_token_ids)
+
+    def _check_noisy_actions(self, config: Config, num_queries: int) -> None:
+        head = config.action_model
+        if head.get("name") != "diffusion" or head.get("repeated_diffusion_steps", 1) != 1:
+            raise ValueError(
+                "QwenOFT noisy_actions: llm_input feeds the DDIM head's noisy chunk through the LLM: it needs "
+                "action_model.name: diffusion with repeated_diffusion_steps: 1 (one VLM pass per noise draw)"
+            )
+        if num_queries != self.platform.action_horizon:
+            raise ValueError(
+                f"QwenOFT noisy_actions: llm_input puts one action step into each query: {num_queries} queries for "
+                f"{self.platform.action_horizon} steps"
+            )
 
     def processor_options(self) -> dict:
         """The action queries (after the proprio token, if any) close every prompt; the state is needed by the
@@ -130,7 +151,11 @@ class QwenOFT(Framework):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         if has_vl_samples(batch):
+            if self.noisy_actions is not None:
+                raise ValueError("QwenOFT noisy_actions: llm_input does not co-train; use noisy_actions: head")
             return self.cotraining_forward(batch)
+        if self.noisy_actions is not None:
+            return noise_loss(self.action_model, self.noisy_actions, self.vlm, self.condition, batch)
         conditioning = self.condition(batch)
         return self.action_model.compute_loss(
             conditioning, batch.actions, batch.action_is_pad, batch.state, action_dim_mask=batch.action_dim_mask
@@ -155,6 +180,10 @@ class QwenOFT(Framework):
         return cotraining_loss(action_loss, answer_loss, self.config.vl_loss_weight, self.vlm.model.lm_head)
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        if self.noisy_actions is not None:  # one VLM pass per denoising step
+            return {
+                "actions": denoise(self.action_model, self.noisy_actions, self.vlm, self.condition, batch, generator)
+            }
         return {"actions": self.action_model.predict(self.condition(batch), batch.state, generator=generator)}
 
     # ---- a stochastic policy with exact log-probabilities (RL; needs the `binned` head) -------------------

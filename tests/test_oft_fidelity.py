@@ -114,6 +114,7 @@ def test_proprio_token_needs_a_state():
 
 
 def test_film_scales_and_shifts_every_vision_block_by_hand_computed_values():
+    """OFT's placement: y = x + Attn(norm1 x); y <- y (1 + gamma_l) + beta_l; out = y + MLP(norm2 y)."""
     policy, batch = tiny(use_film=True, film="vision_blocks")
     model = policy.model
     blocks = model.vlm.model.model.visual.blocks
@@ -123,11 +124,11 @@ def test_film_scales_and_shifts_every_vision_block_by_hand_computed_values():
     with torch.no_grad():
         for layer, linear in enumerate(film.to_scale_shift):
             width = linear.out_features // 2
-            linear.bias.copy_(
-                torch.cat([torch.full((width,), 0.5 * (layer + 1)), torch.full((width,), -0.1 * (layer + 1))])
-            )
-    seen = []  # (block input, its kwargs, its output after FiLM): hooks registered after FiLM's run after it
-    with film.applied(model.vlm, batch.vlm):
+            gamma, beta = torch.full((width,), 0.5 * (layer + 1)), torch.full((width,), -0.1 * (layer + 1))
+            linear.bias.copy_(torch.cat([gamma, beta]))
+    seen = []  # (block input, its kwargs, its output)
+    pooled = torch.zeros(3, model.vlm.hidden_size)
+    with film.applied(model.vlm, batch.vlm, pooled):
         handles = [
             b.register_forward_hook(lambda m, args, kwargs, out: seen.append((args[0], kwargs, out)), with_kwargs=True)
             for b in blocks
@@ -139,11 +140,42 @@ def test_film_scales_and_shifts_every_vision_block_by_hand_computed_values():
             for handle in handles:
                 handle.remove()
     assert len(seen) == len(blocks)
-    for layer, (block, (block_input, kwargs, filmed)) in enumerate(zip(blocks, seen)):
-        with torch.no_grad():  # the block alone, FiLM's hook removed: what FiLM then scales and shifts
-            plain = block(block_input, **kwargs)
-        torch.testing.assert_close(filmed, plain * (1 + 0.5 * (layer + 1)) - 0.1 * (layer + 1))
-    assert all(not block._forward_hooks for block in blocks)  # the context removed its hooks
+    assert all(not b._forward_hooks and not b._forward_pre_hooks and not b.attn._forward_hooks for b in blocks)
+    for layer, (block, (x, kwargs, filmed)) in enumerate(zip(blocks, seen)):
+        with torch.no_grad():  # by hand, FiLM's hooks removed
+            attn_kwargs = {k: kwargs[k] for k in ("cu_seqlens", "position_embeddings")}
+            y = x + block.attn(block.norm1(x), **attn_kwargs)
+            y = y * (1 + 0.5 * (layer + 1)) - 0.1 * (layer + 1)
+            expected = y + block.mlp(block.norm2(y))
+        torch.testing.assert_close(filmed, expected)
+
+
+def test_film_reads_the_prompt_text_not_the_answer_nor_the_special_tokens():
+    """A co-training VL row's answer (labels != -100) and the action queries do not enter the instruction embedding:
+    changing them leaves it unchanged, while changing an instruction word moves it."""
+    from vlablocks.core.framework.film import instruction_embedding
+
+    policy, batch = tiny(use_film=True)
+    model = policy.model
+    inputs = batch.vlm
+    special = model.query_token_ids
+    base = instruction_embedding(model.vlm, inputs, special)
+    text = inputs.attention_mask.bool() & (inputs.input_ids != model.vlm.image_token_id)
+    text &= ~torch.isin(inputs.input_ids, torch.tensor(special))
+    last_text = int(text[0].nonzero()[-1])  # pretend the last prompt-text token of row 0 is an answer token
+    labels = torch.full_like(inputs.input_ids, -100)
+    labels[0, last_text] = inputs.input_ids[0, last_text]
+    ids = inputs.input_ids.clone()
+    ids[0, last_text] = 7  # a different answer token
+    answered = inputs.__class__(**{**vars(inputs), "input_ids": ids, "labels": labels})
+    unanswered = inputs.__class__(**{**vars(inputs), "labels": labels})
+    torch.testing.assert_close(
+        instruction_embedding(model.vlm, answered, special)[0], instruction_embedding(model.vlm, unanswered, special)[0]
+    )
+    moved = instruction_embedding(model.vlm, inputs.__class__(**{**vars(inputs), "input_ids": ids}), special)
+    assert float((moved[0] - base[0]).abs().max().detach()) > 0  # as an instruction token it counts
+    expected = model.vlm.model.get_input_embeddings().weight[inputs.input_ids[1][text[1]]].mean(0)
+    torch.testing.assert_close(base[1], expected)  # the plain mean over row 1's prompt text, by hand
 
 
 def test_film_in_vision_blocks_starts_as_the_identity_and_depends_on_the_instruction():

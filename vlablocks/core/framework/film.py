@@ -23,10 +23,13 @@ class InstructionFiLM(nn.Module):
         nn.init.zeros_(self.to_scale_shift.weight)
         nn.init.zeros_(self.to_scale_shift.bias)
 
-    def forward(self, image_embeds: torch.Tensor, info) -> torch.Tensor:
-        text = info.attention_mask.bool() & ~info.vision_mask  # [B, L] real, non-vision tokens
-        weights = text.unsqueeze(-1).to(info.text_embeds.dtype)
-        pooled = (info.text_embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, H]
+    def forward(self, image_embeds: torch.Tensor, info, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """image_embeds [N, H], info: the VLM's VisionHookInfo; pooled [B, H] the instruction embedding (QwenOFT passes
+        `instruction_embedding`'s), else the mean embedding of every real non-vision token of info."""
+        if pooled is None:
+            text = info.attention_mask.bool() & ~info.vision_mask  # [B, L] real, non-vision tokens
+            weights = text.unsqueeze(-1).to(info.text_embeds.dtype)
+            pooled = (info.text_embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, H]
         # In the layer's own dtype (a bf16 VLM feeds this fp32 layer outside autocast), back to the embeddings'.
         scale_shift = self.to_scale_shift(pooled.to(self.to_scale_shift.weight.dtype)).to(image_embeds.dtype)
         gamma, beta = scale_shift.chunk(2, dim=-1)
@@ -34,10 +37,16 @@ class InstructionFiLM(nn.Module):
         return image_embeds * (1 + gamma[sample]) + beta[sample]
 
 
-def instruction_embedding(vlm, inputs) -> torch.Tensor:
-    """The mean input embedding of each sample's real, non-vision tokens: [B, H] (what FiLM is conditioned on)."""
-    embeds = vlm.model.get_input_embeddings()(inputs.input_ids)
-    text = inputs.attention_mask.bool() & (inputs.input_ids != vlm.image_token_id)
+def instruction_embedding(vlm, inputs, excluded_ids: list[int]) -> torch.Tensor:
+    """The mean input embedding of each sample's prompt text: real, non-vision tokens that are not a training answer
+    (labels != -100: a co-training VL row's teacher-forced answer must not condition the vision features it is
+    asked about) nor one of `excluded_ids` (action queries, the proprio token). -> [B, H]"""
+    ids = inputs.input_ids
+    embeds = vlm.model.get_input_embeddings().weight[ids]  # the table's rows: no input hook applies here
+    text = inputs.attention_mask.bool() & (ids != vlm.image_token_id)
+    text &= ~torch.isin(ids, torch.tensor(excluded_ids, dtype=ids.dtype, device=ids.device))
+    if inputs.labels is not None:
+        text &= inputs.labels == -100
     weights = text.unsqueeze(-1).to(embeds.dtype)
     return (embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
@@ -54,12 +63,15 @@ def patch_samples(inputs) -> torch.Tensor:
 
 
 class VisionBlockFiLM(nn.Module):
-    """OpenVLA-OFT+'s FiLM inside the vision transformer: the output x_l [P, C] of every block l becomes
+    """OpenVLA-OFT+'s FiLM inside the vision transformer, where OFT puts it: in every block l, between the attention
+    and the MLP, on the residual stream,
 
-        x_l * (1 + gamma_l[b(p)]) + beta_l[b(p)],      [gamma_l, beta_l] = W_l e_b + c_l
+        y = x + Attn(norm1(x));    y <- y * (1 + gamma_l[b(p)]) + beta_l[b(p)];    out = y + MLP(norm2(y))
+        [gamma_l, beta_l] = W_l e_b + c_l
 
-    with e_b [H] the mean instruction embedding of sample b (`instruction_embedding`), b(p) the sample of patch p,
-    and W_l, c_l zero-initialised (each block starts as the identity). `framework.film: vision_blocks` in QwenOFT.
+    with e_b [H] the instruction embedding of sample b (`instruction_embedding`), b(p) the sample of patch p, and
+    W_l, c_l zero-initialised (every block starts as itself). `framework.film: vision_blocks` in QwenOFT. The
+    hooks: the block's input x is kept, and the attention's output a is replaced by (x + a)(1 + gamma) + beta - x.
     """
 
     def __init__(self, text_dim: int, vision_dim: int, num_blocks: int) -> None:
@@ -70,17 +82,18 @@ class VisionBlockFiLM(nn.Module):
             nn.init.zeros_(layer.bias)
 
     @contextmanager
-    def applied(self, vlm, inputs) -> Iterator[None]:
-        """Within the block, every vision block of `vlm` is FiLM-ed for these inputs (hooks removed on exit)."""
+    def applied(self, vlm, inputs, pooled: torch.Tensor) -> Iterator[None]:
+        """Within the block, every vision block of `vlm` is FiLM-ed for these inputs (hooks removed on exit).
+        pooled: [B, H] the instruction embedding of each sample."""
         blocks = vlm.model.model.visual.blocks
         if len(blocks) != len(self.to_scale_shift):
             raise ValueError(f"VisionBlockFiLM has {len(self.to_scale_shift)} layers for {len(blocks)} vision blocks")
-        pooled = instruction_embedding(vlm, inputs)
         samples = patch_samples(inputs)
-        handles = [
-            block.register_forward_hook(partial(self._modulate, layer, pooled, samples))
-            for block, layer in zip(blocks, self.to_scale_shift)
-        ]
+        handles = []
+        for block, layer in zip(blocks, self.to_scale_shift):
+            kept: dict[str, torch.Tensor] = {}
+            handles.append(block.register_forward_pre_hook(partial(self._keep_input, kept)))
+            handles.append(block.attn.register_forward_hook(partial(self._modulate, layer, pooled, samples, kept)))
         try:
             yield
         finally:
@@ -88,8 +101,16 @@ class VisionBlockFiLM(nn.Module):
                 handle.remove()
 
     @staticmethod
-    def _modulate(layer: nn.Linear, pooled: torch.Tensor, samples: torch.Tensor, module, args, output):
+    def _keep_input(kept: dict, module, args) -> None:
+        kept["x"] = args[0]
+
+    @staticmethod
+    def _modulate(layer: nn.Linear, pooled, samples, kept: dict, module, args, output):
         if not isinstance(output, torch.Tensor):
-            raise TypeError(f"VisionBlockFiLM expects a vision block returning a tensor, got {type(output).__name__}")
+            raise TypeError(
+                f"VisionBlockFiLM expects a vision attention returning a tensor, got {type(output).__name__}"
+            )
+        residual = kept["x"]
         gamma, beta = layer(pooled.to(layer.weight.dtype)).to(output.dtype).chunk(2, dim=-1)  # [B, C] each
-        return output * (1 + gamma[samples]) + beta[samples]
+        filmed = (residual + output) * (1 + gamma[samples]) + beta[samples]
+        return filmed - residual

@@ -18,8 +18,9 @@ OpenVLA-OFT options (docs/fidelity.md), each off by default:
 Co-training (docs/cotraining.md): batches may mix vision-language samples (`batch.is_robot` False), whose answer
 is trained by cross-entropy through the same VLM pass (framework/cotraining.py) while only the robot rows reach the
 action head: loss = action loss + vl_loss_weight * answer cross-entropy.
-Optional FiLM: the mean instruction embedding yields a per-channel scale and shift applied to every
-merged vision token before it enters the LLM (OpenVLA-OFT's language-conditioned vision features).
+Optional FiLM: the mean embedding of the prompt's text (no answer, query or proprio tokens) yields a per-channel
+scale and shift applied to every merged vision token before it enters the LLM (OpenVLA-OFT's language-conditioned
+vision features), or inside every vision block (`film: vision_blocks`).
 Run this file to smoke-test it: `python vlablocks/core/framework/qwen_oft.py [--config-yaml F] [overrides]`.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -46,7 +48,7 @@ from vlablocks.core.framework.cotraining import (
     select_rows,
     zero_touch,
 )
-from vlablocks.core.framework.film import InstructionFiLM, VisionBlockFiLM
+from vlablocks.core.framework.film import InstructionFiLM, VisionBlockFiLM, instruction_embedding
 from vlablocks.core.framework.oft_diffusion import NoisyActionInput, denoise, noise_loss
 from vlablocks.core.framework.proprio import PROPRIO_TOKEN, ProprioToken
 from vlablocks.core.registry import FRAMEWORKS, VLMS
@@ -120,15 +122,21 @@ class QwenOFT(Framework):
     def encode(self, batch: Batch):
         """The VLM pass over the prompt -> VLMOutput, with this config's proprio token, FiLM and query attention."""
         bidirectional = self.query_token_ids if self.config.action_attention == "bidirectional" else ()
+        vision_hook = None
         with ExitStack() as stack:
+            if self.film is not None or self.vision_film is not None:
+                special = self.query_token_ids + ([self.proprio_token.token_id] if self.proprio_token else [])
+                pooled = instruction_embedding(self.vlm, batch.vlm, special)  # [B, H], the prompt's text only
+                if self.film is not None:
+                    vision_hook = partial(self.film, pooled=pooled)
+                else:
+                    stack.enter_context(self.vision_film.applied(self.vlm, batch.vlm, pooled))
             if self.proprio_token is not None:
                 stack.enter_context(self.proprio_token.applied(self.vlm, batch.state))
-            if self.vision_film is not None:
-                stack.enter_context(self.vision_film.applied(self.vlm, batch.vlm))
             return self.vlm(
                 batch.vlm,
                 requested_token_ids=self.query_token_ids,
-                vision_hook=self.film,
+                vision_hook=vision_hook,
                 bidirectional_token_ids=bidirectional,
             )
 

@@ -41,7 +41,7 @@ def test_task_sets_match_metaworld_and_lerobot():
 def test_an_unknown_task_is_one_line_naming_the_accepted_names():
     with pytest.raises(ValueError, match="unknown Meta-World task 'puhs-v3'; did you mean 'push-v3'.*mt10, mt50"):
         metaworld_tasks.resolve_tasks("reach,puhs-v3")
-    with pytest.raises(ValueError, match="cameras must be"):
+    with pytest.raises(ValueError, match=r"cameras must be \['corner2'\] or \['image'\]"):
         build(EVAL_ENVS, {"name": "metaworld", "cameras": ["top"]})
     with pytest.raises(ValueError, match="max_steps must be in 1..500"):
         build(EVAL_ENVS, {"name": "metaworld", "max_steps": 501})
@@ -60,6 +60,14 @@ def test_observation_spaces_instruction_and_state(push_env):
     assert obs is None and not done and info["steps"] == 1 and info["task"] == "push-v3"
     with pytest.raises(ValueError, match="action must be 4 finite numbers"):
         push_env.step(np.zeros(3))
+
+
+def test_the_view_can_carry_lerobots_dataset_key():
+    env = build(EVAL_ENVS, {"name": "metaworld", "task": "reach-v3", "image_size": 32, "cameras": ["image"]})
+    try:
+        assert list(env.reset(seed=0)["images"]) == ["image"]
+    finally:
+        env.close()
 
 
 def test_a_seed_fixes_the_layout_and_another_seed_moves_it(push_env):

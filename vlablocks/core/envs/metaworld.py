@@ -47,7 +47,9 @@ class MetaWorldEnv:
     class Config:
         name: str = "metaworld"
         task: str = "reach-v3"  # a v3 task name (vlablocks/core/envs/metaworld_tasks.py lists them)
-        cameras: list[str] = field(default_factory=lambda: [CAMERA])  # keys of obs["images"]
+        # the key of the corner2 view in obs["images"]: "corner2", or "image" for policies trained on LeRobot's
+        # metaworld datasets (their `observation.image` is this view)
+        cameras: list[str] = field(default_factory=lambda: [CAMERA])
         image_size: int = 128  # pixels per side of the rendered view
         max_steps: int = 200  # steps per episode (Meta-World allows 500; the experts need 40-150, docs/metaworld.md)
         fast_render: bool = True  # shadowsize = 0 and offsamples = 0: ~5x cheaper frames on a CPU
@@ -58,8 +60,11 @@ class MetaWorldEnv:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or self.Config()
         name = self.config.name
-        if list(self.config.cameras) != [CAMERA]:
-            raise ValueError(f"{name} cameras must be [{CAMERA!r}] (LeRobot's view), got {self.config.cameras}")
+        if list(self.config.cameras) not in ([CAMERA], ["image"]):
+            raise ValueError(
+                f"{name} cameras must be [{CAMERA!r}] or ['image'] (LeRobot's dataset key for that view), "
+                f"got {self.config.cameras}"
+            )
         if not 1 <= self.config.max_steps <= MAX_PATH_LENGTH:
             raise ValueError(f"{name} max_steps must be in 1..{MAX_PATH_LENGTH}, got {self.config.max_steps}")
         if self.config.image_size < 8:
@@ -125,7 +130,7 @@ class MetaWorldEnv:
     def observation(self, raw_obs: np.ndarray) -> dict:
         """Meta-World's 39-D observation -> observation (sample.py contract): the view, the 4-D hand state."""
         return {
-            "images": {CAMERA: self.render()},
+            "images": {self.config.cameras[0]: self.render()},
             "state": np.asarray(raw_obs[:STATE_DIM], dtype=np.float32),
             "prompt": self.instruction,
             "dataset_name": self.config.dataset_name,

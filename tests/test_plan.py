@@ -165,7 +165,7 @@ def test_plan_prints_the_table_for_the_3b_config(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--num_gpus", "0"], "--num_gpus must be at least 1"),
+        (["--num_gpus", "0"], "--num-gpus: must be an integer >= 1"),
         (["--num_gpus", "12", "--gpus_per_node", "8"], "not a whole number of nodes"),
         (["--num_gpus", "8", "--framework.vlm.arch=tiny"], "add --framework.vlm.arch=3b"),
     ],

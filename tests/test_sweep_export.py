@@ -15,6 +15,7 @@ import torch
 from vlablocks.cli.commands.export import export_checkpoint
 from vlablocks.core.config import load_config, parse_experiment, to_yaml
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
+from vlablocks.core.manifest import write_manifest
 from vlablocks.core.policy.policy import Policy, build_policy
 from vlablocks.tools.sweep.report import write_results
 from vlablocks.tools.sweep.sweep import SweepEval, evaluate_run, same_experiment
@@ -131,7 +132,10 @@ def test_sweep_eval_without_a_checkpoint_fails_the_variant_with_a_reason(tmp_pat
 
 
 def test_sweep_eval_of_an_unloadable_checkpoint_fails_the_variant_with_eval_s_error(tmp_path):
-    (tmp_path / "checkpoints" / "step_5").mkdir(parents=True)  # a directory with no model in it
+    step = tmp_path / "checkpoints" / "step_5"
+    step.mkdir(parents=True)
+    (step / "config.yaml").write_text("seed: 0\n")
+    write_manifest(step)  # verified (a manifest-less one is skipped as damaged), but with no model in it
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "summary.json").write_text('{"success_rate": 1.0}')  # left by an earlier sweep
     status = evaluate_run(SweepEval("toy", episodes=2), tmp_path)

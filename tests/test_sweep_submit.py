@@ -97,7 +97,7 @@ def test_a_refused_submission_is_one_line_naming_sbatch_s_reason(tmp_path, varia
     [
         (["--eval-env", "toy"], "rerun the same sweep without --submit"),
         (["--slurm-time", "two days"], "is not a SLURM time"),
-        (["--slurm-nodes", "0"], "must be at least 1"),
+        (["--slurm-nodes", "0"], "--slurm-nodes: must be an integer >= 1"),
         (["--accelerate-config", "configs/accelerate/zero9.yaml"], "zero9.yaml not found"),
     ],
 )

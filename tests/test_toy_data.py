@@ -127,7 +127,9 @@ def test_a_dataset_sample_minus_its_action_is_a_valid_server_request(toy_root):
     checked = validate_observation(request, policy_metadata(dataset, platform))
     assert list(checked["images"]) == ["top", "wrist"] and checked["prompt"] == sample["prompt"]
     np.testing.assert_array_equal(checked["state"], sample["state"])
-    assert validate_observation(sample, policy_metadata(dataset, platform))["dataset_name"] == "toy"  # extras pass
+    assert validate_observation(request, policy_metadata(dataset, platform))["dataset_name"] == "toy"
+    with pytest.raises(ProtocolError, match="unknown request key"):  # a training sample is not a request
+        validate_observation(sample, policy_metadata(dataset, platform))
     env_obs = ToyTabletopEnv(ToyTabletopEnv.Config(cameras=["top", "wrist"])).reset(seed=0)
     validate_observation(env_obs, policy_metadata(dataset, platform))  # and so is an env observation
 
@@ -162,8 +164,9 @@ def test_a_bad_sample_gets_one_line_naming_the_key_on_both_sides(toy_root, chang
     change(sample)
     with pytest.raises(SampleError) as dataset_side:
         check(sample, dataset, platform)
+    request = {k: v for k, v in sample.items() if k not in ("action", "action_is_pad")}
     with pytest.raises(ProtocolError) as server_side:
-        validate_observation(sample, policy_metadata(dataset, platform))
+        validate_observation(request, policy_metadata(dataset, platform))
     for error in (dataset_side.value, server_side.value):
         assert (getattr(error, "code", None) or error.type) == code and message in error.message
         assert "\n" not in str(error) and str(error) == f"{code}: {error.message}"

@@ -3,7 +3,8 @@
 Each command module exposes `NAME`, `HELP`, `add_arguments(parser)` and `run(args, overrides) -> int`,
 and keeps heavy imports inside `run` so that building the parser stays fast. Adding a subcommand is
 adding one file. Unknown `--a.b=v` style arguments are collected as config overrides. Errors print
-one line and exit 2; `--debug` shows the traceback instead.
+one line and exit 2 (a value out of its range among them: vlablocks/cli/arguments.py); `--debug` shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ def command_modules() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = FlagParser(prog="vlablocks", description="Build, train and serve VLA policies.")
+    # exit_on_error=False: a value argparse refuses (out of range, not a number, not a choice) reaches `main` as an
+    # ArgumentError, printed as the one-line error every other mistake gets.
+    parser = FlagParser(prog="vlablocks", description="Build, train and serve VLA policies.", exit_on_error=False)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in command_modules():
         # argparse %-formats `help` strings (not descriptions without "%(prog)"): a literal "%" must be "%%".
-        sub = subparsers.add_parser(module.NAME, help=module.HELP.replace("%", "%%"), description=module.HELP)
+        sub = subparsers.add_parser(
+            module.NAME, help=module.HELP.replace("%", "%%"), description=module.HELP, exit_on_error=False
+        )
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         module.add_arguments(sub)
         sub.set_defaults(_module=module)
@@ -46,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     show_project_logs()
     parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)  # argv None: argparse reads the command line
+    try:
+        args, overrides = parser.parse_known_args(argv)  # argv None: argparse reads the command line
+    except argparse.ArgumentError as exc:  # e.g. "argument --episodes: must be an integer >= 1, got '-3'"
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args._module.run(args, overrides) or 0)
     except KeyboardInterrupt:

@@ -174,3 +174,11 @@ def test_bad_input_is_one_line_naming_the_fix(capsys, argv, message):
     assert main(["plan", "--config_yaml", str(QWEN_OFT_3B), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_without_deepspeed_trainable_weights_are_counted_in_fp32():
+    """DDP / one GPU (stage 0): weights 2 (N - T) + 4 T (fp32 trainable under bf16 autocast), gradients 4 T,
+    AdamW's moments 8 T; by hand for N = 1000 parameters of which T = 300 train."""
+    counts = ParameterCounts((ModuleCount("vlm", trainable=300, frozen=700),), largest_layer=100)
+    assert model_states(counts, 0, False, 8, 2) == (2 * 700 + 4 * 300, 4 * 300, 8 * 300)
+    assert model_states(counts, 0, False, 1, 4) == (4 * 700 + 4 * 300, 4 * 300, 8 * 300)  # mixed_precision: no

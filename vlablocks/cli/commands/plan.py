@@ -1,4 +1,4 @@
-"""`vlablocks plan --config-yaml F --num_gpus N [--zero 2|3] [--offload] [--gpu_memory_gb 80] [overrides]`."""
+"""`vlablocks plan --config-yaml F --num_gpus N [--zero 0|2|3] [--offload] [--gpu_memory_gb 80] [overrides]`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-yaml", required=True, help="experiment YAML; overrides follow as --a.b=v")
     parser.add_argument("--num-gpus", type=count(1), required=True, help="GPUs in all (every node together)")
     parser.add_argument("--gpus-per-node", type=count(1), help="default: all on one node up to 8, else 8 per node")
-    parser.add_argument("--zero", type=int, choices=[2, 3], help="one ZeRO stage (default: both)")
+    parser.add_argument(
+        "--zero", type=int, choices=[0, 2, 3], help="one ZeRO stage, 0 for none (DDP; default: all three)"
+    )
     parser.add_argument("--offload", action="store_true", help="optimizer states in CPU memory (offload_optimizer)")
     parser.add_argument(
         "--gpu-memory-gb", type=real(0, open_low=True), default=80.0, help="memory of one GPU in GiB (default 80)"
@@ -85,7 +87,7 @@ def memory_report(experiment, framework, counts, cluster, args) -> str:
     checkpointing = bool(framework.vlm.config.gradient_checkpointing)
     sequence, views, (height, width) = sequence_shape(experiment, framework, args.prompt_tokens)
     model_config = framework.vlm.model.config
-    stages = [args.zero] if args.zero else [2, 3]
+    stages = [args.zero] if args.zero is not None else [0, 2, 3]
     batch = trainer.batch_size
     gpu_bytes = args.gpu_memory_gb * GIB
 
@@ -96,7 +98,7 @@ def memory_report(experiment, framework, counts, cluster, args) -> str:
 
     plans = [at(stage, batch) for stage in stages]
     best = [largest_fitting_batch(lambda b, s=stage: at(s, b).fits(gpu_bytes)) for stage in stages]
-    names = [f"ZeRO-{s}" + (" offload" if args.offload else "") for s in stages]
+    names = [("DDP" if s == 0 else f"ZeRO-{s}" + (" offload" if args.offload else "")) for s in stages]
     lines = [
         f"per GPU: {cluster.num_gpus} GPUs = {cluster.num_nodes} node(s) x {cluster.gpus_per_node}, "
         f"{'fp32' if p == 4 else 'bf16'}, AdamW, micro-batch {batch} (trainer.batch_size), "

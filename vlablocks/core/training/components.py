@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from vlablocks.core.build import build
 from vlablocks.core.config import ExperimentConfig
 from vlablocks.core.dataloader.base import RawDataset
 from vlablocks.core.registry import DATASETS
+from vlablocks.core.training.precision import resolved_mixed_precision
 
 
 def set_threads(threads: int | None) -> None:
@@ -60,9 +62,13 @@ def make_accelerator(trainer, find_unused_parameters: bool = False):
     from vlablocks.core.training.distributed import configure_deepspeed, prepare_distributed_environment
 
     prepare_distributed_environment(trainer)
-    mixed = trainer.mixed_precision
-    if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_available() else "no"
+    mixed = resolved_mixed_precision(trainer)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # One process: a run after another in the same interpreter may use another precision (accelerate keeps
+        # its state process-wide and would refuse the change).
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
         gradient_accumulation_steps=trainer.gradient_accumulation_steps,
         mixed_precision=mixed,

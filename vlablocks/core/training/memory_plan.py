@@ -5,6 +5,9 @@ largest single module, p the bytes of a 16-bit weight (2 under bf16; 4 when `tra
 Model states follow the byte accounting of DeepSpeed's own estimators (deepspeed/runtime/zero/
 stage_1_and_2.py and stage3.py, `estimate_zero{2,3}_model_states_mem_needs`), split by kind:
 
+    no DeepSpeed    weights p*(N - T) + 4*T        gradients 4*T             optimizer 8*T
+    (DDP, stage 0)  (trainable weights are kept in fp32 under bf16 autocast: vlablocks/core/training/precision.py;
+                    DDP's reducer buckets mirror the gradients, another 4*T, when G > 1)
     ZeRO-2          weights p*N (replicated)       gradients (p + 4)*T/G     optimizer 12*T/G
     ZeRO-3          weights p*N/G + p*L            gradients 4*T/G + p*L     optimizer 12*T/G
     + offload       optimizer states, fp32 master weights and fp32 gradients live in CPU memory instead
@@ -87,6 +90,8 @@ def check_cluster(num_gpus: int, gpus_per_node: int | None) -> Cluster:
 def model_states(counts: ParameterCounts, stage: int, offload: bool, gpus: int, p: int) -> tuple[int, int, int]:
     """(weights, gradients, optimizer) bytes per GPU: the table in the module docstring."""
     n, t, largest = counts.total, counts.trainable, counts.largest_layer
+    if stage == 0:
+        return p * (n - t) + 4 * t, 4 * t, 8 * t
     if stage == 2:
         weights = p * n
         gradients = 0 if offload else (p + 4) * t // gpus
@@ -94,7 +99,7 @@ def model_states(counts: ParameterCounts, stage: int, offload: bool, gpus: int, 
         weights = p * n // gpus + p * largest
         gradients = p * largest + (0 if offload else 4 * t // gpus)
     else:
-        raise ValueError(f"--zero must be 2 or 3, got {stage}")
+        raise ValueError(f"--zero must be 0 (no DeepSpeed), 2 or 3, got {stage}")
     optimizer = 0 if offload else 12 * t // gpus
     return weights, gradients, optimizer
 
@@ -135,7 +140,7 @@ def estimate(
     checkpointing: bool = False,
 ) -> MemoryEstimate:
     weights, gradients, optimizer = model_states(counts, stage, offload, cluster.num_gpus, p)
-    ds_gpu, ds_cpu = deepspeed_estimate(counts, stage, offload, cluster)
+    ds_gpu, ds_cpu = deepspeed_estimate(counts, stage, offload, cluster) if stage else (0, 0)
     activations = sum(activation_bytes(model_config, sequence, micro_batch, p, checkpointing).values())
     return MemoryEstimate(
         stage,
@@ -145,7 +150,7 @@ def estimate(
         gradients,
         optimizer,
         activations,
-        bucket_bytes(stage, p),
+        bucket_bytes(stage, p) if stage else (4 * counts.trainable if cluster.num_gpus > 1 else 0),
         ds_gpu,
         ds_cpu,
     )

@@ -43,6 +43,7 @@ from vlablocks.core.training.distributed import end_distributed
 from vlablocks.core.training.loss_schedule import PhaseSchedule, scheduled_loss
 from vlablocks.core.training.optim import build_optimizer, freeze_modules, parameter_summary
 from vlablocks.core.training.periodic_eval import PeriodicEval
+from vlablocks.core.training.precision import keep_trainable_weights_fp32
 from vlablocks.core.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
 from vlablocks.core.training.run_logger import RunLogger
 from vlablocks.core.training.zero_state import check_all_shards, load_zero_shard, save_zero_shard
@@ -77,6 +78,7 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     processor.fit(dataset)
     load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)
     freeze_modules(framework, trainer.freeze_modules)
+    keep_trainable_weights_fp32(framework, trainer, deepspeed=accelerator.state.deepspeed_plugin is not None)
     if main:
         print(parameter_summary(framework))
     optimizer, scheduler = build_optimizer(framework, trainer)

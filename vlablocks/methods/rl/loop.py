@@ -38,6 +38,7 @@ from vlablocks.core.training.checkpoint import latest_checkpoint, load_training_
 from vlablocks.core.training.components import make_accelerator, seed_everything, set_threads
 from vlablocks.core.training.distributed import end_distributed
 from vlablocks.core.training.optim import build_optimizer
+from vlablocks.core.training.precision import keep_trainable_weights_fp32
 from vlablocks.core.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
 from vlablocks.methods.rl.config import RLConfig
 from vlablocks.methods.rl.grpo import clipped_policy_loss, fill_with_informative_groups
@@ -91,6 +92,7 @@ def rl(experiment: ExperimentConfig) -> dict:
     reference = None
     if cfg.kl_coef > 0:  # the initial policy, frozen (a fresh load is its own copy)
         reference = Policy.from_pretrained(cfg.init_ckpt, device=accelerator.device).model.eval().requires_grad_(False)
+    keep_trainable_weights_fp32(framework, trainer, deepspeed=accelerator.state.deepspeed_plugin is not None)
     optimizer, scheduler = build_optimizer(framework, trainer)
     start, history = 0, []
     if resume_from is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -51,9 +51,11 @@ def write_checkpoint(
         processor.save_pretrained(directory / PROCESSOR_DIR)
 
 
-def load_checkpoint(directory: str | os.PathLike, weights: str = "model") -> tuple[Framework, Processor]:
-    """Rebuilds the registered model named in `config.yaml`, loads its weights ("ema": the moving average a run
-    kept with `trainer.ema_decay`) and its processor."""
+def load_checkpoint(
+    directory: str | os.PathLike, weights: str = "model", device: torch.device | str | None = None
+) -> tuple[Framework, Processor]:
+    """Rebuilds the registered model named in `config.yaml` (its parameters created on `device`, None: the CPU), loads
+    its weights ("ema": the moving average a run kept with `trainer.ema_decay`) and its processor."""
     directory = Path(directory)
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / required).is_file():
@@ -62,7 +64,8 @@ def load_checkpoint(directory: str | os.PathLike, weights: str = "model") -> tup
         raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
     verify_manifest(directory)  # a truncated config or corrupt weights are refused, the file named
     experiment = parse_experiment(upgrade_moved_keys(load_yaml(directory / CONFIG_FILE)))
-    model = build_framework(experiment)
+    with torch.device(device) if device is not None else nullcontext():
+        model = build_framework(experiment)
     load_weights(model, directory)
     if weights == "ema":
         load_ema_weights(model, directory)

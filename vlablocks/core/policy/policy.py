@@ -17,6 +17,7 @@ checkpoint I/O (checkpoint.py).
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ class Policy:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, weights: str = "model", device: str | None = None) -> Policy:
         """The policy a checkpoint holds (weights "ema": the moving average), on `device` (None: the CPU)."""
-        policy = cls(*load_checkpoint(directory, weights))
+        policy = cls(*load_checkpoint(directory, weights, device=device))  # built on `device`, weights loaded there
         return policy.to(device) if device is not None else policy
 
 
@@ -106,8 +107,13 @@ def build_policy(
     norm_stats: dict,
     camera_keys: list[str] | None = None,
     embodiments: dict | None = None,
+    device: torch.device | str | None = None,
 ) -> Policy:
     """The model plus its processor (built from the same config, the normalization stats and, when given, the
-    training dataset's camera keys and, for a cross-embodiment mixture, its embodiments' own sizes)."""
-    model = build_framework(experiment)
+    training dataset's camera keys and, for a cross-embodiment mixture, its embodiments' own sizes).
+
+    device: where the model's parameters are created (`torch.device` as the default device while it is built: a 3B
+    model never passes through host memory on its way to a GPU); None: the CPU. The processor stays on the CPU."""
+    with torch.device(device) if device is not None else nullcontext():
+        model = build_framework(experiment)
     return Policy(model, build_processor(experiment, model, norm_stats, camera_keys, embodiments))

@@ -78,6 +78,15 @@ def make_accelerator(trainer, find_unused_parameters: bool = False):
     return accelerator
 
 
+def build_device(accelerator) -> torch.device | None:
+    """Where the model is constructed: the accelerator's device, so a large model's parameters are created on the GPU
+    directly instead of in host memory first; None (the host, then DeepSpeed's partitioning) under ZeRO-3."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        return None
+    return accelerator.device
+
+
 def build_train_dataset(experiment: ExperimentConfig):
     if not experiment.dataset:
         raise ValueError("the config has no `dataset:` section; name one, e.g. dataset.name: lerobot")

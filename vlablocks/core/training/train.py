@@ -29,6 +29,7 @@ from vlablocks.core.training.checkpoint import (
     save_training_checkpoint,
 )
 from vlablocks.core.training.components import (
+    build_device,
     build_train_dataset,
     dataset_cameras,
     load_pretrained_modules,
@@ -72,7 +73,13 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     dataset = dataset if dataset is not None else build_train_dataset(experiment)
     norm_stats = resolve_norm_stats(experiment, dataset, run_dir)
     embodiments = dataset_embodiments(dataset, experiment.platform)  # None unless robots of different sizes mix
-    policy = build_policy(experiment, norm_stats, camera_keys=dataset_cameras(dataset), embodiments=embodiments)
+    policy = build_policy(
+        experiment,
+        norm_stats,
+        camera_keys=dataset_cameras(dataset),
+        embodiments=embodiments,
+        device=build_device(accelerator),  # built where it trains, not on the host first
+    )
     framework, processor = policy.model, policy.processor  # processor: raw samples -> Batch, in the DataLoader workers
     cotraining = check_cotraining(framework, dataset)  # VL samples in the data: a framework that trains on them
     processor.fit(dataset)

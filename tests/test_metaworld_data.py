@@ -102,3 +102,37 @@ def test_data_seeds_never_reach_evaluations():
         check_data_seeds(990, 20)
     with pytest.raises(ValueError, match="overlap"):
         check_data_seeds(0, 1001)
+
+
+def test_a_lerobot_act_checkpoint_runs_in_the_same_evaluation(reach_root, tmp_path, capsys):
+    """A random-init ACT saved as lerobot_train saves it (policy + processors), evaluated by `eval --policy lerobot:`."""
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    from lerobot.policies.factory import make_policy, make_policy_config, make_pre_post_processors
+
+    from vlablocks.cli.main import main as cli
+    from vlablocks.tools.metaworld.lerobot_peer import LeRobotPolicyAdapter
+
+    torch.manual_seed(0)
+    meta = LeRobotDatasetMetadata("local/reach", root=reach_root)
+    config = make_policy_config(
+        "act", device="cpu", pretrained_backbone_weights=None, push_to_hub=False, dim_model=64, n_action_steps=8
+    )
+    policy = make_policy(config, ds_meta=meta)
+    preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=meta.stats)
+    checkpoint = tmp_path / "act"
+    for part in (policy, preprocessor, postprocessor):
+        part.save_pretrained(checkpoint)
+    peer = LeRobotPolicyAdapter(checkpoint)
+    assert peer.metadata["camera_keys"] == ["corner2"] and peer.metadata["state_dim"] == 4
+    obs = {"images": {"corner2": np.zeros((SIZE, SIZE, 3), np.uint8)}, "state": np.zeros(4), "prompt": "Reach"}
+    peer.reset()
+    actions = peer.infer(obs)["actions"]
+    assert actions.shape == (1, 4) and np.isfinite(actions).all()
+    out = tmp_path / "eval"
+    command = ["eval", "--env", "metaworld", "--policy", f"lerobot:{checkpoint}", "--tasks", "reach"]
+    assert cli([*command, "--episodes-per-task", "1", "--no-control", "--out", str(out), "--image_size=32"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"]["episodes"] == 1 and summary["tasks"]["reach-v3"]["mean_steps"] > 0
+    with pytest.raises(FileNotFoundError, match="not a LeRobot policy checkpoint"):
+        LeRobotPolicyAdapter(tmp_path)

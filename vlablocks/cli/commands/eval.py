@@ -15,7 +15,10 @@ HELP = "closed-loop evaluation on a registered env: success rate with a 95% CI, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", required=True, help="registered eval env (vlablocks list eval_envs)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--policy", help="ws://HOST:PORT of a running server, or the baselines 'expert' / 'random'")
+    source.add_argument(
+        "--policy",
+        help="ws://HOST:PORT of a running server, the baselines 'expert' / 'random', or lerobot:DIR (a LeRobot checkpoint)",
+    )
     source.add_argument("--ckpt", help="checkpoint directory, evaluated in-process")
     parser.add_argument("--api-key", default=None, help="API key for a server that requires one")
     parser.add_argument("--episodes", type=count(1), default=50)
@@ -63,6 +66,11 @@ def build_policy(args: argparse.Namespace, env):
         host, _, port = args.policy.removeprefix("ws://").rstrip("/").rpartition(":")
         client = PolicyClient(host, int(port), api_key=args.api_key)
         return client, client.metadata
+    if args.policy.startswith("lerobot:"):  # a LeRobot peer (ACT, Diffusion Policy) run by the same rollout engine
+        from vlablocks.tools.metaworld.lerobot_peer import LeRobotPolicyAdapter
+
+        peer = LeRobotPolicyAdapter(args.policy.removeprefix("lerobot:"))
+        return peer, peer.metadata
     from vlablocks.core.capabilities import ScriptedExpert
     from vlablocks.core.evaluation.baselines import ExpertPolicy, RandomPolicy, action_bounds
 
@@ -75,7 +83,7 @@ def build_policy(args: argparse.Namespace, env):
         horizon = 8
         low, high = action_bounds(env)
         return RandomPolicy(low, high, horizon, args.seed), {**metadata, "action_horizon": horizon}
-    raise ValueError(f"--policy must be ws://HOST:PORT, 'expert' or 'random', got {args.policy!r}")
+    raise ValueError(f"--policy must be ws://HOST:PORT, 'expert', 'random' or lerobot:DIR, got {args.policy!r}")
 
 
 def rollout_actor(args: argparse.Namespace, policy):

@@ -5,7 +5,7 @@ Connect (websocket, binary frames, msgpack with numpy arrays, see `msgpack_numpy
     server -> client   metadata: {"action_horizon": T, "action_dim": D, "state_dim": S, "camera_keys": [..],
                                   "image_size": H, "embodiment": str, "max_payload_bytes": int,
                                   "max_prompt_chars": int, "max_prompt_tokens": int, "max_connections": int,
-                                  "protocol": int}
+                                  "idle_timeout_s": float, "protocol": int}
     client -> server   observation: {"images": {camera_key: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str}
                        (any H x W: the model resizes each view to image_size; sending that size saves bandwidth)
     server -> client   {"actions": float32 [T, D], "server_timing": {"infer_ms": float, "total_ms": float}} (binary)
@@ -15,7 +15,10 @@ Connect (websocket, binary frames, msgpack with numpy arrays, see `msgpack_numpy
 
 A prompt must be non-empty plain text within the advertised character and token limits (the model's
 special tokens are refused); errors are one line of at most 500 characters. Connections beyond
-`max_connections` are closed with code 1013 ("try again later").
+`max_connections` take the slot of a connection idle for 2 s or more (closed with 1001), else are closed with
+code 1013 ("try again later"); a connection that sends nothing for `idle_timeout_s` (in the metadata) is closed
+with 1001. A request carries only images, state, prompt, depth, intrinsics, embodiment, dataset_name,
+episode_start (a boolean: the first request of an episode) and subtasks; any other key is `invalid_value`.
 A message larger than `max_payload_bytes` closes that connection with code 1009 (the server never reads an
 over-limit message into memory); the server keeps serving and the client reconnects. `GET /healthz` answers
 200 "OK". When the server has an API key, the websocket handshake must carry `Authorization: Api-Key <key>`

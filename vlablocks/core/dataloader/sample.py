@@ -25,7 +25,8 @@ class Observation(TypedDict):
     state:         float32 [S], raw proprioception (absent only where the platform has none)
     depth:         {K: float32 [H, W]} metres, same keys as images, same H, W as that view
     intrinsics:    {K: float32 [3, 3]} pinhole intrinsics, same keys as images
-    Requests may carry more keys (dataset_name, embodiment, action, ...); the server ignores them.
+    A served request may also carry embodiment, dataset_name, episode_start and subtasks, and nothing else: the
+    server refuses any other key, training fields included (vlablocks/core/serving/requests.py).
     """
 
     images: dict[str, np.ndarray]

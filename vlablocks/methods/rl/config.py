@@ -1,4 +1,4 @@
-"""RL options: the `rl:` section of an experiment config (`vlablocks rl`; equations in vlablocks/methods/rl/grpo.py)."""
+"""RL options: the `rl:` section of an experiment config (`vlablocks rl`; equations in vlablocks/methods/rl/grpo.py and ppo.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,38 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vlablocks.core.registry import CONFIG_SECTIONS
+from vlablocks.core.vlm.base import LoraOptions
+
+
+@dataclass(frozen=True)
+class RLLoraOptions(LoraOptions):
+    """`rl.lora`: adapters added to the VLM when RL starts (SimpleVLA-RL: rank 32, alpha 64, every Linear)."""
+
+    rank: int = 32
+    alpha: int = 64
+
+
+@dataclass(frozen=True)
+class PPOOptions:
+    """`rl.ppo` (rl.algorithm: ppo): the critic and GAE; equations in vlablocks/methods/rl/ppo.py."""
+
+    gamma: float = 1.0  # discount per policy call (veRL's default)
+    lam: float = 1.0  # GAE lambda (veRL's default; 1.0: Monte Carlo return minus the value)
+    critic: dict = field(  # a value-model section (vlablocks/methods/value/); only StateValueMLP for now
+        default_factory=lambda: {
+            "name": "StateValueMLP",
+            "hidden_dim": 64,
+            "value_head": {"loss": "mse", "hidden_dim": 64},
+        }
+    )
+    critic_learning_rate: float = 1e-3
+    value_clip: float | None = 0.5  # veRL's cliprange_value; None: plain MSE
 
 
 @CONFIG_SECTIONS.register("rl")
 @dataclass(frozen=True)
 class RLConfig:
+    algorithm: Literal["grpo", "ppo"] = "grpo"  # ppo: a critic and GAE instead of group-normalized advantages
     init_ckpt: str | None = None  # the SFT checkpoint to start from (`--init-ckpt` sets it)
     iterations: int = 100
     groups_per_iteration: int = 8  # B initial states per iteration (per process)
@@ -39,4 +66,6 @@ class RLConfig:
     eval_seed: int = 1000
     save_every: int = 10
     keep_last: int = 2
+    lora: RLLoraOptions = field(default_factory=RLLoraOptions)  # enabled: RL trains adapters (+ the head) only
+    ppo: PPOOptions = field(default_factory=PPOOptions)
     val_only: bool = False  # evaluate the initial checkpoint (greedy, + wrong-instruction control) and stop

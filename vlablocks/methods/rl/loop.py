@@ -5,7 +5,9 @@
 Per iteration every process rolls out its share: B initial states x G sampled episodes, batched over a
 vector env (one policy call serves every live episode); reward = success x verifier_reward_coef; groups
 with all-equal rewards are dropped and refilled (dynamic sampling); then one PPO-clip pass with clip-higher
-over the kept episodes' policy calls (GRPO: vlablocks/methods/rl/grpo.py). Every random draw is keyed on
+over the kept episodes' policy calls (GRPO: vlablocks/methods/rl/grpo.py; or, with rl.algorithm: ppo,
+advantages from GAE on a critic's values, the critic regressed on the same minibatches: ppo.py). rl.lora adds
+LoRA adapters to the VLM before the optimizer is built (lora.py). Every random draw is keyed on
 (seed, iteration, process), so a run resumed from its last checkpoint continues exactly. Checkpoints are
 ordinary framework checkpoints (servable, evaluable). The loop reads top to bottom; options: rl_config.py.
 """
@@ -34,7 +36,12 @@ from vlablocks.core.flags import FlagParser
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.logs import show_project_logs
 from vlablocks.core.policy.policy import Policy
-from vlablocks.core.training.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
+from vlablocks.core.training.checkpoint import (
+    STATE_DIR,
+    latest_checkpoint,
+    load_training_state,
+    save_training_checkpoint,
+)
 from vlablocks.core.training.components import make_accelerator, seed_everything, set_threads
 from vlablocks.core.training.distributed import end_distributed
 from vlablocks.core.training.optim import build_optimizer
@@ -42,6 +49,8 @@ from vlablocks.core.training.precision import keep_trainable_weights_fp32
 from vlablocks.core.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
 from vlablocks.methods.rl.config import RLConfig
 from vlablocks.methods.rl.grpo import clipped_policy_loss, fill_with_informative_groups
+from vlablocks.methods.rl.lora import add_rl_lora
+from vlablocks.methods.rl.ppo import Critic
 from vlablocks.methods.rl.report import plot_success
 
 
@@ -77,18 +86,21 @@ def rl(experiment: ExperimentConfig) -> dict:
     seed_everything(experiment.seed)
     main, rank = accelerator.is_main_process, accelerator.process_index
     check_run_dir(run_dir, experiment)
-    accelerator.wait_for_everyone()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir)
-        (run_dir / "config.yaml").write_text(to_yaml(experiment.to_dict()))
-
     resume_from = latest_checkpoint(run_dir) if trainer.resume else None
     source = resume_from or cfg.init_ckpt
     policy = Policy.from_pretrained(source, device=accelerator.device)
     framework = policy.model
     require(framework, StochasticPolicy, "vlablocks rl")
+    if cfg.lora.enabled and resume_from is None:  # a resumed run's checkpoint has its adapters already
+        add_rl_lora(framework, cfg.lora, str(source))  # before the optimizer: it holds the adapters (and the head)
     framework.eval()  # no dropout: the update's log-probs must be those of the policy that acted
+    critic = Critic(policy, cfg.ppo, accelerator.device) if cfg.algorithm == "ppo" else None  # ppo.py
+    accelerator.wait_for_everyone()
+    if main:  # only now, every refusal above came first
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+        (run_dir / "config.yaml").write_text(to_yaml(experiment.to_dict()))
+
     reference = None
     if cfg.kl_coef > 0:  # the initial policy, frozen (a fresh load is its own copy)
         reference = Policy.from_pretrained(cfg.init_ckpt, device=accelerator.device).model.eval().requires_grad_(False)
@@ -102,6 +114,10 @@ def rl(experiment: ExperimentConfig) -> dict:
             truncate_metrics(run_dir, start)
             print(f"resumed from {resume_from} at iteration {start}")
     model, optimizer = accelerator.prepare(ChoiceLogProbs(framework, cfg.temperature), optimizer)
+    if critic is not None:
+        if resume_from is not None:
+            critic.load(resume_from / STATE_DIR)
+        critic.prepare(accelerator)
 
     evaluates = main and (cfg.eval_every > 0 or cfg.val_only)  # the main process evaluates, on envs built once
     eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, cfg.env_workers) if evaluates else None
@@ -130,12 +146,22 @@ def rl(experiment: ExperimentConfig) -> dict:
         episodes_run = sum(len(episodes) for episodes in rounds)
         rollout_s = time.perf_counter() - rollout_start
 
-        # ---- one PPO-clip pass (clip-higher) over the kept episodes' policy calls ----------------------
+        # ---- advantages: the group's (GRPO) or GAE on the critic's values (PPO) --------------------------
         update_start = time.perf_counter()
         lr = float(optimizer.param_groups[0]["lr"])  # this iteration's rate (rl.lr_schedule)
-        calls = [
-            (call, float(adv)) for group, advs in kept for episode, adv in zip(group, advs) for call in episode.calls
-        ]
+        if critic is None:
+            calls = [
+                (call, float(adv))
+                for group, advs in kept
+                for episode, adv in zip(group, advs)
+                for call in episode.calls
+            ]
+        else:
+            episodes = [episode for group, _ in kept for episode in group]
+            rows, value_stats = critic.advantages(episodes, cfg.verifier_reward_coef)  # (call, A_hat, V_old, R)
+            calls = [(call, advantage) for call, advantage, *_ in rows]
+
+        # ---- one PPO-clip pass (clip-higher) over the kept episodes' policy calls ----------------------
         steps = _minibatch_count(accelerator, len(calls), cfg.minibatch_size) * cfg.update_epochs
         order = np.random.default_rng(_key(experiment.seed, iteration, 99, rank)).permutation(len(calls))
         parts = np.array_split(np.tile(order, cfg.update_epochs), steps) if steps else []
@@ -147,6 +173,8 @@ def rl(experiment: ExperimentConfig) -> dict:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if critic is not None:  # the critic's clipped value loss on the same minibatch
+                numbers.update(critic.step([rows[i] for i in part], accelerator, cfg.max_grad_norm))
             stats.append(numbers)
         if parts:
             scheduler.step()  # rl.lr_schedule, counted per iteration that updated (saved: resume is exact)
@@ -161,7 +189,8 @@ def rl(experiment: ExperimentConfig) -> dict:
             "groups_kept": int(totals[2]),
             "groups_sampled": int(totals[3]),
             "policy_calls": len(calls),
-            **{k: float(np.nanmean([s[k] for s in stats])) if stats else float("nan") for k in _STAT_KEYS},
+            **{k: float(np.nanmean([s[k] for s in stats])) if stats else float("nan") for k in _stat_keys(critic)},
+            **(value_stats if critic is not None else {}),
             "lr": lr,
             "rollout_s": rollout_s,
             "update_s": update_s,
@@ -176,9 +205,15 @@ def rl(experiment: ExperimentConfig) -> dict:
         if iteration % cfg.save_every == 0 or iteration == cfg.iterations:
             accelerator.wait_for_everyone()
             if main:
+                shard_dir = None
+                if critic is not None:  # its weights and optimizer go into the checkpoint's trainer_state/
+                    shard_dir = run_dir / "critic.tmp"
+                    shard_dir.mkdir(exist_ok=True)
+                    critic.save(shard_dir)
                 checkpoint = save_training_checkpoint(
-                    run_dir, iteration, policy, optimizer.optimizer, scheduler, {"history": history}, cfg.keep_last
-                )
+                    run_dir, iteration, policy, optimizer.optimizer, scheduler, {"history": history}, cfg.keep_last,
+                    shard_dir=shard_dir,
+                )  # fmt: skip
             accelerator.wait_for_everyone()
     envs.close()
     if eval_envs is not None:
@@ -189,7 +224,10 @@ def rl(experiment: ExperimentConfig) -> dict:
     return {"checkpoint": checkpoint, "history": history, "run_dir": run_dir}
 
 
-_STAT_KEYS = ("loss", "clip_fraction", "approx_kl", "entropy")
+def _stat_keys(critic) -> tuple[str, ...]:
+    """The per-minibatch numbers averaged into an iteration's metrics."""
+    value_keys = ("value_loss", "value_clip_fraction") if critic is not None else ()
+    return ("loss", "clip_fraction", "approx_kl", "entropy", *value_keys)
 
 
 def _minibatch_loss(model, policy, reference, calls, cfg: RLConfig, accelerator) -> tuple[torch.Tensor, dict]:
@@ -267,6 +305,8 @@ def _describe(m: dict) -> str:
         f"clip {m['clip_fraction']:.3f} kl {m['approx_kl']:.4f} entropy {m['entropy']:.3f} "
         f"rollout {m['rollout_s']:.1f}s update {m['update_s']:.1f}s"
     )
+    if "value_loss" in m:
+        text += f" value loss {m['value_loss']:.4f} explained var {m['explained_variance']:.3f}"
     return text + (f" eval {m['eval_success']:.0%}" if "eval_success" in m else "")
 
 

@@ -297,7 +297,7 @@ class PolicyServer:
 
 
 @contextlib.contextmanager
-def running_server(policy: ServedPolicy, *, timeout: float = 10.0, **kwargs: object) -> Iterator[PolicyServer]:
+def running_server(policy: Policy | ServedPolicy, *, timeout: float = 10.0, **kwargs: object) -> Iterator[PolicyServer]:
     """Runs a `PolicyServer` in a background thread for the `with` block (tests, benchmarks, notebooks).
 
     Binds 127.0.0.1 on a free port unless `host`/`port` say otherwise; `server.port` is the bound port.

@@ -94,7 +94,7 @@ def rl(experiment: ExperimentConfig) -> dict:
     if cfg.lora.enabled and resume_from is None:  # a resumed run's checkpoint has its adapters already
         add_rl_lora(framework, cfg.lora, str(source))  # before the optimizer: it holds the adapters (and the head)
     framework.eval()  # no dropout: the update's log-probs must be those of the policy that acted
-    critic = Critic(policy, cfg.ppo, accelerator.device) if cfg.algorithm == "ppo" else None  # ppo.py
+    critic = Critic(policy, cfg.ppo, accelerator) if cfg.algorithm == "ppo" else None  # ppo.py
     accelerator.wait_for_everyone()
     if main:  # only now, every refusal above came first
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,12 @@ class Critic:
     """The critic of `rl.ppo.critic` (a StateValueMLP section) with its processor (the policy's normalization stats,
     state only) and its optimizer; `prepare` hands both to accelerate."""
 
-    def __init__(self, policy, options: PPOOptions, device: torch.device) -> None:
+    def __init__(self, policy, options: PPOOptions, accelerator) -> None:
+        if accelerator.state.deepspeed_plugin is not None:
+            raise ValueError(
+                "rl.algorithm: ppo under DeepSpeed is not wired (a second model to prepare); launch with DDP "
+                "(configs/accelerate/ddp.yaml) or use rl.algorithm=grpo"
+            )
         section = options.critic
         if section.get("name") != "StateValueMLP":
             raise ValueError(
@@ -115,14 +120,14 @@ class Critic:
         if section.get("value_head", {}).get("loss") != "mse":
             raise ValueError("rl.ppo.critic: the critic regresses returns; set rl.ppo.critic.value_head.loss=mse")
         self.options = options
-        value_model = build(VALUE_MODELS, section, platform=policy.model.platform).to(device).eval()
+        value_model = build(VALUE_MODELS, section, platform=policy.model.platform).to(accelerator.device).eval()
         config = dataclasses.replace(
             policy.processor.config, **value_model.processor_options(), fast=None, state_tokens=None, prompt_suffix=""
         )
         self.processor = Processor(dataclasses.replace(config, geometry=None), None, policy.processor.normalizer.stats)
         self.model = CriticValues(value_model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.critic_learning_rate)
-        self.device = device
+        self.device = accelerator.device
 
     def prepare(self, accelerator) -> None:
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)

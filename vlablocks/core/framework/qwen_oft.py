@@ -80,6 +80,8 @@ class QwenOFT(Framework):
         self.vlm = build(VLMS, config.vlm)
         hidden = self.vlm.hidden_size
         self.action_model = self.build_action_model(config.action_model, cond_dim=hidden)
+        if hasattr(self.action_model, "bind_vlm"):  # token_bins: the LM head scores its bin tokens
+            self.action_model.bind_vlm(self.vlm)
         num_queries = getattr(self.action_model, "num_query_tokens", self.platform.action_horizon)
         self.query_tokens = [f"{config.query_token_prefix}{i}|>" for i in range(num_queries)]
         self.query_token_ids = self.vlm.add_special_tokens(self.query_tokens)

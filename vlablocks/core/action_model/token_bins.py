@@ -1,7 +1,7 @@
 """Action tokens from the VLA's own LM head (OpenVLA / OpenVLA-OFT, as SimpleVLA-RL samples them): `token_bins`.
 
-K reserved tokens <|abin_0|> ... <|abin_{K-1}|> are added to the VLM's vocabulary (on a pretrained Qwen-VL they land
-in the embedding's padding rows, which the tokenizer never emits: K = 256 fits the 271 of Qwen2.5-VL); token k is
+K reserved tokens <|abin_0|> ... <|abin_{K-1}|> are added to the VLM's vocabulary (where the embedding has more rows
+than the tokenizer has tokens, as pretrained Qwen-VL checkpoints do, they take those unused rows first); token k is
 bin k of every action dimension. The framework appends Q = T x D action queries, one per action scalar (OFT's
 parallel decoding: every scalar in one forward pass), and the LM head, restricted to the K bin tokens, reads each
 query's final hidden state h_{t,d} (after the last norm):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from test_server import ChecksumPolicy, ask, connect_raw, make_obs
 from test_text_latent import TASKS, awake, examples_with
 
 from deployment.client import msgpack_numpy
-from vlablocks.core.serving.server import PolicyServer, exposure_warning, running_server
+from vlablocks.core.serving.server import BUSY, PolicyServer, exposure_warning, running_server
 from vlablocks.core.serving.slots import EVICT_IDLE_S, IDLE_CLOSE
 from vlablocks.methods.steering.steered_policy import LatentOptions, SteeredPolicy
 from vlablocks.methods.steering.text_latent import extract
@@ -170,6 +171,33 @@ def test_idle_connections_yield_their_slots_and_time_out():
         assert closed.value.rcvd.code == IDLE_CLOSE and "idle for 3 s" in closed.value.rcvd.reason
         assert "actions" in send(newcomer, make_obs())  # active: never evicted
         newcomer.close()
+
+
+def connect_from(source: str, port: int):
+    """A websocket to the server from the loopback address `source` (another client address than 127.0.0.1)."""
+    sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+    return websockets.sync.client.connect(f"ws://127.0.0.1:{port}", sock=sock, compression=None, proxy=None)
+
+
+def test_one_address_cannot_take_the_slots_other_clients_need():
+    with running_server(ChecksumPolicy(), max_connections=4, max_connections_per_address=2) as srv:
+        other = connect_raw(srv.port)  # another client, connected first: the idlest connection from here on
+        held = [connect_from("127.0.0.2", srv.port) for _ in range(2)]
+        assert all("max_connections" in msgpack_numpy.unpackb(ws.recv(timeout=5)) for ws in held)
+        extra = connect_from("127.0.0.2", srv.port)  # its address holds 2 connections, none idle 2 s: refused
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+            extra.recv(timeout=5)
+        assert closed.value.rcvd.code == BUSY and "limit per address" in closed.value.rcvd.reason
+        time.sleep(EVICT_IDLE_S + 0.3)
+        again = connect_from("127.0.0.2", srv.port)  # replaces one of its own idle connections ...
+        assert "max_connections" in msgpack_numpy.unpackb(again.recv(timeout=5))
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            held[0].recv(timeout=2)
+        assert "actions" in send(other, make_obs())  # ... not the other client's, idle longer
+        for ws in (again, held[1], other):
+            ws.close()
+    with pytest.raises(ValueError, match="--max-connections-per-address must be an integer in 1..4"):
+        PolicyServer(ChecksumPolicy(), max_connections=4, max_connections_per_address=5)
 
 
 # ---- 8. memory handed back after a pipelining attack -------------------------------------------------------------

@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open connections; when all are taken a newcomer gets the slot of one idle >= 2 s, else 1013",
     )
     parser.add_argument(
+        "--max-connections-per-address",
+        type=count(1),
+        help="connections one client IP address may hold (default: --max-connections); beyond, it can only replace "
+        "one of its own idle connections",
+    )
+    parser.add_argument(
         "--idle-timeout-s",
         type=real(2, 86400),
         default=60.0,
@@ -71,12 +77,13 @@ def read_api_key(given: str | None, path: str | None) -> str | None:
 
 def check(args: argparse.Namespace) -> str | None:
     """Every option before the checkpoint is loaded or the socket opened -> the API key."""
-    from vlablocks.core.serving.server import DEFAULT_MAX_PROMPT_CHARS, check_limits
+    from vlablocks.core.serving.server import DEFAULT_MAX_PROMPT_CHARS, check_limits, check_per_address
     from vlablocks.methods.steering.latent_arguments import check_latent_arguments
 
     check_limits(
         args.max_payload_mb, DEFAULT_MAX_PROMPT_CHARS, args.max_prompt_tokens, args.max_connections, args.idle_timeout_s
     )
+    check_per_address(args.max_connections_per_address, args.max_connections)
     if not Path(args.ckpt).is_dir():
         raise FileNotFoundError(f"--ckpt {args.ckpt}: no such checkpoint directory")
     check_latent_arguments(args)
@@ -107,6 +114,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         max_prompt_tokens=args.max_prompt_tokens,
         max_connections=args.max_connections,
         idle_timeout_s=args.idle_timeout_s,
+        max_connections_per_address=args.max_connections_per_address,
     )
 
     async def main() -> None:

@@ -85,6 +85,18 @@ def check_limits(
         raise ValueError(f"--idle-timeout-s must be a number of seconds >= {EVICT_IDLE_S:g}, got {idle_timeout_s}")
 
 
+def check_per_address(max_per_address: int | None, max_connections: int) -> int:
+    """The per-address limit (None: max_connections, i.e. none); ValueError unless 1..max_connections."""
+    if max_per_address is None:
+        return max_connections
+    if not isinstance(max_per_address, int) or not 1 <= max_per_address <= max_connections:
+        raise ValueError(
+            f"--max-connections-per-address must be an integer in 1..{max_connections} (--max-connections), "
+            f"got {max_per_address!r}"
+        )
+    return max_per_address
+
+
 class PolicyServer:
     """Serves `policy` on ws://host:port. `port=0` picks a free port (see `port` once started)."""
 
@@ -99,6 +111,7 @@ class PolicyServer:
         max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        max_connections_per_address: int | None = None,
     ) -> None:
         policy = served(policy)
         missing = [k for k in METADATA_KEYS if k not in policy.metadata]
@@ -111,6 +124,7 @@ class PolicyServer:
         self.api_key = api_key or None
         self.max_payload_bytes = int(max_payload_mb * 2**20)
         self.max_connections = max_connections
+        self.max_per_address = check_per_address(max_connections_per_address, max_connections)
         self.idle_timeout_s = float(idle_timeout_s)
         self.slots: set[Slot] = set()
         self.metadata = {
@@ -119,6 +133,7 @@ class PolicyServer:
             "max_prompt_chars": max_prompt_chars,
             "max_prompt_tokens": max_prompt_tokens,
             "max_connections": max_connections,
+            "max_connections_per_address": self.max_per_address,
             "idle_timeout_s": self.idle_timeout_s,
             "protocol": PROTOCOL_VERSION,
         }
@@ -221,17 +236,26 @@ class PolicyServer:
 
     # ---- one connection -----------------------------------------------------------------------------
     async def _admit(self, connection: ServerConnection) -> Slot | None:
-        """A slot for a new connection: a free one, else the idlest connection's (closed), else None (refused)."""
-        if len(self.slots) >= self.max_connections:
-            victim = idlest(self.slots)
+        """A slot for a new connection: a free one, else the idlest connection's (closed), else None (refused).
+        A client address already holding `max_per_address` connections can only replace one of its own idle ones."""
+        address = (connection.remote_address or ("?",))[0]
+        own = {s for s in self.slots if s.address == address}
+        if len(own) >= self.max_per_address or len(self.slots) >= self.max_connections:
+            limited = len(own) >= self.max_per_address
+            victim = idlest(own if limited else self.slots)
             if victim is None:
-                await connection.close(BUSY, f"server busy: {self.max_connections} connections active; retry later")
+                reason = (
+                    f"{len(own)} connections open from your address, the limit per address"
+                    if limited
+                    else f"server busy: {self.max_connections} connections active"
+                )
+                await connection.close(BUSY, f"{reason}; retry later")
                 return None
             self.slots.discard(victim)
             closing = asyncio.ensure_future(victim.connection.close(IDLE_CLOSE, "idle: slot given to a waiting client"))
             self._tasks.add(closing)
             closing.add_done_callback(self._tasks.discard)
-        slot = Slot(connection)
+        slot = Slot(connection, address)
         self.slots.add(slot)
         return slot
 

@@ -4,7 +4,9 @@ Slot policy: at most `max_connections` open connections. A slot belongs to a cli
 slot is taken, a newcomer takes the slot of the connection idle longest (no request in flight, nothing received
 for at least `EVICT_IDLE_S`), which is closed with `IDLE_CLOSE`; only when every connection is active is the
 newcomer refused (1013). Independently, a connection that sends nothing for `idle_timeout_s` is closed. So held-
-open idle sockets can never lock active clients out for more than `EVICT_IDLE_S`.
+open idle sockets can never lock active clients out for more than `EVICT_IDLE_S`. Per client: an address holding
+`max_connections_per_address` connections (default: no limit below `max_connections`) can only replace one of its
+own idle connections, so one address churning connections cannot take the slots other clients need.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ IDLE_CLOSE = 1001  # websocket close code "going away": an idle connection's slo
 @dataclass(eq=False)
 class Slot:
     connection: Any
+    address: str = "?"  # the client's IP address
     last_active: float = field(default_factory=time.monotonic)
     busy: bool = False  # a request is being answered
 

@@ -3,7 +3,8 @@
 Starts `vlablocks serve` on the tiny QwenOFT checkpoint of the hostile bench, at the default limits unless told
 otherwise. `--idle` sockets connect first and then send nothing, held open until the server closes them (idle
 timeout, or their slot given to a newcomer; beyond `--max-connections` they are refused with 1013); with
-`--reconnect` each one closed or refused connects again after 0.1 s (a churning attacker). After `--hold-s`
+`--reconnect` each one closed or refused connects again after 0.1 s (a churning attacker); `--idle-from
+127.0.0.2` makes them another client address than the active clients'. After `--hold-s`
 seconds, `--clients` active clients connect and send `--requests` valid requests each, one at a time.
 Reported: active clients refused (closed with 1013 before or while being served), failed requests, latency
 p50 / p99 / max, and what the idle sockets went through. Exit status 1 when an active client was refused or a
@@ -32,11 +33,15 @@ from vlablocks.tools.bench.hostile import start_server, tiny_policy, valid_reque
 RECONNECT_S = 0.1
 
 
-async def _hold_idle(url: str, count: int, reconnect: bool, stop: asyncio.Event, tally: dict) -> None:
+async def _hold_idle(
+    url: str, count: int, reconnect: bool, source: str | None, stop: asyncio.Event, tally: dict
+) -> None:
+    local = {"local_addr": (source, 0)} if source else {}
+
     async def one() -> None:
         while not stop.is_set():
             try:
-                async with websockets.asyncio.client.connect(url, compression=None, proxy=None) as ws:
+                async with websockets.asyncio.client.connect(url, compression=None, proxy=None, **local) as ws:
                     await ws.recv()  # metadata, or the close of a full server
                     tally["admitted"] += 1
                     await ws.wait_closed()  # idle until the server closes it
@@ -75,7 +80,15 @@ def _active(url: str, requests: int, message: bytes, outcome: dict, lock: thread
         outcome["failed"] += failed
 
 
-def run(clients: int, requests: int, idle: int, hold_s: float, extra: list[str], reconnect: bool = False) -> dict:
+def run(
+    clients: int,
+    requests: int,
+    idle: int,
+    hold_s: float,
+    extra: list[str],
+    reconnect: bool = False,
+    idle_from: str | None = None,
+) -> dict:
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         checkpoint = tiny_policy().save_pretrained(Path(tmp) / "ckpt")
         process, port = start_server(checkpoint, Path(tmp) / "server.log", extra=extra)
@@ -83,7 +96,9 @@ def run(clients: int, requests: int, idle: int, hold_s: float, extra: list[str],
         tally = dict.fromkeys(("admitted", "closed_by_server", "refused"), 0)
         loop = asyncio.new_event_loop()
         stop = asyncio.Event()
-        holder = threading.Thread(target=loop.run_until_complete, args=(_hold_idle(url, idle, reconnect, stop, tally),))
+        holder = threading.Thread(
+            target=loop.run_until_complete, args=(_hold_idle(url, idle, reconnect, idle_from, stop, tally),)
+        )
         try:
             holder.start()
             time.sleep(hold_s)
@@ -109,6 +124,7 @@ def run(clients: int, requests: int, idle: int, hold_s: float, extra: list[str],
         "requests_each": requests,
         "idle_sockets": idle,
         "idle_reconnect": reconnect,
+        "idle_from": idle_from or "127.0.0.1",
         "server_options": extra,
         "served": int(latencies.size),
         "active_refused": outcome["refused"],
@@ -128,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=200, help="idle sockets held open")
     parser.add_argument("--hold-s", type=float, default=3.0, help="seconds the idle sockets are held before the load")
     parser.add_argument("--reconnect", action="store_true", help="idle sockets closed or refused connect again")
+    parser.add_argument("--idle-from", help="source address of the idle sockets (e.g. 127.0.0.2: another client)")
     args, extra = parser.parse_known_args(argv)  # anything else goes to `vlablocks serve` (e.g. --max-connections)
     if min(args.clients, args.requests) < 1 or args.idle < 0 or not args.hold_s >= 0:
         parser.error("--clients and --requests must be >= 1, --idle and --hold-s >= 0")
-    result = run(args.clients, args.requests, args.idle, args.hold_s, extra, args.reconnect)
+    result = run(args.clients, args.requests, args.idle, args.hold_s, extra, args.reconnect, args.idle_from)
     print(json.dumps(result, indent=1))
     return 1 if result["active_refused"] or result["failed_requests"] else 0
 

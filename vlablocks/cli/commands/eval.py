@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks", help="a task suite, run task by task: mt10, mt50, a difficulty group or task names (--env metaworld)"
     )
-    parser.add_argument("--episodes-per-task", type=int, default=10, help="with --tasks: episodes per task")
+    parser.add_argument("--episodes-per-task", type=count(1), default=10, help="with --tasks: episodes per task")
     parser.add_argument("--no-control", action="store_true", help="with --tasks: skip the wrong-instruction control")
     add_latent_arguments(parser)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlablocks.cli.arguments import count
+
 NAME = "make-metaworld-data"
 HELP = (
     "write Meta-World scripted-expert demonstrations (mt10, mt50, a difficulty group or tasks) as a LeRobot v3 dataset"
@@ -16,12 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks", default="mt10", help="mt10, mt50, easy|medium|hard|very_hard, or comma-separated task names"
     )
-    parser.add_argument("--episodes-per-task", type=int, default=50, help="demonstrations attempted per task")
+    parser.add_argument("--episodes-per-task", type=count(1), default=50, help="demonstrations attempted per task")
     parser.add_argument(
-        "--seed", type=int, default=0, help="episode i of each task uses env seed SEED + i (kept below eval's 1000)"
+        "--seed",
+        type=count(0),
+        default=0,
+        help="episode i of each task uses env seed SEED + i (kept below eval's 1000)",
     )
-    parser.add_argument("--image-size", type=int, default=128, help="pixels per side of the corner2 view")
-    parser.add_argument("--max-steps", type=int, default=200, help="steps before an unfinished demo counts as failed")
+    parser.add_argument("--image-size", type=count(8), default=128, help="pixels per side of the corner2 view")
+    parser.add_argument(
+        "--max-steps", type=count(1), default=200, help="steps before an unfinished demo counts as failed"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 

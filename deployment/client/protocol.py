@@ -5,7 +5,8 @@ Connect (websocket, binary frames, msgpack with numpy arrays, see `msgpack_numpy
     server -> client   metadata: {"action_horizon": T, "action_dim": D, "state_dim": S, "camera_keys": [..],
                                   "image_size": H, "embodiment": str, "max_payload_bytes": int,
                                   "max_prompt_chars": int, "max_prompt_tokens": int, "max_connections": int,
-                                  "idle_timeout_s": float, "protocol": int}
+                                  "max_connections_per_address": int, "idle_timeout_s": float,
+                                  "protocol": int}
     client -> server   observation: {"images": {camera_key: uint8 [H, W, 3]}, "state": float32 [S], "prompt": str}
                        (any H x W: the model resizes each view to image_size; sending that size saves bandwidth)
     server -> client   {"actions": float32 [T, D], "server_timing": {"infer_ms": float, "total_ms": float}} (binary)

@@ -10,7 +10,7 @@ import dataclasses
 
 import torch
 
-from vlablocks.core.action_model.base import ActionHead, Conditioning
+from vlablocks.core.action_model.base import ActionHead, Conditioning, ReadsVocabulary
 from vlablocks.core.action_model.shared_attention import SharedAttentionFlowHead
 from vlablocks.core.build import build as build_component
 from vlablocks.core.registry import ACTION_MODELS
@@ -37,11 +37,11 @@ OVERFIT_OPTIONS = {"hidden_dim": 64, "repeated_diffusion_steps": 4}
 OVERFIT_OPTIONS_PER_HEAD = {"diffusion": {"repeated_diffusion_steps": 8}}
 OVERFIT_STEPS = 300
 
-# Heads scored by the VLM's own LM head (`bind_vlm`: token_bins) have no standalone contract: tests/test_token_bins.py.
+# Heads scored by the VLM's own LM head (ReadsVocabulary: token_bins) have no standalone contract: tests/test_token_bins.py.
 CONTINUOUS_HEADS = [
     entry.name
     for entry in ACTION_MODELS.entries()
-    if isinstance(entry.obj, type) and issubclass(entry.obj, ActionHead) and not hasattr(entry.obj, "bind_vlm")
+    if isinstance(entry.obj, type) and issubclass(entry.obj, ActionHead) and not issubclass(entry.obj, ReadsVocabulary)
 ]
 
 

@@ -34,6 +34,7 @@ OUTPUT_MODULE = {
     "binned": "mlp",
     "flow_matching": "output",
     "layerwise_flow_matching": "output",
+    "shared_attention_flow_matching": "output",
     "diffusion": "noise_net",
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -95,3 +96,11 @@ class ActionHead(nn.Module):
     ) -> torch.Tensor:
         """-> normalized actions [B, T, D]; sampling is deterministic for a seeded `generator`."""
         raise NotImplementedError
+
+
+@runtime_checkable
+class ReadsVocabulary(Protocol):
+    """An action head whose scores are the VLM's own (its LM head over reserved tokens: `token_bins`): the framework
+    binds it to the backbone once both are built."""
+
+    def bind_vlm(self, vlm) -> None: ...

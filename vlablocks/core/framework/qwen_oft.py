@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.action_model.base import Conditioning, ReadsVocabulary
 from vlablocks.core.action_model.binned import BinnedActionHead
 from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
@@ -80,7 +80,7 @@ class QwenOFT(Framework):
         self.vlm = build(VLMS, config.vlm)
         hidden = self.vlm.hidden_size
         self.action_model = self.build_action_model(config.action_model, cond_dim=hidden)
-        if hasattr(self.action_model, "bind_vlm"):  # token_bins: the LM head scores its bin tokens
+        if isinstance(self.action_model, ReadsVocabulary):  # token_bins: the LM head scores its bin tokens
             self.action_model.bind_vlm(self.vlm)
         num_queries = getattr(self.action_model, "num_query_tokens", self.platform.action_horizon)
         self.query_tokens = [f"{config.query_token_prefix}{i}|>" for i in range(num_queries)]

@@ -21,6 +21,7 @@ from vlablocks.core.atomic import atomic_write_text
 from vlablocks.core.manifest import MANIFEST_FILE, CorruptCheckpointError, MissingManifestError, adopt
 from vlablocks.core.policy.policy import Policy
 from vlablocks.core.training.checkpoint import latest_checkpoint
+from vlablocks.core.vlm.tokenizer import _write_atomically
 from vlablocks.methods.steering.text_latent import TextLatents
 from vlablocks.tools.bench.hostile import tiny_policy
 
@@ -150,9 +151,11 @@ def test_checkpoints_and_written_files_have_the_users_umask(umask, directory_mod
         saved = tiny_policy().save_pretrained(tmp_path / "ckpt")
         atomic_write_text(tmp_path / "stats.json", "{}")
         TextLatents(["go"], [torch.zeros(2, 3, 4)], [torch.zeros(2, 4)], [1]).save(tmp_path / "latents.safetensors")
+        _write_atomically(tmp_path / "tokenizer", {"vocab.json": {}})  # the tiny tokenizer's cache folder
     finally:
         os.umask(previous)
     paths = [saved, *saved.rglob("*"), tmp_path / "stats.json", tmp_path / "latents.safetensors"]
+    paths += [tmp_path / "tokenizer", tmp_path / "tokenizer" / "vocab.json"]
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in paths}
     expected = {str(p.relative_to(tmp_path)): directory_mode if p.is_dir() else file_mode for p in paths}
     assert modes == expected

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from transformers import Qwen2Tokenizer
 
+from vlablocks.core.atomic import as_umask_allows
+
 # Qwen2/2.5/3-VL special tokens, in the order of their published ids (151643...).
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -160,6 +162,7 @@ def _write_atomically(directory: Path, files: dict[str, object]) -> None:
     # Several processes may build the tokenizer at once: write a private copy, then rename it into place.
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    as_umask_allows(staging, directory=True)  # mkdtemp's 0700 would keep a shared cache from other accounts
     for name, content in files.items():
         (staging / name).write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
     try:

@@ -156,3 +156,23 @@ def test_the_report_page_in_headless_chromium(suite, tmp_path):
     words = subprocess.run(["tesseract", str(shot), "-"], capture_output=True, text=True, timeout=120).stdout
     for expected in ("Overall success 41.7%", "62.5%", "alpha", "gamma", "difficulty", "hard"):
         assert expected in words, f"{expected!r} not read off the screenshot: {words[:400]!r}"
+
+
+def test_the_comparison_table_averages_seeds_and_writes_between_markers(suite, tmp_path):
+    from vlablocks.tools.metaworld.compare import comparison_table, main, parse_run, write_between_markers
+
+    summary, out = suite  # 5/12 = 41.7% overall; easy 62.5%, hard 0%; control 0%
+    other = json.loads(json.dumps(summary))
+    other["overall"]["success_rate"], other["groups"]["easy"]["success_rate"] = 0.5, 0.75
+    table = comparison_table({"stub": [summary, other]})
+    assert table.splitlines()[2] == "| stub | 2 | 12 | 46% (42-50) | 0% (0-0) | 69% (62-75) | - | 0% (0-0) | - |"
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- comparison:start -->\nold\n<!-- comparison:end -->\nafter\n")
+    assert main(["--run", f"stub={out}", "--write", str(page)]) == 0
+    text = page.read_text()
+    assert "old" not in text and "| stub | 1 | 12 | 42% | 0% | 62% | - | 0% | - |" in text and text.endswith("after\n")
+    with pytest.raises(ValueError, match="--run must be NAME=DIR"):
+        parse_run("no-equals-sign")
+    page.write_text("no markers here")
+    with pytest.raises(ValueError, match="no <!-- comparison:start -->"):
+        write_between_markers(page, "x")

@@ -11,10 +11,12 @@ from head_helpers import CONTINUOUS_HEADS, build, make_batch, make_conditioning,
 from vlablocks.core.action_model.context import sincos_2d
 from vlablocks.core.registry import ACTION_MODELS
 
+# Heads that encode a context of their own (shared_attention_flow_matching reads the VLM's keys and refuses the code).
 POSITION_HEADS = [
     name
     for name in CONTINUOUS_HEADS
     if "context_position_encoding" in {f.name for f in dataclasses.fields(ACTION_MODELS.entry(name).config_class)}
+    and name != "shared_attention_flow_matching"
 ]
 
 
@@ -50,3 +52,8 @@ def test_position_encoding_without_vision_positions_is_a_clear_error(name):
     _, _, state = make_batch()
     with pytest.raises(ValueError, match="needs conditioning.vision_mask and conditioning.vision_positions"):
         head.predict(conditioning, state)
+
+
+def test_the_shared_attention_expert_refuses_a_context_position_code():
+    with pytest.raises(ValueError, match="context_position_encoding must be none"):
+        build("shared_attention_flow_matching", context_position_encoding="sincos2d")

@@ -95,6 +95,11 @@ class SharedAttentionFlowHead(FlowMatchingHead):
                 "shared_attention_flow_matching needs the VLM's attention geometry: build it through a framework "
                 "with expert_attention: every_layer"
             )
+        if config.context_position_encoding != "none":
+            raise ValueError(
+                "shared_attention_flow_matching reads the VLM's own keys, which carry the VLM's positions: "
+                "context_position_encoding must be none"
+            )
         if config.num_layers > config.vlm_num_layers:
             raise ValueError(
                 f"shared_attention_flow_matching: num_layers={config.num_layers} expert layers read one VLM layer "

@@ -41,7 +41,10 @@ def expert_head_options(owner: str, options: dict, expert_attention: str, vlm) -
             f"{owner}: expert_attention: every_layer builds pi0's shared-attention expert from flow_matching options; "
             f"action_model.name is {options.get('name')!r}: set it to flow_matching"
         )
-    return {**options, "name": "shared_attention_flow_matching", **attention_geometry(vlm)}
+    # The expert reads the VLM's own keys (they carry its positions): the flow head's context position code, which
+    # the toy recipes set for the cross-attending expert, has nothing to apply to.
+    shared = {**options, "name": "shared_attention_flow_matching", "context_position_encoding": "none"}
+    return {**shared, **attention_geometry(vlm)}
 
 
 @contextmanager

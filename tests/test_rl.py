@@ -164,7 +164,8 @@ def test_worker_envs_match_in_process_envs():
         workers.close()
 
 
-def test_two_ddp_ranks_each_roll_out_their_share_and_update_one_model(sft_checkpoint, tmp_path):
+def rl_on_two_ranks(experiment, config_path) -> None:
+    """Writes `experiment` to `config_path` and runs `vlablocks rl` on 2 DDP CPU ranks under accelerate launch."""
     import os
     import subprocess
     import sys
@@ -173,8 +174,7 @@ def test_two_ddp_ranks_each_roll_out_their_share_and_update_one_model(sft_checkp
     from vlablocks.core.config import to_yaml
 
     root = Path(__file__).resolve().parents[1]
-    config = tmp_path / "rl.yaml"
-    config.write_text(to_yaml(rl_experiment(tmp_path / "run", sft_checkpoint, iterations=1).to_dict()))
+    config_path.write_text(to_yaml(experiment.to_dict()))
     launch = [
         sys.executable,
         "-m",
@@ -185,9 +185,13 @@ def test_two_ddp_ranks_each_roll_out_their_share_and_update_one_model(sft_checkp
     launch += ["--num_processes", "2", "--main_process_port", "0", str(root / "vlablocks/methods/rl/loop.py")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        launch + ["--config-yaml", str(config)], cwd=root, env=env, capture_output=True, text=True, timeout=600
+        launch + ["--config-yaml", str(config_path)], cwd=root, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_ddp_ranks_each_roll_out_their_share_and_update_one_model(sft_checkpoint, tmp_path):
+    rl_on_two_ranks(rl_experiment(tmp_path / "run", sft_checkpoint, iterations=1), tmp_path / "rl.yaml")
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["groups_sampled"] == 4 and row["groups_kept"] == 4  # 2 ranks x 2 groups, summed over ranks
     weights = load_file(str(tmp_path / "run" / "checkpoints" / "step_1" / "model.safetensors"))

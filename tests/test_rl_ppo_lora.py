@@ -136,30 +136,8 @@ def test_lora_on_a_checkpoint_that_has_adapters_is_refused_before_anything_is_wr
 
 
 def test_ppo_with_lora_on_two_ddp_ranks_updates_the_adapters_and_saves_the_critic(sft_checkpoint, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from vlablocks.core.config import to_yaml
-
-    root = Path(__file__).resolve().parents[1]
-    config = tmp_path / "rl.yaml"
     options = {**PPO, "iterations": 1, "lora": {"enabled": True, "rank": 4}}
-    config.write_text(to_yaml(rl_experiment(tmp_path / "run", sft_checkpoint, **options).to_dict()))
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(root / "configs/accelerate/ddp.yaml"),
-    ]
-    launch += ["--num_processes", "2", "--main_process_port", "0", str(root / "vlablocks/methods/rl/loop.py")]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        launch + ["--config-yaml", str(config)], cwd=root, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    test_rl.rl_on_two_ranks(rl_experiment(tmp_path / "run", sft_checkpoint, **options), tmp_path / "rl.yaml")
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["groups_sampled"] == 4 and row["value_loss"] > 0  # 2 ranks x 2 groups; the critic stepped
     step = tmp_path / "run" / "checkpoints" / "step_1"

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from vlm_helpers import FAMILIES, build, encode, random_views
 
-from vlablocks.core.processor.steps import VLMTokenize
+from vlablocks.core.processor.pipeline import VLMTokenize
 from vlablocks.core.vlm.inputs import resize_views, to_pil_views
 
 

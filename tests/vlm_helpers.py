@@ -7,7 +7,7 @@ import torch
 
 from vlablocks.core.batch import VLMInputs
 from vlablocks.core.build import build as build_component
-from vlablocks.core.processor.steps import VLMTokenize
+from vlablocks.core.processor.pipeline import VLMTokenize
 from vlablocks.core.registry import VLMS
 from vlablocks.core.vlm import VLMBackbone
 

@@ -17,7 +17,7 @@ from vlablocks.core.config import ExperimentConfig, load_config, merge_overrides
 from vlablocks.core.flags import FlagParser
 from vlablocks.core.framework.base import build_framework
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
-from vlablocks.core.processor.pipeline import build_processor
+from vlablocks.core.processor.build import build_processor
 
 
 def smoke_experiment(name: str, config_yaml: str | None, overrides: list[str]) -> ExperimentConfig:

@@ -25,7 +25,8 @@ from vlablocks.core.config import ExperimentConfig, load_yaml, parse_experiment,
 from vlablocks.core.framework.base import Framework, build_framework
 from vlablocks.core.framework.ema import load_ema_weights
 from vlablocks.core.manifest import read_json, verify_manifest
-from vlablocks.core.processor.pipeline import PROCESSOR_DIR, Processor, build_processor
+from vlablocks.core.processor.build import build_processor
+from vlablocks.core.processor.pipeline import PROCESSOR_DIR, Processor
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"

@@ -7,7 +7,8 @@ sampling on typed batches; the policy owns the rest:
       -> processor.postprocess                                     {"actions": robot units [B, T, D], ...}
 
 `predict(samples)` runs that chain, `infer(obs)` serves one observation (what the websocket server and the rollout
-engine call), `metadata` is what the server tells clients, and `save_pretrained` / `Policy.from_pretrained` are the
+engine call), `metadata` is what the server tells clients, `check_request` and `session` make it a `ServedPolicy`
+(vlablocks/core/serving/policy.py) the server talks to directly, and `save_pretrained` / `Policy.from_pretrained` are the
 checkpoint I/O (checkpoint.py).
 
     policy = Policy.from_pretrained("runs/demo/checkpoints/step_2500")
@@ -28,7 +29,8 @@ from vlablocks.core.config import ExperimentConfig
 from vlablocks.core.framework.base import Framework, build_framework
 from vlablocks.core.manifest import write_manifest
 from vlablocks.core.policy.checkpoint import load_checkpoint, write_checkpoint
-from vlablocks.core.processor.pipeline import Processor, build_processor
+from vlablocks.core.processor.build import build_processor
+from vlablocks.core.processor.pipeline import Processor
 
 
 class Policy:
@@ -62,9 +64,20 @@ class Policy:
         actions = np.asarray(self.predict([sample])["actions"], dtype=np.float32)
         return {"actions": actions[0]}
 
-    def check_prompt(self, prompt: str, max_tokens: int) -> None:
-        """ValueError naming the problem when the instruction is empty, too long or holds control tokens."""
-        self.processor.check_prompt(prompt, max_tokens)
+    def check_request(self, request: dict, max_prompt_tokens: int) -> None:
+        """The served request's checks the observation contract cannot see: ValueError naming the problem when the
+        instruction is empty, over `max_prompt_tokens` or holds control tokens, or `dataset_name` has no stats here."""
+        self.processor.check_prompt(request["prompt"], max_prompt_tokens)
+        name = request.get("dataset_name")
+        known = self.processor.normalizer.dataset_names
+        if name is not None and name not in known:
+            raise ValueError(
+                f"'dataset_name' {name[:80]!r} has no normalization stats in this policy; send one of {known}"
+            )
+
+    def session(self) -> Policy:
+        """What one served connection talks to: the policy itself (it keeps no per-episode state)."""
+        return self
 
     @property
     def metadata(self) -> dict:

@@ -1,27 +1,21 @@
 """A framework's processor: raw sample dicts -> typed `Batch` (input steps), model output -> actions (output steps).
 
     samples (dataset, env or wire: vlablocks/core/dataloader/sample.py)
-      -> the declared sample steps (sample_steps.py; default: [resolve_embodiment] -> select_cameras -> normalize
-         -> [state_tokens] -> [pad_embodiment] -> [fast_answer]) -> VLMTokenize
-      -> [GeometryPreprocess] -> Batch
-    vision-language samples (co-training: a question and an `answer`, no action, sample.py `is_vl_sample`)
-      -> SelectCameras -> VLAnswer (answer + end-of-turn) -> VLMTokenize: answer labels, `is_robot` False,
-         zero state and action rows (all padded), no normalization
+      -> the declared sample steps (sample_steps.py; default: [resolve_embodiment] -> SelectCameras -> Normalize
+         -> [state_tokens] -> [pad_embodiment] -> [fast_answer]) -> VLMTokenize -> [GeometryPreprocess] -> Batch
+    vision-language samples (co-training, sample.py `is_vl_sample`): SelectCameras -> VLAnswer -> VLMTokenize,
+      `is_robot` False, zero state and action rows (padded), no normalization
     model output {"actions": normalized [B, T, D]} or {"action_tokens": FAST ids per sample}
-      -> [FAST decode] -> Unnormalize -> {"actions": robot units [B, T, D], "normalized_actions"}
-    cross-embodiment mixtures (`embodiments` set; processor/embodiment.py): robot samples resolve their embodiment
-      before Normalize and are zero-padded to [T, D] / [S] after it (Batch.action_dim_mask [B, D]); predicted chunks
-      are trimmed back to each sample's [T, D_e] before Unnormalize
+      -> [FAST decode] -> [trim each sample to its embodiment's [T, D_e]] -> Unnormalize -> robot units [B, T, D]
 
-In training it is the DataLoader's collate function, so all of it runs in the workers; in serving the
-policy calls it. It is saved next to the weights (`<checkpoint>/processor/`) and rebuilt from there alone:
-`processor.json` (this config), `norm_stats.json`, `hf_processor/` (the VLM's tokenizer + image processor)
-and, for tokenized actions, `fast_tokenizer/`. Nothing here uses pickle.
+The steps every served observation runs are in this file, so one observation's processing reads in one place; the
+optional ones are in steps.py. In training the processor is the DataLoader's collate function; in serving the policy
+calls it. It is saved next to the weights (`<checkpoint>/processor/`: `processor.json`, `norm_stats.json`,
+`hf_processor/`, `fast_tokenizer/`) and rebuilt from there alone (no pickle); build.py builds it from a config.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -31,8 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlablocks.core.batch import Batch
-from vlablocks.core.config import ExperimentConfig
+from vlablocks.core.batch import Batch, VLMInputs
 from vlablocks.core.dataloader.normalization import Normalizer
 from vlablocks.core.dataloader.sample import is_vl_sample
 from vlablocks.core.manifest import read_json
@@ -40,15 +33,8 @@ from vlablocks.core.processor.config import FORMAT_VERSION, ProcessorConfig
 from vlablocks.core.processor.embodiment import EmbodimentPadding, dim_mask_batch, stack_or_list
 from vlablocks.core.processor.fast_tokenizer import FASTTokenizer
 from vlablocks.core.processor.sample_steps import StepContext, build_sample_steps, default_sample_steps
-from vlablocks.core.processor.steps import (
-    FASTAnswer,
-    GeometryPreprocess,
-    Normalize,
-    SelectCameras,
-    Unnormalize,
-    VLAnswer,
-    VLMTokenize,
-)
+from vlablocks.core.processor.steps import GeometryPreprocess, VLAnswer, answer_labels, fast_answer_step
+from vlablocks.core.vlm import inputs as vlm_inputs
 
 PROCESSOR_DIR = "processor"
 CONFIG_FILE = "processor.json"
@@ -83,19 +69,12 @@ class Processor:
             self.tokenize = VLMTokenize(hf_processor, config.view_size, config.patch_size, config.prompt_suffix)
             tokenizer = hf_processor.tokenizer  # its added tokens (chat, vision, action queries, FAST) are final here
             self.special_token_ids = frozenset([*tokenizer.get_added_vocab().values(), *tokenizer.all_special_ids])
-        self.fast_answer = None
-        if config.fast is not None:
-            options = config.fast
-            if fast is None and options.path:
-                fast = FASTTokenizer.load(options.path)
-                _check_fast(fast, config)
-            elif fast is None:  # fitted by `fit(dataset)`
-                settings = FASTTokenizer.Config(options.scale, options.vocab_size, options.bpe_merges)
-                fast = FASTTokenizer(settings, action_horizon=config.action_horizon, action_dim=config.action_dim)
-            self.fast_answer = FASTAnswer(fast, config.fast.token_prefix, config.fast.stop_token)
-        context = StepContext(config, self.normalizer, self.select_cameras, self.padding, self.fast_answer)
+        self.fast_answer = fast_answer_step(config, fast)  # None without FAST action tokens
+        self.normalize = Normalize(self.normalizer, config.embodiment)  # also what `fit` reads chunks with
+        context = StepContext(
+            config, self.normalizer, self.select_cameras, self.normalize, self.padding, self.fast_answer
+        )
         self.sample_steps = build_sample_steps(config.sample_steps or default_sample_steps(config), context)
-        self.normalize = Normalize(self.normalizer, config.embodiment)  # what `fit` reads chunks with
 
     # ---- input steps -------------------------------------------------------------------------------
     def __call__(self, samples: Sequence[dict], targets: bool = True) -> Batch:
@@ -277,55 +256,139 @@ def _is_pad(sample: dict) -> np.ndarray:
     return np.asarray(pad, bool) if pad is not None else np.zeros(len(sample["action"]), bool)
 
 
-def _check_fast(fast: FASTTokenizer, config: ProcessorConfig) -> None:
-    saved = (fast.action_horizon, fast.action_dim)
-    if saved != (config.action_horizon, config.action_dim):
-        raise ValueError(
-            f"the FAST tokenizer at {config.fast.path} was fitted for (action_horizon, action_dim) = {saved}, "
-            f"but this platform has {(config.action_horizon, config.action_dim)}; refit it"
-        )
+# ---- the steps every served observation runs ------------------------------------------------------
+class SelectCameras:
+    """images {camera: [H, W, 3]} -> views [V] in the policy's camera order (depth and intrinsics follow)."""
+
+    def __init__(self, camera_keys: Sequence[str]) -> None:
+        self.camera_keys = list(camera_keys)
+
+    def __call__(self, sample: dict, index: int) -> dict:
+        images = sample.get("images")
+        if not isinstance(images, dict):
+            raise ValueError(
+                f"sample[{index}]['images']: expected a map camera_key -> uint8 [H, W, 3], got {type(images).__name__}"
+            )
+        missing = [key for key in self.camera_keys if key not in images]
+        if missing:
+            raise ValueError(
+                f"sample[{index}]['images'] lacks camera(s) {missing} (has {sorted(map(str, images))}); "
+                f"this policy takes cameras {self.camera_keys}"
+            )
+        out = {**sample, "views": [images[key] for key in self.camera_keys]}
+        for source, target in (("depth", "depths"), ("intrinsics", "view_intrinsics")):
+            if isinstance(sample.get(source), dict):
+                out[target] = [sample[source].get(key) for key in self.camera_keys]
+        later = sample.get("next")
+        if isinstance(later, dict) and isinstance(later.get("depth"), dict):  # a later frame's depth (training only)
+            out["next_depths"] = [later["depth"].get(key) for key in self.camera_keys]
+            if isinstance(later.get("intrinsics"), dict):
+                out["next_intrinsics"] = [later["intrinsics"].get(key) for key in self.camera_keys]
+            out["next_valid"] = bool(later.get("valid", True))
+        return out
 
 
-def build_processor(
-    experiment: ExperimentConfig,
-    framework: Any,
-    norm_stats: dict,
-    camera_keys: Sequence[str] | None = None,
-    embodiments: dict | None = None,
-) -> Processor:
-    """The processor of `framework` for this experiment.
+class Normalize:
+    """Raw `state` [S] and `action` [T, D] -> normalized with the stats of the sample's `dataset_name`."""
 
-    Cameras: `camera_keys` (the training dataset's), else the config's `dataset.camera_keys` as sample keys
-    (`observation.images.top` -> `top`), else ["image"]; dimensions from `platform`; the model-specific
-    fields from `framework.processor_options()`; `embodiments` (dataloader/embodiments.py `dataset_embodiments`)
-    for a cross-embodiment mixture, whose default embodiment is the platform's name when it is one of them.
+    def __init__(self, normalizer: Normalizer, default_dataset: str, keys: Sequence[str] = ("state", "action")) -> None:
+        self.normalizer = normalizer
+        self.default_dataset = default_dataset
+        self.keys = tuple(keys)
+
+    def __call__(self, sample: dict, index: int) -> dict:
+        name = sample.get("dataset_name") or self.default_dataset
+        if name not in self.normalizer.stats:
+            given = "its dataset_name" if sample.get("dataset_name") else "no dataset_name, so the default"
+            raise ValueError(
+                f"sample[{index}] has {given} {name!r}, which has no normalization stats; "
+                f"send dataset_name, one of {self.normalizer.dataset_names}"
+            )
+        out = {**sample, "dataset_name": name}
+        for key in self.keys:
+            if sample.get(key) is not None:
+                out[key] = self.normalizer.normalize(np.asarray(sample[key], np.float32), key, name)
+        return out
+
+
+class Unnormalize:
+    """The mirror of `Normalize` for predicted actions: [B, T, D] normalized -> robot units."""
+
+    def __init__(self, normalizer: Normalizer) -> None:
+        self.normalizer = normalizer
+
+    def __call__(self, actions: np.ndarray, dataset_names: Sequence[str]) -> np.ndarray:
+        return np.stack([self.normalizer.unnormalize(a, "action", n) for a, n in zip(actions, dataset_names)])
+
+
+class VLMTokenize:
+    """Views + prompt (+ a fixed `suffix`, + a per-sample `answer`) -> VLMInputs for the VLM's own processor config.
+
+    The prompt is the Qwen-VL chat layout: one user turn with the views then the instruction, the assistant
+    start, then `suffix` (e.g. action-query tokens) and the answer; each view's image token is expanded to
+    its merged-patch count, and the text is tokenized with the VLM's tokenizer (left padding). Views are
+    resized and cut into patches here but stay uint8 (`pixel_patches`, 8x smaller than the float pixels,
+    which matters for the hand-over from the DataLoader workers and the copy to the accelerator): the VLM
+    rescales, normalizes and repeats them over the temporal patch itself (`VLMBackbone.pixel_values`),
+    with the same arithmetic as transformers' Qwen2-VL image processor. With answers, `labels` hold the
+    answer's token ids (the end of each left-padded row) and -100 elsewhere.
     """
-    from vlablocks.core.dataloader.sample import camera_name
 
-    platform = experiment.platform
-    if camera_keys is None:
-        configured = (experiment.dataset or {}).get("camera_keys") or ["image"]
-        camera_keys = [camera_name(key) for key in configured]
-    camera_keys = tuple(camera_keys)
-    names = sorted(norm_stats)
-    config = ProcessorConfig(
-        camera_keys=camera_keys,
-        action_horizon=platform.action_horizon,
-        action_dim=platform.action_dim,
-        state_dim=platform.state_dim,
-        embodiment=_default_embodiment(names, platform.name, embodiments),
-        embodiments=embodiments or None,
-        n_action_steps=platform.n_action_steps,
-        **framework.processor_options(),
-    )
-    if config.sample_steps is None:  # declared in processor.json: the chain this checkpoint runs
-        config = dataclasses.replace(config, sample_steps=default_sample_steps(config))
-    return Processor(config, framework.hf_processor, norm_stats)
+    def __init__(self, hf_processor: Any, view_size: tuple[int, int], patch_size: int, suffix: str = "") -> None:
+        self.hf_processor = hf_processor
+        self.tokenizer = hf_processor.tokenizer
+        self.image_token = hf_processor.image_token
+        self.merge_size = hf_processor.image_processor.merge_size
+        self.view_size = tuple(view_size)
+        self.patch_size = patch_size
+        self.suffix = suffix
+
+    def prompt(self, num_views: int, instruction: Any, index: int) -> str:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"sample[{index}]['prompt']: expected a non-empty instruction string, got {instruction!r}")
+        messages = vlm_inputs.user_messages(num_views, instruction)
+        return self.hf_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def __call__(self, samples: list[dict]) -> VLMInputs:
+        texts, patches, grids = [], [], []
+        for index, sample in enumerate(samples):
+            views = vlm_inputs.to_pil_views(sample["views"], f"sample[{index}]['images']")
+            text = self.prompt(len(views), sample.get("prompt"), index) + self.suffix + sample.get("answer", "")
+            parts = text.split(self.image_token)
+            if len(parts) != len(views) + 1:
+                raise ValueError(
+                    f"sample[{index}]: the prompt holds {len(parts) - 1} image tokens for {len(views)} views"
+                )
+            expanded = parts[0]
+            for view, part in zip(vlm_inputs.resize_views(views, self.view_size, self.patch_size), parts[1:]):
+                view_patches, grid = patchify(np.asarray(view), self.patch_size, self.merge_size)
+                patches.append(view_patches)
+                grids.append(grid)
+                expanded += self.image_token * (grid[1] * grid[2] // self.merge_size**2) + part
+            texts.append(expanded)
+        tokens = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+        input_ids = tokens["input_ids"]
+        inputs = VLMInputs(
+            input_ids=input_ids,
+            attention_mask=tokens["attention_mask"],
+            pixel_patches=torch.from_numpy(np.concatenate(patches)),
+            image_grid_thw=torch.tensor(grids, dtype=torch.long),
+            views_per_sample=torch.tensor([len(s["views"]) for s in samples], dtype=torch.long),
+        )
+        if any("answer" in s for s in samples):
+            inputs.labels = answer_labels(self.tokenizer, inputs.input_ids, [s.get("answer", "") for s in samples])
+        return inputs
 
 
-def _default_embodiment(stats_names: list[str], platform_name: str, embodiments: dict | None) -> str:
-    """Single embodiment: the only stats' name, else the platform's; cross-embodiment: the platform's name when it
-    is an embodiment, else the first one."""
-    if embodiments:
-        return platform_name if platform_name in embodiments else sorted(embodiments)[0]
-    return stats_names[0] if len(stats_names) == 1 else platform_name
+def patchify(image: np.ndarray, patch_size: int, merge_size: int) -> tuple[np.ndarray, list[int]]:
+    """image: uint8 [H, W, 3] (H, W multiples of patch x merge) -> (patches uint8 [gh * gw, 3, p, p], [1, gh, gw]).
+
+    Patches are ordered as transformers' Qwen2-VL image processor orders them: merge windows row-major,
+    and the merge_size x merge_size patches of each window row-major inside it.
+    """
+    height, width, channels = image.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    m, p = merge_size, patch_size
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    blocks = chw.reshape(channels, grid_h // m, m, p, grid_w // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
+    return np.ascontiguousarray(blocks.reshape(grid_h * grid_w, channels, p, p)), [1, grid_h, grid_w]

@@ -19,7 +19,7 @@ from typing import Any
 from vlablocks.core.dataloader.normalization import Normalizer
 from vlablocks.core.processor.config import ProcessorConfig
 from vlablocks.core.processor.embodiment import EmbodimentPadding
-from vlablocks.core.processor.steps import DiscretizeState, FASTAnswer, Normalize, SelectCameras
+from vlablocks.core.processor.steps import DiscretizeState, FASTAnswer
 from vlablocks.core.registry import PROCESSOR_STEPS, RegistryError
 
 SampleStep = Callable[[dict, int], dict]
@@ -27,11 +27,14 @@ SampleStep = Callable[[dict, int], dict]
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a step may be built from: the config and the processor's shared parts (None when not configured)."""
+    """What a step may be built from: the config and the processor's shared parts (None when not configured);
+    `select_cameras` and `normalize` are the processor's own (pipeline.py), shared with what it runs outside the chain.
+    """
 
     config: ProcessorConfig
     normalizer: Normalizer
-    select_cameras: SelectCameras
+    select_cameras: SampleStep
+    normalize: SampleStep
     padding: EmbodimentPadding | None
     fast_answer: FASTAnswer | None
 
@@ -59,20 +62,20 @@ class ResolveEmbodiment:
 
 @PROCESSOR_STEPS.register("select_cameras")
 class SelectCamerasStep:
-    """images {camera: [H, W, 3]} -> views in the policy's camera order (steps.SelectCameras)."""
+    """images {camera: [H, W, 3]} -> views in the policy's camera order (pipeline.SelectCameras)."""
 
     @classmethod
-    def from_context(cls, context: StepContext) -> SelectCameras:
+    def from_context(cls, context: StepContext) -> SampleStep:
         return context.select_cameras
 
 
 @PROCESSOR_STEPS.register("normalize")
 class NormalizeStep:
-    """Raw state [S] and action [T, D] -> normalized with the sample's dataset stats (steps.Normalize)."""
+    """Raw state [S] and action [T, D] -> normalized with the sample's dataset stats (pipeline.Normalize)."""
 
     @classmethod
-    def from_context(cls, context: StepContext) -> Normalize:
-        return Normalize(context.normalizer, context.config.embodiment)
+    def from_context(cls, context: StepContext) -> SampleStep:
+        return context.normalize
 
 
 @PROCESSOR_STEPS.register("state_tokens")

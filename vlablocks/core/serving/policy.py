@@ -1,5 +1,5 @@
-"""What the server serves: the `ServedPolicy` protocol, `served` (a vlablocks `Policy` -> a `ServedPolicy`), and
-`load_policy` (a checkpoint -> a vlablocks `Policy`, vlablocks/core/policy/policy.py)."""
+"""What the server serves: the `ServedPolicy` protocol (a vlablocks `Policy` is one, vlablocks/core/policy/policy.py;
+so is a steered policy), `served` (the check that a policy is one) and `load_policy` (a checkpoint -> a `Policy`)."""
 
 from __future__ import annotations
 
@@ -38,36 +38,8 @@ class ServedPolicy(Protocol):
     def infer(self, obs: dict) -> dict: ...
 
 
-def check_policy_request(policy: Policy, request: dict, max_prompt_tokens: int) -> None:
-    """A vlablocks Policy's request checks: its tokenizer's prompt limits and a `dataset_name` it has stats for."""
-    policy.check_prompt(request["prompt"], max_prompt_tokens)
-    name = request.get("dataset_name")
-    known = policy.processor.normalizer.dataset_names
-    if name is not None and name not in known:
-        raise ValueError(f"'dataset_name' {name[:80]!r} has no normalization stats in this policy; send one of {known}")
-
-
-class ServedCheckpoint:
-    """A `Policy` as a `ServedPolicy`: stateless (one session for every connection), its own request checks."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-        self.metadata = policy.metadata
-
-    def check_request(self, request: dict, max_prompt_tokens: int) -> None:
-        check_policy_request(self.policy, request, max_prompt_tokens)
-
-    def session(self) -> ServedCheckpoint:
-        return self
-
-    def infer(self, obs: dict) -> dict:
-        return self.policy.infer(obs)
-
-
 def served(policy: Policy | ServedPolicy) -> ServedPolicy:
     """The `ServedPolicy` the server talks to; TypeError naming what is missing for anything else."""
-    if isinstance(policy, Policy):
-        return ServedCheckpoint(policy)
     if not isinstance(policy, ServedPolicy):
         missing = [name for name in ("metadata", "check_request", "session", "infer") if name not in dir(policy)]
         raise TypeError(

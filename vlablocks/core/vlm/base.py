@@ -115,7 +115,7 @@ class VLMBackbone(nn.Module):
     published sizes for GPU benchmarks) with a locally trained Qwen-style tokenizer.
 
     Its processor (`self.processor`, transformers' own) is what the framework's processor pipeline uses to
-    build the prompt and pixels (vlablocks/core/processor/steps.py `VLMTokenize`); `forward(inputs,
+    build the prompt and pixels (vlablocks/core/processor/pipeline.py `VLMTokenize`); `forward(inputs,
     requested_token_ids, vision_hook)` takes those tensors, runs the vision tower, lets `vision_hook(image_embeds [N, H], info) -> [N, H]` modulate the merged vision
     tokens before they are scattered into the LLM input, and returns every layer's hidden states.
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from vlablocks.core.serving.policy import check_policy_request
 from vlablocks.core.vlm.steering import Steering, language_layers, steering
 from vlablocks.methods.steering.text_latent import TextLatents, interpolation_weight
 
@@ -112,7 +111,7 @@ class SteeredPolicy:
     def check_request(self, request: dict, max_prompt_tokens: int) -> None:
         """The wrapped policy's checks (a steered server refuses what an unsteered one refuses: long prompts,
         control tokens, unknown datasets), then the request's latent tasks: ValueError naming a missing one."""
-        check_policy_request(self.policy, request, max_prompt_tokens)
+        self.policy.check_request(request, max_prompt_tokens)
         first, second = self.tasks(request)
         for task in (first, second):
             if task is not None:

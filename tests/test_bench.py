@@ -89,6 +89,7 @@ def test_each_side_does_the_same_work(smoke_run):
     """The fairness checks behind the ratios: same losses, same actions, FAST emits a trained policy's length."""
     checks = {row["key"]: row["checks"] for row in smoke_run[0]["rows"]}
     assert checks["training"]["loss_max_abs_diff"] <= 1e-5
+    assert checks["training"]["gflop_per_sample"] > 0 and 0 < checks["training"]["mfu"] < 1  # of a measured peak
     assert checks["processing"]["loss_max_abs_diff"] <= 1e-5  # same batches whether a worker processed them or not
     assert checks["processing"]["in_process_data_ms"] > 0
     assert checks["flow_matching"]["action_max_abs_diff"] <= 1e-5

@@ -8,9 +8,13 @@ is the answers' marginal), and with it it does.
 nonlinear function of the state: a chunk that is the XOR of the state's signs is fitted with it and not without.
 `state_tokens`: the state is also written into the prompt as bins (pi0-FAST), so the LLM's layers read it too.
 `answer_token_dropout`: in training only, answer tokens are masked as inputs (never as labels) at the set rate.
+`parallel_decoding`: every answer input is masked, in training and inference: no coefficient reads another, and the
+one-pass inference answers what the teacher-forced training fitted.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -174,6 +178,7 @@ def test_the_shipped_toy_config_keeps_the_answer_mlp_and_the_state():
 
     framework = load_config("configs/experiments/toy/qwen_fast.yaml").framework
     assert framework["answer_mlp_hidden"] > 0 and framework["use_proprio"] and framework["state_tokens"]
+    assert framework["parallel_decoding"] and not framework["fast"]["bpe_merges"]
 
 
 def test_state_tokens_write_the_state_into_the_prompt_only_when_asked():
@@ -183,3 +188,37 @@ def test_state_tokens_write_the_state_into_the_prompt_only_when_asked():
         policy = build(examples, use_proprio=False, state_tokens=state_tokens)
         prompt, moved_prompt = (policy.processor(x, targets=False).vlm.input_ids for x in (examples, moved))
         assert torch.equal(prompt, moved_prompt) is not state_tokens
+
+
+@pytest.mark.parametrize("parallel_decoding", [False, True])
+def test_with_parallel_decoding_no_answer_position_reads_the_answer_tokens_before_it(parallel_decoding):
+    examples = synthetic_examples(PlatformConfig(**PLATFORM), 4, seed=8)
+    policy = build(examples, use_proprio=True, parallel_decoding=parallel_decoding).eval()
+    batch = policy.processor(examples)
+    vlm = batch.vlm
+    answer = vlm.labels != IGNORE_INDEX
+    other = torch.roll(vlm.input_ids, 1, dims=0)  # each row's answer inputs replaced by another row's, labels kept
+    assert not torch.equal(vlm.input_ids[answer], other[answer])
+    scrambled = dataclasses.replace(
+        batch, vlm=dataclasses.replace(vlm, input_ids=torch.where(answer, other, vlm.input_ids))
+    )
+    with torch.no_grad():
+        loss, scrambled_loss = policy.model(batch)["loss"], policy.model(scrambled)["loss"]
+    assert torch.equal(loss, scrambled_loss) is parallel_decoding
+
+
+def test_parallel_decoding_answers_in_one_pass_what_training_fitted():
+    examples = state_only_examples()  # four frames that only the state tells apart, x by its x and y by its y
+    # The state's shift is the same at every answer position: the MLP lets the x and y positions read different parts.
+    policy = build(examples, use_proprio=True, parallel_decoding=True, answer_mlp_hidden=64)
+    assert fitted_loss(policy, examples, 200) < 0.01
+    model = policy.model.eval()
+    with torch.no_grad():
+        tokens = model.sample_actions(policy.processor(examples, targets=False), None)["action_tokens"]
+    labels = policy.processor(examples).vlm.labels
+    wanted = [[model._fast_id_of[int(i)] for i in row[row != IGNORE_INDEX][:-1]] for row in labels]  # stop dropped
+    assert tokens == wanted and len({tuple(t) for t in tokens}) == 4
+    with pytest.raises(ValueError, match="parallel_decoding"):
+        model.sample_with_log_probs(policy.processor(examples, targets=False), 1.0, None)
+    with pytest.raises(ValueError, match="parallel_decoding"):
+        build(examples, use_proprio=True, parallel_decoding=True, fast={"vocab_size": 256, "bpe_merges": True})

@@ -38,6 +38,16 @@ combine it with the image and the instruction before the answer, not only the he
 probability p (its label stays), so a later token cannot be predicted from the earlier ones alone and must be
 read from the prompt; inference feeds the true tokens (docs/results/toy_root_causes.md: the second token, the chunk's mean
 y displacement, was 92% right on training frames and 27% on fresh ones, i.e. memorized given the first).
+`parallel_decoding`: every answer input is `<|fast_mask|>`, in training and at inference, so each of the T x D
+coefficients is predicted from the prompt alone, all in one forward pass (OpenVLA-OFT's parallel decoding; the answer
+is then a fixed T x D tokens, `fast.bpe_merges: false`):
+
+    inputs  = prompt, <|fast_mask|> x (T * D)          coefficient k = argmax over the FAST ids at prompt end + k
+
+Autoregressively, the second coefficient (the chunk's mean y step) is read with the first (its mean x step) as input,
+and the tiny LLM learns the pairing of the two on the training scenes instead of reading y from the scene: teacher-
+forced with the true first token, the second was right on 95% of training frames and 55% of fresh ones, off by 4.3
+bins on average there (a wrong sign), in the shipped recipe at its own seed 42 (docs/results/toy_root_causes.md).
 Run this file to smoke-test it: `python vlablocks/core/framework/qwen_fast.py [--config-yaml F] [overrides]`.
 """
 
@@ -115,6 +125,7 @@ class QwenFAST(Framework):
         answer_token_dropout: float = 0.0  # training: each answer input token -> <|fast_mask|> with this probability
         answer_mlp_hidden: int = 0  # > 0: a residual MLP of this width on the LM head's input (module docstring)
         state_tokens: bool = False  # the state also written into the prompt as bins (pi0-FAST; StateTokenOptions)
+        parallel_decoding: bool = False  # answer inputs all <|fast_mask|>: one pass, no token reads another (docstring)
         MOVED: ClassVar[dict[str, str]] = {"readout_loss_weight": "framework.auxiliary_losses.readout.weight"}
 
     def __init__(self, config: Config, *, platform: PlatformConfig) -> None:
@@ -134,7 +145,13 @@ class QwenFAST(Framework):
         self.proprio = nn.Linear(self.platform.state_dim, self.vlm.hidden_size) if config.use_proprio else None
         if not 0.0 <= config.answer_token_dropout < 1.0:
             raise ValueError(f"QwenFAST.answer_token_dropout must lie in [0, 1), got {config.answer_token_dropout}")
-        self.mask_token_id = self.vlm.add_special_tokens([MASK_TOKEN])[0] if config.answer_token_dropout else None
+        if config.parallel_decoding and (config.fast.bpe_merges or config.answer_token_dropout):
+            raise ValueError(
+                "QwenFAST.parallel_decoding needs a fixed-length answer, fast.bpe_merges: false, and masks every answer "
+                "input already (answer_token_dropout: 0)"
+            )
+        masking = config.answer_token_dropout or config.parallel_decoding
+        self.mask_token_id = self.vlm.add_special_tokens([MASK_TOKEN])[0] if masking else None
         if config.answer_mlp_hidden < 0:
             raise ValueError(f"QwenFAST.answer_mlp_hidden must be >= 0 (0: none), got {config.answer_mlp_hidden}")
         self.answer_mlp = (
@@ -177,7 +194,10 @@ class QwenFAST(Framework):
         if labels is None:
             raise ValueError("QwenFAST.forward needs answer labels: the batch must come from samples with actions")
         inputs = batch.vlm
-        if self.training and self.mask_token_id is not None:
+        if self.config.parallel_decoding:  # every answer input masked, in training and evaluation alike
+            answer = labels != IGNORE_INDEX
+            inputs = dataclasses.replace(inputs, input_ids=torch.where(answer, self.mask_token_id, inputs.input_ids))
+        elif self.training and self.mask_token_id is not None:
             inputs = drop_answer_inputs(inputs, labels, self.mask_token_id, self.config.answer_token_dropout)
         with self._state_at_head(batch):
             out = self.vlm(inputs, requested_token_ids=self.auxiliary_losses.token_ids)
@@ -203,6 +223,8 @@ class QwenFAST(Framework):
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, list[list[int]]]:
         """-> {"action_tokens": per sample the generated FAST ids}; the processor decodes them to actions."""
+        if self.config.parallel_decoding:
+            return {"action_tokens": self._parallel_tokens(batch)}
         with self._state_at_head(batch):
             greedy = decode(
                 self.vlm,
@@ -214,6 +236,28 @@ class QwenFAST(Framework):
         generated = until_stop(greedy["tokens"], self.stop_token_id)
         return {"action_tokens": [[self._fast_id_of[i] for i in row] for row in generated]}
 
+    @torch.no_grad()
+    def _parallel_tokens(self, batch: Batch) -> list[list[int]]:
+        """parallel_decoding: the (left-padded) prompt followed by T * D mask tokens, one forward pass; coefficient k is
+        the argmax over the FAST ids at the prompt's last position + k -> per sample its T * D FAST ids."""
+        prompt, count = batch.vlm, self._max_new_tokens - 1
+        masks = torch.full((prompt.input_ids.shape[0], count), self.mask_token_id, device=prompt.input_ids.device)
+        inputs = dataclasses.replace(
+            prompt,
+            input_ids=torch.cat([prompt.input_ids, masks], dim=1),
+            attention_mask=torch.cat([prompt.attention_mask, torch.ones_like(masks)], dim=1),
+            labels=None,
+        )  # the VLM's forward derives the rope positions (multimodal prompt, then text) from the attention mask
+        length = prompt.input_ids.shape[1]
+        allowed = torch.tensor(self._fast_ids(batch), device=self.device)
+        with self._state_at_head(batch):
+            hidden = self.vlm(inputs).last_hidden_state[:, length - 1 : length - 1 + count]  # [B, T * D, H]
+        return allowed_logits(self.vlm, hidden, allowed).argmax(-1).tolist()  # FAST id = column in `allowed`
+
+    def _refuse_parallel(self, what: str) -> None:
+        if self.config.parallel_decoding:
+            raise ValueError(f"QwenFAST.{what}: not written for parallel_decoding (its answer is decoded in one pass)")
+
     # ---- a stochastic policy with exact log-probabilities (RL) -----------------------------------------------
     def sample_with_log_probs(self, batch: Batch, temperature: float, generator: torch.Generator | None) -> dict:
         """Samples the answer at `temperature` from the constrained distribution (FAST tokens + stop).
@@ -222,6 +266,7 @@ class QwenFAST(Framework):
             included, right-padded with the stop token, "log_probs": [B, N] float32 log pi(choice),
             "mask": [B, N] bool, True up to and including the stop}, N = T * D + 1 (fixed, so records stack).
         """
+        self._refuse_parallel("sample_with_log_probs")
         with self._state_at_head(batch):
             drawn = decode(
                 self.vlm,
@@ -245,6 +290,7 @@ class QwenFAST(Framework):
         """choices: [B, N] VLM ids from `sample_with_log_probs` -> {"log_probs": [B, N], "entropy": [B, N]} under the
         same constrained tempered distribution, teacher-forced in one differentiable forward pass over the (left-padded)
         prompt followed by the choices. Positions after the first stop are padding: finite, meant to be masked."""
+        self._refuse_parallel("choice_log_probs")
         check_temperature(temperature)
         vocab_size = self.vlm.model.get_output_embeddings().weight.shape[0]
         allowed = torch.tensor(allowed_ids(self._fast_ids(batch), self.stop_token_id, vocab_size), device=self.device)

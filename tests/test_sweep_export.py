@@ -17,8 +17,8 @@ from vlablocks.core.config import load_config, parse_experiment, to_yaml
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.core.manifest import write_manifest
 from vlablocks.core.policy.policy import Policy, build_policy
-from vlablocks.tools.sweep.report import write_results
-from vlablocks.tools.sweep.sweep import SweepEval, evaluate_run, same_experiment
+from vlablocks.tools.sweep.report import over_seeds, write_results
+from vlablocks.tools.sweep.sweep import SweepEval, evaluate_run, run_with_cpu_time, same_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,6 +96,8 @@ def test_seeds_axis_runs_each_variant_per_seed_and_reports_mean_and_spread(tmp_p
     assert float(summary["success_rate_mean"]) == round(success.mean(), 4)
     assert float(summary["success_rate_std"]) == round(success.std(ddof=1), 4)
     assert float(summary["wrong_instruction_success_rate_mean"]) == round(wrong.mean(), 4)
+    assert float(summary["success_rate_min"]) == round(success.min(), 4)
+    assert all(float(r["train_cpu_minutes"]) > 0 for r in rows)
     assert "Over training seeds" in (out / "results.md").read_text()
     first_line, _, rest = report.read_text().partition("\n\n")
     assert first_line.startswith("Regenerate: `vlablocks sweep --base ") and "--seeds 3 4" in first_line
@@ -222,3 +224,32 @@ def test_a_finished_run_saved_before_an_option_existed_still_counts_as_the_same_
     saved.write_text(to_yaml({**expected, "trainer": {**expected["trainer"], "removed_option": 1}}))
     assert not same_experiment(saved, expected)  # an option that no longer exists: not comparable
     assert not same_experiment(tmp_path / "missing.yaml", expected)
+
+
+def test_over_seeds_reports_mean_minimum_and_spread_of_the_seeds_that_finished():
+    rows = [
+        {"group": "a", "seed": 42, "status": "ok", "success_rate": 0.7, "train_cpu_minutes": 12.0},
+        {"group": "a", "seed": 311, "status": "ok", "success_rate": 0.98, "train_cpu_minutes": 13.0},
+        {"group": "a", "seed": 523, "status": "ok", "success_rate": 0.94, "train_cpu_minutes": 14.5},
+        {"group": "a", "seed": 748, "status": "failed: x"},  # not counted, only as failed
+        {"group": "b", "seed": 42, "status": "ok", "success_rate": 1.0},
+    ]
+    a, b = over_seeds(rows)
+    assert (a["variant"], a["seeds"], a["failed"]) == ("a", "42 311 523", 1)
+    assert a["success_rate_mean"] == 0.8733 and a["success_rate_min"] == 0.7
+    assert a["success_rate_std"] == round(float(np.std([0.7, 0.98, 0.94], ddof=1)), 4) == 0.1514
+    assert a["success_rate_range"] == "0.7-0.98"
+    assert (a["train_cpu_minutes_min"], a["train_cpu_minutes_range"]) == (12.0, "12-14.5")
+    assert (b["success_rate_mean"], b["success_rate_min"], b["success_rate_std"]) == (1.0, 1.0, 0.0)
+    assert "train_cpu_minutes_mean" not in b
+
+
+def test_run_with_cpu_time_counts_the_process_cpu_not_its_sleep(tmp_path):
+    burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\nprint('burnt')"
+    result, busy = run_with_cpu_time([sys.executable, "-c", burn], tmp_path / "burn.log")
+    assert result.returncode == 0 and (tmp_path / "burn.log").read_text().strip() == "burnt"
+    result, idle = run_with_cpu_time([sys.executable, "-c", "import time; time.sleep(0.6)"], tmp_path / "idle.log")
+    assert result.returncode == 0
+    assert busy >= 0.4 and idle < busy - 0.25  # the sleep's wall time is not CPU time
+    failed, _ = run_with_cpu_time([sys.executable, "-c", "raise SystemExit('bad config')"], tmp_path / "fail.log")
+    assert failed.returncode == 1 and failed.stderr.strip().splitlines()[-1] == "bad config"

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds",
         type=count(0),
         nargs="+",
-        help="training seeds: every variant runs once per seed (mean and spread reported)",
+        help="training seeds: every variant runs once per seed (mean, minimum and spread reported)",
     )
     parser.add_argument(
         "--report", help="also write this markdown file: the command that regenerates it, then the results tables"

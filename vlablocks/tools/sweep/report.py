@@ -1,5 +1,5 @@
 """A sweep's tables and plot: `results.csv` / `results.md` (one row per run), and when the sweep has
-training seeds, `over_seeds.csv` plus a second table in `results.md` (per variant: mean, standard
+training seeds, `over_seeds.csv` plus a second table in `results.md` (per variant: mean, minimum, standard
 deviation and range over seeds of success and of the wrong-instruction control, final loss, training time)
 and `comparison.png` (loss curves: per variant the mean over seeds with the min-max band; success bars
 with the spread over seeds beside the control).
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-SEED_COLUMNS = ("success_rate", "wrong_instruction_success_rate", "final_loss", "train_minutes")
+SEED_COLUMNS = ("success_rate", "wrong_instruction_success_rate", "final_loss", "train_minutes", "train_cpu_minutes")
 
 
 def over_seeds(rows: list[dict]) -> list[dict]:
-    """Per variant group (rows carrying `group` and `seed`), the statistics over its seeds that finished."""
+    """Per variant group (rows carrying `group` and `seed`), the statistics over its seeds that finished: for each
+    of SEED_COLUMNS the mean, the minimum (a recipe's worst seed), the sample standard deviation and the range."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         if "seed" in row:
@@ -30,6 +31,7 @@ def over_seeds(rows: list[dict]) -> list[dict]:
             values = np.array([m[column] for m in done if m.get(column) is not None], dtype=float)
             if values.size:
                 entry[f"{column}_mean"] = round(float(values.mean()), 4)
+                entry[f"{column}_min"] = round(float(values.min()), 4)  # the worst seed, for success
                 entry[f"{column}_std"] = round(float(values.std(ddof=1)) if values.size > 1 else 0.0, 4)
                 entry[f"{column}_range"] = f"{values.min():.4g}-{values.max():.4g}"
         table.append(entry)
@@ -64,7 +66,8 @@ def write_results(rows: list[dict], out_dir: Path) -> list[dict]:
     seeds_table = over_seeds(rows)
     if seeds_table:
         _write_csv(seeds_table, out_dir / "over_seeds.csv")
-        lines += ["", "Over training seeds (mean, sample standard deviation, range):", ""] + markdown_table(seeds_table)
+        heading = "Over training seeds (mean, minimum, sample standard deviation, range):"
+        lines += ["", heading, ""] + markdown_table(seeds_table)
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     _plot(rows, seeds_table, out_dir)
     return seeds_table

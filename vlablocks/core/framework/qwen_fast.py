@@ -70,6 +70,7 @@ from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field, registry_map
 from vlablocks.core.framework.answer_tokens import add_fast_tokens, answer_logits
 from vlablocks.core.framework.base import Framework
+from vlablocks.core.partitioned import whole
 from vlablocks.core.processor.config import FASTOptions, StateTokenOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import FRAMEWORKS, VLMS
@@ -88,8 +89,9 @@ class AnswerMLP(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
         self.up = nn.Linear(hidden_size, width)
         self.down = nn.Linear(width, hidden_size)
-        nn.init.zeros_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
+        with whole(self.down):  # partitioned already under ZeRO-3 (vlablocks/core/partitioned.py)
+            nn.init.zeros_(self.down.weight)
+            nn.init.zeros_(self.down.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         update = self.down(F.gelu(self.up(self.norm(hidden.to(self.up.weight.dtype)))))
@@ -193,12 +195,7 @@ class QwenFAST(Framework):
         labels = batch.vlm.labels
         if labels is None:
             raise ValueError("QwenFAST.forward needs answer labels: the batch must come from samples with actions")
-        inputs = batch.vlm
-        if self.config.parallel_decoding:  # every answer input masked, in training and evaluation alike
-            answer = labels != IGNORE_INDEX
-            inputs = dataclasses.replace(inputs, input_ids=torch.where(answer, self.mask_token_id, inputs.input_ids))
-        elif self.training and self.mask_token_id is not None:
-            inputs = drop_answer_inputs(inputs, labels, self.mask_token_id, self.config.answer_token_dropout)
+        inputs = self.answer_inputs(batch.vlm, labels)
         with self._state_at_head(batch):
             out = self.vlm(inputs, requested_token_ids=self.auxiliary_losses.token_ids)
         logits, targets = answer_logits(self.vlm, out, labels)
@@ -207,6 +204,17 @@ class QwenFAST(Framework):
         else:
             loss = F.cross_entropy(logits, targets)
         return self.auxiliary_losses.add_to({"loss": loss}, AuxiliaryInputs(out, batch))
+
+    def answer_inputs(self, inputs, labels: torch.Tensor):
+        """The teacher-forced inputs [B, L] of a batch with its answer: parallel_decoding masks every answer token (in
+        training and evaluation alike), answer_token_dropout some of them in training; otherwise `inputs` as they are.
+        """
+        if self.config.parallel_decoding:
+            answer = labels != IGNORE_INDEX
+            return dataclasses.replace(inputs, input_ids=torch.where(answer, self.mask_token_id, inputs.input_ids))
+        if self.training and self.mask_token_id is not None:
+            return drop_answer_inputs(inputs, labels, self.mask_token_id, self.config.answer_token_dropout)
+        return inputs
 
     def soft_targets(self, targets: torch.Tensor, action_vocab: int) -> torch.Tensor:
         """targets: [N] VLM ids -> [N, vocab] distributions: HL-Gauss over the FAST ids (ordered quantized

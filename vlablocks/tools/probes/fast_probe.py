@@ -50,7 +50,8 @@ def token_stats(policy: Policy, samples: list[dict], batch_size: int = 32) -> li
         batch = policy.processor(samples[start : start + batch_size]).to(policy.device)
         allowed = torch.tensor([*model._fast_ids(batch), model.stop_token_id])
         with model._state_at_head(batch):
-            out = model.vlm(batch.vlm, requested_token_ids=model.auxiliary_losses.token_ids)
+            inputs = model.answer_inputs(batch.vlm, batch.vlm.labels)  # as the loss sees them (parallel_decoding)
+            out = model.vlm(inputs, requested_token_ids=model.auxiliary_losses.token_ids)
         logits, targets = answer_logits(model.vlm, out, batch.vlm.labels)
         probs = logits[:, allowed].softmax(-1)  # [N, K+1]
         choice = allowed[probs.argmax(-1)]

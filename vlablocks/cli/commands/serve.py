@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 from vlablocks.cli.arguments import count, real
@@ -54,6 +55,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights", choices=["model", "ema"], default="model", help="ema: the moving average (trainer.ema_decay)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compiled inference (torch.compile; CUDA graphs on a GPU), warmed up before the socket opens",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        choices=["auto", "default", "reduce-overhead", "max-autotune"],
+        default="auto",
+        help="torch.compile mode (auto: reduce-overhead on CUDA, default elsewhere)",
+    )
+    parser.add_argument(
+        "--prompt-bucket",
+        type=count(1),
+        default=32,
+        help="with --compile: prompts are padded to a multiple of this many tokens, one compiled graph per bucket",
+    )
     add_latent_arguments(parser)
 
 
@@ -86,8 +104,24 @@ def check(args: argparse.Namespace) -> str | None:
     check_per_address(args.max_connections_per_address, args.max_connections)
     if not Path(args.ckpt).is_dir():
         raise FileNotFoundError(f"--ckpt {args.ckpt}: no such checkpoint directory")
+    if args.compile and args.text_latent:
+        raise ValueError("--compile and --text-latent together are not supported (steering hooks change the graph)")
     check_latent_arguments(args)
     return read_api_key(args.api_key, args.api_key_file)
+
+
+def warm_up_observation(metadata: dict) -> dict:
+    """A blank observation of the served shape: the compiled graph of a short prompt's bucket is built on it."""
+    import numpy as np
+
+    size = metadata["image_size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    image = np.zeros((height, width, 3), np.uint8)
+    return {
+        "images": {camera: image for camera in metadata["camera_keys"]},
+        "state": np.zeros(metadata["state_dim"], np.float32),
+        "prompt": "warm up",
+    }
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -104,6 +138,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     api_key = check(args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     loaded = load_policy(args.ckpt, device=device, weights=args.weights)
+    if args.compile:
+        start = time.perf_counter()
+        loaded.compile(args.compile_mode, args.prompt_bucket).infer(warm_up_observation(loaded.metadata))
+        print(
+            f"compiled ({args.compile_mode}, prompt bucket {args.prompt_bucket}) in {time.perf_counter() - start:.0f} s"
+        )
     policy = steered(loaded, args)
     server = PolicyServer(
         policy,

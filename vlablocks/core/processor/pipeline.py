@@ -335,6 +335,7 @@ class VLMTokenize:
     """
 
     def __init__(self, hf_processor: Any, view_size: tuple[int, int], patch_size: int, suffix: str = "") -> None:
+        self.pad_to_multiple_of: int | None = None  # prompt-length buckets for a compiled policy (Policy.compile)
         self.hf_processor = hf_processor
         self.tokenizer = hf_processor.tokenizer
         self.image_token = hf_processor.image_token
@@ -366,7 +367,9 @@ class VLMTokenize:
                 grids.append(grid)
                 expanded += self.image_token * (grid[1] * grid[2] // self.merge_size**2) + part
             texts.append(expanded)
-        tokens = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+        tokens = self.tokenizer(
+            texts, padding=True, padding_side="left", pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
+        )
         input_ids = tokens["input_ids"]
         inputs = VLMInputs(
             input_ids=input_ids,

@@ -71,9 +71,8 @@ def vision_tokens(
         cols.append(torch.arange(w, device=device).repeat(h * t))
         images.append(torch.full((t * h * w,), image, device=device))
     row, col, image_index = torch.cat(rows), torch.cat(cols), torch.cat(images)
-    sample_of_view = torch.repeat_interleave(
-        torch.arange(len(views_per_sample), device=device), torch.tensor(views_per_sample, device=device)
-    )
+    # from the Python list, not repeat_interleave over a tensor: a compiled policy needs static output shapes
+    sample_of_view = torch.tensor([s for s, n in enumerate(views_per_sample) for _ in range(n)], device=device)
     first_view = torch.tensor([0, *views_per_sample], device=device).cumsum(0)[:-1]
     batch_index = sample_of_view[image_index]
     counted = torch.bincount(batch_index, minlength=vision_mask.shape[0])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vlablocks.tools.bench.compiled import compiled_row
 from vlablocks.tools.bench.data import data_row
 from vlablocks.tools.bench.flow import flow_row
 from vlablocks.tools.bench.inference import inference_row
@@ -32,6 +33,7 @@ ROWS: dict[str, Callable[[BenchSettings], Row]] = {
     "processing": processing_row,
     "data": data_row,
     "inference": inference_row,
+    "compiled": compiled_row,
     "flow_matching": flow_row,
     "pi05": pi05_row,
     "rollout": rollout_row,

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         nargs="+",
         metavar="ROW",
-        help="measure only these rows: training processing data inference flow_matching pi05 rollout server memory",
+        help="measure only these rows: training processing data inference compiled flow_matching pi05 rollout server memory",
     )
 
 

@@ -3,7 +3,6 @@
 # after scripts/gpu_wheels.sh here:  device run  command="bash scripts/gpu_check.sh"  carry=[".whl", "vlablocks.egg-info"]
 # Prints every figure, in under 10 minutes: the compiled and inference rows at 3B, the time to the first optimizer
 # step, the training row (samples/s, MFU). Each step has its own time limit, so one slow row cannot eat the others'.
-# compiled rows (pi05 and flow_matching were measured at 3B before; docs/benchmarks.md). Each step has its own time limit, so one slow row cannot eat the others' minutes.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 out=${OUT:-/tmp/gpu_out}

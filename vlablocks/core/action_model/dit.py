@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlablocks.core.partitioned import whole
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Transformer sinusoidal embedding. t: [B] float (in step units) -> [B, dim]"""
@@ -119,9 +121,9 @@ class DiTBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.modulation = nn.Linear(dim, 9 * dim)
-        nn.init.zeros_(self.modulation.weight)
-        nn.init.zeros_(self.modulation.bias)
-        with torch.no_grad():
+        with whole(self.modulation):  # partitioned already under ZeRO-3 (vlablocks/core/partitioned.py)
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
             self.modulation.bias[5 * dim : 6 * dim] = cross_gate_init  # chunk 5 of 9: the cross-attention gate
 
     def context(self, tokens: torch.Tensor, mask: torch.Tensor) -> BlockContext:
@@ -159,8 +161,9 @@ class DiTOutput(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False)
         self.modulation = nn.Linear(dim, 2 * dim)
-        nn.init.zeros_(self.modulation.weight)
-        nn.init.zeros_(self.modulation.bias)
+        with whole(self.modulation):
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
         self.proj = nn.Linear(dim, out_dim)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:

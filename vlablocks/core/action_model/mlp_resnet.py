@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vlablocks.core.partitioned import whole
+
 
 class MLPResNetBlock(nn.Module):
     """x + ReLU(Linear(FiLM(LayerNorm(x)))). x: [..., hidden_dim], condition: [..., condition_dim]
@@ -20,8 +22,9 @@ class MLPResNetBlock(nn.Module):
         self.film = None
         if condition_dim > 0:
             self.film = nn.Linear(condition_dim, 2 * hidden_dim)
-            nn.init.zeros_(self.film.weight)
-            nn.init.zeros_(self.film.bias)
+            with whole(self.film):  # partitioned already under ZeRO-3 (vlablocks/core/partitioned.py)
+                nn.init.zeros_(self.film.weight)
+                nn.init.zeros_(self.film.bias)
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm(x)

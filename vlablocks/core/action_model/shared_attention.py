@@ -28,6 +28,7 @@ from torch import nn
 from vlablocks.core.action_model.base import Conditioning
 from vlablocks.core.action_model.dit import BlockContext, modulate
 from vlablocks.core.action_model.flow_matching import FlowMatchingHead
+from vlablocks.core.partitioned import whole
 from vlablocks.core.registry import ACTION_MODELS
 
 
@@ -50,9 +51,9 @@ class SharedAttentionBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.modulation = nn.Linear(dim, 6 * dim)
-        nn.init.zeros_(self.modulation.weight)
-        nn.init.zeros_(self.modulation.bias)
-        with torch.no_grad():
+        with whole(self.modulation):  # partitioned already under ZeRO-3 (vlablocks/core/partitioned.py)
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
             self.modulation.bias[2 * dim : 3 * dim] = gate_init  # chunk 2 of 6: the attention gate
 
     def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:

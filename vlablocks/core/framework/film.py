@@ -10,6 +10,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from vlablocks.core.partitioned import whole
+
 
 class InstructionFiLM(nn.Module):
     """image_embeds [N, H] -> image_embeds * (1 + gamma) + beta, (gamma, beta) from the mean instruction embedding.
@@ -20,8 +22,9 @@ class InstructionFiLM(nn.Module):
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
         self.to_scale_shift = nn.Linear(hidden_size, 2 * hidden_size)
-        nn.init.zeros_(self.to_scale_shift.weight)
-        nn.init.zeros_(self.to_scale_shift.bias)
+        with whole(self.to_scale_shift):  # partitioned already under ZeRO-3 (vlablocks/core/partitioned.py)
+            nn.init.zeros_(self.to_scale_shift.weight)
+            nn.init.zeros_(self.to_scale_shift.bias)
 
     def forward(self, image_embeds: torch.Tensor, info, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """image_embeds [N, H], info: the VLM's VisionHookInfo; pooled [B, H] the instruction embedding (QwenOFT passes
@@ -77,9 +80,10 @@ class VisionBlockFiLM(nn.Module):
     def __init__(self, text_dim: int, vision_dim: int, num_blocks: int) -> None:
         super().__init__()
         self.to_scale_shift = nn.ModuleList(nn.Linear(text_dim, 2 * vision_dim) for _ in range(num_blocks))
-        for layer in self.to_scale_shift:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        with whole(self.to_scale_shift):
+            for layer in self.to_scale_shift:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     @contextmanager
     def applied(self, vlm, inputs, pooled: torch.Tensor) -> Iterator[None]:

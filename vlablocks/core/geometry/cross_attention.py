@@ -24,6 +24,7 @@ from torch import nn
 from vlablocks.core.geometry.alignment import cell_centres
 from vlablocks.core.geometry.fusion import Fusion
 from vlablocks.core.geometry.tokens import GeometricTokens, check_views, pooled_instruction
+from vlablocks.core.partitioned import whole
 from vlablocks.core.registry import FUSIONS
 
 
@@ -62,15 +63,17 @@ class CrossAttentionFusion(Fusion):
         self.key = nn.Linear(geometric_dim, config.attention_dim)
         self.value = nn.Linear(geometric_dim, config.attention_dim)
         self.out = nn.Linear(config.attention_dim, vision_dim)
-        nn.init.zeros_(self.out.weight)  # identity at step 0 (see fusion.py)
-        nn.init.zeros_(self.out.bias)
+        with whole(self.out):  # partitioned already under ZeRO-3 (vlablocks/core/partitioned.py)
+            nn.init.zeros_(self.out.weight)  # identity at step 0 (see fusion.py)
+            nn.init.zeros_(self.out.bias)
         self.log_locality = nn.Parameter(torch.full((config.num_heads,), math.log(config.locality_init)))
         self.cross_view_bias = nn.Parameter(torch.zeros(config.num_heads))
         self.gate = None
         if config.instruction_gate:
             self.gate = nn.Linear(vision_dim, vision_dim)
-            nn.init.zeros_(self.gate.weight)  # starts at sigmoid(0) = 0.5 for every instruction
-            nn.init.zeros_(self.gate.bias)
+            with whole(self.gate):
+                nn.init.zeros_(self.gate.weight)  # starts at sigmoid(0) = 0.5 for every instruction
+                nn.init.zeros_(self.gate.bias)
 
     def forward(self, image_embeds: torch.Tensor, info, geometry: GeometricTokens) -> torch.Tensor:
         """image_embeds: [N, H] -> [N, H]."""

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vlablocks.core.geometry.tokens import GeometricTokens
+from vlablocks.core.partitioned import whole
 
 
 class Fusion(nn.Module):
@@ -47,8 +48,9 @@ class ConcatProjection(nn.Module):
     def __init__(self, vision_dim: int, geometric_dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(vision_dim + geometric_dim, vision_dim)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        with whole(self.proj):  # partitioned already under ZeRO-3 (vlablocks/core/partitioned.py)
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
 
     def forward(self, vision: torch.Tensor, geometric: torch.Tensor) -> torch.Tensor:
         # Computed in the fusion's own dtype: a bf16 VLM may feed a float32 fusion outside autocast.

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from vlablocks.core.config import ExperimentConfig, load_yaml, parse_experiment,
 from vlablocks.core.framework.base import Framework, build_framework
 from vlablocks.core.framework.ema import load_ema_weights
 from vlablocks.core.manifest import read_json, verify_manifest
+from vlablocks.core.partitioned import whole
 from vlablocks.core.processor.build import build_processor
 from vlablocks.core.processor.pipeline import PROCESSOR_DIR, Processor
 
@@ -85,28 +85,13 @@ def load_processor(directory: Path, experiment: ExperimentConfig, model: Framewo
 def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     """Loads `model.safetensors` from a checkpoint directory into `model`; every key must match."""
     state = load_file(str(Path(directory) / WEIGHTS_FILE))
-    with _whole_parameters(model):
+    with whole(model):  # under ZeRO-3 (partitioned while built) all of it at once, on every rank
         missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _tied_keys(model)]
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {directory} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-
-
-@contextmanager
-def _whole_parameters(module: nn.Module) -> Iterator[None]:
-    """Under DeepSpeed ZeRO-3 a model built inside an active ZeRO-3 config holds only its rank's slice of each
-    parameter (local shape [0]); inside this block they are whole, and what rank 0 wrote is partitioned again
-    on exit (a collective: every rank enters). A no-op for ordinary parameters."""
-    partitioned = [p for p in module.parameters() if getattr(p, "ds_id", None) is not None]  # DeepSpeed's mark
-    if not partitioned:
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
-        yield
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

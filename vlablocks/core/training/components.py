@@ -16,6 +16,7 @@ from vlablocks.core.atomic import atomic_write_text
 from vlablocks.core.build import build
 from vlablocks.core.config import ExperimentConfig
 from vlablocks.core.dataloader.base import RawDataset
+from vlablocks.core.partitioned import full_shape, is_partitioned, whole
 from vlablocks.core.registry import DATASETS
 from vlablocks.core.training.precision import resolved_mixed_precision
 
@@ -78,15 +79,6 @@ def make_accelerator(trainer, find_unused_parameters: bool = False):
     return accelerator
 
 
-def build_device(accelerator) -> torch.device | None:
-    """Where the model is constructed: the accelerator's device, so a large model's parameters are created on the GPU
-    directly instead of in host memory first; None (the host, then DeepSpeed's partitioning) under ZeRO-3."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None and plugin.zero_stage == 3:
-        return None
-    return accelerator.device
-
-
 def build_train_dataset(experiment: ExperimentConfig):
     if not experiment.dataset:
         raise ValueError("the config has no `dataset:` section; name one, e.g. dataset.name: lerobot")
@@ -128,7 +120,8 @@ def resolve_norm_stats(experiment: ExperimentConfig, dataset, run_dir: Path) -> 
 def load_pretrained_modules(model: torch.nn.Module, checkpoint: str | None, patterns: list[str]) -> list[str]:
     """Copies weights from a checkpoint into `model`: all of them, or those whose names match `patterns`.
 
-    Shape mismatches are listed by key in one error. Returns the loaded keys.
+    Shape mismatches are listed by key in one error. Returns the loaded keys. Under ZeRO-3 (`model` partitioned
+    while built) each partitioned parameter is gathered, written on rank 0 and partitioned again, one at a time.
     """
     if not checkpoint:
         if patterns:
@@ -140,18 +133,23 @@ def load_pretrained_modules(model: torch.nn.Module, checkpoint: str | None, patt
         raise FileNotFoundError(f"trainer.pretrained_checkpoint: no model.safetensors at {path}")
     source = load_file(str(weights))
     regexes = [re.compile(p) for p in patterns]
-    target = model.state_dict()
+    parameters = dict(model.named_parameters(remove_duplicate=False))  # under ZeRO-3 state_dict() holds slices
+    target = {k: full_shape(parameters[k]) if k in parameters else v.shape for k, v in model.state_dict().items()}
     selected = {k: v for k, v in source.items() if not regexes or any(r.search(k) for r in regexes)}
     for pattern, regex in zip(patterns, regexes):
         if not any(regex.search(k) for k in selected):
             raise ValueError(f"trainer.reload_modules pattern {pattern!r} matches no key in {weights}")
     mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k])}"
         for k, v in selected.items()
-        if k in target and v.shape != target[k].shape
+        if k in target and v.shape != target[k]
     ]
     if mismatched:
         raise ValueError(f"shape mismatch loading {weights}: " + "; ".join(mismatched))
     loadable = {k: v for k, v in selected.items() if k in target}
+    loaded = sorted(loadable)
+    for key in [k for k in loadable if k in parameters and is_partitioned(parameters[k])]:
+        with whole(parameters[key]):  # a collective: every rank loads the same keys in the same order
+            parameters[key].copy_(loadable.pop(key))
     model.load_state_dict(loadable, strict=False)
-    return sorted(loadable)
+    return loaded

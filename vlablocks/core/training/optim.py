@@ -14,6 +14,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from vlablocks.core.partitioned import full_numel
+
 
 def _compile(pattern: str, key: str) -> re.Pattern:
     try:
@@ -50,7 +52,7 @@ def parameter_summary(model: nn.Module) -> str:
     frozen: dict[str, int] = defaultdict(int)
     for name, param in model.named_parameters():
         top = name.split(".", 1)[0]
-        (trainable if param.requires_grad else frozen)[top] += param.numel()
+        (trainable if param.requires_grad else frozen)[top] += full_numel(param)  # whole, also under ZeRO-3
     rows = [f"{'module':<24}{'trainable':>14}{'frozen':>14}"]
     for top in sorted(set(trainable) | set(frozen)):
         rows.append(f"{top:<24}{trainable[top]:>14,}{frozen[top]:>14,}")

@@ -17,10 +17,12 @@ from vlablocks.core.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.core.config.trainer import TrainerConfig
 from vlablocks.core.dataloader.embodiments import dataset_embodiments
 from vlablocks.core.flags import FlagParser
+from vlablocks.core.framework.base import build_framework
 from vlablocks.core.framework.cotraining import check_cotraining
 from vlablocks.core.logs import show_project_logs
 from vlablocks.core.policy.checkpoint import load_weights
-from vlablocks.core.policy.policy import build_policy
+from vlablocks.core.policy.policy import Policy
+from vlablocks.core.processor.build import build_processor
 from vlablocks.core.training.batches import micro_batches
 from vlablocks.core.training.checkpoint import (
     STATE_DIR,
@@ -29,7 +31,6 @@ from vlablocks.core.training.checkpoint import (
     save_training_checkpoint,
 )
 from vlablocks.core.training.components import (
-    build_device,
     build_train_dataset,
     dataset_cameras,
     load_pretrained_modules,
@@ -47,6 +48,7 @@ from vlablocks.core.training.periodic_eval import PeriodicEval
 from vlablocks.core.training.precision import keep_trainable_weights_fp32
 from vlablocks.core.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
 from vlablocks.core.training.run_logger import RunLogger
+from vlablocks.core.training.zero_init import build_context
 from vlablocks.core.training.zero_state import check_all_shards, load_zero_shard, save_zero_shard
 
 
@@ -73,14 +75,11 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     dataset = dataset if dataset is not None else build_train_dataset(experiment)
     norm_stats = resolve_norm_stats(experiment, dataset, run_dir)
     embodiments = dataset_embodiments(dataset, experiment.platform)  # None unless robots of different sizes mix
-    policy = build_policy(
-        experiment,
-        norm_stats,
-        camera_keys=dataset_cameras(dataset),
-        embodiments=embodiments,
-        device=build_device(accelerator),  # built where it trains, not on the host first
-    )
-    framework, processor = policy.model, policy.processor  # processor: raw samples -> Batch, in the DataLoader workers
+    with build_context(accelerator):  # built where it trains; under ZeRO-3 partitioned while built (zero_init.py)
+        framework = build_framework(experiment)
+    # processor: raw samples -> Batch, in the DataLoader workers
+    processor = build_processor(experiment, framework, norm_stats, dataset_cameras(dataset), embodiments)
+    policy = Policy(framework, processor)
     cotraining = check_cotraining(framework, dataset)  # VL samples in the data: a framework that trains on them
     processor.fit(dataset)
     load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)

@@ -20,7 +20,12 @@ from vlablocks.core.batch import VLMInputs
 from vlablocks.core.vlm import inputs as vlm_inputs
 from vlablocks.core.vlm.attention import with_group_attention
 from vlablocks.core.vlm.lora import inject_lora, merge_lora
-from vlablocks.core.vlm.random_init import check_random_init_options, rescale_embedding_rows, set_image_normalization
+from vlablocks.core.vlm.random_init import (
+    check_random_init_options,
+    draw_added_rows,
+    rescale_embedding_rows,
+    set_image_normalization,
+)
 from vlablocks.core.vlm.runtime import (
     check_checkpoint_dir,
     enable_checkpointing,
@@ -248,6 +253,7 @@ class VLMBackbone(nn.Module):
             # New rows come from the model's initializer: mean_resizing would fit a covariance over
             # ~150k x H pretrained rows, tens of seconds on CPU for a 7B model.
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+            draw_added_rows(self.model, start=rows)  # under ZeRO-3 transformers' draw missed them
             rescale_embedding_rows(self.model, self.config.text_embedding_init_std, start=rows)
         return [self.token_id(t) for t in tokens]
 

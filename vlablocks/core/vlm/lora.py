@@ -15,6 +15,8 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraModel
 from torch import nn
 
+from vlablocks.core.partitioned import is_partitioned, whole
+
 # Module-name prefixes of the two halves of transformers' Qwen-VL models (`Qwen*ForConditionalGeneration`).
 SCOPES = {"llm": ("model.language_model.",), "vision": ("model.visual.",)}
 SCOPES["both"] = SCOPES["llm"] + SCOPES["vision"]
@@ -61,7 +63,14 @@ def inject_lora(model: nn.Module, options) -> LoraModel:
         target_modules=lora_target_names(model, options.target_modules, options.apply_to),
         bias="none",
     )
-    return LoraModel(model, config, "default")
+    lora_model = LoraModel(model, config, "default")
+    # peft zeroes B after creating it; under ZeRO-3 it was partitioned by then and the zeroing did nothing
+    # (vlablocks/core/partitioned.py): B = 0 is what makes a fresh adapter the identity.
+    partitioned_b = [p for name, p in model.named_parameters() if ".lora_B." in name and is_partitioned(p)]
+    with whole(*partitioned_b):
+        for param in partitioned_b:
+            param.zero_()
+    return lora_model
 
 
 def merge_lora(lora_model: LoraModel) -> nn.Module:

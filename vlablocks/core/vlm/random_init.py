@@ -3,6 +3,7 @@
 A pretrained VLM keeps the normalization and the embeddings it was trained with, so `base_vlm` refuses them.
 The tiny random-init builds (tests, demo, the toy experiments) need them: docs/results/toy_root_causes.md, "The last
 colour", measures why the word embeddings' scale decides whether the instruction survives the residual stream.
+`draw_added_rows` (any build, under ZeRO-3 only) draws the rows of added tokens that transformers' resize missed.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel
+
+from vlablocks.core.partitioned import is_partitioned, whole
 
 RANDOM_INIT_OPTIONS = ("image_mean", "image_std", "text_embedding_init_std", "tiny_tokenizer_corpora")
 
@@ -49,5 +51,26 @@ def rescale_embedding_rows(model: PreTrainedModel, std: float | None, start: int
     if std is None:
         return
     weight = model.get_input_embeddings().weight
-    with torch.no_grad():
+    with whole(weight):  # partitioned already under ZeRO-3 (vlablocks/core/partitioned.py)
         weight[start:].mul_(std / model.config.text_config.initializer_range)
+
+
+def draw_added_rows(model: PreTrainedModel, start: int) -> None:
+    """Rows `start:` of the input embeddings and of an untied LM head -> N(0, initializer_range) (a head's bias 0),
+    what `resize_token_embeddings(mean_resizing=False)` draws, for a model whose parameters are partitioned (ZeRO-3).
+
+    transformers builds the resized layers inside the active `zero.Init`, so they are partitioned before its
+    `_init_weights` runs on them: that draw acts on empty tensors and the added rows would keep nn.Embedding's N(0, 1)
+    and nn.Linear's uniform default. Drawn again here, gathered (vlablocks/core/partitioned.py). Unpartitioned models
+    are left as they are.
+    """
+    std = model.config.text_config.initializer_range
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    layers = [embeddings] if head is None or head.weight is embeddings.weight else [embeddings, head]
+    for layer in layers:
+        if not is_partitioned(layer.weight):
+            continue
+        with whole(layer):
+            layer.weight[start:].normal_(mean=0.0, std=std)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[start:].zero_()

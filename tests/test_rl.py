@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,12 +13,21 @@ from safetensors.torch import load_file
 from vlablocks.core.config import PlatformConfig, parse_experiment
 from vlablocks.core.envs.vector import make_vector_env
 from vlablocks.core.evaluation.actors import SamplingActor
-from vlablocks.core.evaluation.rollout import run_episodes
+from vlablocks.core.evaluation.rollout import Episode, run_episodes
 from vlablocks.core.framework.synthetic import synthetic_examples
 from vlablocks.core.policy.policy import Policy
 from vlablocks.core.training.train import train
+from vlablocks.methods.rl.config import RLConfig
 from vlablocks.methods.rl.grpo import fill_with_informative_groups
-from vlablocks.methods.rl.loop import rl
+from vlablocks.methods.rl.loop import (
+    _degenerate_groups,
+    _relative_change,
+    _rollout_round,
+    _trainable_snapshot,
+    ended_on_the_named_block,
+    rl,
+)
+from vlablocks.methods.rl.probe import exploration_stats
 
 PLATFORM = {"name": "toy", "action_horizon": 4, "action_dim": 2, "state_dim": 2}  # the toy env's
 BINNED = {
@@ -83,6 +93,7 @@ def test_rl_is_reproducible_resumes_exactly_and_logs_every_iteration(sft_checkpo
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("success_rate", "mean_reward", "groups_kept", "clip_fraction", "approx_kl", "entropy", "rollout_s"):
         assert key in rows[0]
+    assert rows[0]["update_vlm"] > 0 and rows[0]["update_head"] > 0  # both parts train and the move is measured
     assert (tmp_path / "a" / "success_curve.png").stat().st_size > 0
     weights = [load_file(str(r["checkpoint"] / "model.safetensors")) for r in (first, second)]
     initial = load_file(str(sft_checkpoint / "model.safetensors"))
@@ -127,6 +138,84 @@ def test_fill_with_informative_groups_refills_and_truncates():
     assert torch.allclose(kept[1][1], torch.tensor([0.7071, -0.7071]), atol=1e-4)
     kept, sampled = fill_with_informative_groups(lambda r: rounds[r], groups=3, max_rounds=5, dynamic_sampling=False)
     assert [item for item, _ in kept] == ["a", "b", "c"] and sampled == 3  # off: one round, all kept
+
+
+def test_degenerate_groups_count_all_failed_and_all_succeeded_groups_of_every_round():
+    def episodes(*successes):
+        return [Episode(index=0, seed=0, instruction="", given="", success=bool(s)) for s in successes]
+
+    rounds = [
+        episodes(0, 0, 1, 0, 1, 1),
+        episodes(0, 0, 0, 0, 1, 1),
+    ]  # groups of 2: (0 0) (1 0) (1 1) / (0 0) (0 0) (1 1)
+    assert _degenerate_groups(rounds, 2) == (3, 2)
+    assert _degenerate_groups(rounds, 3) == (1, 0)  # (0 0 1) (0 1 1) / (0 0 0) (0 1 1)
+
+
+def test_relative_change_splits_the_vlm_from_the_rest():
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vlm = torch.nn.Linear(2, 2, bias=False)
+            self.head = torch.nn.Linear(2, 1, bias=False)
+
+    model = Tiny()
+    with torch.no_grad():
+        model.vlm.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))  # norm 5
+        model.head.weight.fill_(1.0)  # norm sqrt(2)
+    model.head.requires_grad_(False)  # a frozen part is not measured
+    before = _trainable_snapshot(model)
+    with torch.no_grad():
+        model.vlm.weight[0, 0] += 0.5
+        model.head.weight += 1.0
+    moved = _relative_change(model, before)
+    assert moved["vlm"] == pytest.approx(0.1)  # 0.5 / 5
+    assert math.isnan(moved["head"])
+
+
+def test_a_wrong_instruction_episode_succeeds_only_by_ending_on_the_block_it_was_told():
+    def told(reached, success=False, given="move to the blue block"):
+        info = {"reached": reached, "success": success}
+        return Episode(index=0, seed=1, instruction="move to the red block", given=given, success=success, info=info)
+
+    assert ended_on_the_named_block(told("blue"))
+    assert not ended_on_the_named_block(told("red", success=True))  # the env's own target stops it: a failure
+    assert not ended_on_the_named_block(told(None))  # passed over blue, or never got there
+    assert not ended_on_the_named_block(told("red", given="move to the red block"))  # not a wrong instruction
+    with pytest.raises(ValueError, match="contrast_instructions"):
+        ended_on_the_named_block(Episode(index=0, seed=1, instruction="a", given="b", info={"success": False}))
+
+
+def test_contrast_groups_hold_one_scene_told_its_own_block_and_another(sft_checkpoint):
+    policy = Policy.from_pretrained(sft_checkpoint)
+    cfg = RLConfig(groups_per_iteration=2, group_size=4, env=SHORT_TOY, contrast_instructions=True)
+    envs = make_vector_env(SHORT_TOY, 4)
+    try:
+        groups, rewards = _rollout_round(policy, envs, cfg, (5, 1, 0), torch.device("cpu"), [], 0)
+    finally:
+        envs.close()
+    assert rewards.shape == (2, 4) and len(groups) == 2
+    for members, row in zip(groups, rewards):
+        assert len({e.seed for e in members}) == 1  # one scene and start per group
+        assert [e.given == e.instruction for e in members] == [True, True, False, False]
+        assert all(e.calls for e in members)  # every episode is trained on
+        contrast = [ended_on_the_named_block(e) for e in members[2:]]
+        assert row[2:].tolist() == [5.0 * c for c in contrast]
+
+
+def test_the_exploration_probe_tells_sampling_from_greedy_decoding(sft_checkpoint):
+    policy = Policy.from_pretrained(sft_checkpoint)
+    envs = make_vector_env(SHORT_TOY, 4)
+    try:
+        cold = exploration_stats(policy, envs, [11, 12], 2, temperature=1e-3, vocabulary=16)
+        hot = exploration_stats(policy, envs, [11, 12], 2, temperature=50.0, vocabulary=16)
+    finally:
+        envs.close()
+    assert cold["differs_from_greedy"] == 0.0 and cold["entropy_fraction"] < 0.05  # the argmax, every time
+    assert hot["differs_from_greedy"] > 0.5 and hot["entropy_fraction"] > 0.99  # nearly uniform over 16 bins
+    for stats in (cold, hot):
+        assert stats["log_prob_mismatch"] < 1e-4 and stats["policy_calls"] > 0
+        assert stats["groups_all_failed"] + stats["groups_all_succeeded"] <= 2
 
 
 def test_val_only_reports_greedy_success_and_the_language_control(sft_checkpoint, tmp_path):

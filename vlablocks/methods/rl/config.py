@@ -47,6 +47,9 @@ class RLConfig:
     clip_low: float = 0.2  # PPO ratio bounds: [1 - clip_low, 1 + clip_high] (clip-higher: clip_high > clip_low)
     clip_high: float = 0.28
     dynamic_sampling: bool = True  # drop groups whose rewards are all equal and refill with new ones
+    # Half of each group is told another block of the same scene (the env's wrong instruction), rewarded for ending
+    # on the block it was told: the group then contrasts instructions, not only sampling noise (docs/rl.md).
+    contrast_instructions: bool = False
     max_sampling_rounds: int = 3  # rollout rounds per iteration at most while refilling
     kl_coef: float = 0.0  # > 0: k3 KL to the initial (reference) policy
     entropy_coef: float = 0.0

@@ -144,6 +144,7 @@ def rl(experiment: ExperimentConfig) -> dict:
         )
         successes = sum(e.success for episodes in rounds for e in episodes)
         episodes_run = sum(len(episodes) for episodes in rounds)
+        degenerate = _degenerate_groups(rounds, cfg.group_size)  # (all failed, all succeeded) of the sampled groups
         rollout_s = time.perf_counter() - rollout_start
 
         # ---- advantages: the group's (GRPO) or GAE on the critic's values (PPO) --------------------------
@@ -166,6 +167,7 @@ def rl(experiment: ExperimentConfig) -> dict:
         order = np.random.default_rng(_key(experiment.seed, iteration, 99, rank)).permutation(len(calls))
         parts = np.array_split(np.tile(order, cfg.update_epochs), steps) if steps else []
         stats = []
+        before = _trainable_snapshot(framework)  # to log how far this iteration moved the VLM and the rest
         for part in parts:
             loss, numbers = _minibatch_loss(model, policy, reference, [calls[i] for i in part], cfg, accelerator)
             accelerator.backward(loss)
@@ -178,6 +180,7 @@ def rl(experiment: ExperimentConfig) -> dict:
             stats.append(numbers)
         if parts:
             scheduler.step()  # rl.lr_schedule, counted per iteration that updated (saved: resume is exact)
+        moved = _relative_change(framework, before)
         update_s = time.perf_counter() - update_start
 
         # ---- log, evaluate, save ----------------------------------------------------------------------
@@ -189,6 +192,11 @@ def rl(experiment: ExperimentConfig) -> dict:
             "groups_kept": int(totals[2]),
             "groups_sampled": int(totals[3]),
             "policy_calls": len(calls),
+            "groups_all_failed": degenerate[0],
+            "groups_all_succeeded": degenerate[1],
+            "advantage_abs_mean": float(np.mean([abs(a) for _, a in calls])) if calls else float("nan"),
+            "update_vlm": moved["vlm"],
+            "update_head": moved["head"],
             **{k: float(np.nanmean([s[k] for s in stats])) if stats else float("nan") for k in _stat_keys(critic)},
             **(value_stats if critic is not None else {}),
             "lr": lr,
@@ -222,6 +230,32 @@ def rl(experiment: ExperimentConfig) -> dict:
         plot_success(history, run_dir / "success_curve.png")
     end_distributed(accelerator)
     return {"checkpoint": checkpoint, "history": history, "run_dir": run_dir}
+
+
+def _degenerate_groups(rounds: list[list[Episode]], group_size: int) -> tuple[int, int]:
+    """The sampled groups (consecutive `group_size` episodes of each round) whose episodes all failed / all succeeded."""
+    counts = [
+        sum(e.success for e in episodes[g : g + group_size])
+        for episodes in rounds
+        for g in range(0, len(episodes), group_size)
+    ]
+    return sum(c == 0 for c in counts), sum(c == group_size for c in counts)
+
+
+def _trainable_snapshot(framework: Framework) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in framework.named_parameters() if p.requires_grad}
+
+
+def _relative_change(framework: Framework, before: dict[str, torch.Tensor]) -> dict[str, float]:
+    """||theta - theta_before|| / ||theta_before|| over the trainable parameters of the VLM ("vlm": names under
+    `vlm.`) and of everything else ("head": the action head, the proprio projector); NaN for a part with none."""
+    sums = {"vlm": [0.0, 0.0], "head": [0.0, 0.0]}
+    for name, p in framework.named_parameters():
+        if name in before:
+            part = sums["vlm" if name.startswith("vlm.") else "head"]
+            part[0] += float((p.detach() - before[name]).float().pow(2).sum())
+            part[1] += float(before[name].float().pow(2).sum())
+    return {k: math.sqrt(d / w) if w > 0 else float("nan") for k, (d, w) in sums.items()}
 
 
 def _stat_keys(critic) -> tuple[str, ...]:
@@ -277,10 +311,32 @@ def _rollout_round(
     generator = torch.Generator(device).manual_seed(_key(seed, iteration, round_index, rank))
     actor = SamplingActor(policy, cfg.temperature, generator)
     group = cfg.group_size
-    episodes = run_episodes(envs, np.repeat(seeds, group).tolist(), actor, cfg.open_loop_horizon)
+    told = group // 2 if cfg.contrast_instructions else 0  # episodes per group told another block
+    own = run_episodes(envs, np.repeat(seeds, group - told).tolist(), actor, cfg.open_loop_horizon)
+    other = run_episodes(envs, np.repeat(seeds, told).tolist(), actor, cfg.open_loop_horizon, True) if told else []
+    for episode in other:
+        episode.success = ended_on_the_named_block(episode)
+    groups = [
+        own[g * (group - told) : (g + 1) * (group - told)] + other[g * told : (g + 1) * told] for g in range(len(seeds))
+    ]
+    episodes = [episode for members in groups for episode in members]
     rounds.append(episodes)
     rewards = torch.tensor([e.success for e in episodes], dtype=torch.float32) * cfg.verifier_reward_coef
-    return [episodes[g * group : (g + 1) * group] for g in range(len(seeds))], rewards.reshape(len(seeds), group)
+    return groups, rewards.reshape(len(seeds), group)
+
+
+def ended_on_the_named_block(episode: Episode) -> bool:
+    """A wrong-instruction episode's success: it ends on the block its instruction names (the env's step info
+    "reached": the name of the block the agent is on, or None). Ending on the env's own target, which stops the
+    episode, is a failure, and so is passing over the named block without stopping there: stricter than the env's
+    own test, never easier."""
+    if "reached" not in episode.info:
+        raise ValueError(
+            "rl.contrast_instructions needs an env whose step info names the block the agent ends on ('reached'), "
+            "as the toy env's does; set rl.contrast_instructions: false"
+        )
+    reached = episode.info["reached"]
+    return reached is not None and episode.given != episode.instruction and reached in episode.given.split()
 
 
 def _initial_states(cfg: RLConfig, seed: int, iteration: int, round_index: int, rank: int) -> np.ndarray:
@@ -303,6 +359,8 @@ def _describe(m: dict) -> str:
     text = (
         f"iter {m['step']}: success {m['success_rate']:.0%} kept {m['groups_kept']}/{m['groups_sampled']} "
         f"clip {m['clip_fraction']:.3f} kl {m['approx_kl']:.4f} entropy {m['entropy']:.3f} "
+        f"all-0/all-1 groups {m['groups_all_failed']}/{m['groups_all_succeeded']} "
+        f"moved vlm {m['update_vlm']:.1e} head {m['update_head']:.1e} "
         f"rollout {m['rollout_s']:.1f}s update {m['update_s']:.1f}s"
     )
     if "value_loss" in m:

@@ -18,6 +18,8 @@ partitioned from it (`vlm.base_vlm`, transformers' from_pretrained). Planted: th
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -54,6 +56,7 @@ def status_bytes(key: str) -> int:
 def measured(build):
     """-> (build(), peak resident-set growth in bytes while it ran)."""
     gc.collect()
+    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)  # what earlier builds freed goes back (glibc)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now (Linux)
     before = status_bytes("VmRSS")
     model = build()

@@ -42,7 +42,7 @@ class Policy:
     def __init__(self, model: Framework, processor: Processor) -> None:
         self.model = model
         self.processor = processor
-        self.sample_actions = model.sample_actions  # compiled by `compile`
+        self.compiled_sample_actions = None  # `model.sample_actions` through torch.compile, after `compile`
 
     # ---- inference -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -56,7 +56,8 @@ class Policy:
         was_training = model.training
         model.eval()
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        output = self.sample_actions(batch.to(self.device), generator)
+        sample_actions = self.compiled_sample_actions or model.sample_actions
+        output = sample_actions(batch.to(self.device), generator)
         model.train(was_training)
         return self.processor.postprocess(output, batch)
 
@@ -73,7 +74,7 @@ class Policy:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         if self.processor.tokenize is not None:
             self.processor.tokenize.pad_to_multiple_of = prompt_bucket
-        self.sample_actions = torch.compile(self.model.sample_actions, mode=mode, dynamic=False)
+        self.compiled_sample_actions = torch.compile(self.model.sample_actions, mode=mode, dynamic=False)
         return self
 
     def infer(self, obs: dict) -> dict:

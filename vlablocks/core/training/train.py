@@ -43,7 +43,7 @@ from vlablocks.core.training.components import (
 )
 from vlablocks.core.training.distributed import end_distributed
 from vlablocks.core.training.loss_schedule import PhaseSchedule, scheduled_loss
-from vlablocks.core.training.optim import build_optimizer, freeze_modules, parameter_summary
+from vlablocks.core.training.optim import build_optimizer, freeze_modules, fused_adamw, parameter_summary
 from vlablocks.core.training.periodic_eval import PeriodicEval
 from vlablocks.core.training.precision import keep_trainable_weights_fp32
 from vlablocks.core.training.run_dir import check_run_dir, remove_stale_temporaries, truncate_metrics
@@ -84,13 +84,14 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     processor.fit(dataset)
     load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)
     freeze_modules(framework, trainer.freeze_modules)
-    keep_trainable_weights_fp32(framework, trainer, deepspeed=accelerator.state.deepspeed_plugin is not None)
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    keep_trainable_weights_fp32(framework, trainer, deepspeed=deepspeed)
     if main:
         print(parameter_summary(framework))
-    optimizer, scheduler = build_optimizer(framework, trainer)
+    optimizer, scheduler = build_optimizer(framework, trainer, fused=fused_adamw(framework, deepspeed))
 
     start_step, losses = 0, []
-    sharded = accelerator.state.deepspeed_plugin is not None  # ZeRO: each rank holds part of the optimizer
+    sharded = deepspeed  # ZeRO: each rank holds part of the optimizer
     resume_from = latest_checkpoint(run_dir) if trainer.resume else None
     if resume_from is not None:
         load_weights(framework, resume_from)

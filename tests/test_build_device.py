@@ -20,7 +20,8 @@ def test_build_policy_creates_every_parameter_on_the_requested_device():
     experiment = load_config("configs/experiments/toy/qwen_oft.yaml")
     examples = synthetic_examples(PlatformConfig(**vars(experiment.platform)), 2, image_size=56)
     stats = synthetic_norm_stats(examples)
-    on_meta = build_policy(experiment, stats, device="meta")  # no storage at all: nothing was built on the host
+    # meta: no storage at all, so nothing was built on the host
+    on_meta = build_policy(experiment, stats, build_in=torch.device("meta"))
     assert {p.device.type for p in on_meta.model.parameters()} == {"meta"}
     on_host = build_policy(experiment, stats)
     assert {p.device.type for p in on_host.model.parameters()} == {"cpu"}

@@ -18,7 +18,7 @@ checkpoint I/O (checkpoint.py).
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -140,13 +140,14 @@ def build_policy(
     norm_stats: dict,
     camera_keys: list[str] | None = None,
     embodiments: dict | None = None,
-    device: torch.device | str | None = None,
+    build_in: AbstractContextManager | None = None,
 ) -> Policy:
     """The model plus its processor (built from the same config, the normalization stats and, when given, the
     training dataset's camera keys and, for a cross-embodiment mixture, its embodiments' own sizes).
 
-    device: where the model's parameters are created (`torch.device` as the default device while it is built: a 3B
-    model never passes through host memory on its way to a GPU); None: the CPU. The processor stays on the CPU."""
-    with torch.device(device) if device is not None else nullcontext():
+    build_in: the context the model is constructed in: `torch.device(d)` creates its parameters on d (a 3B model
+    never passes through host memory on its way to a GPU), `train()` passes `zero_init.build_context` (the device,
+    or partitioned while built under ZeRO-3); None: the CPU. The processor is built outside it, on the CPU."""
+    with build_in if build_in is not None else nullcontext():
         model = build_framework(experiment)
     return Policy(model, build_processor(experiment, model, norm_stats, camera_keys, embodiments))

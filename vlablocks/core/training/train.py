@@ -17,12 +17,10 @@ from vlablocks.core.config import ExperimentConfig, load_config, to_yaml
 from vlablocks.core.config.trainer import TrainerConfig
 from vlablocks.core.dataloader.embodiments import dataset_embodiments
 from vlablocks.core.flags import FlagParser
-from vlablocks.core.framework.base import build_framework
 from vlablocks.core.framework.cotraining import check_cotraining
 from vlablocks.core.logs import show_project_logs
 from vlablocks.core.policy.checkpoint import load_weights
-from vlablocks.core.policy.policy import Policy
-from vlablocks.core.processor.build import build_processor
+from vlablocks.core.policy.policy import build_policy
 from vlablocks.core.training.batches import micro_batches
 from vlablocks.core.training.checkpoint import (
     STATE_DIR,
@@ -75,11 +73,14 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
     dataset = dataset if dataset is not None else build_train_dataset(experiment)
     norm_stats = resolve_norm_stats(experiment, dataset, run_dir)
     embodiments = dataset_embodiments(dataset, experiment.platform)  # None unless robots of different sizes mix
-    with build_context(accelerator):  # built where it trains; under ZeRO-3 partitioned while built (zero_init.py)
-        framework = build_framework(experiment)
-    # processor: raw samples -> Batch, in the DataLoader workers
-    processor = build_processor(experiment, framework, norm_stats, dataset_cameras(dataset), embodiments)
-    policy = Policy(framework, processor)
+    policy = build_policy(
+        experiment,
+        norm_stats,
+        camera_keys=dataset_cameras(dataset),
+        embodiments=embodiments,
+        build_in=build_context(accelerator),  # built where it trains; under ZeRO-3 partitioned while built
+    )
+    framework, processor = policy.model, policy.processor  # processor: raw samples -> Batch, in the DataLoader workers
     cotraining = check_cotraining(framework, dataset)  # VL samples in the data: a framework that trains on them
     processor.fit(dataset)
     load_pretrained_modules(framework, trainer.pretrained_checkpoint, trainer.reload_modules)

@@ -4,6 +4,9 @@
 --rss: a wide tiny-config QwenOFT (hundreds of MB in fp32) built the way `vlablocks train` builds it under ZeRO-3
 (`build_context`: partitioned while built), then planted: plainly on the host. Each build's peak resident-set
 growth (VmHWM after the build minus VmRSS before it, the peak reset in between) and the model's whole fp32 size.
+Then the resume: the plain build's weights saved as a checkpoint and loaded into a partitioned build with
+`load_weights` (one tensor at a time, core/tensor_file.py), its peak growth measured and the result compared exactly;
+planted: the former loader (the whole file read, then the whole model gathered), measured the same way.
 
 --check CONFIG ...: each config's framework built partitioned, compared after gathering with plain host builds:
 every tensor that a plain build makes the same whatever the seed (zero-initialised layers, gate fills, constant
@@ -27,7 +30,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers.integrations import unset_hf_deepspeed_config
 
 from vlablocks.core import partitioned
@@ -35,6 +38,7 @@ from vlablocks.core.config import load_config
 from vlablocks.core.config.trainer import TrainerConfig
 from vlablocks.core.framework.base import build_framework
 from vlablocks.core.partitioned import full_numel, is_partitioned, whole
+from vlablocks.core.policy.checkpoint import load_weights
 from vlablocks.core.training.components import load_pretrained_modules, make_accelerator, seed_everything
 from vlablocks.core.training.distributed import end_distributed
 from vlablocks.core.training.zero_init import build_context
@@ -153,6 +157,36 @@ def check(config: str, accelerator, scratch: Path) -> dict:
     return result
 
 
+def whole_file_load(model, directory: Path) -> None:
+    """The loader before core/tensor_file.py: every tensor of the file at once, then the whole model gathered."""
+    state = load_file(str(directory / "model.safetensors"))
+    with whole(model):
+        model.load_state_dict(state, strict=False)
+
+
+def resume_growth(experiment, accelerator, plain_model, directory: Path) -> dict:
+    """Peak RSS growth of loading the plain build's weights into a partitioned build: `load_weights` (then compared
+    exactly) and, planted, `whole_file_load`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    plain, seen = {}, set()
+    for name, tensor in plain_model.state_dict().items():  # tied weights once, as checkpoints keep them
+        if tensor.untyped_storage().data_ptr() not in seen:
+            seen.add(tensor.untyped_storage().data_ptr())
+            plain[name] = tensor.detach().contiguous()
+    save_file(plain, str(directory / "model.safetensors"))
+    model = partitioned_build(experiment, accelerator)
+    _, growth = measured(lambda: load_weights(model, directory))
+    exact = compare(model, dict(plain_model.named_parameters()), {n for n, _ in plain_model.named_parameters()})
+    _, planted = measured(lambda: whole_file_load(partitioned_build(experiment, accelerator), directory))
+    largest = max(4 * full_numel(p) for p in model.parameters())
+    return {
+        "resume_growth": growth,
+        "resume_mismatched": exact,
+        "planted_resume_growth": planted,
+        "largest_parameter_fp32": largest,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -172,6 +206,7 @@ def main() -> None:
         )
         del model
         model, report["plain_growth"] = measured(lambda: plain_build(experiment, accelerator))
+        report.update(resume_growth(experiment, accelerator, model, out / f"resume_rank{accelerator.process_index}"))
         del model
     report["checks"] = {config: check(config, accelerator, out) for config in args.check}
     (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(report, indent=1))

@@ -17,16 +17,17 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from vlablocks.core.config import ExperimentConfig, load_yaml, parse_experiment, to_yaml, upgrade_moved_keys
 from vlablocks.core.framework.base import Framework, build_framework
 from vlablocks.core.framework.ema import load_ema_weights
 from vlablocks.core.manifest import read_json, verify_manifest
-from vlablocks.core.partitioned import whole
+from vlablocks.core.partitioned import full_shape
 from vlablocks.core.processor.build import build_processor
 from vlablocks.core.processor.pipeline import PROCESSOR_DIR, Processor
+from vlablocks.core.tensor_file import TensorFile, load_tensors
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -83,15 +84,28 @@ def load_processor(directory: Path, experiment: ExperimentConfig, model: Framewo
 
 
 def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
-    """Loads `model.safetensors` from a checkpoint directory into `model`; every key must match."""
-    state = load_file(str(Path(directory) / WEIGHTS_FILE))
-    with whole(model):  # under ZeRO-3 (partitioned while built) all of it at once, on every rank
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in _tied_keys(model)]
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {directory} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    """Loads `model.safetensors` from a checkpoint directory into `model`; every key must match, shapes included.
+
+    The file is read one tensor at a time (core/tensor_file.py): under ZeRO-3 a resumed rank holds its slices and at
+    most one whole parameter, never the whole model."""
+    expected = model.state_dict()
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    with TensorFile(Path(directory) / WEIGHTS_FILE) as file:
+        tied = _tied_keys(model)
+        missing = [k for k in expected if k not in file.entries and k not in tied]
+        unexpected = [k for k in file.keys() if k not in expected]
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {directory} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        mismatched = [
+            f"{k}: checkpoint {tuple(file.shape(k))} vs model {tuple(shape)}"
+            for k in file.keys()
+            if file.shape(k) != (shape := full_shape(parameters[k]) if k in parameters else expected[k].shape)
+        ]
+        if mismatched:
+            raise ValueError(f"checkpoint {directory} does not match the model: " + "; ".join(mismatched[:5]))
+        load_tensors(model, file, file.keys())
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from vlablocks.core.atomic import atomic_write_text
 from vlablocks.core.build import build
 from vlablocks.core.config import ExperimentConfig
 from vlablocks.core.dataloader.base import RawDataset
-from vlablocks.core.partitioned import full_shape, is_partitioned, whole
+from vlablocks.core.partitioned import full_shape
 from vlablocks.core.registry import DATASETS
+from vlablocks.core.tensor_file import TensorFile, load_tensors
 from vlablocks.core.training.precision import resolved_mixed_precision
 
 
@@ -120,8 +120,9 @@ def resolve_norm_stats(experiment: ExperimentConfig, dataset, run_dir: Path) -> 
 def load_pretrained_modules(model: torch.nn.Module, checkpoint: str | None, patterns: list[str]) -> list[str]:
     """Copies weights from a checkpoint into `model`: all of them, or those whose names match `patterns`.
 
-    Shape mismatches are listed by key in one error. Returns the loaded keys. Under ZeRO-3 (`model` partitioned
-    while built) each partitioned parameter is gathered, written on rank 0 and partitioned again, one at a time.
+    Shape mismatches are listed by key in one error. Returns the loaded keys. The file is read one tensor at a time;
+    under ZeRO-3 (`model` partitioned while built) each partitioned parameter is gathered, written and partitioned
+    again, one at a time (core/tensor_file.py).
     """
     if not checkpoint:
         if patterns:
@@ -131,25 +132,21 @@ def load_pretrained_modules(model: torch.nn.Module, checkpoint: str | None, patt
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
         raise FileNotFoundError(f"trainer.pretrained_checkpoint: no model.safetensors at {path}")
-    source = load_file(str(weights))
-    regexes = [re.compile(p) for p in patterns]
-    parameters = dict(model.named_parameters(remove_duplicate=False))  # under ZeRO-3 state_dict() holds slices
-    target = {k: full_shape(parameters[k]) if k in parameters else v.shape for k, v in model.state_dict().items()}
-    selected = {k: v for k, v in source.items() if not regexes or any(r.search(k) for r in regexes)}
-    for pattern, regex in zip(patterns, regexes):
-        if not any(regex.search(k) for k in selected):
-            raise ValueError(f"trainer.reload_modules pattern {pattern!r} matches no key in {weights}")
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k])}"
-        for k, v in selected.items()
-        if k in target and v.shape != target[k]
-    ]
-    if mismatched:
-        raise ValueError(f"shape mismatch loading {weights}: " + "; ".join(mismatched))
-    loadable = {k: v for k, v in selected.items() if k in target}
-    loaded = sorted(loadable)
-    for key in [k for k in loadable if k in parameters and is_partitioned(parameters[k])]:
-        with whole(parameters[key]):  # a collective: every rank loads the same keys in the same order
-            parameters[key].copy_(loadable.pop(key))
-    model.load_state_dict(loadable, strict=False)
+    with TensorFile(weights) as source:
+        regexes = [re.compile(p) for p in patterns]
+        parameters = dict(model.named_parameters(remove_duplicate=False))  # under ZeRO-3 state_dict() holds slices
+        target = {k: full_shape(parameters[k]) if k in parameters else v.shape for k, v in model.state_dict().items()}
+        selected = [k for k in source.keys() if not regexes or any(r.search(k) for r in regexes)]
+        for pattern, regex in zip(patterns, regexes):
+            if not any(regex.search(k) for k in selected):
+                raise ValueError(f"trainer.reload_modules pattern {pattern!r} matches no key in {weights}")
+        mismatched = [
+            f"{k}: checkpoint {tuple(source.shape(k))} vs model {tuple(target[k])}"
+            for k in selected
+            if k in target and source.shape(k) != target[k]
+        ]
+        if mismatched:
+            raise ValueError(f"shape mismatch loading {weights}: " + "; ".join(mismatched))
+        loaded = sorted(k for k in selected if k in target)
+        load_tensors(model, source, loaded)  # a collective under ZeRO-3: the same keys in the same order everywhere
     return loaded

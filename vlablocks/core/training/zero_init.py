@@ -19,17 +19,12 @@ and more are therefore allocated with mmap, returned to the system when freed, w
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import platform
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import torch
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-CONSTRUCTION_MMAP_THRESHOLD = 1 << 20  # while the model is built: tensors of 1 MiB and more go to mmap
-AFTER_MMAP_THRESHOLD = 32 << 20  # afterwards: glibc's own 64-bit ceiling (DEFAULT_MMAP_THRESHOLD_MAX)
+from vlablocks.core.partitioned import host_memory_returned
 
 
 def build_context(accelerator) -> AbstractContextManager:
@@ -56,27 +51,5 @@ def zero3_init(plugin) -> Iterator[None]:
     import deepspeed
 
     plugin.set_deepspeed_weakref()  # transformers' view of the config (is_deepspeed_zero3_enabled), as filled now
-    with _host_memory_returned(), deepspeed.zero.Init(config_dict_or_path=construction_config(plugin.deepspeed_config)):
+    with host_memory_returned(), deepspeed.zero.Init(config_dict_or_path=construction_config(plugin.deepspeed_config)):
         yield
-
-
-@contextmanager
-def _host_memory_returned() -> Iterator[None]:
-    """Inside: freed tensors of CONSTRUCTION_MMAP_THRESHOLD bytes or more go back to the system (glibc only)."""
-    libc = _glibc()
-    if libc is None:
-        yield
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, CONSTRUCTION_MMAP_THRESHOLD)
-    try:
-        yield
-    finally:
-        libc.mallopt(M_MMAP_THRESHOLD, AFTER_MMAP_THRESHOLD)
-        libc.malloc_trim(0)
-
-
-def _glibc():
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None

@@ -20,6 +20,7 @@ from vlablocks.tools.bench.settings import bench_settings
 
 ROWS = [
     "training",
+    "checkpointing",
     "processing",
     "data",
     "inference",
@@ -69,6 +70,7 @@ def test_goals_and_verdicts_follow_the_numbers(smoke_run):
     goals = {row["key"]: [(g["subject"], g["op"], g["value"]) for g in row["goals"]] for row in report["rows"]}
     assert goals == {
         "training": [("ratio", "<=", 1.05)],
+        "checkpointing": [],  # a trade to report, no goal
         "processing": [("ratio", ">=", 1.1), ("training_process_data_ms", "<=", 1.0)],
         "data": [("ratio", ">=", 0.95)],
         "inference": [("ratio", ">=", 15.0)],  # the 25 ms OFT goal only applies to --device cuda --arch 3b
@@ -102,6 +104,9 @@ def test_each_side_does_the_same_work(smoke_run):
     checks = {row["key"]: row["checks"] for row in smoke_run[0]["rows"]}
     assert checks["training"]["loss_max_abs_diff"] <= 1e-5
     assert checks["training"]["gflop_per_sample"] > 0 and 0 < checks["training"]["mfu"] < 1  # of a measured peak
+    assert checks["checkpointing"]["loss_max_abs_diff"] <= 1e-5  # recomputing activations changes no arithmetic
+    assert (checks["checkpointing"]["attention_entries_on"], checks["checkpointing"]["attention_entries_off"]) == (2, 1)
+    assert 0 < checks["checkpointing"]["saved_mib_on"] < checks["checkpointing"]["saved_mib_off"]  # layers keep inputs
     assert checks["processing"]["loss_max_abs_diff"] <= 1e-5  # same batches whether a worker processed them or not
     assert checks["processing"]["in_process_data_ms"] > 0
     assert checks["flow_matching"]["action_max_abs_diff"] <= 1e-5

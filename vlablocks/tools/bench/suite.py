@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vlablocks.tools.bench.checkpointing import checkpointing_row
 from vlablocks.tools.bench.compiled import compiled_row
 from vlablocks.tools.bench.data import data_row
 from vlablocks.tools.bench.flow import flow_row
@@ -30,6 +31,7 @@ from vlablocks.tools.bench.training import training_row
 
 ROWS: dict[str, Callable[[BenchSettings], Row]] = {
     "training": training_row,
+    "checkpointing": checkpointing_row,
     "processing": processing_row,
     "data": data_row,
     "inference": inference_row,

@@ -217,6 +217,7 @@ def test_parallel_decoding_answers_in_one_pass_what_training_fitted():
         tokens = model.sample_actions(policy.processor(examples, targets=False), None)["action_tokens"]
     labels = policy.processor(examples).vlm.labels
     wanted = [[model._fast_id_of[int(i)] for i in row[row != IGNORE_INDEX][:-1]] for row in labels]  # stop dropped
+    tokens = tokens.tolist()  # parallel decoding answers a [B, T * D] tensor
     assert tokens == wanted and len({tuple(t) for t in tokens}) == 4
     with pytest.raises(ValueError, match="parallel_decoding"):
         model.sample_with_log_probs(policy.processor(examples, targets=False), 1.0, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -16,6 +17,8 @@ def _move(value, device: torch.device):
     """A tensor, or a dataclass of them (recursively), on `device`; anything else as it is."""
     if torch.is_tensor(value):
         return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {key: _move(item, device) for key, item in value.items()}
     if dataclasses.is_dataclass(value):
         return dataclasses.replace(
             value, **{f.name: _move(getattr(value, f.name), device) for f in dataclasses.fields(value)}
@@ -33,6 +36,8 @@ class VLMInputs:
     image_grid_thw:    [V, 3] long, (t, h, w) patch grid of each view
     views_per_sample:  [B] long, V = its sum
     labels:            [B, L] long or None: the answer's token ids where a loss is taken, -100 elsewhere
+    layout:            None, or the pass's precomputed layout (a vlablocks.core.vlm.layout.VLMLayout: what the VLM
+                       derives from these integers with host-side Python), set before a compiled sample_actions
     """
 
     input_ids: torch.Tensor
@@ -41,6 +46,7 @@ class VLMInputs:
     image_grid_thw: torch.Tensor
     views_per_sample: torch.Tensor
     labels: torch.Tensor | None = None
+    layout: Any = None
 
     def to(self, device: torch.device | str) -> VLMInputs:
         return _move(self, torch.device(device))
@@ -92,6 +98,8 @@ class Batch:
     action_dim_mask: [B, D] bool, True at each sample's real action dimensions, in a batch mixing embodiments of
                     different action sizes (smaller ones are zero-padded to D: every head's loss skips them), or
                     None when no sample is padded (single-embodiment batches)
+    noise:          [B, T, D] float, a flow head's starting noise drawn before a compiled sample_actions
+                    (Framework.prepare_sampling), or None: the head draws it from the generator
     """
 
     vlm: VLMInputs | None  # None only for models without a VLM (ProcessorConfig.vision_language false)
@@ -104,6 +112,7 @@ class Batch:
     returns: torch.Tensor | None = None
     is_robot: torch.Tensor | None = None
     action_dim_mask: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         return _move(self, torch.device(device))

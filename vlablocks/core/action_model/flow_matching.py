@@ -258,9 +258,13 @@ class FlowMatchingHead(ActionHead):
     ) -> torch.Tensor:
         """-> normalized actions [B, T, D]: context encoded once, then `num_steps` Euler steps (config default)."""
         contexts = self.encode_context(conditioning)
-        shape = (conditioning.batch_size, self.action_horizon, self.action_dim)
-        noise = random_tensor("normal", shape, generator, conditioning.tokens.device, self.position.dtype)
+        noise = self.draw_noise(conditioning.batch_size, generator, conditioning.tokens.device)
         return self.sample(contexts, noise, state, num_steps)
+
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """The starting noise of `predict`: [B, T, D] standard normal from `generator`, in the head's dtype."""
+        shape = (batch_size, self.action_horizon, self.action_dim)
+        return random_tensor("normal", shape, generator, device, self.position.dtype)
 
     def invert(
         self,

@@ -7,6 +7,7 @@ a `Policy` (predict, serving metadata, checkpoint I/O).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import ExperimentConfig, PlatformConfig
 from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS, MODELS
+from vlablocks.core.vlm.compiled import prepare_for_compile
 
 
 class Framework(nn.Module):
@@ -24,8 +26,10 @@ class Framework(nn.Module):
 
     Built as `Framework(config, platform=PlatformConfig)`. Subclasses implement
       forward(batch) -> {"loss": scalar, ...}
-      sample_actions(batch, generator) -> {"actions": normalized [B, T, D]} or {"action_tokens": ids per sample}
+      sample_actions(batch, generator) -> {"actions": normalized [B, T, D]} or {"action_tokens": ids per sample
+          (lists, or a [B, N] long tensor)}
       processor_options() -> the model-specific fields of its ProcessorConfig (prompt suffix, geometry, ...)
+    Compiled sampling (Policy.compile) runs `prepare_sampling` eagerly, then `sample_actions` in one graph.
     `Policy.predict(samples)` (vlablocks/core/policy/policy.py) runs processor -> sample_actions -> postprocess.
     Value models (VALUE_MODELS, vlablocks/methods/value/) share this base for checkpoints and processors; what a
     model can do beyond this contract is declared by Protocols (vlablocks/core/capabilities.py).
@@ -85,6 +89,32 @@ class Framework(nn.Module):
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, Any]:
         raise NotImplementedError
+
+    # ---- compiled sampling (Policy.compile) --------------------------------------------------------
+    @property
+    def sampling_token_ids(self) -> tuple[int, ...]:
+        """The special tokens whose positions `sample_actions` reads off its VLM pass: the auxiliary losses' (the
+        readouts); QwenOFT: its action queries."""
+        return tuple(self.auxiliary_losses.token_ids)
+
+    def prepare_compile(self) -> None:
+        """Readies the model for a compiled `sample_actions`, in place (Policy.compile): the VLM's vision attention and
+        output hooks (vlablocks/core/vlm/compiled.py)."""
+        prepare_for_compile(self.vlm)
+
+    def prepare_sampling(self, batch: Batch, generator: torch.Generator | None) -> Batch:
+        """The host-side part of sampling, done eagerly before a compiled `sample_actions` (Policy.compile) so that
+        the compiled graph holds tensor work only: the VLM pass's layout (vlablocks/core/vlm/layout.py) and the
+        starting noise a sampling head would draw from `generator` (`sampling_noise`; torch.compile cannot trace a
+        generator). `sample_actions(prepare_sampling(batch, g), None)` returns what `sample_actions(batch, g)` does."""
+        layout = self.vlm.layout(batch.vlm, self.sampling_token_ids)
+        vlm = dataclasses.replace(batch.vlm, layout=layout)
+        return dataclasses.replace(batch, vlm=vlm, noise=self.sampling_noise(batch, generator))
+
+    def sampling_noise(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Hook: the starting noise [B, T, D] the head's sampling draws from `generator`, drawn here instead (the
+        flow frameworks); None: it draws none."""
+        return None
 
 
 def _upgrade_legacy_keys(state_dict: dict, prefix: str, *_: Any) -> None:

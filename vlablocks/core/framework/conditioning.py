@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vlablocks.core.action_model.base import Conditioning
+import torch
+
+from vlablocks.core.action_model.base import ActionHead, Conditioning
+from vlablocks.core.action_model.flow_matching import FlowMatchingHead
 from vlablocks.core.vlm.attention import attention_geometry, captured_keys_values
 
 EXPERT_ATTENTION = ("last_layer", "every_layer")
@@ -56,3 +59,25 @@ def expert_keys_values(vlm, expert_attention: str, insulate: bool) -> Iterator[l
         return
     with captured_keys_values(vlm, detach=insulate) as pairs:
         yield pairs
+
+
+def flow_noise(head: ActionHead, batch_size: int, generator: torch.Generator | None) -> torch.Tensor | None:
+    """A flow head's starting noise [B, T, D], drawn from `generator` exactly as its `predict` draws it (for
+    Framework.prepare_sampling); None for a head that is not a flow head."""
+    if not isinstance(head, FlowMatchingHead):
+        return None
+    return head.draw_noise(batch_size, generator, head.position.device)
+
+
+def predict_actions(
+    head: ActionHead,
+    conditioning: Conditioning,
+    state: torch.Tensor | None,
+    generator: torch.Generator | None,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """head.predict -> normalized actions [B, T, D]; from `noise` [B, T, D] when it was drawn beforehand (`flow_noise`,
+    Batch.noise): the flow head's `reconstruct`, the same integration from a given start."""
+    if noise is None:
+        return head.predict(conditioning, state, generator=generator)
+    return head.reconstruct(conditioning, noise, state)

@@ -54,9 +54,10 @@ Run this file to smoke-test it: `python vlablocks/core/framework/qwen_fast.py [-
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -162,27 +163,39 @@ class QwenFAST(Framework):
 
     @contextmanager
     def _state_at_head(self, batch: Batch) -> Iterator[None]:
-        """Inside the block, every pass of the language model over `batch`'s rows (prompt and cached decoding steps)
-        returns final hidden states h' = h + W_s state [B, 1, H] (use_proprio), then h' + MLP(h') (answer_mlp_hidden);
-        without either nothing changes."""
+        """Inside the block, every pass of the language model over `batch`'s rows returns final hidden states
+        `_head_input` makes of them (teacher-forced passes); without use_proprio or answer_mlp_hidden nothing changes.
+        """
         if self.proprio is None and self.answer_mlp is None:
             yield
             return
-        shift = None
-        if self.proprio is not None:
-            if batch.state is None:
-                raise ValueError("QwenFAST.use_proprio needs a `state` in every sample; set use_proprio: false")
-            shift = self.proprio(batch.state.to(self.device, self.proprio.weight.dtype)).unsqueeze(1)  # [B, 1, H]
-
-        def head_input(module, inputs, output: torch.Tensor) -> torch.Tensor:
-            hidden = output if shift is None else output + shift.to(output.dtype)
-            return hidden if self.answer_mlp is None else self.answer_mlp(hidden)
-
-        handle = language_final_norm(self.vlm).register_forward_hook(head_input)
+        shift = self._state_shift(batch)
+        hook = language_final_norm(self.vlm).register_forward_hook(lambda m, i, out: self._head_input(out, shift))
         try:
             yield
         finally:
-            handle.remove()
+            hook.remove()
+
+    def _state_shift(self, batch: Batch) -> torch.Tensor | None:
+        """use_proprio: W_s state [B, 1, H]; else None."""
+        if self.proprio is None:
+            return None
+        if batch.state is None:
+            raise ValueError("QwenFAST.use_proprio needs a `state` in every sample; set use_proprio: false")
+        return self.proprio(batch.state.to(self.device, self.proprio.weight.dtype)).unsqueeze(1)
+
+    def _head_map(self, batch: Batch) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """`_head_input` with `batch`'s state shift, for decoding (a map rather than `_state_at_head`'s hook: a hook
+        registered inside a compiled graph breaks it); None without use_proprio and answer_mlp_hidden."""
+        if self.proprio is None and self.answer_mlp is None:
+            return None
+        return partial(self._head_input, shift=self._state_shift(batch))
+
+    def _head_input(self, hidden: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+        """The language model's final hidden states [B, L, H] -> the LM head's input: h' = h + shift (use_proprio),
+        then h' + MLP(h') (answer_mlp_hidden)."""
+        hidden = hidden if shift is None else hidden + shift.to(hidden.dtype)
+        return hidden if self.answer_mlp is None else self.answer_mlp(hidden)
 
     def processor_options(self) -> dict:
         """The processor tokenizes the answers (and decodes generated ids) with its FAST tokenizer."""
@@ -229,25 +242,28 @@ class QwenFAST(Framework):
             distributions[torch.nonzero(is_fast)[:, :1], fast_ids[None, :]] = smooth
         return distributions
 
-    def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, list[list[int]]]:
-        """-> {"action_tokens": per sample the generated FAST ids}; the processor decodes them to actions."""
+    def sample_actions(
+        self, batch: Batch, generator: torch.Generator | None
+    ) -> dict[str, list[list[int]] | torch.Tensor]:
+        """-> {"action_tokens": per sample the generated FAST ids (parallel_decoding: a [B, T * D] long tensor, no host
+        read inside a compiled graph)}; the processor decodes them to actions."""
         if self.config.parallel_decoding:
             return {"action_tokens": self._parallel_tokens(batch)}
-        with self._state_at_head(batch):
-            greedy = decode(
-                self.vlm,
-                batch.vlm,
-                stop_token_id=self.stop_token_id,
-                max_new_tokens=self._max_new_tokens,
-                allowed_token_ids=self._fast_ids(batch),
-            )
+        greedy = decode(
+            self.vlm,
+            batch.vlm,
+            stop_token_id=self.stop_token_id,
+            max_new_tokens=self._max_new_tokens,
+            allowed_token_ids=self._fast_ids(batch),
+            head_input=self._head_map(batch),
+        )
         generated = until_stop(greedy["tokens"], self.stop_token_id)
         return {"action_tokens": [[self._fast_id_of[i] for i in row] for row in generated]}
 
     @torch.no_grad()
-    def _parallel_tokens(self, batch: Batch) -> list[list[int]]:
+    def _parallel_tokens(self, batch: Batch) -> torch.Tensor:
         """parallel_decoding: the (left-padded) prompt followed by T * D mask tokens, one forward pass; coefficient k is
-        the argmax over the FAST ids at the prompt's last position + k -> per sample its T * D FAST ids."""
+        the argmax over the FAST ids at the prompt's last position + k -> [B, T * D] long, each sample's FAST ids."""
         prompt, count = batch.vlm, self._max_new_tokens - 1
         masks = torch.full((prompt.input_ids.shape[0], count), self.mask_token_id, device=prompt.input_ids.device)
         inputs = dataclasses.replace(
@@ -255,12 +271,15 @@ class QwenFAST(Framework):
             input_ids=torch.cat([prompt.input_ids, masks], dim=1),
             attention_mask=torch.cat([prompt.attention_mask, torch.ones_like(masks)], dim=1),
             labels=None,
+            layout=prompt.layout.with_text_appended(count) if prompt.layout is not None else None,
         )  # the VLM's forward derives the rope positions (multimodal prompt, then text) from the attention mask
         length = prompt.input_ids.shape[1]
         allowed = torch.tensor(self._fast_ids(batch), device=self.device)
-        with self._state_at_head(batch):
-            hidden = self.vlm(inputs).last_hidden_state[:, length - 1 : length - 1 + count]  # [B, T * D, H]
-        return allowed_logits(self.vlm, hidden, allowed).argmax(-1).tolist()  # FAST id = column in `allowed`
+        # The head's input made here rather than by `_state_at_head`'s hook: a hook registered inside a compiled graph
+        # breaks it. The final norm's output is the last hidden state, so both compute the same.
+        hidden = self._head_input(self.vlm(inputs).last_hidden_state, self._state_shift(batch))
+        hidden = hidden[:, length - 1 : length - 1 + count]  # [B, T * D, H]
+        return allowed_logits(self.vlm, hidden, allowed).argmax(-1)  # FAST id = column in `allowed`
 
     def _refuse_parallel(self, what: str) -> None:
         if self.config.parallel_decoding:
@@ -275,17 +294,17 @@ class QwenFAST(Framework):
             "mask": [B, N] bool, True up to and including the stop}, N = T * D + 1 (fixed, so records stack).
         """
         self._refuse_parallel("sample_with_log_probs")
-        with self._state_at_head(batch):
-            drawn = decode(
-                self.vlm,
-                batch.vlm,
-                stop_token_id=self.stop_token_id,
-                max_new_tokens=self._max_new_tokens,
-                allowed_token_ids=self._fast_ids(batch),
-                temperature=temperature,
-                generator=generator,
-                return_log_probs=True,
-            )
+        drawn = decode(
+            self.vlm,
+            batch.vlm,
+            stop_token_id=self.stop_token_id,
+            max_new_tokens=self._max_new_tokens,
+            allowed_token_ids=self._fast_ids(batch),
+            temperature=temperature,
+            generator=generator,
+            return_log_probs=True,
+            head_input=self._head_map(batch),
+        )
         rows = until_stop(drawn["tokens"], self.stop_token_id)
         return {
             "action_tokens": [[self._fast_id_of[i] for i in row] for row in rows],

@@ -28,7 +28,13 @@ from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field, registry_map
 from vlablocks.core.framework.base import Framework
-from vlablocks.core.framework.conditioning import expert_head_options, expert_keys_values, vlm_conditioning
+from vlablocks.core.framework.conditioning import (
+    expert_head_options,
+    expert_keys_values,
+    flow_noise,
+    predict_actions,
+    vlm_conditioning,
+)
 from vlablocks.core.registry import FRAMEWORKS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
 
@@ -83,9 +89,13 @@ class QwenFlowMatching(Framework):
         _, conditioning = self.encode(batch)
         return conditioning, batch.state
 
+    def sampling_noise(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor | None:
+        """The flow head's starting noise [B, T, D], drawn before a compiled sample_actions (prepare_sampling)."""
+        return flow_noise(self.action_model, len(batch), generator)
+
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         conditioning, state = self.flow_conditioning(batch)  # once, reused by every integration step
-        return {"actions": self.action_model.predict(conditioning, state, generator=generator)}
+        return {"actions": predict_actions(self.action_model, conditioning, state, generator, batch.noise)}
 
 
 if __name__ == "__main__":

@@ -189,6 +189,11 @@ class QwenOFT(Framework):
         answer_loss = answer_cross_entropy(self.vlm, out, batch.vlm.labels)
         return cotraining_loss(action_loss, answer_loss, self.config.vl_loss_weight, self.vlm.model.lm_head)
 
+    @property
+    def sampling_token_ids(self) -> tuple[int, ...]:
+        """The action queries: their hidden states are the head's input."""
+        return tuple(self.query_token_ids)
+
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         if self.noisy_actions is not None:  # one VLM pass per denoising step
             return {

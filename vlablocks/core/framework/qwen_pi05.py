@@ -43,7 +43,13 @@ from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field, registry_map
 from vlablocks.core.framework.answer_tokens import add_fast_tokens, answer_logits
 from vlablocks.core.framework.base import Framework
-from vlablocks.core.framework.conditioning import expert_head_options, expert_keys_values, vlm_conditioning
+from vlablocks.core.framework.conditioning import (
+    expert_head_options,
+    expert_keys_values,
+    flow_noise,
+    predict_actions,
+    vlm_conditioning,
+)
 from vlablocks.core.processor.config import FASTOptions, StateTokenOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX
 from vlablocks.core.registry import ACTION_MODELS, FRAMEWORKS, VLMS
@@ -153,10 +159,14 @@ class QwenPI05(Framework):
         conditioning.layer_keys_values = keys_values
         return conditioning, None
 
+    def sampling_noise(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor | None:
+        """The flow head's starting noise [B, T, D], drawn before a compiled sample_actions (prepare_sampling)."""
+        return flow_noise(self.action_model, len(batch), generator)
+
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """-> {"actions": normalized [B, T, D]}: the prompt through the VLM once, then the expert integrates."""
         conditioning, state = self.flow_conditioning(batch)
-        return {"actions": self.action_model.predict(conditioning, state, generator=generator)}
+        return {"actions": predict_actions(self.action_model, conditioning, state, generator, batch.noise)}
 
 
 if __name__ == "__main__":

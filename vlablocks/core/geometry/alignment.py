@@ -44,16 +44,20 @@ def align_to_vision_tokens(geometry: GeometricTokens, info) -> torch.Tensor:
     """
     check_views(geometry, info)
     sample, view = image_owners(info)
+    device = info.image_index.device
     aligned = geometry.tokens.new_zeros(info.image_index.shape[0], geometry.dim)
-    shapes = torch.unique(info.view_grid_hw, dim=0)
-    for out_h, out_w in shapes.tolist():
-        images = ((info.view_grid_hw[:, 0] == out_h) & (info.view_grid_hw[:, 1] == out_w)).nonzero().squeeze(1)
-        resampled = resample_grid(geometry.tokens[sample[images], view[images]], out_h, out_w)  # [n, p_h, p_w, C]
-        local = torch.full((info.view_grid_hw.shape[0],), -1, dtype=torch.long, device=images.device)
-        local[images] = torch.arange(images.numel(), device=images.device)
-        tokens = (local[info.image_index] >= 0).nonzero().squeeze(1)
+    grids = [(h, w) for _, h, w in info.view_grids]  # host ints: no data-dependent shapes in a compiled graph
+    sizes = [t * h * w for t, h, w in info.view_grids]
+    starts = [sum(sizes[:image]) for image in range(len(sizes))]  # an image's tokens are consecutive
+    for out_h, out_w in sorted(set(grids)):
+        images = [image for image, grid in enumerate(grids) if grid == (out_h, out_w)]
+        chosen = torch.tensor(images, device=device)
+        resampled = resample_grid(geometry.tokens[sample[chosen], view[chosen]], out_h, out_w)  # [n, p_h, p_w, C]
+        spans = [range(starts[image], starts[image] + sizes[image]) for image in images]
+        tokens = torch.tensor([n for span in spans for n in span], device=device)
+        local = torch.tensor([k for k, span in enumerate(spans) for _ in span], device=device)  # row of resampled
         rc = info.grid_rc[tokens]
-        values = resampled[local[info.image_index[tokens]], rc[:, 0], rc[:, 1]]
+        values = resampled[local, rc[:, 0], rc[:, 1]]
         aligned = aligned.index_copy(0, tokens, values)
     return aligned
 

@@ -51,15 +51,21 @@ def image_owners(info) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_views(geometry: GeometricTokens, info) -> None:
-    """Raises when the VLM saw a (sample, view) the geometric encoder did not encode."""
+    """Raises when the VLM saw a (sample, view) the geometric encoder did not encode. The counts are checked on the
+    host; the padding mask (data) only outside a compiled graph, which cannot raise on data (the eager pass of the
+    same policy checks it)."""
     batch, views = geometry.view_mask.shape
-    if info.batch_index.numel() == 0:
+    counts = info.views_per_sample
+    if not any(counts):
         return
-    if int(info.batch_index.max()) >= batch or int(info.view_index.max()) >= views:
+    last_sample = max(s for s, n in enumerate(counts) if n)
+    if last_sample >= batch or max(counts) > views:
         raise ValueError(
             f"geometric tokens cover {batch} samples x {views} views, but the VLM batch has sample "
-            f"{int(info.batch_index.max())} / view {int(info.view_index.max())}; encode the same examples"
+            f"{last_sample} / view {max(counts) - 1}; encode the same examples"
         )
+    if torch.compiler.is_compiling():
+        return
     sample, view = image_owners(info)
     if not bool(geometry.view_mask[sample, view].all()):
         raise ValueError("the VLM saw a view that the geometric encoder marked as padding; encode the same examples")

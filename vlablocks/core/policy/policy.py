@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vlablocks.core.atomic import atomic_directory
+from vlablocks.core.batch import Batch
 from vlablocks.core.config import ExperimentConfig
 from vlablocks.core.framework.base import Framework, build_framework
 from vlablocks.core.manifest import write_manifest
@@ -33,6 +34,7 @@ from vlablocks.core.processor.build import build_processor
 from vlablocks.core.processor.pipeline import Processor
 
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 class Policy:
@@ -61,20 +63,36 @@ class Policy:
         model.train(was_training)
         return self.processor.postprocess(output, batch)
 
-    def compile(self, mode: str = "auto", prompt_bucket: int = 32) -> Policy:
+    def compile(self, mode: str = "auto", prompt_bucket: int = 32, backend: str = "inductor") -> Policy:
         """Compiled inference: `model.sample_actions` through `torch.compile` (mode "auto": "reduce-overhead", i.e.
         CUDA graphs, on a GPU, "default" elsewhere), with prompts left-padded to a multiple of `prompt_bucket` tokens
         so that one compiled graph serves every prompt length of a bucket (input_ids [B, ceil(L / bucket) * bucket]).
-        The first call of each bucket compiles; actions match eager within float tolerance (test_compiled_policy.py)."""
+        Each call first runs the host-side part eagerly (`model.prepare_sampling`: the VLM layout, a flow head's noise
+        drawn from the seeded generator), then the compiled graph. The first call of each bucket compiles; actions
+        match eager within float tolerance (test_compiled_policy.py, test_compiled_frameworks.py).
+
+        backend: torch.compile's backend: "inductor" (generated kernels; what `vlablocks serve --compile` uses), or
+        "aot_eager" (dynamo's capture and AOT autograd without code generation: the CPU tests check in seconds that a
+        framework's sampling captures, and what it computes), or "eager" (capture only); `mode` applies to inductor."""
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {mode!r}: choose one of {list(COMPILE_MODES)}")
+        if backend not in COMPILE_BACKENDS:
+            raise ValueError(f"compile backend {backend!r}: choose one of {list(COMPILE_BACKENDS)}")
         if prompt_bucket < 1:
             raise ValueError(f"prompt_bucket {prompt_bucket}: must be a positive number of tokens")
         if mode == "auto":
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         if self.processor.tokenize is not None:
             self.processor.tokenize.pad_to_multiple_of = prompt_bucket
-        self.compiled_sample_actions = torch.compile(self.model.sample_actions, mode=mode, dynamic=False)
+        model = self.model
+        model.prepare_compile()
+        options = {"mode": mode} if backend == "inductor" else {"backend": backend}
+        compiled = torch.compile(model.sample_actions, dynamic=False, **options)
+
+        def sample_actions(batch: Batch, generator: torch.Generator | None) -> dict:
+            return compiled(model.prepare_sampling(batch, generator), None)
+
+        self.compiled_sample_actions = sample_actions
         return self
 
     def infer(self, obs: dict) -> dict:

@@ -5,7 +5,7 @@
          -> [state_tokens] -> [pad_embodiment] -> [fast_answer]) -> VLMTokenize -> [GeometryPreprocess] -> Batch
     vision-language samples (co-training, sample.py `is_vl_sample`): SelectCameras -> VLAnswer -> VLMTokenize,
       `is_robot` False, zero state and action rows (padded), no normalization
-    model output {"actions": normalized [B, T, D]} or {"action_tokens": FAST ids per sample}
+    model output {"actions": normalized [B, T, D]} or {"action_tokens": FAST ids per sample, or [B, N]}
       -> [FAST decode] -> [trim each sample to its embodiment's [T, D_e]] -> Unnormalize -> robot units [B, T, D]
 
 The steps every served observation runs are in this file, so one observation's processing reads in one place; the

@@ -101,8 +101,10 @@ class FASTAnswer:
         ids = self.fast.encode(np.asarray(sample["action"], np.float64))
         return {**sample, "answer": "".join(self.token(i) for i in ids) + self.stop_token}
 
-    def decode(self, rows: list[list[int]]) -> tuple[np.ndarray, list[str]]:
-        """-> (normalized actions [B, T, D] float32, per-sample repair reports)."""
+    def decode(self, rows: list[list[int]] | torch.Tensor) -> tuple[np.ndarray, list[str]]:
+        """rows: FAST ids per sample, or [B, N] long -> (normalized actions [B, T, D] float32, per-sample repair
+        reports)."""
+        rows = rows.tolist() if torch.is_tensor(rows) else rows
         decoded = [self.fast.decode(row) for row in rows]
         return np.stack([d.actions for d in decoded]).astype(np.float32), [d.report for d in decoded]
 

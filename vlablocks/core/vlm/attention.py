@@ -11,8 +11,8 @@ positions holding one of the group's tokens, the additive mask of one sample is
 (j == i: a padding position reads itself alone, so no real token's value leaks into it.)
 
 It goes to the language model as a prepared 4-D mask (transformers returns such a mask as-is), with the 3-D rotary
-positions computed from the 2-D padding mask beforehand (the model would otherwise derive them from the mask it was
-given). Flash attention takes no custom mask, so it is refused with the fix.
+positions computed from the 2-D padding mask beforehand (the pass's layout, vlm/layout.py; the model would otherwise
+derive them from the mask it was given). Flash attention takes no custom mask, so it is refused with the fix.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def group_attention_mask(
 
 
 def with_group_attention(model, kwargs: dict, token_ids: Sequence[int]) -> dict:
-    """The transformers model's kwargs (input_ids, attention_mask [B, L], image_grid_thw, mm_token_type_ids) with the
-    attention mask replaced by `group_attention_mask` and the rotary `position_ids` computed from the 2-D mask.
+    """The transformers model's kwargs (input_ids, attention_mask [B, L], position_ids: the rotary positions from the
+    2-D padding mask, ...) with the attention mask replaced by `group_attention_mask`.
 
     model: the Qwen-VL base model (`ForConditionalGeneration.model`)."""
     implementation = model.config._attn_implementation
@@ -48,17 +48,8 @@ def with_group_attention(model, kwargs: dict, token_ids: Sequence[int]) -> dict:
             f"bidirectional action attention needs a custom attention mask, which {implementation} does not take; "
             "set framework.vlm.attn_implementation: sdpa"
         )
-    position_ids = model.compute_3d_position_ids(
-        input_ids=kwargs["input_ids"],
-        inputs_embeds=None,
-        image_grid_thw=kwargs["image_grid_thw"],
-        video_grid_thw=None,
-        attention_mask=kwargs["attention_mask"],
-        cache=None,
-        mm_token_type_ids=kwargs["mm_token_type_ids"],
-    )
     mask = group_attention_mask(kwargs["input_ids"], kwargs["attention_mask"], token_ids, model.dtype)
-    return {**kwargs, "attention_mask": mask, "position_ids": position_ids}
+    return {**kwargs, "attention_mask": mask}
 
 
 @contextmanager

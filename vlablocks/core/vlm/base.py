@@ -19,6 +19,7 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 from vlablocks.core.batch import VLMInputs
 from vlablocks.core.vlm import inputs as vlm_inputs
 from vlablocks.core.vlm.attention import with_group_attention
+from vlablocks.core.vlm.layout import VLMLayout, build_layout
 from vlablocks.core.vlm.lora import inject_lora, merge_lora
 from vlablocks.core.vlm.random_init import (
     check_random_init_options,
@@ -33,7 +34,7 @@ from vlablocks.core.vlm.runtime import (
     resolve_dtype,
 )
 from vlablocks.core.vlm.tokenizer import tiny_tokenizer
-from vlablocks.core.vlm.vision import VisionHookInfo, VisionTokens, check_hook_output, sincos_2d, vision_tokens
+from vlablocks.core.vlm.vision import VisionHookInfo, VisionTokens, check_hook_output, sincos_2d
 
 # Config fields of the Qwen-VL special tokens, looked up in the tokenizer for random-init builds.
 VISION_TOKENS = {
@@ -277,33 +278,51 @@ class VLMBackbone(nn.Module):
         frames = image_processor.temporal_patch_size
         return normalized.unsqueeze(2).expand(-1, -1, frames, -1, -1).reshape(patches.shape[0], -1)
 
+    def layout(self, inputs: VLMInputs, token_ids: Sequence[int] = ()) -> VLMLayout:
+        """What a pass over `inputs` derives from their integer metadata (vlm/layout.py): the layout they carry
+        (`inputs.layout`, precomputed before a compiled graph), else computed now, host-side, with the positions
+        of `token_ids`."""
+        return inputs.layout if inputs.layout is not None else build_layout(self, inputs, token_ids)
+
+    def vision_inputs(self, grid_thw: torch.Tensor) -> dict[str, torch.Tensor | int]:
+        """Family hook: the vision tower's inputs precomputed from grid_thw [V, 3] (vlm/layout.py); {} = none."""
+        return {}
+
+    def image_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, layout: VLMLayout) -> Any:
+        """Family hook: the vision tower over every view's patches -> its output, `pooler_output` a tuple of
+        [n_v, H] merged tokens per view."""
+        return self.model.model.get_image_features(pixel_values, grid_thw, return_dict=True)
+
+    def prompt_inputs(self, kwargs: dict, features: Any, layout: VLMLayout) -> dict:
+        """Family hook: the multimodal model's kwargs for a pass over the prompt (`kwargs`: model_kwargs + the
+        layout's rotary position_ids) with the image `features` in place."""
+        return {**kwargs, "mm_encoder_outputs": {"image": features}}
+
     def encode_images(
-        self, inputs: VLMInputs, vision_hook: VisionHook | None = None
+        self, inputs: VLMInputs, vision_hook: VisionHook | None = None, layout: VLMLayout | None = None
     ) -> tuple[Any, VisionTokens | VisionHookInfo]:
         """Runs the vision tower and applies the position encoding and `vision_hook`.
 
-        -> (the model's image-features output, to pass as `mm_encoder_outputs["image"]`; the layout).
+        -> (the model's image-features output, to pass as `mm_encoder_outputs["image"]`; the token layout).
         """
-        base = self.model.model
-        vision_mask = inputs.input_ids == self.image_token_id
-        per_sample = inputs.views_per_sample.tolist()
-        layout = vision_tokens(inputs.image_grid_thw, per_sample, self.merge_size, vision_mask)
+        layout = layout or self.layout(inputs)
+        tokens = layout.tokens
         pixel_values = self.pixel_values(inputs.pixel_patches)
-        features = base.get_image_features(pixel_values, inputs.image_grid_thw, return_dict=True)
+        features = self.image_features(pixel_values, inputs.image_grid_thw, layout)
         embeds = torch.cat(features.pooler_output, dim=0)
         if self.config.vision_position_encoding == "sincos2d":
-            embeds = embeds + sincos_2d(layout.grid_rc, embeds.shape[-1]).to(embeds.dtype)
+            embeds = embeds + sincos_2d(tokens.grid_rc, embeds.shape[-1]).to(embeds.dtype)
         if vision_hook is not None:
-            layout = VisionHookInfo(
-                **vars(layout),
+            tokens = VisionHookInfo.of(
+                tokens,
                 text_embeds=self.model.get_input_embeddings()(inputs.input_ids),
                 attention_mask=inputs.attention_mask,
                 input_ids=inputs.input_ids,
             )
-            embeds = check_hook_output(vision_hook(embeds, layout), embeds)
+            embeds = check_hook_output(vision_hook(embeds, tokens), embeds)
         sizes = [len(chunk) for chunk in features.pooler_output]
         features.pooler_output = tuple(torch.split(embeds, sizes))
-        return features, layout
+        return features, tokens
 
     # ------------------------------------------------------------------------------------------
     # Forward (decoding: vlablocks/core/vlm/decoding.py).
@@ -318,27 +337,25 @@ class VLMBackbone(nn.Module):
         """inputs: the processor's VLMInputs (on this device) -> hidden states of every layer (see VLMOutput).
 
         bidirectional_token_ids: tokens whose positions attend to each other (the rest stays causal; vlm/attention.py).
+        A precomputed `inputs.layout` must hold the positions of `requested_token_ids`.
         """
-        features, layout = self.encode_images(inputs, vision_hook)
-        kwargs = self.model_kwargs(inputs)
+        layout = self.layout(inputs, requested_token_ids)
+        features, _ = self.encode_images(inputs, vision_hook, layout)
+        kwargs = {**self.model_kwargs(inputs), "position_ids": layout.rope_positions}
         if bidirectional_token_ids:
             kwargs = with_group_attention(self.model.model, kwargs, bidirectional_token_ids)
         out = self.model.model(
-            **kwargs,
-            mm_encoder_outputs={"image": features},
-            output_hidden_states=True,
-            use_cache=False,
-            return_dict=True,
+            **self.prompt_inputs(kwargs, features, layout), output_hidden_states=True, use_cache=False, return_dict=True
         )
         return VLMOutput(
             last_hidden_state=out.last_hidden_state,
             hidden_states=tuple(out.hidden_states),
             attention_mask=inputs.attention_mask,
             input_ids=inputs.input_ids,
-            token_positions={t: self.token_positions(inputs.input_ids, t) for t in requested_token_ids},
-            vision_mask=layout.vision_mask,
-            vision_positions=layout.scatter(layout.positions),
-            view_index=layout.scatter(layout.view_index, fill=-1),
+            token_positions={t: layout.positions_of(t) for t in requested_token_ids},
+            vision_mask=layout.tokens.vision_mask,
+            vision_positions=layout.vision_positions,
+            view_index=layout.view_index,
         )
 
     def model_kwargs(self, inputs: VLMInputs) -> dict[str, torch.Tensor]:
@@ -349,18 +366,6 @@ class VLMBackbone(nn.Module):
     def token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids: [B, L] -> [B, L] long, 1 at image tokens, 0 elsewhere."""
         return (input_ids == self.image_token_id).long()
-
-    def token_positions(self, input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
-        """input_ids: [B, L] -> [B, n] positions of `token_id`, which must occur n > 0 times in every row."""
-        hits = input_ids == token_id
-        counts = hits.sum(1)
-        if counts.min() == 0 or counts.min() != counts.max():
-            raise ValueError(
-                f"requested token {self.tokenizer.convert_ids_to_tokens(token_id)!r} occurs {counts.tolist()} times "
-                "in the batch rows; it must occur the same non-zero number of times in every sample (the processor's "
-                "prompt suffix puts it there)"
-            )
-        return hits.nonzero()[:, 1].view(input_ids.shape[0], -1)
 
     # ------------------------------------------------------------------------------------------
     # LoRA and saving.

@@ -16,7 +16,7 @@ the prompt pass only, as does any `vision_hook` (it changes the image features).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ def decode(
     generator: torch.Generator | None = None,
     vision_hook: VisionHook | None = None,
     return_log_probs: bool = False,
+    head_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Decodes after the prompts of `inputs` (input_ids: [B, L], left-padded) until each row has emitted
     `stop_token_id` or `max_new_tokens` tokens.
@@ -46,6 +47,8 @@ def decode(
     allowed_token_ids: the ids decoding may emit besides the stop token; None: the whole vocabulary.
     temperature: 0 decodes greedily (argmax), > 0 samples with torch.multinomial and `generator`.
     return_log_probs: also return the log-probabilities (needs temperature > 0).
+    head_input: a map of the language model's final hidden states [B, 1, H] before the LM head (QwenFAST's state
+    and answer MLP); None: the LM head reads them as they are.
 
     -> {"tokens": [B, N] long, the emitted ids (stop included) right-padded with the stop token,
         "mask": [B, N] bool, True up to and including the first stop,
@@ -65,26 +68,22 @@ def decode(
         allowed = None
     else:
         allowed = torch.tensor(allowed_ids(allowed_token_ids, stop_token_id, vocab_size), device=vlm.device)
-    features, _ = vlm.encode_images(inputs, vision_hook)
-    kwargs = vlm.model_kwargs(inputs)
-    positions, _ = vlm.model.model.get_rope_index(
-        kwargs["input_ids"],
-        mm_token_type_ids=kwargs["mm_token_type_ids"],
-        image_grid_thw=inputs.image_grid_thw,
-        attention_mask=inputs.attention_mask,
-    )  # [3, B, L]
+    layout = vlm.layout(inputs)
+    features, _ = vlm.encode_images(inputs, vision_hook, layout)
+    positions = layout.rope_positions  # [3, B, L]
     next_position = positions.amax(dim=(0, 2)) + 1  # [B]
-    cache_kwarg = "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
+    cache_kwarg = "cache" if "cache" in inspect.signature(vlm.model.model.forward).parameters else "past_key_values"
     cache = {cache_kwarg: DynamicCache(config=vlm.model.config.get_text_config())}
-    step = {**kwargs, "position_ids": positions, "mm_encoder_outputs": {"image": features}}
+    step = vlm.prompt_inputs({**vlm.model_kwargs(inputs), "position_ids": positions}, features, layout)
     size, attention_mask = inputs.input_ids.shape[0], inputs.attention_mask
     tokens = torch.full((size, max_new_tokens), int(stop_token_id), dtype=torch.long, device=vlm.device)
     log_probs = torch.zeros(size, max_new_tokens, device=vlm.device)
     mask = torch.zeros(size, max_new_tokens, dtype=torch.bool, device=vlm.device)
     done = torch.zeros(size, dtype=torch.bool, device=vlm.device)
     for t in range(max_new_tokens):
-        out = vlm.model(**step, **cache, use_cache=True, logits_to_keep=1, return_dict=True)
-        logits = out.logits[:, -1].float()  # [B, V]
+        hidden = vlm.model.model(**step, **cache, use_cache=True, return_dict=True).last_hidden_state[:, -1:]
+        hidden = hidden if head_input is None else head_input(hidden)
+        logits = vlm.model.get_output_embeddings()(hidden)[:, -1].float()  # [B, V]
         if allowed is not None:
             logits = logits[:, allowed]  # [B, K]
         column, step_log_probs = choose(logits, temperature, generator)  # [B], [B]
@@ -94,7 +93,9 @@ def decode(
             log_probs[:, t] = torch.where(done, 0.0, step_log_probs)
         mask[:, t] = ~done
         done = done | (tokens[:, t] == stop_token_id)
-        if done.all():
+        # Eager decoding stops once every row has; a compiled loop runs all steps (no host read of `done`), which
+        # changes nothing: a finished row's tokens are padding and its mask false.
+        if not torch.compiler.is_compiling() and bool(done.all()):
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(size, 1)], dim=1)
         position = (next_position + t).view(1, size, 1).expand(3, size, 1)
@@ -120,8 +121,10 @@ def choose(
     return column[:, 0], step_log_probs.gather(1, column)[:, 0]
 
 
+@torch.compiler.disable
 def until_stop(tokens: torch.Tensor, stop_token_id: int) -> list[list[int]]:
-    """tokens: [B, N] -> per row, the ids before its first `stop_token_id` (all N if it has none)."""
+    """tokens: [B, N] -> per row, the ids before its first `stop_token_id` (all N if it has none). Host-side lists:
+    a compiled graph ends before it (one graph break, after the last tensor op)."""
     rows = tokens.tolist()
     return [row[: row.index(stop_token_id)] if stop_token_id in row else row for row in rows]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -15,6 +16,7 @@ from transformers import (
 
 from vlablocks.core.registry import VLMS
 from vlablocks.core.vlm.base import VLMBackbone, VLMConfig
+from vlablocks.core.vlm.layout import VLMLayout, packed_vision_inputs
 from vlablocks.core.vlm.tokenizer import TINY_CHAT_TEMPLATE
 
 # Published Qwen2.5-VL architectures (config.json of Qwen/Qwen2.5-VL-{3B,7B}-Instruct).
@@ -103,6 +105,26 @@ class Qwen25VL(VLMBackbone):
             video_processor=Qwen2VLVideoProcessor(**vision),
             chat_template=TINY_CHAT_TEMPLATE,
         )
+
+    def vision_inputs(self, grid_thw: torch.Tensor) -> dict[str, torch.Tensor | int]:
+        """The packed-attention boundaries, window order and rotary cells, precomputed (vlm/layout.py)."""
+        return packed_vision_inputs(self, grid_thw)
+
+    def image_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, layout: VLMLayout) -> Any:
+        """transformers' `get_image_features` with the layout's precomputed tower inputs and per-view split sizes:
+        the same arithmetic, without its host-side reads of grid_thw."""
+        visual = self.model.model.visual
+        out = visual(pixel_values.type(visual.dtype), grid_thw=grid_thw, return_dict=True, **layout.vision_inputs)
+        out.pooler_output = torch.split(out.pooler_output, layout.view_token_counts)
+        return out
+
+    def prompt_inputs(self, kwargs: dict, features: Any, layout: VLMLayout) -> dict:
+        """The input embeddings with the vision features scattered in at the image tokens: what the multimodal model
+        does itself, less its placeholder-count check, which reads a tensor on the host (the layout checked the
+        counts when it was built)."""
+        embeds = self.model.model.get_input_embeddings()(kwargs["input_ids"])
+        image = torch.cat(features.pooler_output, dim=0).to(embeds.device, embeds.dtype)
+        return {**kwargs, "inputs_embeds": embeds.masked_scatter(layout.tokens.vision_mask.unsqueeze(-1), image)}
 
     def tiny_numbers(self) -> dict[str, Any]:
         c = self.config

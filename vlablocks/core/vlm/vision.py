@@ -8,6 +8,7 @@ the LLM input holds one `<|image_pad|>` token per merged patch in that same orde
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,8 @@ class VisionTokens:
     positions:   [N, 2] float (row, col) of the merged patch centre, in [0, 1]
     view_grid_hw: [V, 2] long merged grid (h, w) of each view
     vision_mask: [B, L] bool  True at image-token positions of the LLM input
+    views_per_sample: (B,) ints, the same counts on the host
+    view_grids:  (V,) (t, h, w) ints, each view's merged grid on the host (its tokens are consecutive, in view order)
     """
 
     batch_index: torch.Tensor
@@ -33,6 +36,8 @@ class VisionTokens:
     positions: torch.Tensor
     view_grid_hw: torch.Tensor
     vision_mask: torch.Tensor
+    views_per_sample: tuple[int, ...]
+    view_grids: tuple[tuple[int, int, int], ...]
 
     def scatter(self, values: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
         """Per-token `values` [N, ...] -> [B, L, ...] laid out over the LLM input, `fill` elsewhere."""
@@ -56,6 +61,11 @@ class VisionHookInfo(VisionTokens):
     attention_mask: torch.Tensor | None = None
     input_ids: torch.Tensor | None = None
 
+    @classmethod
+    def of(cls, tokens: VisionTokens, **prompt: torch.Tensor) -> VisionHookInfo:
+        """`tokens` with the prompt's tensors (text_embeds, attention_mask, input_ids)."""
+        return cls(**{field.name: getattr(tokens, field.name) for field in dataclasses.fields(tokens)}, **prompt)
+
 
 def vision_tokens(
     image_grid_thw: torch.Tensor, views_per_sample: list[int], merge_size: int, vision_mask: torch.Tensor
@@ -66,7 +76,8 @@ def vision_tokens(
     merged_h = grid[:, 1] // merge_size
     merged_w = grid[:, 2] // merge_size
     rows, cols, images = [], [], []
-    for image, (t, h, w) in enumerate(zip(grid[:, 0].tolist(), merged_h.tolist(), merged_w.tolist())):
+    view_grids = tuple(zip(grid[:, 0].tolist(), merged_h.tolist(), merged_w.tolist()))
+    for image, (t, h, w) in enumerate(view_grids):
         rows.append(torch.arange(h, device=device).repeat_interleave(w).repeat(t))
         cols.append(torch.arange(w, device=device).repeat(h * t))
         images.append(torch.full((t * h * w,), image, device=device))
@@ -90,6 +101,8 @@ def vision_tokens(
         positions=(grid_rc.float() + 0.5) / sizes.float(),
         view_grid_hw=torch.stack([merged_h, merged_w], dim=-1),
         vision_mask=vision_mask,
+        views_per_sample=tuple(views_per_sample),
+        view_grids=view_grids,
     )
 
 

@@ -104,6 +104,7 @@ def test_each_side_does_the_same_work(smoke_run):
     checks = {row["key"]: row["checks"] for row in smoke_run[0]["rows"]}
     assert checks["training"]["loss_max_abs_diff"] <= 1e-5
     assert checks["training"]["gflop_per_sample"] > 0 and 0 < checks["training"]["mfu"] < 1  # of a measured peak
+    assert checks["training"]["padding_grouped"] < checks["training"]["padding"]  # trainer.group_by_length's batches
     assert checks["checkpointing"]["loss_max_abs_diff"] <= 1e-5  # recomputing activations changes no arithmetic
     assert (checks["checkpointing"]["attention_entries_on"], checks["checkpointing"]["attention_entries_off"]) == (2, 1)
     assert 0 < checks["checkpointing"]["saved_mib_on"] < checks["checkpointing"]["saved_mib_off"]  # layers keep inputs

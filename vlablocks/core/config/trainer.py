@@ -34,6 +34,13 @@ class TrainerConfig:
     # Regular expressions searched (re.search) in parameter names; a pattern matching nothing is an error.
     freeze_modules: list[str] = field(default_factory=list)
     num_workers: int = 0
+    # Length-grouped batching (Hugging Face's group_by_length): each epoch's shuffled order is cut into mega-batches
+    # of `group_by_length_mega_batches` micro-batches, sorted by prompt token length, cut into micro-batches whose
+    # order is shuffled; little of a batch is then padding. Deterministic given the seed, exactly resumable, each
+    # rank a disjoint micro-batch (vlablocks/core/dataloader/sampler.py). Off by default: it changes which samples
+    # share a batch, and the toy results were measured without it.
+    group_by_length: bool = False
+    group_by_length_mega_batches: int = 50
     # How DataLoader workers hand processed batches over: "file_system" (a shared-memory name per tensor; torch's
     # shm manager frees the segments of killed processes) or "file_descriptor" (torch's Linux default: one file
     # descriptor passed over a socket per tensor, several times slower per batch; docs/benchmarks.md row 2).

@@ -47,6 +47,14 @@ class RawDataset(torch.utils.data.Dataset):
         """Sample `index`; `key` seeds its randomness (a mixture passes its own index in)."""
         raise NotImplementedError
 
+    def prompt(self, index: int, key: tuple[int, ...]) -> str:
+        """`load(index, key)["prompt"]` without reading the sample's frames: what length-grouped batching sorts by
+        (trainer.group_by_length, lengths.py). A dataset that cannot say refuses."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot name a sample's prompt without loading it, which trainer.group_by_length "
+            "needs; set trainer.group_by_length: false"
+        )
+
     def leaves(self) -> list[RawDataset]:
         """The datasets owning data (itself, or a mixture's components), for stats and checks."""
         return [self]

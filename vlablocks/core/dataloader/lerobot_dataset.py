@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -278,6 +279,18 @@ class LeRobotRawDataset(RawDataset):
         if c.next_frame_offset:
             sample["next"] = self.next_frame(int(item["index"]), int(item["episode_index"]))
         return sample
+
+    def prompt(self, index: int, key: tuple[int, ...]) -> str:
+        """Row `index`'s task, augmented by `key` as `load` augments it, from the task column alone (no frames)."""
+        task = self._row_tasks[index]
+        return task if self.augmenter is None else self.augmenter.draw(task, key)[0]
+
+    @cached_property
+    def _row_tasks(self) -> list[str]:
+        """Each row's task text (the task column through the tasks table), read once."""
+        tasks = list(self.lerobot.meta.tasks.index)
+        column = self.lerobot.hf_dataset.with_format("numpy", columns=["task_index"])["task_index"]
+        return [tasks[int(i)] for i in np.asarray(column)]
 
     def _intrinsics(self, item: dict) -> dict[str, np.ndarray]:
         keys = self.config.intrinsics_keys

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -56,11 +57,15 @@ def build_dataloader(
     start_micro_step: int = 0,
     num_workers: int = 0,
     collate_fn: Callable[[list[dict]], Any] | None = None,
+    lengths: Callable[[int], np.ndarray] | None = None,
+    mega_batches: int = 50,
 ) -> DataLoader:
     """Endless DataLoader of this rank's micro-batches of `batch_size`, from global micro-step `start_micro_step`.
 
     collate_fn None keeps each batch as the list of sample dicts; any other callable runs on that list
     (in the workers when num_workers > 0). A `RawDataset` is indexed by (epoch, index), anything else by index.
+    lengths: epoch -> every sample's prompt length (lengths.py `prompt_lengths`): micro-batches grouped by length
+    within mega-batches of `mega_batches` (sampler.py); None: plain shuffled order.
     """
     sampler = ResumableSampler(
         len(dataset),
@@ -70,6 +75,8 @@ def build_dataloader(
         world_size,
         start=start_micro_step,
         with_epoch=isinstance(dataset, RawDataset),
+        lengths=lengths,
+        mega_batches=mega_batches,
     )
     return DataLoader(
         dataset,

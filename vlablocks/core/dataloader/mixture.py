@@ -93,3 +93,7 @@ class MixtureDataset(RawDataset):
     def load(self, index: int, key: tuple[int, ...]) -> Sample:
         component, sub_index = self.pick(key)
         return self.components[component].load(sub_index, (*key, component))
+
+    def prompt(self, index: int, key: tuple[int, ...]) -> str:
+        component, sub_index = self.pick(key)
+        return self.components[component].prompt(sub_index, (*key, component))

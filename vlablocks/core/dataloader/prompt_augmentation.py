@@ -93,6 +93,15 @@ class PromptAugmenter:
             return None
         return cls(load_alternatives(config.path), config.replace_prob, seed, config.log_every)
 
+    def draw(self, instruction: str, key: tuple[int, ...]) -> tuple[str, bool]:
+        """(the phrasing of `instruction` for `key`, whether it replaced it): what `__call__` returns, without its
+        counting and logging (length-grouped batching reads every sample's prompt, lengths.py)."""
+        choices = self.alternatives.get(instruction)
+        rng = np.random.default_rng([self.seed, *key, _STREAM])
+        if choices is None or rng.random() >= self.replace_prob:
+            return instruction, False
+        return choices[int(rng.integers(len(choices)))], True
+
     def __call__(self, instruction: str, key: tuple[int, ...]) -> str:
         self.calls += 1
         if self.log_every and self.calls % self.log_every == 0:
@@ -107,10 +116,9 @@ class PromptAugmenter:
                 )
             self.unknown[instruction] += 1
             return instruction
-        rng = np.random.default_rng([self.seed, *key, _STREAM])
-        if rng.random() >= self.replace_prob:
+        result, replaced = self.draw(instruction, key)
+        if not replaced:
             return instruction
-        result = choices[int(rng.integers(len(choices)))]
         self.replaced += 1
         if self._log_due:
             self._log_due = False

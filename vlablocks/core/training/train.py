@@ -21,7 +21,7 @@ from vlablocks.core.framework.cotraining import check_cotraining
 from vlablocks.core.logs import show_project_logs
 from vlablocks.core.policy.checkpoint import load_weights
 from vlablocks.core.policy.policy import build_policy
-from vlablocks.core.training.batches import micro_batches
+from vlablocks.core.training.batches import length_source, micro_batches
 from vlablocks.core.training.checkpoint import (
     STATE_DIR,
     latest_checkpoint,
@@ -121,6 +121,8 @@ def train(experiment: ExperimentConfig, dataset=None) -> dict:
         start_micro_step=start_step * accum,
         num_workers=trainer.num_workers,
         collate_fn=processor,
+        lengths=length_source(trainer, dataset, processor),  # trainer.group_by_length
+        mega_batches=trainer.group_by_length_mega_batches,
     )
     logger = RunLogger(run_dir, trainer.max_steps, start_step, main, trainer.wandb_project, trainer.log_every)
     periodic_eval = PeriodicEval(trainer, run_dir) if trainer.eval_every and main else None

@@ -9,13 +9,15 @@ bare:      the same framework built from the same seed, `torch.optim.AdamW` with
            forward, backward, `optimizer.step()`, `zero_grad` and `loss.item()`.
 Both use a constant learning rate and no clipping, so they do identical arithmetic: the row checks that
 their losses agree. It also reports the model FLOPs per sample counted from the config (flops.py) and the MFU of
-both sides against the chip's peak (a goal of 35% at 3B on a GPU, issue 38). Runs alternate (vlablocks, bare, vlablocks, ...); the first steps of each run are
+both sides against the chip's peak (a goal of 35% at 3B on a GPU, issue 38), and the share of the LLM's tokens that
+are padding in the run's batches and in the batches trainer.group_by_length draws from the same samples. Runs alternate (vlablocks, bare, vlablocks, ...); the first steps of each run are
 dropped as warm-up; the median step time over the rest is compared.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -30,7 +32,7 @@ import torch
 from vlablocks.core.config import ExperimentConfig
 from vlablocks.core.framework.synthetic import synthetic_norm_stats
 from vlablocks.core.policy.policy import build_policy
-from vlablocks.core.training.batches import micro_batches
+from vlablocks.core.training.batches import length_source, micro_batches
 from vlablocks.core.training.components import seed_everything
 from vlablocks.core.training.train import train
 from vlablocks.tools.bench.flops import peak_flops, step_flops
@@ -97,7 +99,8 @@ def bare_loop(
     experiment: ExperimentConfig, examples: list[dict], device: str
 ) -> tuple[list[float], list[float], tuple[float, float]]:
     """Forward, backward, AdamW step on the same model and batches -> (ms per step, losses, (counted training FLOPs
-    per sample (flops.py), the share of the LLM's tokens that are padding))."""
+    per sample (flops.py), the share of the LLM's tokens that are padding, the same share over the batches
+    trainer.group_by_length would draw))."""
     trainer = experiment.trainer
     seed_everything(experiment.seed)  # as train() does before building, so the weights are the same
     policy = build_policy(experiment, synthetic_norm_stats(examples)).to(device)
@@ -109,7 +112,9 @@ def bare_loop(
     model.train()
     counted = [step_flops(model, policy.processor(batch)) for batch in batches]
     flops_per_sample = sum(c.training for c in counted) / sum(len(batch) for batch in batches)
-    padding = 1 - sum(c.real_tokens for c in counted) / sum(c.padded_tokens for c in counted)
+    padding = padding_of(model, policy.processor, batches)
+    grouped = list(islice(grouped_batches(examples, trainer, experiment.seed, policy.processor), trainer.max_steps))
+    padding_grouped = padding_of(model, policy.processor, grouped)
     times, losses = [], []
     for batch in batches:
         start = time.perf_counter()
@@ -120,7 +125,21 @@ def bare_loop(
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         times.append((time.perf_counter() - start) * 1e3)
-    return times, losses, (flops_per_sample, padding)
+    return times, losses, (flops_per_sample, padding, padding_grouped)
+
+
+def grouped_batches(examples: list[dict], trainer, seed: int, processor) -> Iterator[list[dict]]:
+    """The batches `train()` draws with trainer.group_by_length (the same sampler, grouped by prompt length)."""
+    lengths = length_source(dataclasses.replace(trainer, group_by_length=True), examples, processor)
+    return micro_batches(
+        examples, trainer.batch_size, seed, lengths=lengths, mega_batches=trainer.group_by_length_mega_batches
+    )
+
+
+def padding_of(model, processor, batches: list[list[dict]]) -> float:
+    """The share of the LLM's tokens that are padding over `batches` (as processed: rows x the longest row)."""
+    counted = [step_flops(model, processor(batch)) for batch in batches]
+    return 1 - sum(c.real_tokens for c in counted) / sum(c.padded_tokens for c in counted)
 
 
 def training_row(settings: BenchSettings) -> Row:
@@ -132,7 +151,9 @@ def training_row(settings: BenchSettings) -> Row:
             experiment = training_experiment(settings, Path(tmp) / f"run_{run}")
             loop_ms, loop_losses = vlablocks_loop(experiment, examples, settings.device)
             free_memory(settings.device)
-            bare_ms, bare_losses, (flops_per_sample, padding) = bare_loop(experiment, examples, settings.device)
+            bare_ms, bare_losses, (flops_per_sample, padding, grouped) = bare_loop(
+                experiment, examples, settings.device
+            )
             free_memory(settings.device)
             ours += loop_ms[skip:]
             bare += bare_ms[skip:]
@@ -151,7 +172,8 @@ def training_row(settings: BenchSettings) -> Row:
         f"Samples/s: vlablocks {1e3 * batch / loop_side.median:.1f}, bare {1e3 * batch / bare_side.median:.1f}.",
         f"Same arithmetic on both sides: losses differ by at most {loss_gap:.1e}.",
         f"Model FLOPs (flops.py, from the config): {flops_per_sample / 1e9:.3g} GFLOP per training sample; padding"
-        f" {100 * padding:.1f}% of the LLM's tokens (not counted). MFU: vlablocks {100 * mfu['ours']:.1f}%,"
+        f" {100 * padding:.1f}% of the LLM's tokens (not counted), {100 * grouped:.1f}% with trainer.group_by_length"
+        f" (the same samples' batches grouped by prompt length). MFU: vlablocks {100 * mfu['ours']:.1f}%,"
         f" bare {100 * mfu['bare']:.1f}% of {peak_source}.",
     ]
     return Row(
@@ -163,5 +185,11 @@ def training_row(settings: BenchSettings) -> Row:
         ratio_name="vlablocks / bare",
         goals=[Goal("ratio", "<=", 1.05)] + ([Goal("mfu", ">=", 0.35)] if settings.arch == "3b" else []),
         notes=notes,
-        checks={"loss_max_abs_diff": loss_gap, "mfu": mfu["ours"], "gflop_per_sample": flops_per_sample / 1e9},
+        checks={
+            "loss_max_abs_diff": loss_gap,
+            "mfu": mfu["ours"],
+            "gflop_per_sample": flops_per_sample / 1e9,
+            "padding": padding,
+            "padding_grouped": grouped,
+        },
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import BinaryIO
@@ -55,6 +55,12 @@ class TensorFile:
         header.pop("__metadata__", None)
         self.entries: dict[str, dict] = header
         self.data_start = 8 + length
+
+    def rename(self, upgrade: Callable[[dict], None]) -> TensorFile:
+        """Applies `upgrade` (renames a dict's keys in place, e.g. `framework.base.upgrade_legacy_keys`) to the
+        tensor names: the file's old names are then read under today's. -> self."""
+        upgrade(self.entries)
+        return self
 
     def keys(self) -> list[str]:
         return list(self.entries)

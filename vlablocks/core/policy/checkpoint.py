@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vlablocks.core.config import ExperimentConfig, load_yaml, parse_experiment, to_yaml, upgrade_moved_keys
-from vlablocks.core.framework.base import Framework, build_framework
+from vlablocks.core.framework.base import Framework, build_framework, upgrade_legacy_keys
 from vlablocks.core.framework.ema import load_ema_weights
 from vlablocks.core.manifest import read_json, verify_manifest
 from vlablocks.core.partitioned import full_shape
@@ -91,6 +91,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     expected = model.state_dict()
     parameters = dict(model.named_parameters(remove_duplicate=False))
     with TensorFile(Path(directory) / WEIGHTS_FILE) as file:
+        file.rename(upgrade_legacy_keys)  # checkpoints written before `auxiliary_losses` load under today's names
         tied = _tied_keys(model)
         missing = [k for k in expected if k not in file.entries and k not in tied]
         unexpected = [k for k in file.keys() if k not in expected]

@@ -15,6 +15,7 @@ from vlablocks.core.atomic import atomic_write_text
 from vlablocks.core.build import build
 from vlablocks.core.config import ExperimentConfig
 from vlablocks.core.dataloader.base import RawDataset
+from vlablocks.core.framework.base import upgrade_legacy_keys
 from vlablocks.core.partitioned import full_shape
 from vlablocks.core.registry import DATASETS
 from vlablocks.core.tensor_file import TensorFile, load_tensors
@@ -133,6 +134,7 @@ def load_pretrained_modules(model: torch.nn.Module, checkpoint: str | None, patt
     if not weights.is_file():
         raise FileNotFoundError(f"trainer.pretrained_checkpoint: no model.safetensors at {path}")
     with TensorFile(weights) as source:
+        source.rename(upgrade_legacy_keys)  # checkpoints written before `auxiliary_losses`: today's key names
         regexes = [re.compile(p) for p in patterns]
         parameters = dict(model.named_parameters(remove_duplicate=False))  # under ZeRO-3 state_dict() holds slices
         target = {k: full_shape(parameters[k]) if k in parameters else v.shape for k, v in model.state_dict().items()}

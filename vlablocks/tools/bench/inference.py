@@ -60,10 +60,10 @@ def fit_fast_to_example(fast: Policy, example: dict, max_steps: int, lr: float) 
 
 
 def emitted_tokens(fast: Policy, example: dict) -> int:
-    """FAST tokens `predict` emits: one LLM call per generated token; the last is the stop token
-    unless decoding hit the cap of T * D + 1."""
+    """FAST tokens `predict` emits: one call of the language model (decode calls the inner model, `vlm.model.model`)
+    per generated token; the last is the stop token unless decoding hit the cap of T * D + 1."""
     cap = fast.model.platform.action_horizon * fast.model.platform.action_dim + 1
-    with count_calls(fast.model.vlm.model) as calls:
+    with count_calls(fast.model.vlm.model.model) as calls:
         fast.predict([example])
     return calls[0] if calls[0] >= cap else calls[0] - 1
 

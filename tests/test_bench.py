@@ -148,5 +148,7 @@ def test_bad_combinations_are_one_line_errors():
 def test_unknown_row_names_the_available_ones(tmp_path):
     from vlablocks.tools.bench.suite import run_suite
 
-    with pytest.raises(ValueError, match="unknown bench row\\(s\\) trainig \\(available: training, checkpointing, processing, data,"):
+    with pytest.raises(
+        ValueError, match="unknown bench row\\(s\\) trainig \\(available: training, checkpointing, processing, data,"
+    ):
         run_suite(bench_settings("smoke"), tmp_path, only=["trainig"])

@@ -3,12 +3,15 @@ tokens, and the state discretization (processor/steps.py DiscretizeState) agains
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from vlablocks.core.config import PlatformConfig, load_config, parse_experiment
 from vlablocks.core.dataloader.normalization import Normalizer
+from vlablocks.core.framework.answer_tokens import MASK_TOKEN
 from vlablocks.core.framework.base import build_framework
 from vlablocks.core.framework.qwen_pi05 import QwenPI05
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
@@ -220,3 +223,29 @@ def test_toy_configs_build(path, insulated, readout):
     assert len(model.auxiliary_losses) == (readout > 0)
     assert model.action_model.state_encoder is None  # the state enters as prompt tokens only
     assert model.config.state_tokens.num_bins == 256 and not model.config.fast.bpe_merges
+
+
+# ---- fast_parallel: the FAST answer's inputs masked ----------------------------------------------------
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_fast_parallel_masks_the_answer_inputs_so_no_answer_token_is_read(parallel):
+    """With fast_parallel the FAST loss is the same whatever the answer's input tokens are (each is <|fast_mask|>);
+    teacher-forced (pi0.5's), it changes when they are scrambled."""
+    policy, examples = tiny(fast_parallel=parallel)
+    model = policy.model
+    batch = policy.processor(examples)
+    answer = batch.vlm.labels != IGNORE_INDEX
+    fast_ids = torch.tensor(model.fast_token_ids)
+    scrambled_ids = batch.vlm.input_ids.clone()
+    scrambled_ids[answer] = fast_ids[(torch.arange(int(answer.sum())) * 7 + 3) % len(fast_ids)]
+    assert not torch.equal(scrambled_ids, batch.vlm.input_ids)
+    scrambled = dataclasses.replace(batch, vlm=dataclasses.replace(batch.vlm, input_ids=scrambled_ids))
+    with torch.no_grad():
+        loss, loss_scrambled = (model.loss_terms(b)["fast"] for b in (batch, scrambled))
+    if parallel:
+        assert model.mask_token_id == model.vlm.token_id(MASK_TOKEN)
+        assert torch.equal(loss, loss_scrambled)
+    else:
+        assert model.mask_token_id is None
+        assert abs(float(loss - loss_scrambled)) > 1e-3

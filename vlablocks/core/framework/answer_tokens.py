@@ -3,10 +3,22 @@ teacher-forced answer logits. Shared by QwenFAST, QwenPI05 and co-training."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from vlablocks.core.processor.config import FASTOptions
 from vlablocks.core.processor.steps import IGNORE_INDEX, fast_token
+
+MASK_TOKEN = "<|fast_mask|>"  # the input that stands in for a masked answer token
+
+
+def masked_answer_inputs(inputs, labels: torch.Tensor, mask_token_id: int):
+    """inputs: the VLM inputs (input_ids [B, L]); labels: [B, L], -100 off the answer -> the inputs with every answer
+    token replaced by `mask_token_id`, so that no answer position reads another answer token (OpenVLA-OFT's
+    parallel decoding; QwenFAST.parallel_decoding, QwenPI05.fast_parallel)."""
+    answer = labels != IGNORE_INDEX
+    return dataclasses.replace(inputs, input_ids=torch.where(answer, mask_token_id, inputs.input_ids))
 
 
 def add_fast_tokens(vlm, fast: FASTOptions) -> list[int]:

@@ -69,7 +69,7 @@ from vlablocks.core.auxiliary.base import AuxiliaryInputs
 from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field, registry_map
-from vlablocks.core.framework.answer_tokens import add_fast_tokens, answer_logits
+from vlablocks.core.framework.answer_tokens import MASK_TOKEN, add_fast_tokens, answer_logits, masked_answer_inputs
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.partitioned import whole
 from vlablocks.core.processor.config import FASTOptions, StateTokenOptions
@@ -97,9 +97,6 @@ class AnswerMLP(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         update = self.down(F.gelu(self.up(self.norm(hidden.to(self.up.weight.dtype)))))
         return hidden + update.to(hidden.dtype)
-
-
-MASK_TOKEN = "<|fast_mask|>"  # the input that replaces a dropped answer token (answer_token_dropout)
 
 
 def drop_answer_inputs(inputs, labels: torch.Tensor, mask_token_id: int, probability: float):
@@ -223,8 +220,7 @@ class QwenFAST(Framework):
         training and evaluation alike), answer_token_dropout some of them in training; otherwise `inputs` as they are.
         """
         if self.config.parallel_decoding:
-            answer = labels != IGNORE_INDEX
-            return dataclasses.replace(inputs, input_ids=torch.where(answer, self.mask_token_id, inputs.input_ids))
+            return masked_answer_inputs(inputs, labels, self.mask_token_id)
         if self.training and self.mask_token_id is not None:
             return drop_answer_inputs(inputs, labels, self.mask_token_id, self.config.answer_token_dropout)
         return inputs

@@ -22,7 +22,10 @@ the answer after them: the expert reads at training exactly what it reads at inf
 The state reaches the model only as prompt tokens: the expert (and the readout regression) has no state input.
 `auxiliary_losses: {readout: {weight: w}}` adds readout tokens with their L1 regression on the VLM
 (vlablocks/core/auxiliary/readout.py), a grounding objective for a VLM trained from scratch (the toy config);
-none is the plain recipe.
+none is the plain recipe. `fast_parallel: true` feeds <|fast_mask|> at every answer position (QwenFAST's
+parallel_decoding, OpenVLA-OFT's parallel decoding): each FAST token is predicted from the prompt alone, not from the
+token before it, a departure from pi0.5's teacher-forced answer (docs/fidelity.md); the prompt positions, and so the
+expert's input, are unchanged by it.
 Run this file to smoke-test it: `python vlablocks/core/framework/qwen_pi05.py [--config-yaml F] [overrides]`.
 """
 
@@ -41,7 +44,7 @@ from vlablocks.core.auxiliary.losses import require_vlm_training
 from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field, registry_map
-from vlablocks.core.framework.answer_tokens import add_fast_tokens, answer_logits
+from vlablocks.core.framework.answer_tokens import MASK_TOKEN, add_fast_tokens, answer_logits, masked_answer_inputs
 from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.conditioning import (
     expert_head_options,
@@ -82,6 +85,9 @@ class QwenPI05(Framework):
         flow_loss_weight: float = 1.0
         insulate_vlm: bool = True  # knowledge insulation: the expert reads sg(VLM states); false for the ablation
         expert_attention: Literal["last_layer", "every_layer"] = "last_layer"  # every_layer: pi0's shared attention
+        # true: the FAST answer's inputs are all <|fast_mask|> (QwenFAST.parallel_decoding's training), so no answer
+        # token is predicted from the one before it; pi0.5 teacher-forces them (docs/fidelity.md)
+        fast_parallel: bool = False
         auxiliary_losses: dict = registry_map("auxiliary_losses")  # {name: options}, vlablocks/core/auxiliary/
         MOVED: ClassVar[dict[str, str]] = {"readout_loss_weight": "framework.auxiliary_losses.readout.weight"}
 
@@ -94,6 +100,7 @@ class QwenPI05(Framework):
             )
         self.vlm = build(VLMS, config.vlm)
         self.fast_token_ids = add_fast_tokens(self.vlm, config.fast)
+        self.mask_token_id = self.vlm.add_special_tokens([MASK_TOKEN])[0] if config.fast_parallel else None
         # state_dim 0: the expert has no state input; the state reaches the model as prompt tokens only.
         self.action_model = build(
             ACTION_MODELS,
@@ -128,8 +135,11 @@ class QwenPI05(Framework):
         if labels is None or batch.actions is None:
             raise ValueError("QwenPI05.forward needs actions and FAST answer labels: the samples must have 'action'")
         insulate = self.config.insulate_vlm
+        inputs = (
+            batch.vlm if self.mask_token_id is None else masked_answer_inputs(batch.vlm, labels, self.mask_token_id)
+        )
         with expert_keys_values(self.vlm, self.config.expert_attention, insulate) as keys_values:
-            out = self.vlm(batch.vlm, requested_token_ids=self.auxiliary_losses.token_ids)
+            out = self.vlm(inputs, requested_token_ids=self.auxiliary_losses.token_ids)
         logits, targets = answer_logits(self.vlm, out, labels)
         conditioning = prefix_conditioning(out, labels, insulate=insulate)
         conditioning.layer_keys_values = keys_values

@@ -28,7 +28,7 @@ from vlablocks.core.framework.synthetic import synthetic_norm_stats
 from vlablocks.core.policy.policy import build_policy
 from vlablocks.core.training.batches import micro_batches
 from vlablocks.core.training.components import seed_everything
-from vlablocks.tools.bench.models import SEED, bench_examples, free_memory
+from vlablocks.tools.bench.models import SEED, bench_examples, count_calls, free_memory
 from vlablocks.tools.bench.result import Row, Side
 from vlablocks.tools.bench.settings import BenchSettings
 from vlablocks.tools.bench.training import BETAS, training_experiment
@@ -65,18 +65,6 @@ def saved_for_backward(model: torch.nn.Module) -> Iterator[list[int]]:
     total[0] = sum(storages.values())
 
 
-@contextmanager
-def entries_counted(module: torch.nn.Module) -> Iterator[list[int]]:
-    """Counts entries into `module`'s forward inside the block: [n]. A pre-hook: the recompute of a non-reentrant
-    checkpoint stops as soon as it has what backward needs, so a module may be entered without returning."""
-    calls = [0]
-    handle = module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    try:
-        yield calls
-    finally:
-        handle.remove()
-
-
 @dataclass
 class Steps:
     """One run's measurements."""
@@ -100,7 +88,7 @@ def bare_steps(experiment: ExperimentConfig, examples: list[dict], device: str) 
     batches = [policy.processor(batch).to(device) for batch in raw]  # processed before timing: the model's trade only
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
     times, losses, held, saved = [], [], 0, [0]
-    with entries_counted(first_attention(model)) as entries:
+    with count_calls(first_attention(model)) as entries:
         for index, batch in enumerate(batches):
             if index == 1 and device == "cuda":  # AdamW's state exists from here on
                 torch.cuda.synchronize()

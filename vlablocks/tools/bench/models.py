@@ -69,9 +69,11 @@ def free_memory(device: str) -> None:
 
 @contextmanager
 def count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
-    """Counts forward calls of `module` inside the block: [n] (for generate, one call per emitted token)."""
+    """Counts forward calls of `module` inside the block: [n] (for generate, one call per emitted token). Counted on
+    entry (a pre-hook): the recompute of a non-reentrant activation checkpoint stops as soon as it has what backward
+    needs, so a module may be entered without returning."""
     calls = [0]
-    handle = module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    handle = module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
         yield calls
     finally:

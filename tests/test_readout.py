@@ -55,6 +55,29 @@ def test_readout_loss_is_the_l1_of_the_readout_states_projection_added_to_the_fl
     torch.testing.assert_close(losses["action_loss"], losses["loss"])
 
 
+def test_readout_with_hidden_dim_is_the_l1_of_a_gelu_mlp_of_the_readout_states():
+    policy, examples = tiny(auxiliary_losses={"readout": {"weight": 1.0, "hidden_dim": 8}})
+    framework, batch = policy.model, policy.processor(examples)
+    module = framework.auxiliary_losses["readout"]
+    first, last = module.proj[0], module.proj[2]
+    assert first.weight.shape == (8, framework.vlm.hidden_size) and last.weight.shape == (3, 8)
+    losses = framework(batch)
+    out = framework.vlm(batch.vlm, requested_token_ids=module.token_ids)
+    hidden = out.last_hidden_state[:, -4:] + module.proprio(batch.state).unsqueeze(1)
+    erf_gelu = (
+        0.5 * (hidden @ first.weight.T + first.bias) * (1 + torch.erf((hidden @ first.weight.T + first.bias) / 2**0.5))
+    )
+    predicted = erf_gelu @ last.weight.T + last.bias
+    torch.testing.assert_close(
+        losses["readout_loss"], masked_mean((predicted - batch.actions).abs(), batch.action_is_pad)
+    )
+
+
+def test_a_negative_readout_hidden_dim_is_refused():
+    with pytest.raises(ValueError, match="hidden_dim must be >= 0"):
+        tiny(auxiliary_losses={"readout": {"weight": 1.0, "hidden_dim": -1}})
+
+
 def test_insulated_vlm_learns_from_the_readout_loss_alone():
     policy, examples = tiny(**readout(1.0), insulate_vlm=True)
     framework, batch = policy.model, policy.processor(examples)

@@ -29,7 +29,7 @@ from head_helpers import (
     wake,
 )
 
-from vlablocks.core.action_model.base import Conditioning
+from vlablocks.core.action_model.base import Conditioning, SamplesFromNoise
 from vlablocks.core.action_model.flow_matching import euler_integrate, sample_beta
 from vlablocks.core.action_model.masking import hold_last_valid
 from vlablocks.core.build import build as build_component
@@ -304,6 +304,20 @@ def test_diffusion_uses_ddim_with_the_configured_steps():
     head.predict(make_conditioning(head), state, generator=torch.Generator().manual_seed(0))
     assert timesteps == [25, 20, 15, 10, 5, 0]
     assert np.all(np.diff(timesteps) < 0)
+
+
+def test_diffusion_predict_is_reconstruct_from_its_drawn_start_and_steps_match_the_scheduler_s():
+    """predict(c, s, g) == reconstruct(c, draw_noise(B, g), s); another step count mid-way and back again reuses the
+    right timesteps and the scheduler state that goes with them."""
+    head = wake(build("diffusion", num_train_timesteps=30, num_inference_steps=6))
+    assert isinstance(head, SamplesFromNoise)
+    conditioning, (_, _, state) = make_conditioning(head), make_batch()
+    drawn = head.predict(conditioning, state, generator=torch.Generator().manual_seed(3))
+    start = head.draw_noise(B, torch.Generator().manual_seed(3), torch.device("cpu"))
+    torch.testing.assert_close(head.reconstruct(conditioning, start, state), drawn, rtol=0, atol=0)
+    assert head.sampling_timesteps(3) == (20, 10, 0) and head.scheduler.num_inference_steps == 3
+    assert head.sampling_timesteps() == (25, 20, 15, 10, 5, 0) and head.scheduler.num_inference_steps == 6
+    torch.testing.assert_close(head.reconstruct(conditioning, start, state), drawn, rtol=0, atol=0)
 
 
 def test_diffusion_clips_the_x0_estimate_to_the_action_range():

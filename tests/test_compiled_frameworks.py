@@ -25,9 +25,15 @@ ATOL = 1e-4  # fp32 on CPU; the compiled vision tower attends with one block-dia
 # then one break for the host-side answer (until_stop's lists), after the last op.
 AUTOREGRESSIVE_BREAKS = 1
 STEPS = ["framework.action_model.num_inference_steps=2"]  # 2 Euler steps capture as 10 do, in a fifth of the time
+DDIM = ["framework.action_model.name=diffusion", "framework.action_model.num_inference_steps=3"]
+# OFT's diffusion variant (the noisy chunk through the LLM every step) breaks where its input-embedding hook is
+# registered and where it finds the queries by value (isin, any, boolean indexing): measured, torch 2.11.
+LLM_INPUT = [*DDIM, "framework.noisy_actions=llm_input"]
+LLM_INPUT_BREAKS = 7
 
 CASES = {  # id -> (toy recipe, overrides, graph breaks)
     "QwenOFT": ("qwen_oft.yaml", [], 0),
+    "QwenOFT-DDIM": ("qwen_oft.yaml", DDIM, 0),  # the start noise drawn before the graph, integer timesteps
     "QwenFlowMatching": ("qwen_flow_matching.yaml", STEPS, 0),
     "QwenLayerwiseFM3D": ("qwen_layerwise_fm_3d.yaml", STEPS, 0),
     "QwenLayerwiseFM3D-tokenwise": ("qwen_layerwise_fm_3d_tokenwise.yaml", STEPS, 0),  # the geometric branch fused
@@ -70,6 +76,27 @@ def test_compiled_actions_match_eager_with_the_measured_graph_breaks(recipe, ove
     np.testing.assert_allclose(compiled, eager, atol=ATOL)
     assert sum(torch._dynamo.utils.counters["graph_break"].values()) == breaks
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # every tensor op in one graph
+
+
+def test_oft_s_diffusion_variant_compiles_to_eager_s_actions_with_the_measured_breaks():
+    policy, examples = tiny_policy("qwen_oft.yaml", LLM_INPUT)
+    eager = policy.predict(examples, seed=5)["actions"]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = policy.compile(prompt_bucket=32, backend="aot_eager").predict(examples, seed=5)["actions"]
+    np.testing.assert_allclose(compiled, eager, atol=ATOL)
+    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == LLM_INPUT_BREAKS
+
+
+@pytest.mark.parametrize("overrides", [DDIM, LLM_INPUT], ids=["head", "llm_input"])
+def test_the_ddim_start_is_drawn_from_the_seed_before_the_graph(overrides):
+    """Compiled, a DDIM policy's noise still comes from the call's seed: the same seed, the same actions; another
+    seed, other actions."""
+    policy, examples = tiny_policy("qwen_oft.yaml", overrides)
+    policy.compile(backend="eager")
+    first, again, other = (policy.predict(examples, seed=s)["actions"] for s in (1, 1, 2))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).max() > 1e-4
 
 
 def test_the_flow_noise_is_drawn_from_the_seed_before_the_graph():

@@ -99,6 +99,20 @@ class ActionHead(nn.Module):
 
 
 @runtime_checkable
+class SamplesFromNoise(Protocol):
+    """An action head whose `predict` starts from a Gaussian chunk it draws (flow matching, DDIM): the draw can be made
+    beforehand (`draw_noise`, on the host, from a seeded generator) and the sampling run from it (`reconstruct`), so
+    that `reconstruct(c, draw_noise(B, g, device), state) == predict(c, state, generator=g)`. Framework.prepare_sampling
+    draws it before a compiled graph, which cannot trace a generator."""
+
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor: ...
+
+    def reconstruct(
+        self, conditioning: Conditioning, noise: torch.Tensor, state: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class ReadsVocabulary(Protocol):
     """An action head whose scores are the VLM's own (its LM head over reserved tokens: `token_bins`): the framework
     binds it to the backbone once both are built."""

@@ -74,6 +74,8 @@ class DiffusionHead(ActionHead):
             prediction_type="epsilon",
             timestep_spacing=config.timestep_spacing,
         )
+        self._sampling_timesteps: dict[int, tuple[int, ...]] = {}  # num_steps -> its timesteps (sampling_timesteps)
+        self.sampling_timesteps()  # the default run's, set up front (host-side, before any compiled call)
         hidden = config.hidden_dim
         self.context_encoder = ContextEncoder(cond_dim, hidden, config.context_position_encoding)
         self.pool_queries = nn.Parameter(torch.randn(config.num_pool_queries, hidden) * 0.02)
@@ -156,13 +158,39 @@ class DiffusionHead(ActionHead):
         num_steps: int | None = None,
     ) -> torch.Tensor:
         """-> normalized actions [B, T, D] after `num_steps` DDIM steps (config default), context pooled once."""
+        noise = self.draw_noise(conditioning.batch_size, generator, conditioning.tokens.device)
+        return self.reconstruct(conditioning, noise, state, num_steps)
+
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """The starting chunk x_K of `predict`: [B, T, D] standard normal from `generator`, in the head's dtype."""
+        shape = (batch_size, self.action_horizon, self.action_dim)
+        return random_tensor("normal", shape, generator, device, self.pool_queries.dtype)
+
+    def reconstruct(
+        self,
+        conditioning: Conditioning,
+        noise: torch.Tensor,
+        state: torch.Tensor | None = None,
+        num_steps: int | None = None,
+    ) -> torch.Tensor:
+        """noise: x_K [B, T, D] -> normalized actions [B, T, D]: `predict`'s deterministic DDIM steps from a given
+        start (eta = 0, so the start is all the randomness there is)."""
         pooled = self.encode_context(conditioning)
         batch = pooled.shape[0]
         state_embedding = self.encode_state(state, batch)
-        shape = (batch, self.action_horizon, self.action_dim)
-        x = random_tensor("normal", shape, generator, pooled.device, pooled.dtype)
-        self.scheduler.set_timesteps(num_steps or self.config.num_inference_steps, device=pooled.device)
-        for timestep in self.scheduler.timesteps:
-            timesteps = timestep.expand(batch)
+        x = noise.to(pooled.dtype)
+        for timestep in self.sampling_timesteps(num_steps):
+            timesteps = torch.full((batch,), timestep, dtype=torch.long, device=x.device)
             x = self.scheduler.step(self.predict_noise(pooled, x, timesteps, state_embedding), timestep, x).prev_sample
         return x
+
+    def sampling_timesteps(self, num_steps: int | None = None) -> tuple[int, ...]:
+        """The timesteps of one DDIM sampling run (descending) as Python ints, with the scheduler set for them. A
+        compiled sampling loop then indexes the schedule with constants instead of reading a tensor's value."""
+        steps = num_steps or self.config.num_inference_steps
+        if steps not in self._sampling_timesteps:
+            self.scheduler.set_timesteps(steps)
+            self._sampling_timesteps[steps] = tuple(int(t) for t in self.scheduler.timesteps)
+        if self.scheduler.num_inference_steps != steps:
+            self.scheduler.set_timesteps(steps)
+        return self._sampling_timesteps[steps]

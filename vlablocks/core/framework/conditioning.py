@@ -7,8 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
-from vlablocks.core.action_model.base import ActionHead, Conditioning
-from vlablocks.core.action_model.flow_matching import FlowMatchingHead
+from vlablocks.core.action_model.base import ActionHead, Conditioning, SamplesFromNoise
 from vlablocks.core.vlm.attention import attention_geometry, captured_keys_values
 
 EXPERT_ATTENTION = ("last_layer", "every_layer")
@@ -61,12 +60,12 @@ def expert_keys_values(vlm, expert_attention: str, insulate: bool) -> Iterator[l
         yield pairs
 
 
-def flow_noise(head: ActionHead, batch_size: int, generator: torch.Generator | None) -> torch.Tensor | None:
-    """A flow head's starting noise [B, T, D], drawn from `generator` exactly as its `predict` draws it (for
-    Framework.prepare_sampling); None for a head that is not a flow head."""
-    if not isinstance(head, FlowMatchingHead):
+def start_noise(head: ActionHead, batch_size: int, generator: torch.Generator | None) -> torch.Tensor | None:
+    """A sampling head's starting noise [B, T, D] (flow matching, DDIM), drawn from `generator` exactly as its `predict`
+    draws it (for Framework.prepare_sampling); None for a head that draws none."""
+    if not isinstance(head, SamplesFromNoise):
         return None
-    return head.draw_noise(batch_size, generator, head.position.device)
+    return head.draw_noise(batch_size, generator, next(head.parameters()).device)
 
 
 def predict_actions(
@@ -76,8 +75,8 @@ def predict_actions(
     generator: torch.Generator | None,
     noise: torch.Tensor | None,
 ) -> torch.Tensor:
-    """head.predict -> normalized actions [B, T, D]; from `noise` [B, T, D] when it was drawn beforehand (`flow_noise`,
-    Batch.noise): the flow head's `reconstruct`, the same integration from a given start."""
+    """head.predict -> normalized actions [B, T, D]; from `noise` [B, T, D] when it was drawn beforehand (`start_noise`,
+    Batch.noise): the head's `reconstruct`, the same sampling from a given start."""
     if noise is None:
         return head.predict(conditioning, state, generator=generator)
     return head.reconstruct(conditioning, noise, state)

@@ -27,7 +27,6 @@ from torch import nn
 from vlablocks.core.action_model.base import Conditioning
 from vlablocks.core.action_model.diffusion import DiffusionHead
 from vlablocks.core.action_model.dit import TimestepEncoder
-from vlablocks.core.action_model.flow_matching import random_tensor
 from vlablocks.core.action_model.masking import hold_last_valid, masked_mean
 from vlablocks.core.batch import Batch
 
@@ -80,18 +79,25 @@ def noise_loss(head: DiffusionHead, noisy: NoisyActionInput, vlm, condition: Con
 
 @torch.no_grad()
 def denoise(
-    head: DiffusionHead, noisy: NoisyActionInput, vlm, condition: Condition, batch: Batch, generator
+    head: DiffusionHead,
+    noisy: NoisyActionInput,
+    vlm,
+    condition: Condition,
+    batch: Batch,
+    generator: torch.Generator | None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DDIM from N(0, I) with one VLM pass per step -> normalized actions [B, T, D]."""
+    """DDIM from N(0, I) with one VLM pass per step -> normalized actions [B, T, D]; from `noise` x_K [B, T, D] when
+    it was drawn beforehand (Framework.prepare_sampling), otherwise drawn here from `generator`."""
     size = batch.vlm.input_ids.shape[0]
     device = batch.vlm.input_ids.device
-    x = random_tensor("normal", (size, head.action_horizon, head.action_dim), generator, device, torch.float32)
+    x = head.draw_noise(size, generator, device) if noise is None else noise
+    x = x.float()
     state = head.encode_state(batch.state, size)
-    head.scheduler.set_timesteps(head.config.num_inference_steps, device=device)
-    for timestep in head.scheduler.timesteps:
-        timesteps = timestep.expand(size)
+    for timestep in head.sampling_timesteps():
+        timesteps = torch.full((size,), timestep, dtype=torch.long, device=device)
         with noisy.applied(vlm, x, timesteps):
             conditioning = condition(batch)
-        noise = head.predict_noise(head.encode_context(conditioning), x, timesteps, state)
-        x = head.scheduler.step(noise, timestep, x).prev_sample
+        predicted = head.predict_noise(head.encode_context(conditioning), x, timesteps, state)
+        x = head.scheduler.step(predicted, timestep, x).prev_sample
     return x

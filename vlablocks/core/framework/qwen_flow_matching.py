@@ -31,8 +31,8 @@ from vlablocks.core.framework.base import Framework
 from vlablocks.core.framework.conditioning import (
     expert_head_options,
     expert_keys_values,
-    flow_noise,
     predict_actions,
+    start_noise,
     vlm_conditioning,
 )
 from vlablocks.core.registry import FRAMEWORKS, VLMS
@@ -91,7 +91,7 @@ class QwenFlowMatching(Framework):
 
     def sampling_noise(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor | None:
         """The flow head's starting noise [B, T, D], drawn before a compiled sample_actions (prepare_sampling)."""
-        return flow_noise(self.action_model, len(batch), generator)
+        return start_noise(self.action_model, len(batch), generator)
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         conditioning, state = self.flow_conditioning(batch)  # once, reused by every integration step

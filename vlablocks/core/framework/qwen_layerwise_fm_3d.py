@@ -40,7 +40,7 @@ from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field, registry_map
 from vlablocks.core.framework.base import Framework
-from vlablocks.core.framework.conditioning import flow_noise, predict_actions, vlm_conditioning
+from vlablocks.core.framework.conditioning import predict_actions, start_noise, vlm_conditioning
 from vlablocks.core.registry import FRAMEWORKS, FUSIONS, GEOMETRIC_ENCODERS, VLMS
 from vlablocks.core.vlm.base import VLMBackbone
 
@@ -146,7 +146,7 @@ class QwenLayerwiseFM3D(Framework):
 
     def sampling_noise(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor | None:
         """The flow head's starting noise [B, T, D], drawn before a compiled sample_actions (prepare_sampling)."""
-        return flow_noise(self.action_model, len(batch), generator)
+        return start_noise(self.action_model, len(batch), generator)
 
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         conditioning, state = self.flow_conditioning(batch)  # once, reused by every integration step

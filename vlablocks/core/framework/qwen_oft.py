@@ -40,6 +40,7 @@ from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
 from vlablocks.core.framework.base import Framework
+from vlablocks.core.framework.conditioning import predict_actions, start_noise
 from vlablocks.core.framework.cotraining import (
     answer_cross_entropy,
     cotraining_loss,
@@ -194,12 +195,18 @@ class QwenOFT(Framework):
         """The action queries: their hidden states are the head's input."""
         return tuple(self.query_token_ids)
 
+    def sampling_noise(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor | None:
+        """The DDIM head's starting chunk [B, T, D], drawn before a compiled sample_actions (prepare_sampling); None
+        for the deterministic heads."""
+        return start_noise(self.action_model, len(batch), generator)
+
     def sample_actions(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         if self.noisy_actions is not None:  # one VLM pass per denoising step
-            return {
-                "actions": denoise(self.action_model, self.noisy_actions, self.vlm, self.condition, batch, generator)
-            }
-        return {"actions": self.action_model.predict(self.condition(batch), batch.state, generator=generator)}
+            noisy, condition = self.noisy_actions, self.condition
+            return {"actions": denoise(self.action_model, noisy, self.vlm, condition, batch, generator, batch.noise)}
+        return {
+            "actions": predict_actions(self.action_model, self.condition(batch), batch.state, generator, batch.noise)
+        }
 
     # ---- a stochastic policy with exact log-probabilities (RL; needs the `binned` head) -------------------
     def sample_with_log_probs(self, batch: Batch, temperature: float, generator: torch.Generator | None) -> dict:

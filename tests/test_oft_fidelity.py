@@ -110,6 +110,17 @@ def test_proprio_token_needs_a_state():
         policy.model.encode(batch.__class__(**{**vars(batch), "state": None}))
 
 
+def test_proprio_token_hook_refuses_a_prompt_with_two_and_leaves_other_embeddings_alone():
+    policy, batch = tiny(proprio="llm_token")
+    model = policy.model
+    token, embedding = model.proprio_token.token_id, model.vlm.model.get_input_embeddings()
+    plain = torch.tensor([[5, 6, 7]] * 3)
+    with torch.no_grad(), model.proprio_token.applied(model.vlm, batch.state):
+        torch.testing.assert_close(embedding(plain), embedding.weight[plain])  # no proprio token: unchanged
+        with pytest.raises(ValueError, match="exactly once"):
+            embedding(torch.tensor([[token, 6, token]] * 3))
+
+
 # ---- FiLM in every vision block --------------------------------------------------------------------------
 
 
@@ -217,6 +228,18 @@ def test_noisy_actions_enter_the_query_inputs_with_the_time():
         moved = model.queries(model.encode(batch), batch).tokens
     change = (moved - model.queries(out, batch).tokens).abs().max()
     assert float(change.detach()) > 1e-4  # the chunk goes through the LLM
+
+
+def test_noisy_actions_hook_refuses_a_prompt_missing_a_query_and_leaves_other_embeddings_alone():
+    policy, _ = tiny(noisy_actions="llm_input", action_model=DDIM)
+    model = policy.model
+    embedding, queries = model.vlm.model.get_input_embeddings(), model.query_token_ids
+    x_t, timesteps = torch.zeros(2, 4, 3), torch.tensor([3, 4])
+    plain = torch.tensor([[5, 6, 7]] * 2)
+    with torch.no_grad(), model.noisy_actions.applied(model.vlm, x_t, timesteps):
+        torch.testing.assert_close(embedding(plain), embedding.weight[plain])  # no query: unchanged
+        with pytest.raises(ValueError, match="needs the 4 action queries"):
+            embedding(torch.tensor([[5, *queries[:3]]] * 2))
 
 
 def test_noisy_actions_sampling_runs_the_vlm_once_per_denoising_step_and_the_loss_trains():

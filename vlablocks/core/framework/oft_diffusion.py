@@ -48,13 +48,14 @@ class NoisyActionInput(nn.Module):
 
         def add(module, args, output: torch.Tensor) -> torch.Tensor:
             hits = torch.isin(args[0], ids.to(args[0].device))  # [B, L], the T queries of each row in order
-            if not bool(hits.any()):
-                return output
-            if not bool((hits.sum(1) == extra.shape[1]).all()):
-                raise ValueError(f"noisy_actions: llm_input needs the {extra.shape[1]} action queries in every prompt")
-            added = output.clone()
-            added[hits] = added[hits] + extra.reshape(-1, extra.shape[-1]).to(output.dtype)
-            return added
+            steps = extra.shape[1]
+            # The count is checked eagerly only: a compiled graph does not read a tensor's value on the host.
+            if not torch.compiler.is_compiling() and bool(hits.any()) and not bool((hits.sum(1) == steps).all()):
+                raise ValueError(f"noisy_actions: llm_input needs the {steps} action queries in every prompt")
+            # The i-th query of a row is its i-th hit: gather step i's addition there, zero elsewhere (no hit: none).
+            step = (hits.cumsum(1) - 1).clamp(0, steps - 1)  # [B, L]
+            per_position = extra.gather(1, step.unsqueeze(-1).expand(-1, -1, extra.shape[-1]))  # [B, L, H]
+            return output + hits.unsqueeze(-1).to(output.dtype) * per_position.to(output.dtype)
 
         handle = vlm.model.get_input_embeddings().register_forward_hook(add)
         try:

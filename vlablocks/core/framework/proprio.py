@@ -39,10 +39,9 @@ class ProprioToken(nn.Module):
         embedding = vlm.model.get_input_embeddings()
 
         def replace(module, args, output: torch.Tensor) -> torch.Tensor:
-            hits = args[0] == self.token_id  # [B, L]
-            if not bool(hits.any()):
-                return output
-            if not bool((hits.sum(1) == 1).all()):
+            hits = args[0] == self.token_id  # [B, L]; no hit (another embedding call): the output as it is
+            # The count is checked eagerly only: a compiled graph does not read a tensor's value on the host.
+            if not torch.compiler.is_compiling() and bool(hits.any()) and not bool((hits.sum(1) == 1).all()):
                 raise ValueError(f"every prompt must hold {PROPRIO_TOKEN} exactly once (the processor's suffix)")
             projected = self.proj(state.to(self.proj.weight.dtype)).to(output.dtype)  # [B, H]
             return torch.where(hits.unsqueeze(-1), projected.unsqueeze(1), output)

@@ -32,6 +32,7 @@ LLM_INPUT = [*DDIM, "framework.noisy_actions=llm_input"]  # OFT's diffusion vari
 HOOKED = {  # id -> (overrides, graph breaks)
     "noisy_actions-llm_input": (LLM_INPUT, 1),
     "proprio-llm_token": (["framework.proprio=llm_token"], 2),
+    "film-vision_blocks": (["framework.use_film=true", "framework.film=vision_blocks"], 2),
 }
 
 CASES = {  # id -> (toy recipe, overrides, graph breaks)

@@ -3,10 +3,13 @@ bidirectional action attention, the proprio input token, and FiLM inside every v
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from vlablocks.core.config import PlatformConfig, parse_experiment
+from vlablocks.core.framework.film import patch_samples
 from vlablocks.core.framework.proprio import PROPRIO_TOKEN
 from vlablocks.core.framework.synthetic import synthetic_examples, synthetic_norm_stats
 from vlablocks.core.policy.policy import build_policy
@@ -187,6 +190,19 @@ def test_film_reads_the_prompt_text_not_the_answer_nor_the_special_tokens():
     assert float((moved[0] - base[0]).abs().max().detach()) > 0  # as an instruction token it counts
     expected = model.vlm.model.get_input_embeddings().weight[inputs.input_ids[1][text[1]]].mean(0)
     torch.testing.assert_close(base[1], expected)  # the plain mean over row 1's prompt text, by hand
+
+
+def test_patch_samples_from_the_precomputed_layout_equal_those_from_the_grids():
+    """Compiled calls map tower patches to samples from the layout's host ints; eager from the grids' values."""
+    experiment = parse_experiment({"platform": PLATFORM, "framework": {"name": "QwenOFT"}})
+    examples = synthetic_examples(PlatformConfig(**PLATFORM), 3, num_views=2, seed=4)
+    policy = build_policy(experiment, synthetic_norm_stats(examples))
+    inputs, vlm = policy.processor(examples, targets=False).vlm, policy.model.vlm
+    from_grids = patch_samples(inputs, vlm.merge_size)
+    from_layout = patch_samples(dataclasses.replace(inputs, layout=vlm.layout(inputs)), vlm.merge_size)
+    assert torch.equal(from_layout, from_grids)
+    assert from_grids.tolist() == sorted(from_grids.tolist()) and set(from_grids.tolist()) == {0, 1, 2}
+    assert len(from_grids) == int(inputs.image_grid_thw.prod(-1).sum())  # every patch of the 6 views
 
 
 def test_film_in_vision_blocks_starts_as_the_identity_and_depends_on_the_instruction():

@@ -54,9 +54,16 @@ def instruction_embedding(vlm, inputs, excluded_ids: list[int]) -> torch.Tensor:
     return (embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def patch_samples(inputs) -> torch.Tensor:
+def patch_samples(inputs, merge_size: int) -> torch.Tensor:
     """The sample of every vision-tower patch, [P] long: images are packed in sample order, t * h * w patches each
-    (Qwen2.5-VL's window reordering stays within an image, so the ranges hold inside every block)."""
+    (Qwen2.5-VL's window reordering stays within an image, so the ranges hold inside every block). From the
+    precomputed layout's host ints when the inputs carry one (a compiled call: no shape that depends on a value)."""
+    layout = inputs.layout
+    if layout is not None:
+        view_sample = [b for b, views in enumerate(layout.views_per_sample) for _ in range(views)]
+        patches = [count * merge_size**2 for count in layout.view_token_counts]  # merged tokens -> tower patches
+        index = [sample for sample, count in zip(view_sample, patches) for _ in range(count)]
+        return torch.tensor(index, dtype=torch.long, device=inputs.image_grid_thw.device)
     per_image = inputs.image_grid_thw.prod(-1)
     image_sample = torch.repeat_interleave(
         torch.arange(len(inputs.views_per_sample), device=per_image.device),
@@ -92,7 +99,7 @@ class VisionBlockFiLM(nn.Module):
         blocks = vlm.model.model.visual.blocks
         if len(blocks) != len(self.to_scale_shift):
             raise ValueError(f"VisionBlockFiLM has {len(self.to_scale_shift)} layers for {len(blocks)} vision blocks")
-        samples = patch_samples(inputs)
+        samples = patch_samples(inputs, vlm.merge_size)
         handles = []
         for block, layer in zip(blocks, self.to_scale_shift):
             kept: dict[str, torch.Tensor] = {}

@@ -40,7 +40,7 @@ from vlablocks.core.batch import Batch
 from vlablocks.core.build import build
 from vlablocks.core.config import PlatformConfig, registry_field
 from vlablocks.core.framework.base import Framework
-from vlablocks.core.framework.conditioning import predict_actions, start_noise
+from vlablocks.core.framework.conditioning import start_noise
 from vlablocks.core.framework.cotraining import (
     answer_cross_entropy,
     cotraining_loss,
@@ -204,9 +204,10 @@ class QwenOFT(Framework):
         if self.noisy_actions is not None:  # one VLM pass per denoising step
             noisy, condition = self.noisy_actions, self.condition
             return {"actions": denoise(self.action_model, noisy, self.vlm, condition, batch, generator, batch.noise)}
-        return {
-            "actions": predict_actions(self.action_model, self.condition(batch), batch.state, generator, batch.noise)
-        }
+        if batch.noise is None:
+            return {"actions": self.action_model.predict(self.condition(batch), batch.state, generator=generator)}
+        # a DDIM start drawn before a compiled call (sampling_noise): the same steps from it
+        return {"actions": self.action_model.reconstruct(self.condition(batch), batch.noise, batch.state)}
 
     # ---- a stochastic policy with exact log-probabilities (RL; needs the `binned` head) -------------------
     def sample_with_log_probs(self, batch: Batch, temperature: float, generator: torch.Generator | None) -> dict:

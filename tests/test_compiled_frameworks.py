@@ -70,8 +70,8 @@ def tiny_policy(recipe: str, overrides: list[str]) -> tuple[Policy, list[dict]]:
     return policy.eval(), examples
 
 
-@pytest.mark.parametrize(("recipe", "overrides", "breaks"), list(CASES.values()), ids=list(CASES))
-def test_compiled_actions_match_eager_with_the_measured_graph_breaks(recipe, overrides, breaks):
+def assert_compiled_matches_eager(recipe: str, overrides: list[str], breaks: int) -> None:
+    """The recipe's policy compiled (aot_eager) returns eager's actions for the same seed, with `breaks` graph breaks."""
     policy, examples = tiny_policy(recipe, overrides)
     eager = policy.predict(examples, seed=5)["actions"]
     torch._dynamo.reset()
@@ -79,18 +79,17 @@ def test_compiled_actions_match_eager_with_the_measured_graph_breaks(recipe, ove
     compiled = policy.compile(prompt_bucket=32, backend="aot_eager").predict(examples, seed=5)["actions"]
     np.testing.assert_allclose(compiled, eager, atol=ATOL)
     assert sum(torch._dynamo.utils.counters["graph_break"].values()) == breaks
+
+
+@pytest.mark.parametrize(("recipe", "overrides", "breaks"), list(CASES.values()), ids=list(CASES))
+def test_compiled_actions_match_eager_with_the_measured_graph_breaks(recipe, overrides, breaks):
+    assert_compiled_matches_eager(recipe, overrides, breaks)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # every tensor op in one graph
 
 
 @pytest.mark.parametrize(("overrides", "breaks"), list(HOOKED.values()), ids=list(HOOKED))
 def test_hooked_oft_options_compile_to_eager_s_actions_with_the_measured_breaks(overrides, breaks):
-    policy, examples = tiny_policy("qwen_oft.yaml", overrides)
-    eager = policy.predict(examples, seed=5)["actions"]
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    compiled = policy.compile(prompt_bucket=32, backend="aot_eager").predict(examples, seed=5)["actions"]
-    np.testing.assert_allclose(compiled, eager, atol=ATOL)
-    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == breaks
+    assert_compiled_matches_eager("qwen_oft.yaml", overrides, breaks)
 
 
 @pytest.mark.parametrize("overrides", [DDIM, LLM_INPUT], ids=["head", "llm_input"])
